@@ -110,3 +110,21 @@ class ConfigError(LearnaeError):
     """A configuration, manifest or invite file is missing or invalid."""
 
     code = "config"
+
+
+# ledger layer --------------------------------------------------------------
+class LedgerError(LearnaeError):
+    """The tangle store or its sync failed."""
+
+    code = "ledger"
+
+
+class TxRejected(LedgerError):
+    """A transaction failed validation; ``code`` names the rule it broke.
+
+    Codes (DESIGN.md "Wire formats"): ``undecodable``, ``not-canonical``, ``bad-version``,
+    ``bad-fields``, ``bad-type``, ``bad-signature``, ``low-pow``, ``too-large``, ``bad-parents``,
+    ``future-time``, ``before-parent``, ``wrong-swarm``, ``not-admitted``, ``bad-payload``.
+    """
+
+    code = "tx-rejected"
