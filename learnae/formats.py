@@ -1,0 +1,663 @@
+"""Checkpoint and data-chunk files: safetensors, validated before anything is decoded.
+
+Both kinds of file follow the safetensors format
+(https://github.com/huggingface/safetensors, "Format"): an 8-byte little-endian
+header length ``N``, ``N`` bytes of UTF-8 JSON (an object mapping each tensor name to
+``{"dtype", "shape", "data_offsets"}`` plus an optional ``"__metadata__"`` string→string
+map), then the data section, which the tensors' ``[begin, end)`` byte ranges cover
+exactly, without gaps or overlaps. Tensor data is C-order and little-endian.
+
+Files come from untrusted peers, so :func:`decode_checkpoint` and :func:`decode_chunk`
+check the size limit first, then parse and check the header themselves (every violation
+is a :class:`~learnae.errors.CorruptFile` saying what was wrong), and only then let
+``safetensors.numpy.load`` read the tensors. Nothing is ever unpickled.
+
+Accepted dtypes (:data:`DTYPES`): F16, F32, F64, I8, I16, I32, I64, U8, U16, U32, U64.
+Refused: BF16 and the F8/F4 types (numpy has no native type for them, and Keras keeps
+float32 variables even under mixed precision), C64 (no model weight is complex), BOOL
+(a byte other than 0 or 1 is not a valid numpy bool), and any other tag.
+
+Checkpoint metadata (all strings): ``format`` = ``"learnae-checkpoint/1"``, ``genesis``
+(the swarm's genesis transaction CID), ``step`` and ``samples`` (decimal integers) and
+``names`` (a JSON list of the tensor names in ``model.weights`` order).
+Chunk metadata: ``format`` = ``"learnae-chunk/1"``, ``schema`` (the JSON of
+:meth:`Schema.to_dict`), ``sensor``, ``seq``, ``start_ms`` and ``end_ms`` (milliseconds
+since the Unix epoch).
+
+The encoders here write the bytes themselves rather than calling ``safetensors`` to
+save: its serializer emits the metadata map in a random order, so the same checkpoint
+would get a different CID on every run. Ours is deterministic: tensors in the given
+order, compact JSON, the header padded with spaces to a multiple of 8 bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import safetensors.numpy
+
+from learnae.errors import CorruptFile, FormatError, NonFiniteError, OversizeError, SchemaMismatch
+
+__all__ = [
+    "DTYPES",
+    "MAX_HEADER_BYTES",
+    "Checkpoint",
+    "Chunk",
+    "Schema",
+    "decode_checkpoint",
+    "decode_chunk",
+    "encode_checkpoint",
+    "encode_chunk",
+    "weight_norm",
+]
+
+#: safetensors dtype tag -> numpy dtype name, for every dtype a learnae file may hold.
+DTYPES: dict[str, str] = {
+    "F16": "float16",
+    "F32": "float32",
+    "F64": "float64",
+    "I8": "int8",
+    "I16": "int16",
+    "I32": "int32",
+    "I64": "int64",
+    "U8": "uint8",
+    "U16": "uint16",
+    "U32": "uint32",
+    "U64": "uint64",
+}
+_TAGS = {name: tag for tag, name in DTYPES.items()}
+
+#: Largest header accepted, in bytes (a checkpoint of ~10,000 tensors fits easily).
+MAX_HEADER_BYTES = 1 << 20
+_MAX_NDIM = 32
+_CHECKPOINT_FORMAT = "learnae-checkpoint/1"
+_CHUNK_FORMAT = "learnae-chunk/1"
+_DECIMAL = re.compile(r"(0|[1-9][0-9]{0,19})")
+
+
+# --------------------------------------------------------------------------- schema
+@dataclass(frozen=True)
+class Schema:
+    """What one row of a data chunk looks like.
+
+    Attributes:
+        features: shape of one row's features, e.g. ``(28, 28)``; every dimension >= 1.
+        dtype: numpy name of the feature dtype, e.g. ``"float32"`` (one of :data:`DTYPES`;
+            a ``np.dtype`` or numpy type such as ``np.float32`` is turned into its name).
+        label_dtype: numpy name of the label dtype (``"int64"`` for class labels, a float
+            dtype for regression), or None for unlabelled data.
+        classes: number of classes (>= 2) when labels are class indices in
+            ``[0, classes)``; None otherwise. Requires an integer ``label_dtype``.
+
+    Raises:
+        SchemaMismatch: on construction, for a value learnae does not support.
+    """
+
+    features: tuple[int, ...]
+    dtype: str
+    label_dtype: str | None = None
+    classes: int | None = None
+
+    def __post_init__(self) -> None:
+        features = tuple(self.features)
+        if not all(_is_int(d) and d >= 1 for d in features):
+            raise SchemaMismatch(
+                f"schema features {self.features!r} must be a tuple of integers >= 1"
+            )
+        object.__setattr__(self, "features", features)
+        object.__setattr__(self, "dtype", _dtype_name(self.dtype, "schema dtype"))
+        if self.label_dtype is not None:
+            object.__setattr__(
+                self, "label_dtype", _dtype_name(self.label_dtype, "schema label_dtype")
+            )
+        if self.classes is not None:
+            if not _is_int(self.classes) or self.classes < 2:
+                raise SchemaMismatch(
+                    f"schema classes is {self.classes!r}, expected an integer >= 2 or None"
+                )
+            if self.label_dtype is None or np.dtype(self.label_dtype).kind not in "iu":
+                raise SchemaMismatch(
+                    f"schema has classes={self.classes} but label_dtype={self.label_dtype!r};"
+                    " class labels need an integer label_dtype such as 'int64'"
+                )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON/CBOR types: ``{"features": [...], "dtype", "label_dtype", "classes"}``."""
+        return {
+            "features": list(self.features),
+            "dtype": self.dtype,
+            "label_dtype": self.label_dtype,
+            "classes": self.classes,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Any) -> Schema:
+        """Inverse of :meth:`to_dict`.
+
+        Raises:
+            FormatError: ``d`` is not a map, lacks ``features`` or ``dtype``, has an unknown
+                key, or a value of the wrong JSON type.
+            SchemaMismatch: the values are well-formed but unsupported (see :class:`Schema`).
+        """
+        if not isinstance(d, Mapping):
+            raise FormatError(f"schema is a {type(d).__name__}, expected a map")
+        unknown = set(d) - {"features", "dtype", "label_dtype", "classes"}
+        if unknown:
+            raise FormatError(
+                f"schema has unknown keys {sorted(map(str, unknown))};"
+                " expected features, dtype, label_dtype, classes"
+            )
+        if "features" not in d or "dtype" not in d:
+            raise FormatError(f"schema {dict(d)!r} lacks 'features' or 'dtype'")
+        features, dtype = d["features"], d["dtype"]
+        label_dtype, classes = d.get("label_dtype"), d.get("classes")
+        if not isinstance(features, list | tuple) or not all(_is_int(v) for v in features):
+            raise FormatError(f"schema features is {features!r}, expected a list of integers")
+        if not isinstance(dtype, str) or not isinstance(label_dtype, str | None):
+            raise FormatError(
+                f"schema dtype {dtype!r} and label_dtype {label_dtype!r} must be strings"
+            )
+        if classes is not None and not _is_int(classes):
+            raise FormatError(f"schema classes is {classes!r}, expected an integer or null")
+        return cls(tuple(features), dtype, label_dtype, classes)
+
+    def check(self, x: Any, y: Any) -> None:
+        """Check features ``x`` (rows × *features) and labels ``y`` (rows,) against this schema.
+
+        Raises:
+            SchemaMismatch: ``x``/``y`` is not an array, has the wrong shape or dtype, the
+                row counts differ, ``y`` is given for an unlabelled schema (or missing for a
+                labelled one), or a class label lies outside ``[0, classes)``.
+            NonFiniteError: a float feature or label is NaN or infinite.
+        """
+        if not isinstance(x, np.ndarray):
+            raise SchemaMismatch(f"x is a {type(x).__name__}, expected a numpy array")
+        if x.shape[1:] != self.features or x.ndim != len(self.features) + 1:
+            raise SchemaMismatch(
+                f"x has shape {x.shape}, expected (rows, {', '.join(map(str, self.features))})"
+            )
+        if x.dtype != np.dtype(self.dtype):
+            raise SchemaMismatch(f"x has dtype {x.dtype}, expected {self.dtype}")
+        _check_finite("x", x)
+        if self.label_dtype is None:
+            if y is not None:
+                raise SchemaMismatch("y was given but the schema has no labels (label_dtype None)")
+            return
+        if not isinstance(y, np.ndarray):
+            raise SchemaMismatch(
+                f"y is {type(y).__name__}, expected a numpy array of {self.label_dtype} labels"
+            )
+        if y.ndim != 1:
+            raise SchemaMismatch(f"y has shape {y.shape}, expected (rows,)")
+        if y.shape[0] != x.shape[0]:
+            raise SchemaMismatch(f"x has {x.shape[0]} rows but y has {y.shape[0]}")
+        if y.dtype != np.dtype(self.label_dtype):
+            raise SchemaMismatch(f"y has dtype {y.dtype}, expected {self.label_dtype}")
+        _check_finite("y", y)
+        if self.classes is not None and y.size:
+            bad = np.flatnonzero((y < 0) | (y >= self.classes))
+            if bad.size:
+                raise SchemaMismatch(
+                    f"label {y[bad[0]]} at row {bad[0]} is outside 0..{self.classes - 1}"
+                    f" ({bad.size} such rows)"
+                )
+
+
+# ------------------------------------------------------------------------ checkpoint
+@dataclass
+class Checkpoint:
+    """A model's weights as published in a checkpoint file.
+
+    Attributes:
+        weights: weight path (``"sequential/dense/kernel"``) -> array, in ``model.weights``
+            order (insertion order is kept through encode/decode).
+        genesis: CID of the swarm's genesis transaction.
+        step: the publishing node's local step (batches trained).
+        samples: examples trained on since the node's previous checkpoint.
+    """
+
+    weights: dict[str, np.ndarray]
+    genesis: str
+    step: int
+    samples: int
+
+
+def encode_checkpoint(ckpt: Checkpoint) -> bytes:
+    """Serialize ``ckpt`` as a safetensors checkpoint file (deterministic bytes).
+
+    Raises:
+        FormatError: a weight name is empty, reserved or not UTF-8 encodable, a dtype is
+            not in :data:`DTYPES`, or genesis/step/samples are of the wrong type or negative.
+        NonFiniteError: a weight holds NaN or infinity (peers would refuse it).
+    """
+    if not isinstance(ckpt.genesis, str) or not ckpt.genesis:
+        raise FormatError(f"checkpoint genesis is {ckpt.genesis!r}, expected a CID string")
+    _check_count("step", ckpt.step)
+    _check_count("samples", ckpt.samples)
+    tensors = {name: np.asarray(w) for name, w in ckpt.weights.items()}
+    for name, w in tensors.items():
+        _check_finite(f"weight {name!r}", w)
+    metadata = {
+        "format": _CHECKPOINT_FORMAT,
+        "genesis": ckpt.genesis,
+        "step": str(ckpt.step),
+        "samples": str(ckpt.samples),
+        "names": json.dumps(list(tensors), separators=(",", ":")),
+    }
+    return _encode(tensors, metadata)
+
+
+def decode_checkpoint(
+    data: bytes,
+    *,
+    max_bytes: int,
+    expect: Mapping[str, tuple[tuple[int, ...], str]] | None = None,
+    genesis: str | None = None,
+) -> Checkpoint:
+    """Validate and decode a checkpoint file from an untrusted peer.
+
+    Args:
+        data: the file's bytes.
+        max_bytes: the swarm's checkpoint size limit, in bytes (checked before parsing).
+        expect: name -> (shape, dtype name) of the receiver's own model; the file must
+            hold exactly these names with these shapes and dtypes.
+        genesis: the receiver's genesis CID; the file must name the same swarm.
+
+    Returns:
+        A :class:`Checkpoint` whose weights are fresh, writable arrays (they share no
+        memory with ``data``), in the file's ``model.weights`` order.
+
+    Raises:
+        OversizeError: ``len(data) > max_bytes``.
+        CorruptFile: not a well-formed safetensors file (header, offsets, dtypes).
+        FormatError: well-formed safetensors, but not a learnae checkpoint (metadata).
+        SchemaMismatch: wrong genesis, or names/shapes/dtypes differ from ``expect``.
+        NonFiniteError: a weight holds NaN or infinity.
+    """
+    data = _limit(data, max_bytes, "checkpoint")
+    metadata, entries = _parse_header(data)
+    _check_format(metadata, _CHECKPOINT_FORMAT)
+    names = _meta_names(metadata, entries)
+    file_genesis = _meta_str(metadata, "genesis")
+    if genesis is not None and file_genesis != genesis:
+        raise SchemaMismatch(
+            f"checkpoint belongs to swarm {file_genesis!r}, expected genesis {genesis!r}"
+        )
+    step, samples = _meta_int(metadata, "step"), _meta_int(metadata, "samples")
+    if expect is not None:
+        _check_expect(entries, expect)
+    arrays = _load(data, entries)
+    weights = {name: arrays[name] for name in names}
+    for name, w in weights.items():
+        _check_finite(f"weight {name!r}", w)
+    return Checkpoint(weights=weights, genesis=file_genesis, step=step, samples=samples)
+
+
+def weight_norm(weights: Mapping[str, np.ndarray] | Iterable[np.ndarray]) -> float:
+    """Global L2 norm ``sqrt(sum of squares over every element of every tensor)``.
+
+    ``weights`` is a name -> array map or an iterable of arrays; squares are accumulated
+    in float64, so float16/float32 weights do not overflow. NaN/inf propagate.
+    """
+    tensors = weights.values() if isinstance(weights, Mapping) else weights
+    total = 0.0
+    for w in tensors:
+        flat = np.asarray(w, dtype=np.float64).ravel()
+        total += float(flat @ flat)
+    return math.sqrt(total)
+
+
+# ----------------------------------------------------------------------------- chunk
+@dataclass
+class Chunk:
+    """A sensor's batch of rows as published in a data chunk file.
+
+    Attributes:
+        x: features, shape ``(rows, *schema.features)``, dtype ``schema.dtype``.
+        y: labels, shape ``(rows,)``, dtype ``schema.label_dtype``; None when unlabelled.
+        schema: the :class:`Schema` the rows follow.
+        sensor: the sensor's id (free text chosen by its owner).
+        seq: the sensor's sequence number for this chunk (>= 0).
+        time_range: ``(start, end)`` of the readings, ms since the Unix epoch, start <= end.
+    """
+
+    x: np.ndarray
+    y: np.ndarray | None
+    schema: Schema
+    sensor: str
+    seq: int
+    time_range: tuple[int, int]
+
+
+def encode_chunk(chunk: Chunk) -> bytes:
+    """Serialize ``chunk`` as a safetensors chunk file (deterministic bytes).
+
+    Raises:
+        SchemaMismatch, NonFiniteError: ``x``/``y`` do not match ``chunk.schema``
+            (see :meth:`Schema.check`).
+        FormatError: sensor, seq or time_range are of the wrong type or out of range.
+    """
+    chunk.schema.check(chunk.x, chunk.y)
+    if not isinstance(chunk.sensor, str):
+        raise FormatError(f"chunk sensor is {chunk.sensor!r}, expected a string")
+    _check_count("seq", chunk.seq)
+    start, end = _time_range(chunk.time_range)
+    tensors = {"x": chunk.x} if chunk.y is None else {"x": chunk.x, "y": chunk.y}
+    metadata = {
+        "format": _CHUNK_FORMAT,
+        "schema": json.dumps(chunk.schema.to_dict(), sort_keys=True, separators=(",", ":")),
+        "sensor": chunk.sensor,
+        "seq": str(chunk.seq),
+        "start_ms": str(start),
+        "end_ms": str(end),
+    }
+    return _encode(tensors, metadata)
+
+
+def decode_chunk(data: bytes, *, max_bytes: int, schema: Schema | None = None) -> Chunk:
+    """Validate and decode a data chunk file from an untrusted sensor or peer.
+
+    Args:
+        data: the file's bytes.
+        max_bytes: the swarm's chunk size limit, in bytes (checked before parsing).
+        schema: the swarm's schema; when given, the chunk's own schema must equal it.
+
+    Returns:
+        A :class:`Chunk` with fresh, writable ``x`` and ``y`` arrays.
+
+    Raises:
+        OversizeError: ``len(data) > max_bytes``.
+        CorruptFile: not a well-formed safetensors file.
+        FormatError: not a learnae chunk (metadata, or a malformed schema).
+        SchemaMismatch: tensors other than ``x``/``y``, a schema different from ``schema``,
+            or ``x``/``y`` that do not match the chunk's schema (rows of x and y differ).
+        NonFiniteError: a float feature or label is NaN or infinite.
+    """
+    data = _limit(data, max_bytes, "chunk")
+    metadata, entries = _parse_header(data)
+    _check_format(metadata, _CHUNK_FORMAT)
+    if set(entries) not in ({"x"}, {"x", "y"}):
+        raise SchemaMismatch(f"chunk holds tensors {sorted(entries)}, expected 'x' and 'y'")
+    try:
+        schema_dict = json.loads(_meta_str(metadata, "schema"))
+    except json.JSONDecodeError as e:
+        raise FormatError(f"chunk metadata 'schema' is not valid JSON: {e}") from None
+    own = Schema.from_dict(schema_dict)
+    if schema is not None and own != schema:
+        raise SchemaMismatch(
+            f"chunk schema {own.to_dict()} differs from the swarm's {schema.to_dict()}"
+        )
+    sensor, seq = _meta_str(metadata, "sensor"), _meta_int(metadata, "seq")
+    start, end = _meta_int(metadata, "start_ms"), _meta_int(metadata, "end_ms")
+    if start > end:
+        raise FormatError(f"chunk time range starts at {start} ms, after its end {end} ms")
+    arrays = _load(data, entries)
+    x, y = arrays["x"], arrays.get("y")
+    own.check(x, y)
+    return Chunk(x=x, y=y, schema=own, sensor=sensor, seq=seq, time_range=(start, end))
+
+
+# --------------------------------------------------------------------------- helpers
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _dtype_name(value: Any, what: str) -> str:
+    """Canonical numpy name of an allowed dtype (an exact name, a np.dtype or a numpy type)."""
+    name = value if isinstance(value, str) else None
+    if isinstance(value, np.dtype) or (isinstance(value, type) and issubclass(value, np.generic)):
+        name = np.dtype(value).name
+    if name not in _TAGS:
+        raise SchemaMismatch(f"{what} is {value!r}, expected one of {', '.join(_TAGS)}")
+    return name
+
+
+def _check_count(what: str, value: Any) -> None:
+    if not _is_int(value) or value < 0:
+        raise FormatError(f"{what} is {value!r}, expected an integer >= 0")
+
+
+def _time_range(value: Any) -> tuple[int, int]:
+    if (
+        not isinstance(value, tuple | list)
+        or len(value) != 2
+        or not all(_is_int(t) and t >= 0 for t in value)
+        or value[0] > value[1]
+    ):
+        raise FormatError(
+            f"chunk time_range is {value!r}, expected (start, end) ms since the epoch,"
+            " 0 <= start <= end"
+        )
+    return value[0], value[1]
+
+
+def _check_finite(what: str, a: np.ndarray) -> None:
+    if a.dtype.kind != "f":
+        return
+    finite = np.isfinite(a)
+    if not finite.all():
+        nan = int(np.isnan(a).sum())
+        inf = int(a.size - finite.sum()) - nan
+        raise NonFiniteError(f"{what} holds {nan} NaN and {inf} infinite values")
+
+
+def _encode(tensors: Mapping[str, np.ndarray], metadata: dict[str, str]) -> bytes:
+    header: dict[str, Any] = {"__metadata__": metadata}
+    blobs, offset = [], 0
+    for name, a in tensors.items():
+        if not isinstance(name, str) or not name or name == "__metadata__":
+            raise FormatError(f"tensor name {name!r} is empty or reserved")
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError:
+            raise FormatError(f"tensor name {name!r} is not valid UTF-8 text") from None
+        tag = _TAGS.get(a.dtype.name)
+        if tag is None:
+            raise FormatError(
+                f"tensor {name!r} has dtype {a.dtype}, expected one of {', '.join(_TAGS)}"
+            )
+        blob = a.astype(a.dtype.newbyteorder("<"), copy=False).tobytes(order="C")
+        header[name] = {
+            "dtype": tag,
+            "shape": list(a.shape),
+            "data_offsets": [offset, offset + len(blob)],
+        }
+        blobs.append(blob)
+        offset += len(blob)
+    text = json.dumps(header, separators=(",", ":")).encode("ascii")
+    text += b" " * (-len(text) % 8)
+    return len(text).to_bytes(8, "little") + text + b"".join(blobs)
+
+
+def _limit(data: Any, max_bytes: int, what: str) -> bytes:
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise FormatError(f"{what} data is a {type(data).__name__}, expected bytes")
+    size = data.nbytes if isinstance(data, memoryview) else len(data)
+    if size > max_bytes:
+        raise OversizeError(f"{what} is {size} bytes, over the swarm's limit of {max_bytes} bytes")
+    return bytes(data)
+
+
+def _unique_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise CorruptFile(f"safetensors header has the key {key!r} twice")
+        out[key] = value
+    return out
+
+
+def _reject_constant(token: str) -> None:
+    raise CorruptFile(f"safetensors header holds the non-JSON number {token}")
+
+
+def _parse_header(data: bytes) -> tuple[dict[str, str], dict[str, tuple[str, tuple[int, ...]]]]:
+    """Check a safetensors header; return (metadata, tensor name -> (dtype tag, shape))."""
+    if len(data) < 8:
+        raise CorruptFile(
+            f"file is {len(data)} bytes, shorter than the 8-byte safetensors header length"
+        )
+    n = int.from_bytes(data[:8], "little")
+    if n > MAX_HEADER_BYTES:
+        raise CorruptFile(f"header length {n} exceeds the limit of {MAX_HEADER_BYTES} bytes")
+    if n > len(data) - 8:
+        raise CorruptFile(
+            f"header length {n} goes beyond the file ({len(data) - 8} bytes follow the length)"
+        )
+    raw = data[8 : 8 + n]
+    if not raw.startswith(b"{"):
+        raise CorruptFile(f"header does not start with '{{' (starts with {raw[:8]!r})")
+    try:
+        header = json.loads(
+            raw.decode("utf-8"), object_pairs_hook=_unique_object, parse_constant=_reject_constant
+        )
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CorruptFile(f"header is not valid UTF-8 JSON: {e}") from None
+    if not isinstance(header, dict):
+        raise CorruptFile(f"header is a JSON {type(header).__name__}, expected an object")
+
+    metadata = header.pop("__metadata__", {})
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise CorruptFile(f"header __metadata__ must map strings to strings, got {metadata!r:.200}")
+
+    size = len(data) - 8 - n
+    entries: dict[str, tuple[str, tuple[int, ...]]] = {}
+    spans = []
+    for name, entry in header.items():
+        if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
+            raise CorruptFile(
+                f"tensor {name!r} entry is {entry!r:.200}, expected exactly dtype, shape, data_offsets"
+            )
+        tag, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
+        if tag not in DTYPES:
+            raise CorruptFile(f"tensor {name!r} has dtype {tag!r}, not one of {', '.join(DTYPES)}")
+        if (
+            not isinstance(shape, list)
+            or len(shape) > _MAX_NDIM
+            or not all(_is_int(d) and d >= 0 for d in shape)
+        ):
+            raise CorruptFile(
+                f"tensor {name!r} has shape {shape!r:.200},"
+                f" expected a list of at most {_MAX_NDIM} non-negative integers"
+            )
+        if not isinstance(offsets, list) or len(offsets) != 2 or not all(map(_is_int, offsets)):
+            raise CorruptFile(
+                f"tensor {name!r} has data_offsets {offsets!r:.200}, expected [begin, end]"
+            )
+        begin, end = offsets
+        if not 0 <= begin <= end <= size:
+            raise CorruptFile(
+                f"tensor {name!r} data_offsets [{begin}, {end}] are out of bounds"
+                f" of the {size}-byte data section"
+            )
+        nbytes = math.prod(shape) * np.dtype(DTYPES[tag]).itemsize
+        if end - begin != nbytes:
+            raise CorruptFile(
+                f"tensor {name!r} spans {end - begin} bytes but shape {shape} of {tag}"
+                f" needs {nbytes}"
+            )
+        entries[name] = (tag, tuple(shape))
+        spans.append((begin, end, name))
+
+    cursor, previous = 0, None
+    for begin, end, name in sorted(spans):
+        if begin < cursor:
+            raise CorruptFile(
+                f"tensor {name!r} data_offsets [{begin}, {end}] overlap tensor {previous!r}"
+                f" (which ends at {cursor})"
+            )
+        if begin > cursor:
+            raise CorruptFile(
+                f"data section has a gap of {begin - cursor} bytes at offset {cursor}"
+                f" before tensor {name!r}"
+            )
+        cursor, previous = end, name
+    if cursor != size:
+        raise CorruptFile(
+            f"data section is {size} bytes but the tensors cover only {cursor}"
+            " (trailing bytes, or a truncated header)"
+        )
+    return metadata, entries
+
+
+def _load(data: bytes, entries: Mapping[str, tuple[str, tuple[int, ...]]]) -> dict[str, np.ndarray]:
+    """Read the tensors (header already checked) as fresh, writable, native-order arrays."""
+    try:
+        loaded = safetensors.numpy.load(data)
+    except Exception as e:  # SafetensorError and anything else the parser raises
+        raise CorruptFile(f"safetensors refused the file: {e}") from None
+    if set(loaded) != set(entries):
+        raise CorruptFile(
+            f"safetensors read tensors {sorted(loaded)}, header names {sorted(entries)}"
+        )
+    return {
+        name: np.array(loaded[name].reshape(shape), dtype=np.dtype(DTYPES[tag]), copy=True)
+        for name, (tag, shape) in entries.items()
+    }
+
+
+def _check_format(metadata: Mapping[str, str], expected: str) -> None:
+    found = metadata.get("format")
+    if found != expected:
+        raise FormatError(f"file format is {found!r}, expected {expected!r}")
+
+
+def _meta_str(metadata: Mapping[str, str], key: str) -> str:
+    if key not in metadata:
+        raise FormatError(f"metadata lacks {key!r}")
+    return metadata[key]
+
+
+def _meta_int(metadata: Mapping[str, str], key: str) -> int:
+    value = _meta_str(metadata, key)
+    if not _DECIMAL.fullmatch(value):
+        raise FormatError(
+            f"metadata {key!r} is {value[:40]!r}, expected a non-negative decimal integer"
+        )
+    return int(value)
+
+
+def _meta_names(metadata: Mapping[str, str], entries: Mapping[str, Any]) -> list[str]:
+    try:
+        names = json.loads(_meta_str(metadata, "names"))
+    except json.JSONDecodeError as e:
+        raise FormatError(f"metadata 'names' is not valid JSON: {e}") from None
+    if (
+        not isinstance(names, list)
+        or not all(isinstance(n, str) for n in names)
+        or len(set(names)) != len(names)
+        or set(names) != set(entries)
+    ):
+        raise FormatError(
+            f"metadata 'names' does not list each tensor exactly once"
+            f" ({len(entries)} tensors in the file)"
+        )
+    return names
+
+
+def _check_expect(
+    entries: Mapping[str, tuple[str, tuple[int, ...]]],
+    expect: Mapping[str, tuple[tuple[int, ...], str]],
+) -> None:
+    missing = [n for n in expect if n not in entries]
+    extra = [n for n in entries if n not in expect]
+    if missing or extra:
+        raise SchemaMismatch(
+            f"checkpoint weights differ from the model: missing {missing[:5]}"
+            f"{'...' if len(missing) > 5 else ''}, unexpected {extra[:5]}"
+            f"{'...' if len(extra) > 5 else ''}"
+        )
+    for name, (shape, dtype) in expect.items():
+        tag, found = entries[name]
+        if found != tuple(shape):
+            raise SchemaMismatch(f"weight {name!r} has shape {found}, expected {tuple(shape)}")
+        if np.dtype(DTYPES[tag]) != np.dtype(dtype):
+            raise SchemaMismatch(
+                f"weight {name!r} has dtype {DTYPES[tag]}, expected {np.dtype(dtype).name}"
+            )
