@@ -1,1 +1,79 @@
 """Shared fixtures. Integration fixtures start real embedded Kubo nodes in a private swarm."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+import pytest
+
+from learnae.ipfs import privnet
+
+
+async def eventually(predicate, timeout: float = 20.0, interval: float = 0.05):
+    """Await until ``predicate()`` (sync or async) is truthy; fail the test after ``timeout`` s."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        value = predicate()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return value
+        if loop.time() > deadline:
+            pytest.fail(f"condition not met within {timeout} s: {predicate}")
+        await asyncio.sleep(interval)
+
+
+@pytest.fixture
+def swarm_key() -> str:
+    return privnet.new_swarm_key()
+
+
+@pytest.fixture
+async def embedded_pair(tmp_path, swarm_key):
+    """Two embedded Kubo nodes in one private swarm on 127.0.0.1, B connected to A."""
+    from learnae.ipfs.embedded import EmbeddedNode
+
+    nodes = []
+    try:
+        for name in "ab":
+            nodes.append(await EmbeddedNode.start(tmp_path / name, swarm_key))
+        a, b = nodes
+        await b.connect((await a.addrs())[0])
+        await eventually(lambda: _sees(a, b))
+        yield a, b
+    finally:
+        for node in nodes:
+            await node.close()
+
+
+async def _sees(a, b) -> bool:
+    return b.id in await a.peers() and a.id in await b.peers()
+
+
+@pytest.fixture
+async def memory_pair():
+    from learnae.ipfs.memory import MemoryNetwork
+
+    net = MemoryNetwork(seed=1)
+    a, b = net.node("a"), net.node("b")
+    await b.connect((await a.addrs())[0])
+    yield a, b
+    await a.close()
+    await b.close()
+
+
+@pytest.fixture
+async def rpc_pair():
+    """Two views of a Kubo daemon named by LEARNAE_KUBO_API (one daemon: A and B are the same node)."""
+    url = os.environ.get("LEARNAE_KUBO_API")
+    if not url:
+        pytest.skip("set LEARNAE_KUBO_API=http://127.0.0.1:5001 to run the contract suite against a Kubo daemon")
+    from learnae.ipfs.rpc import RpcNode
+
+    a = await RpcNode.open(url)
+    b = await RpcNode.open(url)
+    yield a, b
+    await a.close()
+    await b.close()

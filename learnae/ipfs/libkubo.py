@@ -10,6 +10,11 @@ them from worker threads, never on an event loop: :mod:`learnae.ipfs.embedded`
 does that. Each call names the node by its repo path, so several nodes can run
 in one process.
 
+Kubo writes its own debug log, ``kubo.log``, into the directory that is current
+at the library's first call. :func:`load` makes that call from the directory
+named by ``LEARNAE_LOG_DIR`` (default: ``<tmp>/learnae-<uid>``), so the log never
+lands in whatever directory the user ran learnae from.
+
 Before the library is loaded, ``LIBP2P_FORCE_PNET=1`` is put in the environment:
 libp2p reads it when the Go runtime starts, and with it a node refuses to run
 without a ``swarm.key`` (DESIGN.md, "Private swarms only").
@@ -22,6 +27,7 @@ import importlib.util
 import json
 import os
 import platform
+import tempfile
 import threading
 from pathlib import Path
 
@@ -62,7 +68,7 @@ def _declare(lib: ctypes.CDLL) -> None:
         "ConnectToPeer": ([s, s], i), "ListPeersIDs": ([s], v),
         "PubSubPublish": ([s, s, ctypes.c_char_p, i], i), "PubSubSubscribe": ([s, s], ll),
         "PubSubNextMessage": ([ll], v), "PubSubUnsubscribe": ([ll], i),
-        "FreeString": ([v], None),
+        "FreeString": ([v], None), "TestGetString": ([], v),
     }
     for name, (args, res) in sigs.items():
         fn = getattr(lib, name)
@@ -77,8 +83,22 @@ def load() -> ctypes.CDLL:
             os.environ["LIBP2P_FORCE_PNET"] = "1"
             lib = ctypes.CDLL(str(library_path()))
             _declare(lib)
+            log_dir = log_directory()
+            log_dir.mkdir(parents=True, exist_ok=True)
+            cwd = os.getcwd()
+            os.chdir(log_dir)  # Kubo opens kubo.log here, at its first call
+            try:
+                lib.FreeString(lib.TestGetString())
+            finally:
+                os.chdir(cwd)
             _lib = lib
         return _lib
+
+
+def log_directory() -> Path:
+    """Where Kubo's ``kubo.log`` goes: ``$LEARNAE_LOG_DIR`` or ``<tmp>/learnae-<uid>``."""
+    default = Path(tempfile.gettempdir()) / f"learnae-{os.getuid()}"
+    return Path(os.environ.get("LEARNAE_LOG_DIR") or default)
 
 
 def _take_string(ptr: int | None) -> str | None:

@@ -1,0 +1,434 @@
+"""``rpc``: a Kubo daemon driven through its RPC API (https://docs.ipfs.tech/reference/kubo/rpc/).
+
+For people who already run ``ipfs daemon``. Every call is an HTTP POST to
+``<url>/api/v0/<command>`` made with aiohttp on the caller's event loop. Kubo
+0.11 and later exchange pubsub topics and payloads multibase-encoded
+(:func:`encode_topic`, :func:`decode_message`); ``ipfshttpclient`` predates that
+and refuses Kubo newer than 0.8, so it is not used. Pubsub needs the daemon to
+run with ``--enable-pubsub-experiment`` (or ``Pubsub.Enabled = true``).
+
+The daemon's own configuration decides whether it is private (DESIGN.md,
+"Private swarms only"): learnae does not change it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import re
+import weakref
+from collections.abc import AsyncIterator, Iterable
+
+import aiohttp
+from multiformats import multibase
+
+from learnae.content import file_cid, parse_cid, to_v1
+from learnae.errors import IpfsError, IpfsTimeout, NodeClosed, OversizeError
+from learnae.ipfs.addr import check_multiaddr
+from learnae.ipfs.base import IpfsNode, PubsubMessage
+
+__all__ = ["RpcNode", "encode_topic", "decode_message", "CALL_TIMEOUT", "SUBSCRIPTION_BUFFER"]
+
+log = logging.getLogger(__name__)
+
+#: seconds an RPC call (other than ``cat`` and pubsub streams) may take
+CALL_TIMEOUT = 60.0
+#: messages a subscription buffers before it drops the oldest
+SUBSCRIPTION_BUFFER = 10_000
+_MIN_KUBO = (0, 11)  # multibase pubsub topics
+_CONNECT_S = 10.0  # seconds to open the TCP connection to the API
+
+
+def encode_topic(topic: str) -> str:
+    """A pubsub topic as Kubo's RPC API takes it: multibase base64url (``u`` prefix, no padding).
+
+    Example: ``encode_topic("learnae/x") == "ubGVhcm5hZS94"``.
+    """
+    return multibase.encode(topic.encode("utf-8"), "base64url")
+
+
+def decode_message(line: bytes | str) -> PubsubMessage:
+    """Decode one line of ``/api/v0/pubsub/sub`` output.
+
+    Kubo prints one JSON object per message, e.g.
+    ``{"from":"12D3KooW...","data":"ubmFtZSBwdWJzdWIgdGVzdCAyCg","seqno":"uFxhdm2UVf2Y","topicIDs":["uaGVsbG9kYXduZ3Jw"]}``;
+    ``from`` is the sender's peer id, ``data`` the payload in multibase (absent when empty).
+
+    Raises:
+        IpfsError: the line is not such an object.
+    """
+    try:
+        obj = json.loads(line)
+        sender = obj["from"]
+        data = obj.get("data") or ""
+        if not isinstance(sender, str) or not isinstance(data, str):
+            raise ValueError("'from' and 'data' must be strings")
+        return PubsubMessage(sender, multibase.decode(data) if data else b"")
+    except (KeyError, TypeError, ValueError) as exc:
+        raise IpfsError(f"not a Kubo pubsub message ({exc}): {str(line)[:200]}") from exc
+
+
+def _flag(value: bool) -> str:
+    return "true" if value else "false"
+
+
+class RpcNode(IpfsNode):
+    """A Kubo daemon seen through its RPC API. Create with :meth:`open`.
+
+    Attributes:
+        url: the API's base URL, e.g. ``"http://127.0.0.1:5001"``.
+        id: the daemon's peer id.
+    """
+
+    def __init__(self, url: str, session: aiohttp.ClientSession, *, owns_session: bool):
+        self.url = url.rstrip("/")
+        self.id = ""
+        self._session = session
+        self._owns_session = owns_session
+        self._closed = False
+        self._subs: weakref.WeakSet[_Subscription] = weakref.WeakSet()
+
+    @classmethod
+    async def open(cls, url: str = "http://127.0.0.1:5001", *,
+                   session: aiohttp.ClientSession | None = None) -> RpcNode:
+        """Connect to the daemon at ``url`` and learn its peer id (``/api/v0/id``).
+
+        Args:
+            url: the RPC API's address (Kubo's ``Addresses.API``, as http://host:port).
+            session: an aiohttp session to use; by default the node makes its own and
+                closes it in :meth:`close`.
+
+        Raises:
+            IpfsError: nothing answers at ``url``, it is not a Kubo RPC API, or the Kubo
+                is older than 0.11. The reason names the URL.
+        """
+        node = cls(url, session or aiohttp.ClientSession(), owns_session=session is None)
+        try:
+            node.id = str((await node._json("id")).get("ID") or "")
+            if not node.id:
+                raise IpfsError(f"{node.url} answered id without a peer id: is it a Kubo RPC API?")
+            version = await node.version()
+        except BaseException:
+            await node.close()
+            raise
+        numbers = tuple(int(n) for n in re.findall(r"\d+", version)[:2])
+        if len(numbers) == 2 and numbers < _MIN_KUBO:
+            await node.close()
+            raise IpfsError(f"the Kubo at {node.url} is version {version}; learnae needs 0.11 or "
+                            "newer (multibase pubsub topics)")
+        return node
+
+    def __repr__(self) -> str:
+        return f"<RpcNode {self.id or '?'} at {self.url}{' closed' if self._closed else ''}>"
+
+    # -- HTTP ---------------------------------------------------------------
+    def _check_open(self) -> None:
+        if self._closed:
+            raise NodeClosed(f"the RPC node for {self.url} is closed")
+
+    @contextlib.asynccontextmanager
+    async def _post(self, command: str, params: Iterable[tuple[str, str]] = (), *,
+                    data: aiohttp.FormData | None = None, timeout: float | None = CALL_TIMEOUT,
+                    timeout_reason: str | None = None):
+        """POST ``/api/v0/<command>``; yield the response once it answered 200.
+
+        Raises IpfsError for other statuses (with Kubo's message) and for connection
+        failures, IpfsTimeout (with ``timeout_reason``) after ``timeout`` seconds in all.
+        """
+        self._check_open()
+        endpoint = f"{self.url}/api/v0/{command}"
+        limits = aiohttp.ClientTimeout(total=timeout, sock_connect=_CONNECT_S)
+        try:
+            async with self._session.post(endpoint, params=list(params), data=data, timeout=limits) as resp:
+                if resp.status != 200:
+                    raise IpfsError(await self._failure(command, resp))
+                yield resp
+        except TimeoutError:
+            raise IpfsTimeout(timeout_reason or f"the Kubo at {self.url} did not answer {command} "
+                              f"within {timeout:g} s") from None
+        except aiohttp.ClientError as exc:
+            raise IpfsError(f"no Kubo RPC API answers at {self.url} ({command}): {exc}; is `ipfs daemon` "
+                            "running there?") from exc
+
+    async def _failure(self, command: str, resp: aiohttp.ClientResponse) -> str:
+        text = (await resp.text(errors="replace")).strip()[:500]
+        with contextlib.suppress(ValueError, AttributeError):
+            text = json.loads(text).get("Message") or text
+        if resp.status in (404, 405):
+            return f"{self.url} has no Kubo RPC command {command} (HTTP {resp.status}): {text}"
+        return f"Kubo {command} failed (HTTP {resp.status}): {text}"
+
+    async def _json(self, command: str, params: Iterable[tuple[str, str]] = (), **kwargs) -> dict:
+        async with self._post(command, params, **kwargs) as resp:
+            body = await resp.text(errors="replace")
+        try:
+            value = json.loads(body)
+        except ValueError:
+            value = None
+        if not isinstance(value, dict):
+            raise IpfsError(f"{self.url} answered {command} with something that is not Kubo's JSON: {body[:200]!r}")
+        return value
+
+    @staticmethod
+    def _file(data: bytes) -> aiohttp.FormData:
+        form = aiohttp.FormData()
+        form.add_field("file", bytes(data), filename="file", content_type="application/octet-stream")
+        return form
+
+    # -- content ------------------------------------------------------------
+    async def add(self, data: bytes, *, cid_version: int = 0, raw_leaves: bool | None = None,
+                  pin: bool = True) -> str:
+        """Add ``data`` as a file (``/api/v0/add``) and return its CID as CIDv1 base32.
+
+        Args:
+            data: the file's bytes.
+            cid_version, raw_leaves: as ``ipfs add --cid-version --raw-leaves``; the defaults
+                give Kubo's default DAG, whose CID :func:`~learnae.content.content_id` predicts.
+            pin: pin the file (the default).
+
+        Raises:
+            IpfsError: Kubo refused, or built a different DAG than Kubo's defaults would
+                (the daemon's ``Import`` config changes them); the reason says which.
+        """
+        params = [("quiet", "true"), ("pin", _flag(pin)), ("cid-version", str(cid_version)),
+                  ("chunker", "size-262144")]
+        if raw_leaves is not None:
+            params.append(("raw-leaves", _flag(raw_leaves)))
+        async with self._post("add", params, data=self._file(data)) as resp:
+            body = await resp.text(errors="replace")
+        try:
+            cid = to_v1(json.loads(body.strip().splitlines()[-1])["Hash"])
+        except (IndexError, KeyError, TypeError, ValueError) as exc:
+            raise IpfsError(f"Kubo add answered without a CID: {body[:200]!r}") from exc
+        if raw_leaves is None or raw_leaves == (cid_version == 1):  # Kubo's default DAG for the version
+            data = bytes(data)
+            if len(data) > 1 << 20:  # hash big files off the loop
+                expected = await asyncio.to_thread(file_cid, data, cid_version=cid_version)
+            else:
+                expected = file_cid(data, cid_version=cid_version)
+            expected = to_v1(expected)
+            if cid != expected:
+                raise IpfsError(f"the Kubo at {self.url} made {cid} where Kubo's defaults give {expected}: "
+                                "its Import config (chunker, raw leaves, links per node) differs")
+        return cid
+
+    async def cat(self, cid: str, timeout: float = 30.0, max_size: int | None = None) -> bytes:
+        """Return the bytes of file ``cid`` (``/api/v0/cat``); see :meth:`IpfsNode.cat`.
+
+        ``timeout`` (seconds) covers finding, fetching and reading. ``max_size`` is checked
+        against the size Kubo announces (``X-Content-Length``) and while reading, which stops
+        at the first byte over it.
+
+        Raises:
+            InvalidCID, IpfsTimeout, OversizeError; IpfsError when Kubo fails or the
+            stream breaks off before the announced size.
+        """
+        key = to_v1(parse_cid(cid))
+        chunks: list[bytes] = []
+        received = 0
+        async with self._post("cat", [("arg", key)], timeout=timeout,
+                              timeout_reason=f"no peer served {key} within {timeout:g} s") as resp:
+            announced = resp.headers.get("X-Content-Length", "")
+            size = int(announced) if announced.isdigit() else None
+            if max_size is not None and size is not None and size > max_size:
+                raise OversizeError(f"{key} is {size} bytes, over the limit of {max_size}")
+            async for chunk in resp.content.iter_chunked(1 << 16):
+                received += len(chunk)
+                if max_size is not None and received > max_size:
+                    raise OversizeError(f"{key} is over {max_size} bytes, the limit")
+                chunks.append(chunk)
+        if size is not None and received != size:
+            raise IpfsError(f"Kubo sent {received} of the {size} bytes of {key}: the stream broke off")
+        return b"".join(chunks)
+
+    async def pin(self, cid: str, timeout: float = CALL_TIMEOUT) -> None:
+        """Pin ``cid`` recursively (``/api/v0/pin/add``), fetching it within ``timeout`` s if needed."""
+        key = to_v1(parse_cid(cid))
+        async with self._post("pin/add", [("arg", key)], timeout=timeout,
+                              timeout_reason=f"could not fetch and pin {key} within {timeout:g} s"):
+            pass
+
+    async def unpin(self, cid: str) -> None:
+        """Remove the pin on ``cid`` (``/api/v0/pin/rm``); not pinned is not an error."""
+        key = to_v1(parse_cid(cid))
+        try:
+            async with self._post("pin/rm", [("arg", key)]):
+                pass
+        except IpfsError as exc:
+            if "not pinned" not in exc.reason:
+                raise
+
+    # -- pubsub -------------------------------------------------------------
+    async def publish(self, topic: str, data: bytes) -> None:
+        """Publish ``data`` on ``topic`` (``/api/v0/pubsub/pub``, the payload as a multipart file).
+
+        Waits first (up to :data:`CALL_TIMEOUT`) until this node's own subscriptions are
+        open at the daemon, so that a message published after ``subscribe`` reaches them.
+        """
+        self._check_open()
+        opening = [sub.ready for sub in self._subs if not sub.ready.done()]
+        if opening:
+            await asyncio.wait(opening, timeout=CALL_TIMEOUT)
+        async with self._post("pubsub/pub", [("arg", encode_topic(topic))], data=self._file(data)):
+            pass
+
+    def subscribe(self, topic: str) -> _Subscription:
+        """Subscribe to ``topic`` (``/api/v0/pubsub/sub``, a stream of JSON lines).
+
+        Must be called on the event loop. The HTTP stream opens in the background; this
+        node's :meth:`publish` waits for it, other publishers may not. If the stream fails
+        (daemon gone, pubsub disabled) the iterator raises :class:`~learnae.errors.IpfsError`
+        once with the reason, then ends.
+        """
+        self._check_open()
+        sub = _Subscription(self, topic)
+        self._subs.add(sub)
+        return sub
+
+    # -- peers --------------------------------------------------------------
+    async def connect(self, multiaddr: str, timeout: float = 30.0) -> None:
+        """Connect the daemon to ``multiaddr`` (``/api/v0/swarm/connect``).
+
+        Raises:
+            InvalidMultiaddr: it does not parse or does not end in ``/p2p/<id>``.
+            IpfsError: the daemon could not connect (the reason is Kubo's).
+        """
+        self._check_open()
+        check_multiaddr(multiaddr)
+        async with self._post("swarm/connect", [("arg", multiaddr)], timeout=timeout,
+                              timeout_reason=f"could not connect to {multiaddr} within {timeout:g} s"):
+            pass
+
+    async def peers(self) -> list[str]:
+        """Peer ids the daemon is connected to (``/api/v0/swarm/peers``), each once."""
+        info = await self._json("swarm/peers")
+        return list(dict.fromkeys(peer["Peer"] for peer in info.get("Peers") or []))
+
+    async def addrs(self) -> list[str]:
+        """The daemon's addresses from ``/api/v0/id``, each ending in ``/p2p/<id>``."""
+        info = await self._json("id")
+        suffix = f"/p2p/{self.id}"
+        return [a if a.endswith(suffix) else a + suffix for a in info.get("Addresses") or []]
+
+    async def version(self) -> str:
+        """The daemon's Kubo version (``/api/v0/version``), e.g. ``"0.26.0"``."""
+        return str((await self._json("version")).get("Version", ""))
+
+    async def close(self) -> None:
+        """End this node's subscriptions and close the session if the node made it. Idempotent.
+
+        The daemon keeps running.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        subs, self._subs = list(self._subs), weakref.WeakSet()
+        for sub in subs:
+            sub._stop()
+        await asyncio.gather(*(sub._task for sub in subs), return_exceptions=True)
+        if self._owns_session:
+            await self._session.close()
+
+
+class _Stream:
+    """What a subscription's background reader fills: the reader holds this, never the
+    subscription, so a subscription nobody holds is collected (and its reader cancelled)."""
+
+    END = object()
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.queue: asyncio.Queue = asyncio.Queue()
+        self.ready: asyncio.Future[None] = loop.create_future()
+        self.ended = False
+        self.dropped = self.skipped = 0
+
+    def opened(self) -> None:
+        if not self.ready.done():
+            self.ready.set_result(None)
+
+    def line(self, topic: str, line: bytes) -> None:
+        try:
+            msg = decode_message(line)
+        except IpfsError as exc:
+            self.skipped += 1
+            log.warning("subscription to %r: %s", topic, exc.reason)
+            return
+        if self.queue.qsize() >= SUBSCRIPTION_BUFFER:
+            self.queue.get_nowait()
+            self.dropped += 1
+        self.queue.put_nowait(msg)
+
+    def finish(self, error: Exception | None) -> None:
+        self.opened()
+        if not self.ended:
+            self.ended = True
+            self.queue.put_nowait(self.END if error is None else error)
+
+
+async def _read(node: RpcNode, topic: str, stream: _Stream) -> None:
+    """Background task: copy the ``pubsub/sub`` stream of ``topic`` into ``stream``."""
+    error: Exception
+    try:
+        async with node._post("pubsub/sub", [("arg", encode_topic(topic))], timeout=None) as resp:
+            stream.opened()
+            pending = b""
+            async for chunk in resp.content.iter_any():
+                *lines, pending = (pending + chunk).split(b"\n")
+                for line in lines:
+                    if line.strip():
+                        stream.line(topic, line)
+        error = IpfsError(f"the Kubo at {node.url} ended the subscription to {topic!r}")
+    except IpfsError as exc:
+        error = exc
+    finally:
+        stream.opened()
+    stream.finish(error)
+
+
+class _Subscription(AsyncIterator[PubsubMessage]):
+    """Messages of one topic from a ``pubsub/sub`` stream; ``aclose()`` (or collection) ends it.
+
+    Attributes:
+        ready: a future done once the daemon opened the subscription (or it failed).
+        dropped: messages discarded because :data:`SUBSCRIPTION_BUFFER` were waiting.
+        skipped: lines of the stream that were not pubsub messages (logged).
+    """
+
+    def __init__(self, node: RpcNode, topic: str):
+        self.node, self.topic = node, topic
+        loop = asyncio.get_running_loop()
+        self._stream = _Stream(loop)
+        self._task = loop.create_task(_read(node, topic, self._stream))
+
+    ready = property(lambda self: self._stream.ready)
+    dropped = property(lambda self: self._stream.dropped)
+    skipped = property(lambda self: self._stream.skipped)
+
+    def _stop(self) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop is already closed
+            self._task.cancel()
+        self._stream.finish(None)
+
+    def __del__(self) -> None:
+        task = getattr(self, "_task", None)
+        if task is not None and not task.done():
+            self._stop()
+
+    def __aiter__(self) -> _Subscription:
+        return self
+
+    async def __anext__(self) -> PubsubMessage:
+        item = await self._stream.queue.get()
+        if item is _Stream.END or isinstance(item, Exception):
+            self._stream.queue.put_nowait(_Stream.END)
+            if item is _Stream.END:
+                raise StopAsyncIteration
+            raise item
+        return item
+
+    async def aclose(self) -> None:
+        self.node._subs.discard(self)
+        self._stop()
+        await asyncio.gather(self._task, return_exceptions=True)

@@ -1,0 +1,133 @@
+"""What only the embedded Kubo backend must show: private swarm, big transfers, clean close."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import threading
+
+import pytest
+from conftest import eventually
+
+from learnae.content import content_id
+from learnae.errors import ConfigError, IpfsError, IpfsTimeout, NodeClosed
+from learnae.ipfs import privnet
+from learnae.ipfs.embedded import EmbeddedNode
+
+pytestmark = pytest.mark.slow
+
+
+def _port(addr: str) -> int:
+    return int(addr.split("/tcp/")[1].split("/")[0])
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(1)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+async def test_repo_config_is_private(tmp_path, swarm_key):
+    node = await EmbeddedNode.start(tmp_path / "n", swarm_key)
+    try:
+        cfg = json.loads((tmp_path / "n" / "config").read_text())
+        assert cfg["Bootstrap"] == []
+        assert cfg["Routing"]["Type"] == "none"
+        assert cfg["Discovery"]["MDNS"]["Enabled"] is False
+        assert cfg["Addresses"]["Swarm"] == ["/ip4/127.0.0.1/tcp/0"]
+        net = cfg["Swarm"]["Transports"]["Network"]
+        assert net["TCP"] and not any(net[k] for k in ("QUIC", "WebTransport", "Websocket", "Relay"))
+        assert (tmp_path / "n" / "swarm.key").read_text() == swarm_key
+        assert oct((tmp_path / "n" / "swarm.key").stat().st_mode & 0o777) == "0o600"
+        assert all(a.startswith("/ip4/127.0.0.1/tcp/") for a in await node.addrs())
+        assert os.environ["LIBP2P_FORCE_PNET"] == "1"
+    finally:
+        await node.close()
+
+
+async def test_a_node_with_another_swarm_key_cannot_connect(tmp_path, swarm_key):
+    a = await EmbeddedNode.start(tmp_path / "a", swarm_key)
+    stranger = await EmbeddedNode.start(tmp_path / "s", privnet.new_swarm_key())
+    try:
+        with pytest.raises(IpfsError, match="same swarm key"):
+            await stranger.connect((await a.addrs())[0], timeout=20)
+        assert await a.peers() == []
+    finally:
+        await a.close()
+        await stranger.close()
+
+
+def test_a_bad_swarm_key_is_refused():
+    with pytest.raises(ConfigError, match="64 hex digits"):
+        privnet.check_swarm_key("/key/swarm/psk/1.0.0/\n/base16/\nnothex\n")
+
+
+async def test_b_fetches_a_50_mb_checkpoint_with_identical_bytes(embedded_pair):
+    a, b = embedded_pair
+    data = os.urandom(50 * 2**20)
+    cid = await a.add(data)
+    assert await b.cat(cid, timeout=120) == data
+
+
+async def test_close_leaves_no_thread_port_or_lock_and_the_repo_restarts(tmp_path, swarm_key):
+    before = set(threading.enumerate())
+    a = await EmbeddedNode.start(tmp_path / "a", swarm_key)
+    b = await EmbeddedNode.start(tmp_path / "b", swarm_key)
+    await b.connect((await a.addrs())[0])
+    port = _port((await a.addrs())[0])
+    first_id = a.id
+    cid = await a.add(b"kept across restarts")
+    sub = a.subscribe("learnae/close-test")
+    # leave a fetch blocked on a CID nobody has: close() must end it too
+    with pytest.raises(IpfsTimeout):
+        await a.cat(content_id(b"nobody has this " + os.urandom(8)), timeout=0.5)
+    assert _listening(port)
+    await a.close()
+    await b.close()
+    assert set(threading.enumerate()) <= before, "threads left behind"
+    assert not _listening(port)
+    assert not (tmp_path / "a" / "repo.lock").exists()
+    with pytest.raises(StopAsyncIteration):
+        await anext(sub)
+    with pytest.raises(NodeClosed):
+        await a.publish("t", b"x")
+
+    again = await EmbeddedNode.start(tmp_path / "a", swarm_key)
+    try:
+        assert again.id == first_id
+        assert await again.cat(cid, timeout=10) == b"kept across restarts"
+    finally:
+        await again.close()
+
+
+async def test_many_messages_each_arrive_exactly_once(embedded_pair):
+    """gossipsub does not promise order; it must not lose or repeat messages between two live peers."""
+    a, b = embedded_pair
+    topic = "learnae/many"
+    sub = b.subscribe(topic)
+    got = []
+    try:
+        async def arrived_first():
+            if not got:
+                await a.publish(topic, b"warmup")
+                try:
+                    got.append(await asyncio.wait_for(anext(sub), 0.3))
+                except TimeoutError:
+                    pass
+            return bool(got)
+
+        await eventually(arrived_first, timeout=30, interval=0)
+        for i in range(200):
+            await a.publish(topic, i.to_bytes(2, "big"))
+        msgs = []
+        while len(msgs) < 200:
+            sender, data = await asyncio.wait_for(anext(sub), 10)
+            if data != b"warmup":
+                msgs.append(int.from_bytes(data, "big"))
+        assert sorted(msgs) == list(range(200)), msgs
+        with pytest.raises(TimeoutError):  # and nothing more (no duplicates)
+            await asyncio.wait_for(anext(sub), 1)
+    finally:
+        await sub.aclose()
