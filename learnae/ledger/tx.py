@@ -1,0 +1,430 @@
+"""Tangle transactions: the DAG-CBOR wire format, proof-of-work, signatures and validation.
+
+A transaction is a DAG-CBOR map (DESIGN.md "Wire formats"; https://ipld.io/specs/codecs/dag-cbor/spec/):
+
+===========  ==========================================================================
+``v``        1
+``swarm``    link (tag 42) to the genesis transaction; absent on the genesis itself
+``kind``     text: ``genesis``, ``checkpoint``, ``data`` or a later kind (kept, payload unchecked)
+``author``   bytes: the author's 32-byte Ed25519 public key
+``parents``  list of links to 1 or 2 distinct earlier transactions, sorted by their binary
+             CIDs (1 only while the tangle has a single tip); empty on the genesis
+``time``     unsigned int: milliseconds since the Unix epoch, by the author's clock
+``payload``  map, per kind (:func:`check_payload`)
+``nonce``    unsigned int: proof-of-work
+``sig``      bytes: 64-byte Ed25519 signature over the *unsigned encoding*, the DAG-CBOR
+             map of every other field
+===========  ==========================================================================
+
+Proof-of-work: sha2-256 of the unsigned encoding has at least ``pow_bits`` leading zero bits
+(priced spam, as in IOTA). A transaction's id is its CIDv1 (dag-cbor, sha2-256) over the signed
+encoding, shown in base32 (``"bafyrei..."``).
+
+The envelope is encoded here rather than by ``libipld``: ``libipld.encode_dag_cbor`` (3.x) writes
+*any* Python ``bytes`` that parse as a binary CID as a link (tag 42), and about 1 in 2,500 random
+32-byte keys and 1 in 1,100 random 64-byte signatures do. Links and byte strings are therefore
+written by hand, and only the payload goes through ``libipld`` (payload links are binary CIDs in
+``bytes``, as ``libipld`` decodes them; payload byte strings meet the same ambiguity). Decoding is by ``libipld``; a transaction is accepted only if
+re-encoding its decoded fields gives back exactly its bytes (canonical form), so every accepted
+transaction has one encoding and one id.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import libipld
+
+from learnae.errors import BadSignature, InvalidCID, TxRejected
+from learnae.identity import Identity, verify
+
+VERSION = 1
+MAX_FUTURE_MS = 10 * 60 * 1000
+"""A transaction may be at most this far ahead of the receiver's clock (ms)."""
+TX_CID_PREFIX = b"\x01\x71\x12\x20"
+"""Binary CIDv1 prefix of a transaction id: version 1, dag-cbor, sha2-256, 32 bytes."""
+
+_FIELDS = frozenset({"v", "kind", "author", "parents", "time", "payload", "nonce", "sig"})
+_SIG_ENTRY = b"\x63sig\x58\x40"  # key "sig", then the head of a 64-byte byte string
+_V_ENTRY = b"\x61v\x01"  # key "v", value 1
+
+
+# Tx ids ----------------------------------------------------------------------------------------
+def tx_id(link: bytes) -> str:
+    """The base32 CIDv1 string (``"bafyrei..."``) of a binary transaction CID."""
+    return libipld.encode_multibase("b", link)
+
+
+def tx_link(txid: str) -> bytes:
+    """The binary CID (36 bytes) of a transaction id string.
+
+    Raises:
+        InvalidCID: ``txid`` is not a base32 CIDv1 with dag-cbor codec and sha2-256 digest.
+    """
+    try:
+        base, link = libipld.decode_multibase(txid)
+    except (ValueError, TypeError):
+        base, link = "", b""
+    if base == "b" and _is_link(link) and tx_id(link) == txid:
+        return link
+    raise InvalidCID(f"{txid!r} is not a transaction id (base32 CIDv1, dag-cbor, sha2-256)")
+
+
+def _is_link(value: Any) -> bool:
+    return type(value) is bytes and len(value) == 36 and value.startswith(TX_CID_PREFIX)
+
+
+def _is_uint(value: Any) -> bool:
+    return type(value) is int and value >= 0
+
+
+# Encoding --------------------------------------------------------------------------------------
+def _head(major: int, n: int) -> bytes:
+    """A CBOR item head in its shortest form (DAG-CBOR's canonical rule)."""
+    if n < 24:
+        return bytes([major << 5 | n])
+    for extra, size in ((24, 1), (25, 2), (26, 4), (27, 8)):
+        if n < 1 << 8 * size:
+            return bytes([major << 5 | extra]) + n.to_bytes(size, "big")
+    raise ValueError(f"{n} does not fit in 64 bits")
+
+
+def _text(s: str) -> bytes:
+    data = s.encode()
+    return _head(3, len(data)) + data
+
+
+def _link(cid: bytes) -> bytes:
+    return b"\xd8\x2a" + _head(2, len(cid) + 1) + b"\x00" + cid
+
+
+_KEY = {k: _text(k) for k in ("kind", "time", "nonce", "swarm", "author", "parents", "payload")}
+
+
+def _unsigned_parts(
+    kind: str, author: bytes, parents: list[bytes], time_ms: int, payload: bytes, swarm: bytes | None
+) -> tuple[bytes, bytes]:
+    """The unsigned encoding split around the nonce value: ``prefix + uint(nonce) + suffix``.
+
+    Keys are in DAG-CBOR order (shorter first, then bytewise): v, kind, time, nonce, swarm,
+    author, parents, payload.
+    """
+    prefix = b"".join((
+        _head(5, 7 if swarm is None else 8), _V_ENTRY,
+        _KEY["kind"], _text(kind), _KEY["time"], _head(0, time_ms), _KEY["nonce"],
+    ))
+    suffix = b"".join((
+        b"" if swarm is None else _KEY["swarm"] + _link(swarm),
+        _KEY["author"], _head(2, len(author)), author,
+        _KEY["parents"], _head(4, len(parents)), *map(_link, parents),
+        _KEY["payload"], payload,
+    ))
+    return prefix, suffix
+
+
+def _signed(unsigned: bytes, sig: bytes) -> bytes:
+    """Insert ``sig`` into the unsigned map: it sorts right after ``v``."""
+    return bytes([unsigned[0] + 1]) + unsigned[1:4] + _SIG_ENTRY + sig + unsigned[4:]
+
+
+def _pow_ok(digest: bytes, pow_bits: int) -> bool:
+    return int.from_bytes(digest, "big") >> (256 - pow_bits) == 0
+
+
+# The transaction -------------------------------------------------------------------------------
+@dataclass(frozen=True, eq=False)
+class Tx:
+    """A decoded, canonically encoded transaction. Build with :func:`make_tx` or :func:`decode_tx`.
+
+    ``parents`` are transaction ids in wire order; ``swarm`` is the genesis id (``None`` on the
+    genesis); ``payload`` is the decoded map (links inside it are binary CIDs, see
+    :func:`tx_id`). Two ``Tx`` are equal when their ids are.
+    """
+
+    id: str
+    raw: bytes
+    kind: str
+    author: bytes
+    parents: tuple[str, ...]
+    time: int
+    payload: dict
+    nonce: int
+    sig: bytes
+    swarm: str | None
+
+    @property
+    def unsigned(self) -> bytes:
+        """The encoding that ``sig`` signs and proof-of-work hashes: ``raw`` without ``sig``."""
+        return bytes([self.raw[0] - 1]) + self.raw[1:4] + self.raw[4 + len(_SIG_ENTRY) + 64 :]
+
+    def links(self, key: str) -> list[str]:
+        """Payload ``key`` (a list of links, e.g. a checkpoint's ``base``/``data``) as tx ids."""
+        return [tx_id(link) for link in self.payload.get(key, ())]
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Tx) and other.id == self.id
+
+    def __hash__(self) -> int:
+        return hash(self.id)
+
+
+def make_tx(
+    identity: Identity,
+    *,
+    kind: str,
+    payload: dict,
+    parents: Iterable[str],
+    swarm: str | None,
+    pow_bits: int,
+    time_ms: int | None = None,
+) -> Tx:
+    """Build, mine and sign a transaction.
+
+    Args:
+        identity: the author's key.
+        kind: ``"genesis"``, ``"checkpoint"``, ``"data"`` or a later kind.
+        payload: the kind's map (build with :func:`checkpoint_payload` / :func:`data_payload`).
+        parents: ids of the approved transactions (any order; sorted here); empty for a genesis.
+        swarm: the genesis id; ``None`` for a genesis.
+        pow_bits: leading zero bits the proof-of-work needs (0 to 256); the expected work is
+            ``2**pow_bits`` sha2-256 hashes of the unsigned encoding.
+        time_ms: ms since the epoch; default now. Must not be before a parent's time.
+
+    Raises:
+        TxRejected: ``bad-payload`` if ``payload`` does not fit ``kind``.
+        InvalidCID: a parent or ``swarm`` is not a transaction id.
+    """
+    check_payload(kind, payload)
+    links = sorted(tx_link(p) for p in parents)
+    now = int(time.time() * 1000) if time_ms is None else time_ms
+    prefix, suffix = _unsigned_parts(
+        kind, identity.public_key, links, now, libipld.encode_dag_cbor(payload),
+        None if swarm is None else tx_link(swarm),
+    )
+    state = hashlib.sha256(prefix)
+    nonce = 0
+    while True:
+        tail = _head(0, nonce) + suffix
+        h = state.copy()
+        h.update(tail)
+        if _pow_ok(h.digest(), pow_bits):
+            break
+        nonce += 1
+    unsigned = prefix + tail
+    return decode_tx(_signed(unsigned, identity.sign(unsigned)))
+
+
+def decode_tx(raw: bytes) -> Tx:
+    """Decode a transaction and check its form: fields, types and canonical encoding.
+
+    Signature, proof-of-work and context are :func:`validate_tx`'s job.
+
+    Raises:
+        TxRejected: with code ``undecodable`` (not DAG-CBOR, or not a map), ``bad-version``,
+            ``bad-fields`` (missing or extra fields), ``bad-type``, ``bad-parents`` (a parent is
+            not a transaction CID) or ``not-canonical`` (the bytes are not the one canonical
+            encoding of their content, e.g. a non-minimal integer or bytes where a link belongs).
+    """
+    raw = bytes(raw)
+    try:
+        obj = libipld.decode_dag_cbor(raw)
+    except (ValueError, RecursionError) as exc:
+        raise TxRejected(f"transaction is not DAG-CBOR: {exc}", code="undecodable") from None
+    if not isinstance(obj, dict):
+        raise TxRejected("transaction is not a DAG-CBOR map", code="undecodable")
+    if obj.get("v") != VERSION or type(obj.get("v")) is not int:
+        raise TxRejected(f"transaction version {obj.get('v')!r} is not {VERSION}", code="bad-version")
+    expected = _FIELDS if obj.get("kind") == "genesis" else _FIELDS | {"swarm"}
+    if obj.keys() != expected:
+        missing, extra = sorted(expected - obj.keys()), sorted(obj.keys() - expected)
+        raise TxRejected(f"transaction fields: missing {missing}, unexpected {extra}", code="bad-fields")
+    kind, author, parents, time_ms = obj["kind"], obj["author"], obj["parents"], obj["time"]
+    payload, nonce, sig, swarm = obj["payload"], obj["nonce"], obj["sig"], obj.get("swarm")
+    if not (
+        type(kind) is str
+        and type(author) is bytes and len(author) == 32
+        and type(parents) is list
+        and _is_uint(time_ms) and _is_uint(nonce)
+        and type(payload) is dict
+        and type(sig) is bytes and len(sig) == 64
+        and (swarm is None or _is_link(swarm))
+    ):
+        raise TxRejected(
+            "transaction field types: kind text, author 32 bytes, parents list, time and nonce "
+            "unsigned ints, payload map, sig 64 bytes, swarm a transaction link",
+            code="bad-type",
+        )
+    if not all(_is_link(p) for p in parents):
+        raise TxRejected("a parent is not a transaction CID (dag-cbor, sha2-256)", code="bad-parents")
+    prefix, suffix = _unsigned_parts(kind, author, parents, time_ms, libipld.encode_dag_cbor(payload), swarm)
+    if _signed(prefix + _head(0, nonce) + suffix, sig) != raw:
+        raise TxRejected("transaction bytes are not in canonical DAG-CBOR form", code="not-canonical")
+    return Tx(
+        id=tx_id(TX_CID_PREFIX + hashlib.sha256(raw).digest()),
+        raw=raw,
+        kind=kind,
+        author=author,
+        parents=tuple(tx_id(p) for p in parents),
+        time=time_ms,
+        payload=payload,
+        nonce=nonce,
+        sig=sig,
+        swarm=None if swarm is None else tx_id(swarm),
+    )
+
+
+# Payloads --------------------------------------------------------------------------------------
+def _content_cid(value: Any) -> bool:
+    """Is ``value`` a CIDv1 in canonical base32, i.e. ``content.to_v1(value) == value``?
+
+    Checked with ``libipld`` (about 1 us) rather than ``multiformats`` (about 500 us).
+    """
+    try:
+        return type(value) is str and libipld.encode_cid(libipld.decode_multibase(value)[1]) == value
+    except ValueError:
+        return False
+
+
+def _links(value: Any) -> bool:
+    return type(value) is list and all(_is_link(v) for v in value)
+
+
+def _metrics(value: Any) -> bool:
+    return type(value) is dict and all(type(v) is float and math.isfinite(v) for v in value.values())
+
+
+_PAYLOADS: dict[str, dict[str, Callable[[Any], bool]]] = {
+    "checkpoint": {
+        "cid": _content_cid, "size": _is_uint, "step": _is_uint, "samples": _is_uint,
+        "base": _links, "data": _links, "metrics": _metrics,
+    },
+    "data": {
+        "cid": _content_cid, "size": _is_uint, "rows": _is_uint,
+        "schema": lambda v: type(v) is dict,
+        "source": lambda v: type(v) in (dict, str),
+        "seq": _is_uint,
+    },
+}
+_PAYLOAD_RULES = {
+    "cid": "a CIDv1 base32 string", "base": "a list of tx links", "data": "a list of tx links",
+    "metrics": "a map of text to finite floats", "schema": "a map", "source": "a map or text",
+}
+
+
+def check_payload(kind: str, payload: Any) -> None:
+    """Check a payload against its kind: exactly the kind's keys, each of the right type.
+
+    ``checkpoint``: ``cid`` (content CIDv1 base32 string), ``size`` (bytes), ``step``,
+    ``samples`` (unsigned ints), ``base``, ``data`` (lists of tx links), ``metrics`` (text to
+    finite float). ``data``: ``cid``, ``size``, ``rows``, ``schema`` (map), ``source`` (map or
+    text), ``seq`` (unsigned int). ``genesis`` and unknown kinds: any map (the manifest is
+    checked by the manifest layer).
+
+    Raises:
+        TxRejected: code ``bad-payload``, naming the first offending key.
+    """
+    if type(payload) is not dict:
+        raise TxRejected(f"{kind} payload is not a map", code="bad-payload")
+    rules = _PAYLOADS.get(kind)
+    if rules is None:
+        return
+    if payload.keys() != rules.keys():
+        raise TxRejected(
+            f"{kind} payload keys {sorted(payload)} are not {sorted(rules)}", code="bad-payload"
+        )
+    for key, ok in rules.items():
+        if not ok(payload[key]):
+            rule = _PAYLOAD_RULES.get(key, "an unsigned int")
+            raise TxRejected(f"{kind} payload {key!r} must be {rule}", code="bad-payload")
+
+
+def checkpoint_payload(
+    *, cid: str, size: int, step: int, samples: int, base: Iterable[str], data: Iterable[str],
+    metrics: dict[str, float],
+) -> dict:
+    """A ``checkpoint`` payload; ``base``/``data`` are tx ids (stored as links)."""
+    return {
+        "cid": cid, "size": size, "step": step, "samples": samples,
+        "base": [tx_link(b) for b in base], "data": [tx_link(d) for d in data],
+        "metrics": {k: float(v) for k, v in metrics.items()},
+    }
+
+
+def data_payload(*, cid: str, size: int, rows: int, schema: dict, source: dict | str, seq: int) -> dict:
+    """A ``data`` payload (a thin constructor, for symmetry with :func:`checkpoint_payload`)."""
+    return {"cid": cid, "size": size, "rows": rows, "schema": schema, "source": source, "seq": seq}
+
+
+# Validation ------------------------------------------------------------------------------------
+def check_parent_times(tx: Tx, parent_times: dict[str, int]) -> None:
+    """Check ``tx.time`` is not before any parent's time (``parent_times``: id -> ms; absent ids skipped).
+
+    Raises:
+        TxRejected: code ``before-parent``.
+    """
+    for parent in tx.parents:
+        if parent in parent_times and tx.time < parent_times[parent]:
+            raise TxRejected(
+                f"transaction time {tx.time} is before its parent {parent}'s {parent_times[parent]}",
+                code="before-parent",
+            )
+
+
+def validate_tx(
+    tx: Tx,
+    *,
+    swarm: str | None,
+    pow_bits: int,
+    max_bytes: int,
+    now_ms: int,
+    admitted: Callable[[bytes], bool] | None = None,
+    parent_times: dict[str, int] | None = None,
+) -> None:
+    """Check a decoded transaction against the swarm's rules; cheap checks first.
+
+    Args:
+        tx: from :func:`decode_tx` (which already checked form and types).
+        swarm: the genesis id the transaction must name; ``None`` skips the check. A genesis
+            passes if its own id is ``swarm``.
+        pow_bits: required leading zero bits of sha2-256(unsigned encoding).
+        max_bytes: largest accepted encoding.
+        now_ms: the receiver's clock (ms since the epoch); ``tx.time`` may be at most
+            :data:`MAX_FUTURE_MS` ahead.
+        admitted: ``admitted(author_key) -> bool`` for closed swarms; ``None`` admits everyone.
+            Not applied to the genesis, which defines admission.
+        parent_times: times of the parents held by the receiver (see :func:`check_parent_times`).
+
+    Raises:
+        TxRejected: one reason, code ``too-large``, ``wrong-swarm``, ``bad-parents`` (genesis
+            with parents; else not 1 or 2 distinct parents sorted by binary CID),
+            ``future-time``, ``before-parent``, ``not-admitted``, ``bad-payload``, ``low-pow``
+            or ``bad-signature``.
+    """
+    if len(tx.raw) > max_bytes:
+        raise TxRejected(f"transaction is {len(tx.raw)} bytes, over the {max_bytes}-byte limit", code="too-large")
+    genesis = tx.kind == "genesis"
+    if swarm is not None and (tx.id if genesis else tx.swarm) != swarm:
+        raise TxRejected(f"transaction belongs to swarm {tx.swarm or tx.id}, not {swarm}", code="wrong-swarm")
+    links = [tx_link(p) for p in tx.parents]
+    if genesis and links:
+        raise TxRejected("a genesis transaction has no parents", code="bad-parents")
+    if not genesis and not (len(links) in (1, 2) and links == sorted(set(links))):
+        raise TxRejected("parents must be 1 or 2 distinct transactions sorted by binary CID", code="bad-parents")
+    if tx.time > now_ms + MAX_FUTURE_MS:
+        raise TxRejected(f"transaction time is {tx.time - now_ms} ms ahead of this clock", code="future-time")
+    check_parent_times(tx, parent_times or {})
+    if admitted is not None and not genesis and not admitted(tx.author):
+        raise TxRejected(f"author {tx.author.hex()} is not admitted to this swarm", code="not-admitted")
+    check_payload(tx.kind, tx.payload)
+    unsigned = tx.unsigned
+    if not _pow_ok(hashlib.sha256(unsigned).digest(), pow_bits):
+        raise TxRejected(f"proof-of-work has fewer than {pow_bits} leading zero bits", code="low-pow")
+    try:
+        verify(tx.author, unsigned, tx.sig)
+    except BadSignature as exc:
+        raise TxRejected(f"signature does not verify: {exc.reason}", code="bad-signature") from None
