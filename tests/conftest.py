@@ -1,5 +1,10 @@
 """Shared fixtures. Integration fixtures start real embedded Kubo nodes in a private swarm."""
 
+# Import hypothesis now, before any test loads Kubo: CPython 3.11.7 can raise a spurious
+# "AST constructor recursion depth mismatch" (gh-106905) when pytest rewrites a module
+# later, with the Go runtime's threads running; importing early leaves less to rewrite.
+import hypothesis  # noqa: F401
+
 from __future__ import annotations
 
 import asyncio

@@ -158,16 +158,20 @@ class EmbeddedNode(IpfsNode):
         key = str(parse_cid(cid))  # raises InvalidCID
         with self._inflight_lock:
             fut = self._inflight.get(key)
-            if fut is None:
+            started = fut is None
+            if started:
                 if len(self._inflight) >= MAX_FETCHES:
                     raise IpfsError(f"{MAX_FETCHES} fetches are already under way; try {to_v1(key)} later")
                 fut = self._spawn(self._fetch_blocking, key)
                 self._inflight[key] = fut
-                fut.add_done_callback(lambda _f, k=key: self._forget(k))
-        try:
-            data = await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(fut)), timeout)
-        except TimeoutError:
-            raise IpfsTimeout(f"no peer served {to_v1(key)} within {timeout:g} s") from None
+        if started:  # outside the lock: a fetch already done runs the callback at once, here
+            fut.add_done_callback(lambda _f: self._forget(key))
+        waiter = asyncio.wrap_future(fut)
+        done, _ = await asyncio.wait({waiter}, timeout=timeout)  # never cancels the shared fetch
+        if not done:
+            waiter.add_done_callback(_consume)
+            raise IpfsTimeout(f"no peer served {to_v1(key)} within {timeout:g} s")
+        data = waiter.result()
         if max_size is not None and len(data) > max_size:
             raise OversizeError(f"{to_v1(key)} is {len(data)} bytes, over the limit of {max_size}")
         return data
@@ -281,6 +285,12 @@ class EmbeddedNode(IpfsNode):
         for thread in threads:  # poll rather than join, so the event loop never blocks
             while thread.is_alive():
                 await asyncio.sleep(_POLL_IDLE_S)
+
+
+def _consume(fut: asyncio.Future) -> None:
+    """Retrieve the outcome of a future nobody awaits any more (a fetch that outlived its caller)."""
+    if not fut.cancelled():
+        fut.exception()
 
 
 class _Subscription(AsyncIterator[PubsubMessage]):
