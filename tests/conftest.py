@@ -1,18 +1,18 @@
 """Shared fixtures. Integration fixtures start real embedded Kubo nodes in a private swarm."""
 
-# Import hypothesis now, before any test loads Kubo: CPython 3.11.7 can raise a spurious
-# "AST constructor recursion depth mismatch" (gh-106905) when pytest rewrites a module
-# later, with the Go runtime's threads running; importing early leaves less to rewrite.
-import hypothesis  # noqa: F401
-
 from __future__ import annotations
 
 import asyncio
 import os
 
+import hypothesis  # noqa: F401  (see below)
 import pytest
 
 from learnae.ipfs import privnet
+
+# hypothesis is imported above, before any test loads Kubo: CPython 3.11.7 can raise a
+# spurious "AST constructor recursion depth mismatch" (gh-106905) when pytest rewrites a
+# module late, with the Go runtime's threads running; importing early leaves less to rewrite.
 
 
 async def eventually(predicate, timeout: float = 20.0, interval: float = 0.05):
