@@ -1,6 +1,6 @@
 """Benchmark of the content layer: CID throughput and memory.
 
-Usage: python bench/content.py [--size-mb 256]
+Usage: python bench/content.py [--size-mb 256] [--transfer-mb 100]
 
 Writes a random file to a temporary directory and times ``file_cid`` over it
 against plain ``hashlib.sha256`` reading the same file the same way (readinto a
@@ -8,11 +8,16 @@ against plain ``hashlib.sha256`` reading the same file the same way (readinto a
 each figure is the best of five interleaved runs. Memory: the tracemalloc peak of one
 ``file_cid`` run over the file and over one a sixteenth its size (equal peaks
 mean constant memory), and the process's peak resident set (ru_maxrss).
+
+Then add-then-fetch: two embedded Kubo nodes in a private swarm on 127.0.0.1;
+node A adds a random checkpoint-sized object, node B fetches it by CID. Prints
+the add rate, the fetch rate and the end-to-end rate (size over add + fetch).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import hashlib
 import os
 import resource
@@ -24,6 +29,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from learnae.content import CHUNK_SIZE, file_cid
+from learnae.ipfs import privnet
+from learnae.ipfs.embedded import EmbeddedNode
 
 MB = 1_000_000
 
@@ -88,15 +95,45 @@ def bench_cid(path: Path) -> None:
     print(f"ru_maxrss               {maxrss_kib / 1024:8.0f} MiB (whole process)")
 
 
+async def bench_transfer(tmp: Path, size: int) -> None:
+    """Print add, fetch and end-to-end throughput of ``size`` bytes between two embedded nodes."""
+    key = privnet.new_swarm_key()
+    a = await EmbeddedNode.start(tmp / "kubo-a", key)
+    b = await EmbeddedNode.start(tmp / "kubo-b", key)
+    try:
+        await b.connect((await a.addrs())[0])
+        data = os.urandom(size)
+        start = time.perf_counter()
+        cid = await a.add(data)
+        added = time.perf_counter()
+        fetched = await b.cat(cid, timeout=600)
+        done = time.perf_counter()
+        assert fetched == data, "fetched bytes differ"
+    finally:
+        await a.close()
+        await b.close()
+    add_s, fetch_s = added - start, done - added
+    print(f"object                  {size / MB:.0f} MB, {cid}")
+    print(f"add (A)                 {size / MB / add_s:8.0f} MB/s  ({add_s:.2f} s)")
+    print(f"fetch (B from A)        {size / MB / fetch_s:8.0f} MB/s  ({fetch_s:.2f} s)")
+    print(f"add then fetch          {size / MB / (add_s + fetch_s):8.0f} MB/s  ({add_s + fetch_s:.2f} s)")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size-mb", type=int, default=256, help="size of the random file (MB)")
+    parser.add_argument("--transfer-mb", type=int, default=100,
+                        help="size of the object sent between two embedded nodes (MB; 0 skips)")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="learnae-bench-") as tmp:
         path = Path(tmp) / "random.bin"
         write_random_file(path, args.size_mb * MB)
         print("== CID throughput (learnae.content.file_cid)")
         bench_cid(path)
+        path.unlink()
+        if args.transfer_mb:
+            print("== add then fetch between two embedded Kubo nodes on 127.0.0.1")
+            asyncio.run(bench_transfer(Path(tmp), args.transfer_mb * MB))
     return 0
 
 

@@ -70,6 +70,10 @@ def private_config(config: dict, host: str = "127.0.0.1", port: int = 0) -> dict
     cfg["Swarm"] = swarm
     # Peers are connected explicitly; nothing to provide to a DHT that does not exist.
     cfg["Reprovider"] = {"Interval": "0"}
+    # Throughput: Kubo 0.22 lets a peer have only 1 MiB of blocks in flight to another;
+    # checkpoints are tens of MB, so allow 32 MiB and more bitswap workers.
+    cfg["Internal"] = {"Bitswap": {"MaxOutstandingBytesPerPeer": 32 << 20, "TaskWorkerCount": 16,
+                                   "EngineTaskWorkerCount": 16, "EngineBlockstoreWorkerCount": 128}}
     return cfg
 
 
