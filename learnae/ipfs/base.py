@@ -57,8 +57,8 @@ class IpfsNode(abc.ABC):
         """
 
     @abc.abstractmethod
-    async def pin(self, cid: str) -> None:
-        """Pin ``cid`` recursively so garbage collection keeps it."""
+    async def pin(self, cid: str, timeout: float = 60.0) -> None:
+        """Pin ``cid`` recursively so garbage collection keeps it, fetching it first if needed."""
 
     @abc.abstractmethod
     async def unpin(self, cid: str) -> None:
@@ -78,8 +78,11 @@ class IpfsNode(abc.ABC):
         """
 
     @abc.abstractmethod
-    async def connect(self, multiaddr: str) -> None:
-        """Connect to the peer at ``multiaddr`` (it must end in ``/p2p/<peer id>``)."""
+    async def connect(self, multiaddr: str, timeout: float = 30.0) -> None:
+        """Connect to the peer at ``multiaddr`` (it must end in ``/p2p/<peer id>``).
+
+        Raises InvalidMultiaddr for text that does not parse, IpfsTimeout after ``timeout`` s.
+        """
 
     @abc.abstractmethod
     async def peers(self) -> list[str]:

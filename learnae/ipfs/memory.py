@@ -434,8 +434,8 @@ class MemoryNode(IpfsNode):
                 del self._subs[topic]
 
     # -- peers --------------------------------------------------------------
-    async def connect(self, multiaddr: str) -> None:
-        """Connect to the node at ``/memory/<id>/p2p/<id>``.
+    async def connect(self, multiaddr: str, timeout: float = 30.0) -> None:
+        """Connect to the node at ``/memory/<id>/p2p/<id>`` (at once: ``timeout`` is not needed).
 
         Raises:
             InvalidMultiaddr: ``multiaddr`` is not in that form.
