@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-
 from conftest import eventually
+
 from learnae.errors import InvalidMultiaddr
 from learnae.ipfs.memory import MemoryNetwork
 from learnae.ipfs.peering import keep_connected
