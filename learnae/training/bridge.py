@@ -1,0 +1,183 @@
+"""Where Keras meets the network: the bridge between :class:`SwarmCallback` and the node.
+
+Keras trains in the main thread; the node's network runs on an asyncio loop in its own
+thread (DESIGN.md "Node loop"). They exchange two things, at batch boundaries only:
+
+- out (Keras -> node): an :class:`Offer`, a snapshot of the model's weights with the local
+  step and sample counts, every ``sync_every`` batches. The node publishes it as a checkpoint
+  and merges peers' checkpoints with it.
+- in (node -> Keras): a :class:`Merged` set of weights, which the callback loads into the
+  model at the next batch boundary.
+
+Neither side ever waits for the other: the Keras side calls only non-blocking methods
+(:meth:`SwarmBridge.offer_checkpoint`, :meth:`SwarmBridge.take_merged`). This module does not
+import TensorFlow, so the network side can use it freely.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+
+__all__ = ["Merged", "Offer", "QueueBridge", "SwarmBridge"]
+
+
+@dataclass(frozen=True, eq=False)
+class Offer:
+    """A snapshot of the local model, handed from Keras to the node.
+
+    Attributes:
+        weights: weight path -> array (private copies, ``model.weights`` order), as
+            :func:`learnae.training.model.get_weights` returns; goes into the checkpoint file.
+        step: the local step: batches trained so far (cumulative, across ``fit`` calls, from
+            the callback's ``initial_step``); the checkpoint's ``step``.
+        samples: examples trained on since the previous offer the bridge accepted; the
+            checkpoint transaction's ``samples`` (and the weight of these weights in a
+            sample-weighted merge).
+        total_samples: examples trained on since the callback started (plus its
+            ``initial_samples``).
+        merged: the ``tag`` of every :class:`Merged` set loaded into the model since the
+            previous accepted offer, oldest first: these weights descend from them (the node
+            puts in a tag what it needs for the checkpoint's ``base``, e.g. the checkpoint tx
+            CIDs it merged).
+        k: merge with up to ``k`` peer checkpoints (the callback's setting, passed through).
+        min_peers: skip merging while fewer than ``min_peers`` peer checkpoints are at hand.
+    """
+
+    weights: dict[str, np.ndarray]
+    step: int
+    samples: int
+    total_samples: int
+    merged: tuple[Any, ...] = ()
+    k: int = 1
+    min_peers: int = 0
+
+    def after(self, older: Offer) -> Offer:
+        """This offer, standing in for ``older`` too (which was never taken): samples add
+        up, merged tags are concatenated, everything else is this offer's."""
+        return replace(self, samples=older.samples + self.samples, merged=older.merged + self.merged)
+
+
+@dataclass(frozen=True, eq=False)
+class Merged:
+    """Weights the node wants the model to continue from.
+
+    Attributes:
+        weights: weight path -> array, the same names, shapes and dtypes as the model's.
+        tag: anything the node wants back in the next :attr:`Offer.merged` once these weights
+            are loaded (e.g. the checkpoint tx CIDs merged into them); opaque to Keras.
+    """
+
+    weights: Mapping[str, np.ndarray]
+    tag: Any = None
+
+
+class SwarmBridge(ABC):
+    """The interface between :class:`~learnae.training.callback.SwarmCallback` (Keras thread)
+    and a node (network thread).
+
+    Both methods are called from the Keras thread at batch boundaries and must return at
+    once: they may take a lock held only briefly, never wait on the network. An
+    implementation must be thread-safe. :class:`QueueBridge` is the standard one.
+    """
+
+    @abstractmethod
+    def offer_checkpoint(self, offer: Offer) -> bool:
+        """Hand a snapshot to the node without blocking.
+
+        Returns:
+            True if the bridge accepted it (queued, or folded into a queued one); False if it
+            declined (e.g. the node is busy), in which case the callback keeps counting and
+            the next offer covers this one's samples and merged tags.
+        """
+
+    @abstractmethod
+    def take_merged(self) -> Merged | None:
+        """Return merged weights ready to load, or None at once if there are none."""
+
+
+class QueueBridge(SwarmBridge):
+    """Two one-slot queues with replace-latest semantics.
+
+    ``outbox`` (Keras -> node) and ``inbox`` (node -> Keras) are ``queue.Queue(maxsize=1)``.
+    Putting into a full slot replaces what is there, so each side always finds the freshest
+    item and neither side ever blocks:
+
+    - :meth:`offer_checkpoint` (Keras side) replaces an offer the node has not taken yet with
+      the new one, folding the old one's sample count and merged tags into it
+      (:meth:`Offer.after`), so nothing is lost from the counts; it always returns True.
+    - :meth:`put_merged` (node side) replaces merged weights the model has not loaded yet;
+      the replaced set's tag is dropped (its weights were never used).
+
+    Node side: :meth:`take_offer` (non-blocking by default; give a timeout to wait in a worker
+    thread, e.g. via ``asyncio.to_thread``) and :meth:`put_merged`.
+
+    Counters (ints, for logs and tests): ``offers`` and ``offers_replaced`` (offers put and
+    replaced before being taken), ``merged_put`` and ``merged_replaced``.
+    """
+
+    def __init__(self) -> None:
+        self.outbox: queue.Queue[Offer] = queue.Queue(maxsize=1)
+        self.inbox: queue.Queue[Merged] = queue.Queue(maxsize=1)
+        self._out_lock = threading.Lock()  # serializes producers of each slot, so that a
+        self._in_lock = threading.Lock()  # get-then-put replacement cannot race another put
+        self.offers = 0
+        self.offers_replaced = 0
+        self.merged_put = 0
+        self.merged_replaced = 0
+
+    # ------------------------------------------------------------------ Keras side
+    def offer_checkpoint(self, offer: Offer) -> bool:
+        with self._out_lock:
+            try:
+                older = self.outbox.get_nowait()
+            except queue.Empty:
+                pass
+            else:
+                offer = offer.after(older)
+                self.offers_replaced += 1
+            self.outbox.put_nowait(offer)  # the slot is empty and only we put: cannot block
+            self.offers += 1
+        return True
+
+    def take_merged(self) -> Merged | None:
+        try:
+            return self.inbox.get_nowait()
+        except queue.Empty:
+            return None
+
+    # ------------------------------------------------------------------ node side
+    def take_offer(self, timeout: float | None = 0.0) -> Offer | None:
+        """The latest offer, or None if none arrives within ``timeout`` seconds
+        (0: do not wait; None: wait as long as it takes)."""
+        try:
+            if timeout == 0:
+                return self.outbox.get_nowait()
+            return self.outbox.get(timeout=timeout)
+        except queue.Empty:
+            return None
+
+    def put_merged(self, weights: Mapping[str, np.ndarray] | Merged, tag: Any = None) -> bool:
+        """Queue weights for the model to load at its next batch boundary.
+
+        ``weights`` is a path -> array map (tagged with ``tag``) or a :class:`Merged`.
+        Returns True if it replaced a set the model had not loaded yet.
+        """
+        merged = weights if isinstance(weights, Merged) else Merged(dict(weights), tag)
+        with self._in_lock:
+            try:
+                self.inbox.get_nowait()
+            except queue.Empty:
+                replaced = False
+            else:
+                replaced = True
+                self.merged_replaced += 1
+            self.inbox.put_nowait(merged)
+            self.merged_put += 1
+        return replaced
