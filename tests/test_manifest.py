@@ -1,0 +1,514 @@
+"""The swarm manifest (genesis payload), the model check, invites and state directory files."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import os
+import stat
+import subprocess
+import sys
+
+import libipld
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from learnae.errors import ConfigError
+from learnae.identity import Identity
+from learnae.ipfs.privnet import new_swarm_key
+from learnae.ledger.tx import decode_tx, make_tx, validate_tx
+from learnae.manifest import (
+    ACTIVATIONS,
+    LAYERS,
+    Invite,
+    Limits,
+    Manifest,
+    check_model,
+    init_swarm,
+    make_genesis,
+    manifest_of,
+    node_listen,
+    open_tangle,
+    parse_listen,
+    read_admission_file,
+    state_files,
+)
+from learnae.models import MODELS, model_config
+
+
+def identity(n: int) -> Identity:
+    return Identity(Ed25519PrivateKey.from_private_bytes(bytes([n]) * 32))
+
+
+ALICE, BOB = identity(1), identity(2)
+DIGITS = model_config("digits-mlp")
+PEER = "12D3KooWD3eckifWpRn9wQpMG9R9hX3sD158z7EqHWmweQAJU5SA"
+NOW = 1_700_000_000_000
+
+
+def digits(**kw) -> Manifest:
+    return Manifest(**({"name": "digits", "model": DIGITS, "created": NOW} | kw))
+
+
+def with_layer(layer: dict, config: dict | None = None) -> str:
+    """The digits-mlp config with ``layer`` inserted after the input."""
+    config = copy.deepcopy(config or MODELS["digits-mlp"])
+    config["config"]["layers"].insert(1, layer)
+    return json.dumps(config)
+
+
+def layer(class_name: str, module: str = "keras.layers", name: str = "extra", **config) -> dict:
+    return {"module": module, "class_name": class_name, "config": {"name": name, **config},
+            "registered_name": None}
+
+
+def has_bytes(value) -> bool:
+    if isinstance(value, bytes):
+        return True
+    if isinstance(value, dict):
+        return any(has_bytes(v) for v in value.values())
+    if isinstance(value, list):
+        return any(has_bytes(v) for v in value)
+    return False
+
+
+# --------------------------------------------------------------------------- round trips
+def test_defaults_come_from_the_model_and_the_manifest():
+    m = digits()
+    assert (m.input_shape, m.dtype, m.classes) == ((64,), "float32", 10)
+    assert (m.optimizer, m.merge, m.admission, m.limits) == ("adam", "mean", "open", Limits())
+    assert m.limits.tx_bytes == 64 * 1024 and m.limits.checkpoint_bytes == 64 * 2**20
+    assert m.admitted is None and m.admits(BOB.public_key)
+    assert m.schema.features == (64,) and m.schema.classes == 10 and m.schema.label_dtype == "int64"
+    assert Manifest(name="x", model=DIGITS).created > NOW  # now, by default
+
+
+def test_round_trip_through_payload_dag_cbor_json_and_genesis():
+    m = digits(optimizer="sgd", learning_rate=0.05, batch_size=64, merge="multikrum",
+               merge_params={"f": 1, "m": 3}, sync_every=10,
+               sync_interval=5, pow_bits=3, limits=Limits(tx_bytes=8192, chunk_bytes=4096),
+               admission=(ALICE.author_id, BOB.author_id))
+    payload = m.to_payload()
+    assert Manifest.from_payload(payload) == m
+    assert Manifest.from_payload(libipld.decode_dag_cbor(libipld.encode_dag_cbor(payload))) == m
+    assert Manifest.from_payload(json.loads(json.dumps(payload))) == m
+    genesis = make_genesis(ALICE, m)
+    assert manifest_of(genesis) == m
+    assert manifest_of(decode_tx(genesis.raw)).to_payload() == payload
+
+
+def test_payload_keys_and_plain_types():
+    payload = digits().to_payload()
+    assert set(payload) == {
+        "v", "name", "model", "input_shape", "dtype", "classes", "optimizer", "learning_rate",
+        "batch_size", "merge", "merge_params", "sync_every", "sync_interval", "pow_bits", "limits",
+        "admission", "created",
+    }
+    assert payload["limits"] == {"tx_bytes": 65536, "checkpoint_bytes": 64 * 2**20, "chunk_bytes": 8 * 2**20}
+    assert type(payload["learning_rate"]) is float and type(payload["sync_interval"]) is float
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_known_models_are_valid(name):
+    expected = {"digits-mlp": (64, 10), "wine-mlp": (13, 3), "breast-cancer-mlp": (30, 2),
+                "iris-mlp": (4, 3), "mlp-1m": (64, 10)}[name]
+    info = check_model(model_config(name))
+    assert (info.input_shape, info.classes, info.dtype) == ((expected[0],), expected[1], "float32")
+    m = Manifest(name=name, model=model_config(name))
+    assert len(make_genesis(ALICE, dataclasses.replace(m, pow_bits=0)).raw) < m.limits.tx_bytes
+
+
+def test_model_config_reads_files(tmp_path):
+    path = tmp_path / "model.json"
+    path.write_text(json.dumps(MODELS["iris-mlp"], indent=4))
+    assert json.loads(model_config(path)) == MODELS["iris-mlp"]
+    assert " " not in model_config(str(path)).replace('"', "")  # compact
+    for text, reason in (("[1, 2]", "JSON object"), ("{", "not JSON")):
+        path.write_text(text)
+        with pytest.raises(ConfigError, match=reason):
+            model_config(path)
+    with pytest.raises(ConfigError, match="neither a known model"):
+        model_config("no-such-model")
+
+
+# --------------------------------------------------------------------------- invalid fields
+INVALID = [
+    ("name", "", "manifest name"),
+    ("name", " padded", "manifest name"),
+    ("name", "x" * 65, "manifest name"),
+    ("name", "tab\there", "manifest name"),
+    ("input_shape", (65,), "input_shape .* differs from the model"),
+    ("input_shape", (0,), "input_shape entries"),
+    ("input_shape", "64", "input_shape must be a list"),
+    ("dtype", "float128", "manifest dtype"),
+    ("classes", 3, "classes 3 differs from the model"),
+    ("classes", 1, "manifest classes"),
+    ("classes", True, "manifest classes"),
+    ("optimizer", "adagrad", "manifest optimizer must be one of adam, sgd, rmsprop"),
+    ("learning_rate", 0, "manifest learning_rate"),
+    ("learning_rate", float("nan"), "manifest learning_rate"),
+    ("learning_rate", "0.1", "manifest learning_rate"),
+    ("batch_size", 0, "manifest batch_size"),
+    ("batch_size", 2.0, "manifest batch_size"),
+    ("merge", "vote", "manifest merge must be one of"),
+    ("merge_params", {"trim": float("inf")}, r"merge_params\['trim'\]"),
+    ("merge_params", {"w": [1, 2]}, r"merge_params\['w'\]"),
+    ("merge_params", [], "merge_params must be a map"),
+    ("merge_params", {"beta": 0.2}, "merge_params: merge rule 'mean' takes no parameter 'beta'"),
+    ("sync_every", 0, "manifest sync_every"),
+    ("sync_interval", -1, "manifest sync_interval"),
+    ("pow_bits", 33, "manifest pow_bits"),
+    ("pow_bits", -1, "manifest pow_bits"),
+    ("admission", "closed", "manifest admission"),
+    ("admission", (), "admission list must hold 1"),
+    ("admission", ("z6MkNotAKey",), r"manifest admission\[0\]"),
+    ("admission", (ALICE.author_id, ALICE.author_id), "twice"),
+    ("created", -5, "manifest created"),
+]
+
+
+@pytest.mark.parametrize(("field", "value", "reason"), INVALID, ids=[f"{f}={v!r}" for f, v, _ in INVALID])
+def test_each_invalid_field_is_refused_with_a_reason(field, value, reason):
+    with pytest.raises(ConfigError, match=reason):
+        digits(**{field: value})
+    payload = digits().to_payload()
+    payload[field] = list(value) if isinstance(value, tuple) else value
+    with pytest.raises(ConfigError, match=reason):
+        Manifest.from_payload(payload)
+
+
+@pytest.mark.parametrize(("limits", "reason"), [
+    ({"tx_bytes": 100}, "limits.tx_bytes"),
+    ({"checkpoint_bytes": "big"}, "limits.checkpoint_bytes"),
+    ({"chunk_bytes": 0}, "limits.chunk_bytes"),
+    ({"tx": 4096}, "unknown keys"),
+    ([], "limits must be a map"),
+])
+def test_invalid_limits_are_refused(limits, reason):
+    payload = digits().to_payload()
+    payload["limits"] = limits
+    with pytest.raises(ConfigError, match=reason):
+        Manifest.from_payload(payload)
+
+
+def test_from_payload_refuses_unknown_fields_versions_and_missing_name():
+    payload = digits().to_payload()
+    with pytest.raises(ConfigError, match="unknown fields"):
+        Manifest.from_payload(payload | {"extra": 1})
+    with pytest.raises(ConfigError, match="version"):
+        Manifest.from_payload(payload | {"v": 2})
+    for key in ("name", "model"):
+        with pytest.raises(ConfigError, match=f"no '{key}'"):
+            Manifest.from_payload({k: v for k, v in payload.items() if k != key})
+    with pytest.raises(ConfigError, match="is a map"):
+        Manifest.from_payload([payload])
+    assert Manifest.from_payload({"name": "n", "model": DIGITS}).classes == 10  # defaults
+
+
+def test_merge_params_are_checked_by_the_merge_rules():
+    assert digits(merge="trimmed", merge_params={"beta": 0.1}).merge_params == {"beta": 0.1}
+    with pytest.raises(ConfigError, match="merge_params: trimmed: beta"):
+        digits(merge="trimmed", merge_params={"beta": 0.7})
+    with pytest.raises(ConfigError, match="takes no parameter 'trim'"):
+        digits(merge="trimmed", merge_params={"trim": 0.1})
+
+
+def test_model_too_large_for_the_tx_limit_is_refused():
+    many = tuple(identity(i).author_id for i in range(1, 60))
+    with pytest.raises(ConfigError, match="would not fit limits.tx_bytes"):
+        digits(limits=Limits(tx_bytes=4096), admission=many)
+    big = model_config("mlp-1m")
+    with pytest.raises(ConfigError, match="model config is .* bytes"):
+        Manifest(name="big", model=big, limits=Limits(tx_bytes=4096))
+
+
+# --------------------------------------------------------------------------- model check
+def test_lambda_layers_are_refused():
+    lam = layer("Lambda", function={"class_name": "__lambda__", "config": {"code": "4wEAAA"}})
+    with pytest.raises(ConfigError, match="layer 'extra': Lambda layers .* arbitrary Python"):
+        check_model(with_layer(lam))
+    with pytest.raises(ConfigError, match="TFOpLambda"):
+        check_model(with_layer(layer("TFOpLambda")))
+    hidden = layer("Dense", units=64, activation={"class_name": "__lambda__", "config": {}})
+    with pytest.raises(ConfigError, match="arbitrary Python|activation must be"):
+        check_model(with_layer(hidden))
+    with pytest.raises(ConfigError, match="Lambda"):
+        Manifest(name="x", model=with_layer(lam))
+
+
+@pytest.mark.parametrize(("bad", "reason"), [
+    (layer("MyLayer"), "layer class 'MyLayer' is not in learnae's allowlist"),
+    (layer("TextVectorization"), "'TextVectorization' is not in learnae's allowlist"),
+    (layer("Dense", module="my_package.layers"), "module 'my_package.layers', which is not one of Keras' own"),
+    (layer("Dense", module="builtins"), "not one of Keras' own"),
+    ({**layer("Dense"), "registered_name": "Custom>Dense"}, "registered_name 'Custom>Dense'"),
+    (layer("Dense", units=4, activation="my_activation"), "activation 'my_activation' is not a Keras activation"),
+    (layer("Dense", kernel_initializer={"module": "keras.initializers", "class_name": "MyInit",
+                                        "config": {}, "registered_name": None}), "keras.initializers.MyInit"),
+    (layer("Dense", kernel_initializer={"class_name": "__numpy__", "config": {}}), "names no Keras module"),
+    (layer("Dense", module=None), "names no Keras module"),
+])
+def test_unknown_and_custom_objects_are_refused(bad, reason):
+    with pytest.raises(ConfigError, match=reason):
+        check_model(with_layer(bad))
+
+
+def test_model_structure_is_checked():
+    for text, reason in (
+        ("not json", "not JSON"),
+        ("[]", "class_name Sequential or Functional"),
+        (json.dumps({"class_name": "Dense", "config": {}}), "class_name Sequential or Functional"),
+        (json.dumps({"class_name": "Sequential", "config": {"layers": []}}), "non-empty list"),
+        ("[" * 100_000 + "]" * 100_000, "nested too deeply|not JSON|Sequential"),
+    ):
+        with pytest.raises(ConfigError, match=reason):
+            check_model(text)
+    compiled = copy.deepcopy(MODELS["digits-mlp"])
+    compiled["compile_config"] = {"loss": "mse"}
+    with pytest.raises(ConfigError, match="compile_config must be empty"):
+        check_model(json.dumps(compiled))
+    deep: dict = {"a": 1}
+    for _ in range(80):
+        deep = {"x": deep}
+    with pytest.raises(ConfigError, match="nested more than"):
+        check_model(with_layer(layer("Dense", units=3, extra=deep)))
+
+
+def test_standard_layers_pass_and_shapes_without_an_input_layer_need_the_fields():
+    conv = copy.deepcopy(MODELS["digits-mlp"])
+    conv["config"]["layers"][1:1] = [
+        layer("Reshape", name="r", target_shape=[8, 8, 1]),
+        layer("Conv2D", name="c", filters=4, kernel_size=[3, 3], activation="gelu"),
+        layer("BatchNormalization", name="b"),
+        layer("MaxPooling2D", name="p"),
+        layer("Flatten", name="f"),
+        layer("Dropout", name="d", rate=0.1),
+    ]
+    assert check_model(json.dumps(conv)).layers == 9
+    assert {"Dense", "Conv2D", "Lambda"} & LAYERS == {"Dense", "Conv2D"}
+    assert "relu" in ACTIVATIONS
+    headless = copy.deepcopy(MODELS["digits-mlp"])
+    del headless["config"]["layers"][0], headless["config"]["build_input_shape"]
+    headless["config"]["layers"].append(layer("Activation", name="a", activation="softmax"))
+    assert check_model(json.dumps(headless)).input_shape is None
+    assert check_model(json.dumps(headless)).classes == 10  # through the Activation layer
+    with pytest.raises(ConfigError, match="input_shape is needed"):
+        Manifest(name="h", model=json.dumps(headless))
+    assert Manifest(name="h", model=json.dumps(headless), input_shape=(64,)).input_shape == (64,)
+
+
+# --------------------------------------------------------------------------- admission, bytes
+def test_admission_list_is_author_ids_and_admits_only_them():
+    m = digits(admission=(ALICE.author_id, BOB.author_id))
+    assert m.admits(ALICE.public_key) and not m.admits(identity(3).public_key)
+    assert m.admitted(BOB.public_key) and not m.admitted(identity(3).public_key)
+    assert m.to_payload()["admission"] == [ALICE.author_id, BOB.author_id]
+
+
+def test_admission_file(tmp_path):
+    path = tmp_path / "keys.txt"
+    path.write_text(f"# members\n{ALICE.author_id}   # alice\n\n  {BOB.author_id}\n")
+    assert read_admission_file(path) == (ALICE.author_id, BOB.author_id)
+    path.write_text(f"{ALICE.author_id}\nnot-a-key\n")
+    with pytest.raises(ConfigError, match="line 2"):
+        read_admission_file(path)
+    path.write_text(f"{ALICE.author_id}\n{ALICE.author_id}\n")
+    with pytest.raises(ConfigError, match="line 2: .* twice"):
+        read_admission_file(path)
+    path.write_text("# nobody\n")
+    with pytest.raises(ConfigError, match="lists no author ids"):
+        read_admission_file(path)
+    with pytest.raises(ConfigError, match="cannot read"):
+        read_admission_file(tmp_path / "missing.txt")
+
+
+def test_raw_bytes_never_enter_the_payload():
+    # Many admitted keys: about 1 in 2,500 raw 32-byte keys would parse as a CID and be
+    # re-encoded as a link by libipld; author id strings cannot be.
+    ids = tuple(Identity.generate().author_id for _ in range(200))
+    m = digits(admission=ids, limits=Limits(tx_bytes=1 << 20), pow_bits=0)
+    payload = m.to_payload()
+    assert not has_bytes(payload)
+    genesis = make_genesis(ALICE, m)
+    assert not has_bytes(genesis.payload) and genesis.payload == payload
+    for bad in ({"admission": [ALICE.public_key]}, {"merge_params": {"k": b"\x01"}}, {"name": b"x"}):
+        with pytest.raises(ConfigError, match="byte string"):
+            Manifest.from_payload(payload | bad)
+
+
+def test_genesis_is_a_valid_parentless_transaction():
+    m = digits(pow_bits=4)
+    genesis = make_genesis(ALICE, m)
+    assert (genesis.kind, genesis.parents, genesis.swarm, genesis.time) == ("genesis", (), None, NOW)
+    assert genesis.author == ALICE.public_key
+    validate_tx(genesis, swarm=genesis.id, pow_bits=4, max_bytes=m.limits.tx_bytes, now_ms=NOW)
+    data = make_tx(ALICE, kind="genesis", payload={"name": "x"}, parents=[], swarm=None, pow_bits=0)
+    with pytest.raises(ConfigError, match="genesis .*: manifest has no 'model'"):
+        manifest_of(data)
+
+
+# --------------------------------------------------------------------------- invites
+def make_invite(**kw) -> Invite:
+    genesis = make_genesis(ALICE, digits(pow_bits=2))
+    fields = dict(genesis=genesis.id, name="digits", swarm_key=new_swarm_key(),
+                  bootstrap=(f"/ip4/127.0.0.1/tcp/4001/p2p/{PEER}",), pow_bits=2, genesis_tx=genesis.raw)
+    return Invite(**(fields | kw))
+
+
+def test_invite_round_trip_and_mode(tmp_path):
+    invite = make_invite()
+    path = tmp_path / "invite.json"
+    invite.save(path)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert Invite.load(path) == invite
+    assert invite.manifest() == digits(pow_bits=2)
+    more = invite.with_bootstrap([f"/ip4/10.0.0.2/tcp/4001/p2p/{PEER}", invite.bootstrap[0]])
+    assert len(more.bootstrap) == 2
+    bare = dataclasses.replace(invite, genesis_tx=None)
+    assert Invite.from_dict(bare.to_dict()) == bare and "genesis_tx" not in bare.to_dict()
+    with pytest.raises(ConfigError, match="carries no genesis"):
+        bare.manifest()
+
+
+@pytest.mark.parametrize(("change", "reason"), [
+    ({"genesis": "bafkreifzjut3te2nhyekklss27nh3k72ysco7y32koao5eei66wof36n5e"}, "invite genesis .* is not a transaction id"),
+    ({"name": ""}, "invite name"),
+    ({"swarm_key": "secret"}, "invite swarm_key"),
+    ({"bootstrap": ["/ip4/127.0.0.1/tcp/4001"]}, "invite bootstrap: .* /p2p/"),
+    ({"bootstrap": "/ip4/1.2.3.4/tcp/1/p2p/x"}, "bootstrap must be a list"),
+    ({"pow_bits": 40}, "invite pow_bits"),
+    ({"pow_bits": 3}, "must match the genesis manifest"),
+    ({"genesis_tx": "!!!"}, "base64"),
+    ({"format": "other/1"}, "invite format"),
+    ({"surprise": 1}, "unknown fields"),
+])
+def test_invalid_invites_are_refused(tmp_path, change, reason):
+    d = make_invite().to_dict() | change
+    path = tmp_path / "invite.json"
+    path.write_text(json.dumps(d))
+    with pytest.raises(ConfigError, match=reason):
+        Invite.load(path)
+
+
+def test_invite_genesis_tx_must_match_and_files_must_parse(tmp_path):
+    other = make_genesis(BOB, digits(pow_bits=2))
+    with pytest.raises(ConfigError, match="genesis_tx has id"):
+        make_invite(genesis_tx=other.raw)
+    with pytest.raises(ConfigError, match="no invite file"):
+        Invite.load(tmp_path / "missing.json")
+    (tmp_path / "bad.json").write_text("{")
+    with pytest.raises(ConfigError, match="not JSON"):
+        Invite.load(tmp_path / "bad.json")
+    d = make_invite().to_dict()
+    del d["swarm_key"]
+    with pytest.raises(ConfigError, match="no 'swarm_key'"):
+        Invite.from_dict(d)
+
+
+# --------------------------------------------------------------------------- state directory
+def test_parse_listen():
+    assert parse_listen("127.0.0.1:4001") == ("127.0.0.1", 4001)
+    assert parse_listen("[::1]:0") == ("::1", 0)
+    for bad in ("localhost:4001", "127.0.0.1", "1.2.3.4:70000", "1.2.3.4:-1", ":5"):
+        with pytest.raises(ConfigError, match="HOST:PORT"):
+            parse_listen(bad)
+
+
+def test_init_swarm_and_open_tangle(tmp_path):
+    d = tmp_path / "swarm"
+    made = init_swarm(d, digits(pow_bits=1, admission=(BOB.author_id,)), founder=ALICE,
+                      listen="127.0.0.1:4001")
+    assert made.manifest.admission == (BOB.author_id, ALICE.author_id)  # the founder added
+    files = state_files(d)
+    assert all(p.exists() for p in files.values())
+    assert stat.S_IMODE(d.stat().st_mode) == 0o700
+    assert node_listen(d) == ("127.0.0.1", 4001)
+    assert Identity.load(files["identity"]).public_key == ALICE.public_key
+    tangle, manifest = open_tangle(d)
+    with tangle:
+        assert manifest == made.manifest and tangle.swarm == made.genesis.id
+        tangle.append(BOB, "data", {"cid": "bafkreifzjut3te2nhyekklss27nh3k72ysco7y32koao5eei66wof36n5e",
+                                    "size": 1, "rows": 1, "schema": {}, "source": "p", "seq": 0})
+        with pytest.raises(Exception, match="not admitted"):
+            tangle.append(identity(9), "data", {"cid": "bafkreifzjut3te2nhyekklss27nh3k72ysco7y32koao5eei66wof36n5e",
+                                                "size": 1, "rows": 1, "schema": {}, "source": "p", "seq": 1})
+    with pytest.raises(ConfigError, match="already holds a swarm"):
+        init_swarm(d, digits())
+    # A joiner's empty state directory is created from the invite.
+    joined = tmp_path / "joiner"
+    tangle, manifest = open_tangle(joined, invite=made.invite)
+    with tangle:
+        assert tangle.count() == 1 and manifest == made.manifest
+    with pytest.raises(ConfigError, match="not the invite's"):
+        open_tangle(joined, invite=make_invite())
+    with pytest.raises(ConfigError, match="does not exist"):
+        open_tangle(tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match="holds no ledger"):
+        open_tangle(tmp_path / "empty")
+    assert not (tmp_path / "empty" / "tangle.sqlite").exists()
+
+
+def test_init_swarm_cleans_up_after_a_failure(tmp_path):
+    d = tmp_path / "swarm"
+    future = digits(created=4_000_000_000_000)  # the ledger refuses a genesis from the future
+    with pytest.raises(ConfigError, match="cannot create the swarm"):
+        init_swarm(d, future)
+    assert not d.exists()
+    d.mkdir()
+    (d / "notes.txt").write_text("mine")
+    with pytest.raises(ConfigError):
+        init_swarm(d, future)
+    assert sorted(os.listdir(d)) == ["notes.txt"]
+
+
+def test_manifest_module_never_imports_tensorflow():
+    code = ("import sys, learnae.manifest, learnae.models;"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+# --------------------------------------------------------------------------- with Keras
+@pytest.mark.slow
+def test_known_models_load_in_keras_safe_mode_and_real_configs_pass():
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    keras = pytest.importorskip("keras")
+    from keras import layers
+
+    widths = {"digits-mlp": [64, 64, 10], "wine-mlp": [13, 32, 3], "breast-cancer-mlp": [30, 32, 2],
+              "iris-mlp": [4, 16, 3], "mlp-1m": [64, 1024, 768, 256, 10]}
+    for name, w in widths.items():
+        # keras.models.model_from_json has no safe_mode argument in Keras 3 (it is safe by
+        # default); deserialize_keras_object takes it explicitly.
+        model = keras.saving.deserialize_keras_object(json.loads(model_config(name)), safe_mode=True)
+        names = [f"dense_{i}" for i in range(len(w) - 2)] + ["output"]
+        expected = []
+        for lname, a, b in zip(names, w, w[1:], strict=False):
+            expected += [(f"{lname}/kernel", (a, b)), (f"{lname}/bias", (b,))]
+        assert [(v.path, tuple(v.shape)) for v in model.weights] == expected
+        assert tuple(model.input_shape) == (None, w[0]) and tuple(model.output_shape) == (None, w[-1])
+    assert keras.models.model_from_json(model_config("mlp-1m")).count_params() == 1_053_194
+
+    # Configs Keras writes for common standard models pass the check...
+    inp = keras.Input((28, 28, 1))
+    x = layers.Conv2D(8, 3, padding="same", kernel_regularizer=keras.regularizers.L2(1e-4),
+                      kernel_constraint=keras.constraints.MaxNorm(3))(inp)
+    x = layers.LeakyReLU()(layers.BatchNormalization()(x))
+    x = layers.Add()([x, layers.Conv2D(8, 1)(inp)])
+    x = layers.Dropout(0.2)(layers.MaxPooling2D()(x))
+    out = layers.Dense(10, activation="softmax")(layers.Flatten()(x))
+    functional = keras.Model(inp, out)
+    info = check_model(functional.to_json())
+    assert (info.input_shape, info.classes) == ((28, 28, 1), 10)
+    seq = keras.Sequential([keras.Input((64,)), layers.Normalization(), layers.Reshape((8, 8, 1)),
+                            layers.Conv2D(4, 3), layers.Activation("gelu"),
+                            layers.GlobalAveragePooling2D(), layers.Dense(3), layers.Softmax()])
+    assert check_model(seq.to_json()).classes == 3
+    # ... and a real Lambda layer does not (nor does Keras' safe mode load it).
+    lam = keras.Sequential([keras.Input((4,)), layers.Lambda(lambda t: t * 2), layers.Dense(3)])
+    with pytest.raises(ConfigError, match="Lambda"):
+        check_model(lam.to_json())
+    with pytest.raises(ValueError, match="Lambda"):
+        keras.saving.deserialize_keras_object(json.loads(lam.to_json()), safe_mode=True)
