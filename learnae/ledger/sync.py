@@ -1,0 +1,947 @@
+"""Tangle sync over pubsub: gossip, gap repair and anti-entropy (DESIGN.md "Tangle", Sync).
+
+A :class:`TangleSync` keeps one node's :class:`~learnae.ledger.tangle.Tangle` in step with its
+peers over one :class:`~learnae.ipfs.base.IpfsNode`. Everything goes over one pubsub topic,
+``learnae/<genesis id>/tx`` (:func:`tx_topic`), because pubsub is what every ``IpfsNode`` offers
+and it reaches peers several hops away; nothing is process-local, so nodes in other processes,
+hosts or network namespaces sync the same way.
+
+Sources: gossiping every new transaction to neighbours, and asking them for the missing ones
+until a transaction is "solid" (all its ancestry present), is what IOTA nodes do (S. Popov,
+"The Tangle", 2018, sets the tangle; the IRI/Hornet node software the gossip). The periodic
+digest exchange is *anti-entropy*, push-pull flavour, from A. Demers et al., "Epidemic
+algorithms for replicated database maintenance", PODC 1987. The randomised request and repair
+timers, cancelled when someone else's request or repair is overheard, are SRM's loss recovery
+(S. Floyd et al., "A reliable multicast framework for light-weight sessions and application
+level framing", IEEE/ACM Transactions on Networking 5(6), 1997).
+
+Messages
+--------
+Each message is a small DAG-CBOR map with a type tag ``t``; unknown tags are ignored (so later
+versions can add types). Transaction ids travel as 36-byte binary CIDs, transactions as their
+exact signed bytes. The encoding is written by :func:`encode_message` itself, byte strings as
+byte strings: ``libipld.encode_dag_cbor`` would turn any bytes that happen to parse as a CID
+into a link (tag 42), the problem ``learnae.ledger.tx`` works around the same way.
+
+=========  ========================================  =============================================
+``t``      other keys                                meaning
+=========  ========================================  =============================================
+``tx``     ``txs``: [tx bytes]                       new transactions, gossiped by their author
+``txs``    ``txs``: [tx bytes]                       an answer to ``want``: the wanted ones and
+                                                     up to ``n`` in all, newest ancestors first
+                                                     (sent parents first)
+``want``   ``ids``: [tx id], ``n``: uint             "send me these and up to ``n`` transactions
+                                                     of their ancestry" (gap repair)
+``tips``   ``ids``: [tx id], ``n``: uint             "my tips (up to 64) and my count" (digest
+                                                     for anti-entropy)
+=========  ========================================  =============================================
+
+How it behaves
+--------------
+- **Gossip.** :meth:`TangleSync.publish` sends a node's own new transactions as ``tx``. Every
+  received transaction is validated in full by :meth:`Tangle.insert_many` before it is stored;
+  a rejected one is counted with its reason (``stats["rejected:<code>"]`` and the tangle's
+  ``rejections``) and dropped. The syncer never re-publishes what it receives (the pubsub
+  router relays; answers to ``want`` come from the store, which only holds valid
+  transactions), so nothing invalid is passed on by an honest node. A node's own messages come
+  back from pubsub: they are recognised by sender id and dropped before decoding.
+- **Gap repair.** A transaction whose parents are missing is held by the tangle (pending).
+  After a short random delay (``want_delay``: the parent may be in flight) the syncer asks for
+  :meth:`Tangle.missing_parents` in one ``want``. Any node holding them answers after its own
+  random delay (``answer_delay``) unless it overhears another node's answer first; since a
+  pubsub answer reaches everyone, a node that overhears a ``want`` for ids it misses too does
+  not ask again before ``want_retry``. Unanswered ids are asked again with exponential backoff
+  (``want_retry`` doubling, up to 32 times it).
+- **Deepening.** An answer carries the wanted transactions and the newest of their ancestors,
+  up to the ``n`` the asker requested (and ``max_answer_bytes``). The asker sizes ``n`` by the
+  gap it sees: 4 times the number of transactions that went pending since its previous
+  ``want`` (at least ``min_want_depth``). A lost message costs one small round trip; an answer
+  that did not reach what the asker has shows a deeper gap, so the next ``n`` is 4 times larger:
+  catching up on thousands of transactions after a long partition takes a handful of rounds
+  (8, 32, 128, ...), not one per height.
+- **Anti-entropy.** Every ``announce_interval`` seconds (jittered by +-50 %) a node publishes its
+  tips and count, and at once (after a short jitter) when a new peer connects (e.g. a healed
+  partition). A node that sees unknown tips asks for them (then gap repair walks back to what
+  it has); a node whose tangle holds every announced tip and more transactions than the
+  announcer answers with its own tips (at most every ``announce_interval / 4``), so the two
+  sides of a healed partition find each other's tips within a fraction of the interval.
+- **Limits.** Per sender (pubsub ``from``, the originating peer): token buckets on messages/s
+  and bytes/s; excess is dropped and counted (``rate-limited``); each rejected transaction
+  costs its sender ``reject_cost`` message tokens, and queued messages of a sender in debt are
+  dropped. Answers are charged to the askers (bytes/s each) and to a global output bucket.
+  The inbox of transactions waiting for validation is bounded (``max_inbox_bytes``; excess
+  dropped as ``inbox-full``, anti-entropy recovers it). Messages larger than
+  :data:`MAX_MESSAGE_BYTES` (gossipsub's limit) are dropped unread; this node's own messages
+  are at most ``max_message_bytes``. Nothing a peer sends blocks or stops the syncer.
+
+``stats`` counters: ``received`` (messages from others), ``own``, ``oversize``, ``bad-message``,
+``unknown-type``, ``rate-limited``, ``inbox-full``, ``txs-received``, ``stored`` (including
+pending ones released), ``duplicates``, ``pending``, ``rejected:<code>``, ``tx-sent`` (messages),
+``txs-published``, ``tips-sent``, ``tips-received``, ``wants-sent``, ``want-ids-sent``,
+``wants-received``, ``wants-throttled`` (the asker's answer budget is spent), ``answers-sent``
+(messages), ``wants-answered`` (ids), ``answer-txs-sent``, ``answers-suppressed`` (wanted ids not
+sent because another node's answer carried them first or just before), ``publish-failed``,
+``errors`` (logged with their traceback).
+
+Everything runs on the asyncio loop that called :meth:`TangleSync.start`; the tangle must be
+used from that loop only (it is not thread-safe). Times are the loop's clock, in seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import heapq
+import logging
+import random
+import tempfile
+from collections import Counter, OrderedDict, deque
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import NamedTuple
+
+import libipld
+
+from learnae.errors import IpfsError, LedgerError
+from learnae.identity import Identity
+from learnae.ipfs.base import IpfsNode
+from learnae.ledger.tangle import Tangle
+from learnae.ledger.tx import TX_CID_PREFIX, Tx, tx_id, tx_link
+
+__all__ = [
+    "MAX_MESSAGE_BYTES",
+    "SyncMessage",
+    "TangleSync",
+    "decode_message",
+    "encode_message",
+    "in_step",
+    "partition_benchmark",
+    "tx_topic",
+    "wait_in_step",
+]
+
+log = logging.getLogger(__name__)
+
+MAX_MESSAGE_BYTES = 1 << 20
+"""Largest pubsub message accepted (bytes): gossipsub's default limit. Larger ones are dropped."""
+MAX_TIP_IDS = 64
+"""Tips listed in one ``tips`` message (a random sample when a node has more)."""
+MAX_WANT_IDS = 512
+"""Ids asked for in one ``want`` message; ids beyond this in a received ``want`` are ignored."""
+_MESSAGE_MARGIN = 64  # map head, keys and list head of an envelope, rounded up
+_TX_MARGIN = 5  # byte string head of one transaction in an envelope
+
+
+def tx_topic(genesis_id: str) -> str:
+    """The pubsub topic of a swarm's transactions: ``learnae/<genesis id>/tx``."""
+    return f"learnae/{genesis_id}/tx"
+
+
+# Messages --------------------------------------------------------------------------------------
+class SyncMessage(NamedTuple):
+    """A decoded sync message: type tag ``t``, transaction ``ids`` (base32 strings; invalid
+    ones dropped), transaction bytes ``txs`` and the count or budget ``n`` (``None`` if absent)."""
+
+    t: str
+    ids: list[str]
+    txs: list[bytes]
+    n: int | None
+
+
+def _head(major: int, n: int) -> bytes:
+    """A CBOR item head in its shortest form."""
+    if n < 24:
+        return bytes([major << 5 | n])
+    for extra, size in ((24, 1), (25, 2), (26, 4), (27, 8)):
+        if n < 1 << 8 * size:
+            return bytes([major << 5 | extra]) + n.to_bytes(size, "big")
+    raise ValueError(f"{n} does not fit in 64 bits")
+
+
+def _text(s: str) -> bytes:
+    data = s.encode()
+    return _head(3, len(data)) + data
+
+
+def _bytes_list(items: Sequence[bytes]) -> bytes:
+    return _head(4, len(items)) + b"".join(_head(2, len(b)) + b for b in items)
+
+
+def encode_message(
+    t: str, *, ids: Iterable[str] | None = None, txs: Sequence[bytes] | None = None, n: int | None = None
+) -> bytes:
+    """Encode a sync message as a canonical DAG-CBOR map (keys ``n``, ``t``, ``ids``, ``txs``).
+
+    Args:
+        t: type tag (``"tx"``, ``"txs"``, ``"want"``, ``"tips"``).
+        ids: transaction ids (base32 CIDv1 strings), sent as 36-byte binary CIDs.
+        txs: transactions' exact bytes.
+        n: an unsigned int (a count or a budget).
+
+    Raises:
+        InvalidCID: an id is not a transaction id.
+    """
+    entries = []
+    if n is not None:
+        entries.append(_text("n") + _head(0, n))
+    entries.append(_text("t") + _text(t))
+    if ids is not None:
+        entries.append(_text("ids") + _bytes_list([tx_link(i) for i in ids]))
+    if txs is not None:
+        entries.append(_text("txs") + _bytes_list(txs))
+    return _head(5, len(entries)) + b"".join(entries)
+
+
+def decode_message(data: bytes) -> SyncMessage:
+    """Decode a sync message (any valid DAG-CBOR map of that shape; extra keys are ignored).
+
+    Ids that are not 36-byte transaction CIDs are dropped; a link (tag 42) is read as its CID.
+
+    Raises:
+        LedgerError: code ``bad-message``: not DAG-CBOR, not a map, no text ``t``, or a field of
+            the wrong type.
+    """
+    try:
+        obj = libipld.decode_dag_cbor(data)
+    except Exception as exc:  # noqa: BLE001  (libipld raises ValueError, RecursionError, ...)
+        raise LedgerError(f"sync message is not DAG-CBOR: {exc}", code="bad-message") from None
+    if not isinstance(obj, dict) or type(obj.get("t")) is not str:
+        raise LedgerError("sync message is not a map with a text 't'", code="bad-message")
+    ids, txs, n = obj.get("ids", []), obj.get("txs", []), obj.get("n")
+    if (
+        type(ids) is not list or type(txs) is not list
+        or not all(type(x) is bytes for x in txs) or (n is not None and (type(n) is not int or n < 0))
+    ):
+        raise LedgerError("sync message fields: ids and txs lists of bytes, n an unsigned int",
+                          code="bad-message")
+    good = [tx_id(i) for i in ids if type(i) is bytes and len(i) == 36 and i.startswith(TX_CID_PREFIX)]
+    return SyncMessage(obj["t"], good, txs, n)
+
+
+async def _wait(event: asyncio.Event, timeout: float) -> None:
+    """Wait until ``event`` is set or ``timeout`` seconds pass. (Not ``asyncio.wait_for``: on
+    Python 3.11 it can swallow a cancellation that coincides with the event, gh-86296.)"""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(timeout):
+            await event.wait()
+
+
+def _raw_id(raw: bytes) -> str:
+    """The id a transaction with these bytes has (without decoding it)."""
+    return tx_id(TX_CID_PREFIX + hashlib.sha256(raw).digest())
+
+
+# Rate limits -----------------------------------------------------------------------------------
+class _Bucket:
+    """A token bucket: ``rate`` tokens/s up to ``burst``; :meth:`charge` may run into debt."""
+
+    __slots__ = ("rate", "burst", "tokens", "stamp")
+
+    def __init__(self, rate: float, burst: float, now: float):
+        self.rate, self.burst, self.tokens, self.stamp = rate, burst, burst, now
+
+    def _refill(self, now: float) -> None:
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+
+    def level(self, now: float) -> float:
+        self._refill(now)
+        return self.tokens
+
+    def take(self, amount: float, now: float) -> bool:
+        self._refill(now)
+        if self.tokens >= amount:
+            self.tokens -= amount
+            return True
+        return False
+
+    def charge(self, amount: float, now: float) -> None:
+        self._refill(now)
+        self.tokens -= amount
+
+
+@dataclass
+class _Peer:
+    msgs: _Bucket
+    data: _Bucket
+    answers: _Bucket
+    counters: Counter = field(default_factory=Counter)
+    tips: tuple[int, list[str]] | None = None  # last announcement: (count, tips)
+
+
+@dataclass
+class _Want:
+    tries: int = 0
+    next: float = 0.0  # loop time before which this id is not asked for again
+
+
+# The syncer ------------------------------------------------------------------------------------
+class TangleSync:
+    """Keeps ``tangle`` in step with the peers of ``ipfs`` (see the module docstring).
+
+    Args:
+        tangle: this node's store; use it only from the loop that runs the syncer.
+        ipfs: the node's IPFS node (any ``IpfsNode``).
+        genesis_id: the swarm's genesis id; default ``tangle.swarm``; must equal it.
+        announce_interval: mean seconds between tip announcements (jittered +-50 %).
+        want_delay: a new gap is asked for after a random 0..``want_delay`` s.
+        want_retry: seconds before an unanswered id is asked for again (doubles per try).
+        answer_delay: a ``want`` is answered after a random 0..``answer_delay`` s, unless
+            another node's answer is overheard first.
+        answer_holdoff: seconds during which an id just sent in an answer (by anyone) is not
+            sent again (concurrent wants for the same ids get one answer).
+        min_want_depth: least ``n`` of a ``want``; it is 4 times the transactions that went
+            pending since the previous ``want`` when that is more.
+        max_answer_txs: most transactions in one answer.
+        max_answer_bytes: most bytes in one answer (sent as messages of ``max_message_bytes``).
+        max_message_bytes: largest message this node publishes (at most
+            :data:`MAX_MESSAGE_BYTES`; must hold the largest transaction, ``tangle.max_tx_bytes``).
+        peer_msg_rate, peer_msg_burst: messages/s and burst accepted from one sender.
+        peer_byte_rate, peer_byte_burst: bytes/s and burst accepted from one sender (burst at
+            least :data:`MAX_MESSAGE_BYTES`).
+        peer_answer_rate, peer_answer_burst: bytes/s and burst of answers one asker may cause.
+        answer_rate, answer_burst: bytes/s and burst of answers this node sends in all.
+        reject_cost: message tokens a sender loses per rejected transaction.
+        max_inbox_bytes: bound on received transaction bytes waiting for validation.
+        ingest_batch: transactions validated and committed together (one SQLite commit).
+        peer_poll_interval: seconds between checks of ``ipfs.peers()`` (a new peer triggers an
+            announcement); 0 disables them.
+        max_peers: senders whose rate-limit state is kept (least recently heard dropped).
+        rng: randomness of the jitters (default: a fresh ``random.Random()``).
+
+    Raises:
+        LedgerError: ``genesis_id`` is not the tangle's, or the limits are inconsistent.
+    """
+
+    def __init__(
+        self,
+        tangle: Tangle,
+        ipfs: IpfsNode,
+        *,
+        genesis_id: str | None = None,
+        announce_interval: float = 2.0,
+        want_delay: float = 0.05,
+        want_retry: float = 1.0,
+        answer_delay: float = 0.05,
+        answer_holdoff: float = 0.3,
+        min_want_depth: int = 8,
+        max_answer_txs: int = 8192,
+        max_answer_bytes: int = 2 << 20,
+        max_message_bytes: int = 512 << 10,
+        peer_msg_rate: float = 100.0,
+        peer_msg_burst: float = 300.0,
+        peer_byte_rate: float = 4 << 20,
+        peer_byte_burst: float = 16 << 20,
+        peer_answer_rate: float = 4 << 20,
+        peer_answer_burst: float = 16 << 20,
+        answer_rate: float = 16 << 20,
+        answer_burst: float = 32 << 20,
+        reject_cost: float = 10.0,
+        max_inbox_bytes: int = 32 << 20,
+        ingest_batch: int = 256,
+        peer_poll_interval: float = 1.0,
+        max_peers: int = 4096,
+        rng: random.Random | None = None,
+    ):
+        if genesis_id is not None and genesis_id != tangle.swarm:
+            raise LedgerError(f"the tangle holds swarm {tangle.swarm}, not {genesis_id}")
+        if not tangle.max_tx_bytes + _TX_MARGIN + _MESSAGE_MARGIN <= max_message_bytes <= MAX_MESSAGE_BYTES:
+            raise LedgerError(
+                f"max_message_bytes {max_message_bytes} must hold one transaction of up to "
+                f"{tangle.max_tx_bytes} bytes and be at most {MAX_MESSAGE_BYTES}"
+            )
+        if peer_byte_burst < MAX_MESSAGE_BYTES:
+            raise LedgerError(f"peer_byte_burst must be at least {MAX_MESSAGE_BYTES} bytes")
+        self.tangle = tangle
+        self.ipfs = ipfs
+        self.genesis_id = tangle.swarm
+        self.topic = tx_topic(self.genesis_id)
+        self.announce_interval = announce_interval
+        self.want_delay = want_delay
+        self.want_retry = want_retry
+        self.answer_delay = answer_delay
+        self.answer_holdoff = answer_holdoff
+        self.min_want_depth = max(1, min_want_depth)
+        self.max_answer_txs = max_answer_txs
+        self.max_answer_bytes = max(max_answer_bytes, max_message_bytes)
+        self.max_message_bytes = max_message_bytes
+        self._peer_limits = (peer_msg_rate, peer_msg_burst, peer_byte_rate, peer_byte_burst,
+                             peer_answer_rate, peer_answer_burst)
+        self._answer_limits = (answer_rate, answer_burst)
+        self.reject_cost = reject_cost
+        self.max_inbox_bytes = max_inbox_bytes
+        self.ingest_batch = ingest_batch
+        self.peer_poll_interval = peer_poll_interval
+        self.max_peers = max_peers
+        self._rng = rng or random.Random()
+
+        self.stats: Counter[str] = Counter()
+        """Event counters (see the module docstring)."""
+        self._peers: OrderedDict[str, _Peer] = OrderedDict()
+        self._inbox: deque[tuple[str, list[bytes], int]] = deque()  # (sender, raws, bytes)
+        self._inbox_bytes = 0
+        self._wants: dict[str, _Want] = {}  # ids asked for (by us or overheard)
+        self._wish: dict[str, int] = {}  # unknown tips heard -> times asked for
+        self._held: set[str] = set()  # ids the tangle holds pending (as far as we saw)
+        self._count = (float("-inf"), 0)  # (when, tangle.count()): count() scans the table
+        self._new_pending = 0  # transactions that went pending since the last want
+        self._to_answer: dict[str, tuple[int, str]] = {}  # id -> (budget n, asker)
+        self._answered: OrderedDict[str, float] = OrderedDict()  # id -> when last sent in an answer
+        self._last_announce = float("-inf")
+        self._out: _Bucket | None = None
+        self._sub = None
+        self._tasks: list[asyncio.Task] = []
+        self._stopping = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._inbox_event = asyncio.Event()
+        self._gap_event = asyncio.Event()
+        self._answer_event = asyncio.Event()
+        self._announce_event = asyncio.Event()
+
+    # Life cycle ----------------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Subscribe to the topic and start the syncer's tasks on the running loop.
+
+        Raises:
+            LedgerError: already started.
+            IpfsError: the IPFS node could not subscribe (e.g. ``NodeClosed``).
+        """
+        if self._tasks:
+            raise LedgerError("this syncer is already running")
+        self._loop = asyncio.get_running_loop()
+        self._stopping = False
+        self._out = _Bucket(*self._answer_limits, self._now())
+        self._sub = self.ipfs.subscribe(self.topic)
+        loops = [self._read_loop, self._ingest_loop, self._want_loop, self._answer_loop,
+                 self._announce_loop]
+        if self.peer_poll_interval > 0:
+            loops.append(self._peer_loop)
+        self._tasks = [asyncio.create_task(fn(), name=f"sync-{fn.__name__}") for fn in loops]
+        self._announce_soon()
+        log.info("syncing %s on %s as %s", self.genesis_id, self.topic, self.ipfs.id)
+
+    async def stop(self) -> None:
+        """Cancel the tasks and unsubscribe. Idempotent; the tangle and IPFS node stay open."""
+        tasks, self._tasks = self._tasks, []
+        self._stopping = True
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        sub, self._sub = self._sub, None
+        if sub is not None:
+            with contextlib.suppress(Exception):
+                await sub.aclose()
+
+    async def __aenter__(self) -> TangleSync:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    @property
+    def running(self) -> bool:
+        """Whether :meth:`start` ran and :meth:`stop` did not."""
+        return bool(self._tasks)
+
+    def _now(self) -> float:
+        return (self._loop or asyncio.get_running_loop()).time()
+
+    # Sending ----------------------------------------------------------------------------------------
+    async def publish(self, *txs: Tx) -> None:
+        """Gossip this node's new transactions (already stored in its tangle) as ``tx`` messages.
+
+        Several transactions share a message while they fit in ``max_message_bytes``. Failures
+        of the IPFS node are logged and counted (``publish-failed``), not raised: anti-entropy
+        delivers the transactions later.
+
+        Raises:
+            LedgerError: the syncer is not running, or a transaction is not in the tangle.
+        """
+        if not self._tasks:
+            raise LedgerError("start the syncer before publishing")
+        for tx in txs:
+            if tx.id not in self.tangle:
+                raise LedgerError(f"transaction {tx.id} is not in this node's tangle: append it first")
+        for chunk in self._chunks([tx.raw for tx in txs]):
+            if await self._send(encode_message("tx", txs=chunk)):
+                self.stats["tx-sent"] += 1
+                self.stats["txs-published"] += len(chunk)
+
+    async def append(self, identity: Identity, kind: str, payload: dict, **kw) -> Tx:
+        """:meth:`Tangle.append` a new transaction, then :meth:`publish` it; returns it.
+
+        Raises:
+            TxRejected, LedgerError: as :meth:`Tangle.append`.
+        """
+        tx = self.tangle.append(identity, kind, payload, **kw)
+        await self.publish(tx)
+        return tx
+
+    async def announce(self) -> None:
+        """Publish this node's tips (a random sample of :data:`MAX_TIP_IDS` if more) and count."""
+        tips = self.tangle.tips()
+        if len(tips) > MAX_TIP_IDS:
+            tips = sorted(self._rng.sample(tips, MAX_TIP_IDS))
+        self._last_announce = self._now()
+        if await self._send(encode_message("tips", ids=tips, n=self._tx_count(fresh=True))):
+            self.stats["tips-sent"] += 1
+
+    def _tx_count(self, fresh: bool = False) -> int:
+        """``tangle.count()``, cached for 0.25 s unless ``fresh`` (it scans the table)."""
+        now = self._now()
+        when, count = self._count
+        if fresh or now - when > 0.25:
+            count = self.tangle.count()
+            self._count = (now, count)
+        return count
+
+    def _chunks(self, raws: Sequence[bytes]) -> list[list[bytes]]:
+        """Split transactions into message-sized lists, in order."""
+        limit = self.max_message_bytes - _MESSAGE_MARGIN
+        chunks: list[list[bytes]] = []
+        size = limit + 1
+        for raw in raws:
+            need = len(raw) + _TX_MARGIN
+            if need > limit:
+                raise LedgerError(f"a {len(raw)}-byte transaction does not fit in a sync message")
+            if size + need > limit:
+                chunks.append([])
+                size = 0
+            chunks[-1].append(raw)
+            size += need
+        return chunks
+
+    async def _send(self, data: bytes) -> bool:
+        try:
+            await self.ipfs.publish(self.topic, data)
+            return True
+        except IpfsError as exc:
+            self.stats["publish-failed"] += 1
+            log.warning("could not publish on %s: %s", self.topic, exc.reason)
+            return False
+
+    def _announce_soon(self) -> None:
+        self._announce_event.set()
+
+    # Receiving --------------------------------------------------------------------------------------
+    def _peer(self, sender: str, now: float) -> _Peer:
+        peer = self._peers.get(sender)
+        if peer is None:
+            mr, mb, br, bb, ar, ab = self._peer_limits
+            peer = self._peers[sender] = _Peer(_Bucket(mr, mb, now), _Bucket(br, bb, now), _Bucket(ar, ab, now))
+            while len(self._peers) > self.max_peers:
+                self._peers.popitem(last=False)
+        else:
+            self._peers.move_to_end(sender)
+        return peer
+
+    async def _read_loop(self) -> None:
+        async for sender, data in self._sub:
+            try:
+                self._on_message(sender, data)
+            except Exception:  # never let one message stop the syncer
+                self.stats["errors"] += 1
+                log.exception("sync message from %s failed", sender)
+        log.warning("the subscription to %s ended", self.topic)
+
+    def _on_message(self, sender: str, data: bytes) -> None:
+        if sender == self.ipfs.id:
+            self.stats["own"] += 1
+            return
+        self.stats["received"] += 1
+        now = self._now()
+        peer = self._peer(sender, now)
+        peer.counters["received"] += 1
+        if len(data) > MAX_MESSAGE_BYTES:
+            self.stats["oversize"] += 1
+            peer.counters["oversize"] += 1
+            return
+        # Check both buckets before taking from either, so a refused message costs nothing.
+        if peer.msgs.level(now) < 1 or peer.data.level(now) < len(data):
+            self.stats["rate-limited"] += 1
+            peer.counters["rate-limited"] += 1
+            return
+        peer.msgs.take(1, now)
+        peer.data.take(len(data), now)
+        try:
+            msg = decode_message(data)
+        except LedgerError:
+            self.stats["bad-message"] += 1
+            peer.counters["bad-message"] += 1
+            return
+        if msg.t in ("tx", "txs"):
+            self._on_txs(sender, msg, now)
+        elif msg.t == "want":
+            self._on_want(sender, peer, msg, now)
+        elif msg.t == "tips":
+            self._on_tips(peer, msg)
+        else:
+            self.stats["unknown-type"] += 1
+
+    def _on_txs(self, sender: str, msg: SyncMessage, now: float) -> None:
+        if msg.t == "txs":  # an answer: whoever else meant to send these need not
+            for raw in msg.txs:
+                i = _raw_id(raw)
+                if self._to_answer.pop(i, None) is not None:
+                    self.stats["answers-suppressed"] += 1
+                self._mark_answered(i, now)
+        size = sum(map(len, msg.txs))
+        if self._inbox_bytes + size > self.max_inbox_bytes:
+            self.stats["inbox-full"] += 1
+            return
+        self.stats["txs-received"] += len(msg.txs)
+        for start in range(0, len(msg.txs), self.ingest_batch):
+            chunk = msg.txs[start : start + self.ingest_batch]
+            chunk_size = sum(map(len, chunk))
+            self._inbox.append((sender, chunk, chunk_size))
+            self._inbox_bytes += chunk_size
+        self._inbox_event.set()
+
+    def _on_want(self, sender: str, peer: _Peer, msg: SyncMessage, now: float) -> None:
+        self.stats["wants-received"] += 1
+        ids = msg.ids[:MAX_WANT_IDS]
+        for i in ids:  # whoever misses these too will get this want's answer: do not ask now
+            state = self._wants.setdefault(i, _Want())
+            state.next = max(state.next, now + self.want_retry)
+        if peer.answers.level(now) < 0:
+            self.stats["wants-throttled"] += 1
+            return
+        budget = max(1, min(msg.n or 1, self.max_answer_txs))
+        scheduled = False
+        for i in ids:
+            sent = self._answered.get(i)
+            if sent is not None and now - sent < self.answer_holdoff:
+                self.stats["answers-suppressed"] += 1
+                continue
+            if i in self.tangle:
+                old = self._to_answer.get(i)
+                self._to_answer[i] = (max(budget, old[0]) if old else budget, sender)
+                scheduled = True
+        if scheduled:
+            self._answer_event.set()
+
+    def _on_tips(self, peer: _Peer, msg: SyncMessage) -> None:
+        self.stats["tips-received"] += 1
+        ids = msg.ids[:MAX_TIP_IDS]
+        peer.tips = (msg.n or 0, ids)
+        unknown = [i for i in ids if i not in self._held and i not in self.tangle]
+        for i in unknown:
+            if i not in self._wish and len(self._wish) < 16 * MAX_TIP_IDS:
+                self._wish[i] = 0
+        if unknown:
+            self._gap_event.set()
+        elif msg.n is not None and msg.n < self._tx_count():
+            # Every tip it has is here and it has fewer: it is behind, tell it our tips.
+            if self._now() - self._last_announce >= self.announce_interval / 4:
+                self._announce_soon()
+
+    def _mark_answered(self, i: str, now: float) -> None:
+        answered = self._answered
+        answered[i] = now
+        answered.move_to_end(i)
+        while answered:
+            oldest = next(iter(answered.values()))
+            if now - oldest < self.answer_holdoff:
+                break
+            answered.popitem(last=False)
+
+    # Ingest -----------------------------------------------------------------------------------------
+    async def _ingest_loop(self) -> None:
+        while not self._stopping:
+            await self._inbox_event.wait()
+            self._inbox_event.clear()
+            while self._inbox:
+                batch: list[bytes] = []
+                owners: list[str] = []
+                now = self._now()
+                while self._inbox and len(batch) < self.ingest_batch:
+                    sender, raws, size = self._inbox.popleft()
+                    self._inbox_bytes -= size
+                    peer = self._peers.get(sender)
+                    if peer is not None and peer.msgs.level(now) < 0:  # in debt for rejects
+                        self.stats["rate-limited"] += 1
+                        peer.counters["rate-limited"] += 1
+                        continue
+                    batch.extend(raws)
+                    owners.extend([sender] * len(raws))
+                if batch:
+                    try:
+                        self._ingest(batch, owners)
+                    except Exception:  # a failing database must not stop the syncer
+                        self.stats["errors"] += 1
+                        log.exception("storing %d received transactions failed", len(batch))
+                await asyncio.sleep(0)
+
+    def _ingest(self, batch: list[bytes], owners: list[str]) -> None:
+        results = self.tangle.insert_many(batch)
+        now = self._now()
+        stats = self.stats
+        for result, sender in zip(results, owners, strict=True):
+            status = result.status
+            if status != "rejected":  # here now (maybe pending): gap repair takes over
+                self._wish.pop(result.id, None)
+            if status == "inserted":
+                stats["stored"] += 1 + len(result.released)
+                self._held.difference_update(result.released)
+            elif status == "duplicate":
+                stats["duplicates"] += 1
+            elif status == "pending":
+                stats["pending"] += 1
+                self._held.add(result.id)
+                self._new_pending += 1
+            else:
+                stats[f"rejected:{result.error.code}"] += 1
+                peer = self._peers.get(sender)
+                if peer is not None:
+                    peer.counters["rejected"] += 1
+                    peer.msgs.charge(self.reject_cost, now)
+        self._gap_check()
+
+    def _gap_check(self) -> None:
+        """Wake gap repair if transactions wait."""
+        if not self.tangle.pending or len(self._held) > 1 << 18:
+            self._held.clear()  # (evicted ones are not reported: forget them here)
+        if self.tangle.pending or self._wish:
+            self._gap_event.set()
+
+    # Gap repair -------------------------------------------------------------------------------------
+    async def _want_loop(self) -> None:
+        while not self._stopping:
+            await _wait(self._gap_event, self.want_retry)
+            self._gap_event.clear()
+            if self.want_delay > 0:
+                await asyncio.sleep(self._rng.uniform(0, self.want_delay))
+            try:
+                await self._send_wants()
+            except Exception:
+                self.stats["errors"] += 1
+                log.exception("gap repair failed")
+
+    async def _send_wants(self) -> None:
+        now = self._now()
+        tangle = self.tangle
+        missing = tangle.missing_parents()
+        for i in [i for i in self._wish if i in tangle]:
+            del self._wish[i]
+        candidates = dict.fromkeys(missing)
+        candidates.update(dict.fromkeys(self._wish))
+        # Forget ids no longer missing whose retry time has passed.
+        self._wants = {i: s for i, s in self._wants.items() if i in candidates or s.next > now}
+        if not candidates:
+            return
+        ready = []
+        for i in candidates:
+            state = self._wants.get(i)
+            if state is not None and now < state.next:
+                continue
+            ready.append(i)
+            if len(ready) == MAX_WANT_IDS:
+                break
+        if not ready:
+            return
+        depth = min(max(self.min_want_depth, 4 * self._new_pending), self.max_answer_txs)
+        self._new_pending = 0
+        if not await self._send(encode_message("want", ids=ready, n=depth)):
+            return
+        self.stats["wants-sent"] += 1
+        self.stats["want-ids-sent"] += len(ready)
+        for i in ready:
+            state = self._wants.setdefault(i, _Want())
+            backoff = self.want_retry * 2 ** min(state.tries, 5)
+            state.tries += 1
+            state.next = now + backoff * self._rng.uniform(1.0, 1.5)
+            if i in self._wish:
+                self._wish[i] += 1
+                if self._wish[i] > 6:  # nobody has it (or the announcer lied): stop asking
+                    del self._wish[i]
+
+    # Answers ----------------------------------------------------------------------------------------
+    async def _answer_loop(self) -> None:
+        while not self._stopping:
+            await self._answer_event.wait()
+            self._answer_event.clear()
+            if self.answer_delay > 0:
+                await asyncio.sleep(self._rng.uniform(0, self.answer_delay))
+            debt = -self._out.level(self._now())
+            if debt > 0:
+                await asyncio.sleep(debt / self._out.rate)
+            todo, self._to_answer = self._to_answer, {}
+            if not todo:
+                continue
+            try:
+                await self._answer(todo)
+            except Exception:
+                self.stats["errors"] += 1
+                log.exception("answering a want failed")
+
+    def _ancestry(self, wanted: Iterable[str], budget: int) -> list[bytes]:
+        """The wanted transactions, then their newest ancestors (by time, ties by id), within
+        ``budget`` transactions and ``max_answer_bytes``; returned oldest first (parents before
+        children, as times never decrease along approvals). The genesis is left out."""
+        get = self.tangle.get
+        heap: list[tuple[int, int, str, Tx]] = []
+        seen: set[str] = set()
+
+        def push(rank: int, i: str) -> None:
+            seen.add(i)
+            tx = get(i)
+            if tx is not None and tx.kind != "genesis":
+                heapq.heappush(heap, (rank, -tx.time, i, tx))
+
+        for i in wanted:
+            push(0, i)
+        out: list[bytes] = []
+        size = 0
+        while heap and len(out) < budget:
+            _, _, _, tx = heapq.heappop(heap)
+            if size + len(tx.raw) > self.max_answer_bytes:
+                break
+            out.append(tx.raw)
+            size += len(tx.raw)
+            for p in tx.parents:
+                if p not in seen:
+                    push(1, p)
+        out.reverse()
+        return out
+
+    async def _answer(self, todo: dict[str, tuple[int, str]]) -> None:
+        budget = min(self.max_answer_txs, max(n for n, _ in todo.values()))
+        raws = self._ancestry(todo, budget)
+        if not raws:
+            return
+        now = self._now()
+        size = sum(map(len, raws))
+        self._out.charge(size, now)
+        for asker in {a for _, a in todo.values()}:
+            peer = self._peers.get(asker)
+            if peer is not None:
+                peer.answers.charge(size, now)
+        for raw in raws:
+            self._mark_answered(_raw_id(raw), now)
+        for chunk in self._chunks(raws):
+            if await self._send(encode_message("txs", txs=chunk)):
+                self.stats["answers-sent"] += 1
+                self.stats["answer-txs-sent"] += len(chunk)
+        self.stats["wants-answered"] += len(todo)
+
+    # Anti-entropy -----------------------------------------------------------------------------------
+    async def _announce_loop(self) -> None:
+        while not self._stopping:
+            await _wait(self._announce_event, self.announce_interval * self._rng.uniform(0.5, 1.5))
+            if self._announce_event.is_set():  # an early announcement: jitter, then rate-limit
+                self._announce_event.clear()
+                gap = self.announce_interval / 4
+                await asyncio.sleep(max(self._rng.uniform(0, gap / 2),
+                                        self._last_announce + gap - self._now()))
+                self._announce_event.clear()
+            try:
+                await self.announce()
+            except Exception:
+                self.stats["errors"] += 1
+                log.exception("announcing tips failed")
+
+    async def _peer_loop(self) -> None:
+        known: set[str] = set()
+        while not self._stopping:
+            try:
+                peers = set(await self.ipfs.peers())
+            except IpfsError as exc:
+                log.debug("could not list peers: %s", exc.reason)
+                peers = known
+            if peers - known:
+                self._announce_soon()
+            known = peers
+            await asyncio.sleep(self.peer_poll_interval)
+
+    # Introspection ----------------------------------------------------------------------------------
+    def peer_stats(self) -> dict[str, dict]:
+        """Per sender heard from: its counters (``received``, ``rate-limited``, ``rejected``,
+        ``bad-message``, ``oversize``) and its last announced ``count`` and ``tips``."""
+        return {
+            sender: {**peer.counters, "count": peer.tips[0] if peer.tips else None,
+                     "tips": peer.tips[1] if peer.tips else None}
+            for sender, peer in self._peers.items()
+        }
+
+
+# Helpers for tests and benchmarks ----------------------------------------------------------------
+def in_step(tangles: Sequence[Tangle]) -> bool:
+    """Whether the tangles hold the same transactions: same tips, same count, nothing pending.
+
+    Same tips imply the same set: every stored transaction is a tip or an ancestor of one.
+    """
+    first = tangles[0]
+    tips, count = first.tips(), first.count()
+    return all(t.pending == 0 and t.count() == count and t.tips() == tips for t in tangles)
+
+
+async def wait_in_step(tangles: Sequence[Tangle], timeout: float, interval: float = 0.02) -> float:
+    """Wait until :func:`in_step`; return the seconds waited (loop clock).
+
+    Raises:
+        TimeoutError: not in step within ``timeout`` seconds.
+    """
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    while not in_step(tangles):
+        if loop.time() - start > timeout:
+            raise TimeoutError(f"tangles not in step within {timeout} s: counts "
+                               f"{[t.count() for t in tangles]}, pending {[t.pending for t in tangles]}")
+        await asyncio.sleep(interval)
+    return loop.time() - start
+
+
+async def partition_benchmark(
+    n_each: int = 5000, *, pow_bits: int = 4, timeout: float = 120.0, directory: str | Path | None = None,
+    seed: int = 0, **sync_options,
+) -> dict:
+    """Two nodes on a memory network, partitioned while each appends ``n_each`` transactions
+    (and publishes them, reaching nobody); then healed. Returns ``{"n_each", "total",
+    "convergence_s", "stats": [per node]}``: the loop seconds from ``heal()`` until both
+    tangles are :func:`in_step`.
+
+    Each side's transactions form a chain (a single node's tangle has one tip), the deepest
+    case for gap repair. ``directory`` holds the SQLite files (default: a temporary one).
+
+    Raises:
+        TimeoutError: not converged within ``timeout`` seconds.
+    """
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from learnae.ipfs.memory import MemoryNetwork
+    from learnae.ledger.tx import data_payload, make_tx
+
+    ids = [Identity(Ed25519PrivateKey.from_private_bytes(bytes([n]) * 32)) for n in (1, 2)]
+    genesis = make_tx(ids[0], kind="genesis", payload={"name": "bench"}, parents=[], swarm=None,
+                      pow_bits=pow_bits)
+    cid = "bafkreifzjut3te2nhyekklss27nh3k72ysco7y32koao5eei66wof36n5e"
+    with tempfile.TemporaryDirectory(dir=directory) as tmp:
+        tangles = [Tangle(Path(tmp) / f"{name}.db", genesis_raw=genesis.raw, pow_bits=pow_bits,
+                          max_tx_bytes=4096) for name in "ab"]
+        net = MemoryNetwork(seed=seed)
+        nodes = [net.node(name) for name in "ab"]
+        await nodes[1].connect((await nodes[0].addrs())[0])
+        syncers = [TangleSync(t, n, rng=random.Random(seed + k), **sync_options)
+                   for k, (t, n) in enumerate(zip(tangles, nodes, strict=True))]
+        try:
+            for s in syncers:
+                await s.start()
+            net.partition(["a"], ["b"])
+            for identity, s in zip(ids, syncers, strict=True):
+                for seq in range(n_each):
+                    payload = data_payload(cid=cid, size=1, rows=1, schema={"x": [2]}, source="bench", seq=seq)
+                    await s.append(identity, "data", payload)
+            net.heal()
+            elapsed = await wait_in_step(tangles, timeout)
+            return {"n_each": n_each, "total": tangles[0].count(), "convergence_s": elapsed,
+                    "stats": [dict(s.stats) for s in syncers]}
+        finally:
+            for s in syncers:
+                await s.stop()
+            for node in nodes:
+                await node.close()
+            for t in tangles:
+                t.close()

@@ -1,0 +1,445 @@
+"""Tangle sync on the memory network: gossip, gap repair, anti-entropy after a partition,
+rejections, rate limits and the message format."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import itertools
+import random
+from collections import Counter
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from learnae.errors import LedgerError
+from learnae.identity import Identity
+from learnae.ipfs.memory import MemoryNetwork
+from learnae.ledger.sync import (
+    MAX_MESSAGE_BYTES,
+    TangleSync,
+    decode_message,
+    encode_message,
+    in_step,
+    partition_benchmark,
+    tx_topic,
+    wait_in_step,
+)
+from learnae.ledger.tangle import Tangle
+from learnae.ledger.tx import TX_CID_PREFIX, Tx, data_payload, make_tx, tx_id
+
+POW = 4
+CID = "bafkreifzjut3te2nhyekklss27nh3k72ysco7y32koao5eei66wof36n5e"
+
+
+def identity(n: int) -> Identity:
+    return Identity(Ed25519PrivateKey.from_private_bytes(bytes([n]) * 32))
+
+
+ALICE, MALLORY = identity(1), identity(9)
+GENESIS = make_tx(ALICE, kind="genesis", payload={"name": "sync"}, parents=[], swarm=None, pow_bits=POW)
+FAST = dict(announce_interval=0.5, want_delay=0.02, answer_delay=0.02, want_retry=0.3, peer_poll_interval=0.2)
+
+
+def payload(seq: int) -> dict:
+    return data_payload(cid=CID, size=1, rows=1, schema={"x": [2]}, source="probe", seq=seq)
+
+
+def loose_tx(author: Identity, seq: int, parents=(GENESIS.id,), pow_bits: int = POW) -> Tx:
+    """A transaction made outside any tangle (what a stranger could publish)."""
+    return make_tx(author, kind="data", payload=payload(seq), parents=parents, swarm=GENESIS.id,
+                   pow_bits=pow_bits)
+
+
+def bad_signature_tx(seq: int) -> Tx:
+    tx = loose_tx(MALLORY, seq)
+    return Tx(**{**tx.__dict__, "raw": tx.raw.replace(tx.sig, bytes(64))})
+
+
+def low_pow_tx() -> Tx:
+    for seq in itertools.count():
+        tx = loose_tx(MALLORY, 1000 + seq, pow_bits=0)
+        if hashlib.sha256(tx.unsigned).digest()[0] >> (8 - POW):
+            return tx
+    raise AssertionError("unreachable")
+
+
+class Swarm:
+    """Memory nodes with a tangle and a started syncer each."""
+
+    def __init__(self, tmp_path, seed: int = 0):
+        self.tmp = tmp_path
+        self.net = MemoryNetwork(seed=seed)
+        self.seed = seed
+        self.nodes, self.tangles, self.syncers, self.ids = {}, {}, {}, {}
+
+    async def add(self, name: str, **options) -> TangleSync:
+        node = self.net.node(name)
+        tangle = Tangle(self.tmp / f"{name}.db", genesis_raw=GENESIS.raw, pow_bits=POW, max_tx_bytes=4096)
+        rng = random.Random(f"{self.seed}/{name}")
+        syncer = TangleSync(tangle, node, genesis_id=GENESIS.id, rng=rng, **{**FAST, **options})
+        self.nodes[name], self.tangles[name], self.syncers[name] = node, tangle, syncer
+        self.ids[name] = identity(10 + len(self.ids))
+        await syncer.start()
+        return syncer
+
+    async def connect(self, a: str, b: str) -> None:
+        await self.nodes[a].connect((await self.nodes[b].addrs())[0])
+
+    async def append(self, name: str, seq: int = 0) -> Tx:
+        return await self.syncers[name].append(self.ids[name], "data", payload(seq))
+
+    def tangle_list(self, names=None) -> list[Tangle]:
+        return [self.tangles[n] for n in (names or self.tangles)]
+
+    async def close(self) -> None:
+        for syncer in self.syncers.values():
+            await syncer.stop()
+        for node in self.nodes.values():
+            await node.close()
+        for tangle in self.tangles.values():
+            tangle.close()
+
+
+@pytest.fixture
+async def swarm(tmp_path):
+    s = Swarm(tmp_path)
+    yield s
+    await s.close()
+
+
+class Spy:
+    """Records every message on the swarm's topic, decoded, as ``(sender, SyncMessage)``."""
+
+    def __init__(self, node):
+        self.messages = []
+        self.sub = node.subscribe(tx_topic(GENESIS.id))
+        self.task = asyncio.create_task(self._run())
+
+    async def _run(self):
+        async for sender, data in self.sub:
+            self.messages.append((sender, decode_message(data)))
+
+    async def close(self):
+        await self.sub.aclose()
+        await self.task
+
+
+# Messages --------------------------------------------------------------------------------------
+def test_messages_round_trip_and_bytes_stay_bytes():
+    ids = [GENESIS.id, loose_tx(ALICE, 1).id]
+    cid_like = TX_CID_PREFIX + bytes(32)  # bytes libipld.encode_dag_cbor would turn into a link
+    msg = decode_message(encode_message("txs", txs=[cid_like, GENESIS.raw], ids=ids, n=300))
+    assert msg == ("txs", ids, [cid_like, GENESIS.raw], 300)
+    assert decode_message(encode_message("tips")) == ("tips", [], [], None)
+    assert tx_id(cid_like) not in decode_message(encode_message("tx", txs=[cid_like])).ids
+
+
+@pytest.mark.parametrize("data", [b"", b"\xff\x00", b"\x81\x01", b"\xa1\x61t\x01", b"\xa2\x61t\x62tx\x63txs\x01"])
+def test_bad_messages_raise(data):
+    with pytest.raises(LedgerError) as info:
+        decode_message(data)
+    assert info.value.code == "bad-message"
+
+
+async def test_constructor_checks(tmp_path):
+    net = MemoryNetwork()
+    tangle = Tangle(tmp_path / "t.db", genesis_raw=GENESIS.raw, pow_bits=POW, max_tx_bytes=4096)
+    try:
+        with pytest.raises(LedgerError, match="holds swarm"):
+            TangleSync(tangle, net.node("a"), genesis_id=loose_tx(ALICE, 1).id)
+        with pytest.raises(LedgerError, match="max_message_bytes"):
+            TangleSync(tangle, net.node("b"), max_message_bytes=4000)
+        with pytest.raises(LedgerError, match="max_message_bytes"):
+            TangleSync(tangle, net.node("c"), max_message_bytes=MAX_MESSAGE_BYTES + 1)
+        syncer = TangleSync(tangle, net.node("d"))
+        with pytest.raises(LedgerError, match="start the syncer"):
+            await syncer.publish(GENESIS)
+        async with syncer:
+            with pytest.raises(LedgerError, match="not in this node's tangle"):
+                await syncer.publish(loose_tx(ALICE, 1))
+        assert not syncer.running
+    finally:
+        tangle.close()
+
+
+# Gossip and gap repair -------------------------------------------------------------------------
+async def test_two_nodes_converge(swarm):
+    a, b = await swarm.add("a"), await swarm.add("b")
+    await swarm.connect("a", "b")
+    for seq in range(5):
+        await swarm.append("a", seq)
+        await swarm.append("b", seq)
+        await asyncio.sleep(0.01)
+    await wait_in_step(swarm.tangle_list(), timeout=10)
+    assert swarm.tangles["a"].order() == swarm.tangles["b"].order()
+    assert swarm.tangles["a"].count() == 11
+    for s in (a, b):
+        assert s.stats["own"] >= 5  # own messages came back and were dropped
+        assert not any(k.startswith("rejected") for k in s.stats)
+
+
+async def test_missing_parents_are_repaired_by_want_and_answer(swarm):
+    slow = dict(announce_interval=60.0, peer_poll_interval=0)  # no anti-entropy: only gap repair
+    a, b = await swarm.add("a", **slow), await swarm.add("b", **slow)
+    await swarm.connect("a", "b")
+    await asyncio.sleep(0.05)  # the start-up announcements
+    ta, tb = swarm.tangles["a"], swarm.tangles["b"]
+    chain = [ta.append(swarm.ids["a"], "data", payload(seq)) for seq in range(4)]  # not published
+    await a.publish(chain[-1])
+    await wait_in_step([ta, tb], timeout=10)
+    assert [tx.id in tb for tx in chain] == [True] * 4
+    assert b.stats["wants-sent"] >= 1 and a.stats["wants-answered"] >= 1
+    assert b.stats["stored"] == 4 and b.stats["pending"] == 1
+
+
+async def test_one_answer_for_a_want_when_several_hold_it(swarm):
+    for name in "abc":
+        await swarm.add(name)
+    for x, y in (("a", "b"), ("b", "c"), ("c", "a")):
+        await swarm.connect(x, y)
+    tx = await swarm.append("a")
+    await wait_in_step(swarm.tangle_list(), timeout=10)
+    asker = swarm.net.node("asker")
+    await asker.connect((await swarm.nodes["a"].addrs())[0])
+    spy = Spy(asker)
+    await asker.publish(tx_topic(GENESIS.id), encode_message("want", ids=[tx.id], n=1))
+    await asyncio.sleep(0.1)  # answer_delay is 0.02 s; answer_holdoff 0.3 s
+    await spy.close()
+    answers = [(sender, m) for sender, m in spy.messages if m.t == "txs"]
+    assert len(answers) == 1 and answers[0][1].txs == [tx.raw]
+    assert sum(s.stats["answers-sent"] for s in swarm.syncers.values()) == 1
+    # The same want again at once is a duplicate of one just answered: held off.
+    spy = Spy(asker)
+    await asker.publish(tx_topic(GENESIS.id), encode_message("want", ids=[tx.id], n=1))
+    await asyncio.sleep(0.1)
+    await spy.close()
+    assert not [m for _, m in spy.messages if m.t == "txs"]
+
+
+async def test_an_answer_carries_ancestors_up_to_the_budget(swarm):
+    a = await swarm.add("a", announce_interval=60.0, peer_poll_interval=0)
+    ta = swarm.tangles["a"]
+    chain = [ta.append(swarm.ids["a"], "data", payload(seq)) for seq in range(20)]
+    asker = swarm.net.node("asker")
+    await asker.connect((await swarm.nodes["a"].addrs())[0])
+    spy = Spy(asker)
+    await asker.publish(tx_topic(GENESIS.id), encode_message("want", ids=[chain[-1].id], n=8))
+    await asyncio.sleep(0.3)
+    await spy.close()
+    (answer,) = [m for _, m in spy.messages if m.t == "txs"]
+    assert answer.txs == [tx.raw for tx in chain[-8:]]  # the newest 8, parents first
+    assert a.stats["wants-answered"] == 1
+
+
+# Rejections and limits -------------------------------------------------------------------------
+async def test_invalid_transactions_are_counted_and_not_relayed(swarm):
+    a, b = await swarm.add("a"), await swarm.add("b")
+    mallory = swarm.net.node("mallory")
+    await swarm.connect("a", "b")
+    await mallory.connect((await swarm.nodes["a"].addrs())[0])  # b hears mallory only through a
+    spy_node = swarm.net.node("spy")
+    await spy_node.connect((await swarm.nodes["b"].addrs())[0])
+    spy = Spy(spy_node)
+    bad = [bad_signature_tx(1), bad_signature_tx(2), low_pow_tx()]
+    topic = tx_topic(GENESIS.id)
+    await mallory.publish(topic, encode_message("tx", txs=[bad[0].raw]))
+    await mallory.publish(topic, encode_message("txs", txs=[bad[1].raw, bad[2].raw]))
+    await asyncio.sleep(0.1)
+    # Someone asks for them: nobody honest has them to give.
+    await spy_node.publish(topic, encode_message("want", ids=[tx.id for tx in bad], n=10))
+    await swarm.append("a")
+    await wait_in_step(swarm.tangle_list(), timeout=10)
+    await asyncio.sleep(1.0)  # a few announcement rounds
+    await spy.close()
+    for s, t in ((a, swarm.tangles["a"]), (b, swarm.tangles["b"])):
+        assert s.stats["rejected:bad-signature"] == 2 and s.stats["rejected:low-pow"] == 1
+        assert t.rejections == {"bad-signature": 2, "low-pow": 1}
+        assert t.count() == 2 and not any(tx.id in t for tx in bad)
+        assert s.peer_stats()["mallory"]["rejected"] == 3
+    bad_raws = {tx.raw for tx in bad}
+    for sender, msg in spy.messages:
+        if sender != "mallory":
+            assert not bad_raws & set(msg.txs), f"{sender} passed on an invalid transaction"
+
+
+async def test_rejected_transactions_put_their_sender_in_debt(swarm):
+    a = await swarm.add("a", peer_msg_rate=1.0, peer_msg_burst=50, reject_cost=10)
+    mallory = swarm.net.node("mallory")
+    await mallory.connect((await swarm.nodes["a"].addrs())[0])
+    topic = tx_topic(GENESIS.id)
+    await mallory.publish(topic, encode_message("txs", txs=[bad_signature_tx(n).raw for n in range(10)]))
+    await asyncio.sleep(0.1)
+    assert a.stats["rejected:bad-signature"] == 10
+    await mallory.publish(topic, encode_message("tx", txs=[loose_tx(MALLORY, 99).raw]))  # valid, but in debt
+    await asyncio.sleep(0.1)
+    assert a.stats["rate-limited"] == 1 and swarm.tangles["a"].count() == 1
+
+
+async def test_a_flooding_peer_is_rate_limited_and_honest_traffic_gets_through(swarm):
+    limits = dict(peer_msg_rate=5.0, peer_msg_burst=40)
+    a = await swarm.add("a", **limits)
+    await swarm.add("b", **limits)
+    mallory = swarm.net.node("mallory")
+    await swarm.connect("a", "b")
+    await mallory.connect((await swarm.nodes["a"].addrs())[0])
+    flood = [loose_tx(MALLORY, seq).raw for seq in range(400)]  # valid, cheap-PoW transactions
+    topic = tx_topic(GENESIS.id)
+
+    async def flooding():
+        for k, raw in enumerate(flood):
+            await mallory.publish(topic, encode_message("tx", txs=[raw]))
+            if k % 50 == 0:
+                await asyncio.sleep(0)
+
+    honest = []
+
+    async def honest_traffic():
+        for seq in range(10):
+            honest.append(await swarm.append("b", seq))
+            await asyncio.sleep(0.02)
+
+    await asyncio.gather(flooding(), honest_traffic())
+    await asyncio.sleep(0.2)
+    ta = swarm.tangles["a"]
+    assert all(tx.id in ta for tx in honest)
+    assert a.stats["rate-limited"] >= 300
+    assert a.peer_stats()["mallory"]["rate-limited"] == a.stats["rate-limited"]
+    assert sum(1 for raw in flood if tx_id(TX_CID_PREFIX + hashlib.sha256(raw).digest()) in ta) <= 60
+    await wait_in_step(swarm.tangle_list(), timeout=10)
+
+
+async def test_junk_messages_are_counted_and_harmless(swarm):
+    a = await swarm.add("a")
+    await swarm.add("b")
+    await swarm.connect("a", "b")
+    junk = swarm.net.node("junk")
+    await junk.connect((await swarm.nodes["a"].addrs())[0])
+    topic = tx_topic(GENESIS.id)
+    await junk.publish(topic, b"\xff not cbor")
+    await junk.publish(topic, encode_message("gossip-v9", n=1))
+    await junk.publish(topic, b"\x00" * (MAX_MESSAGE_BYTES + 1))
+    await junk.publish(topic, encode_message("want", ids=[loose_tx(ALICE, 5).id], n=10**6))  # unknown id
+    await swarm.append("b")
+    await wait_in_step(swarm.tangle_list(), timeout=10)
+    assert (a.stats["bad-message"], a.stats["unknown-type"], a.stats["oversize"]) == (1, 1, 1)
+    assert a.stats["answers-sent"] == 0
+
+
+async def test_long_answers_are_split_into_bounded_messages(swarm):
+    a = await swarm.add("a", max_message_bytes=8192, announce_interval=60.0, peer_poll_interval=0)
+    ta = swarm.tangles["a"]
+    chain = [ta.append(swarm.ids["a"], "data", payload(seq)) for seq in range(60)]
+    asker = swarm.net.node("asker")
+    await asker.connect((await swarm.nodes["a"].addrs())[0])
+    spy = Spy(asker)
+    await asker.publish(tx_topic(GENESIS.id), encode_message("want", ids=[chain[-1].id], n=100))
+    await asyncio.sleep(0.3)
+    await spy.close()
+    answers = [m for _, m in spy.messages if m.t == "txs"]
+    assert len(answers) > 1
+    assert all(len(encode_message("txs", txs=m.txs)) <= 8192 for m in answers)
+    assert [raw for m in answers for raw in m.txs] == [tx.raw for tx in chain]
+    assert a.stats["answers-sent"] == len(answers)
+
+
+# Anti-entropy after a partition ----------------------------------------------------------------
+@pytest.mark.parametrize("faults", ["clean", "lossy"])
+async def test_six_nodes_split_three_three_converge_after_heal(swarm, faults):
+    """The issue's Done-when: 6 nodes split 3|3 keep issuing on both sides; after heal() every
+    node holds the same set and the same tips within a bounded time."""
+    names = [f"n{k}" for k in range(6)]
+    for name in names:
+        await swarm.add(name, announce_interval=1.0, want_retry=0.5, peer_poll_interval=0.25)
+    for k in range(6):  # a ring, plus a chord inside each side
+        await swarm.connect(names[k], names[(k + 1) % 6])
+    await swarm.connect("n0", "n2")
+    await swarm.connect("n3", "n5")
+    if faults == "lossy":
+        swarm.net.set_loss(0.05)
+        swarm.net.set_delay(10)
+    left, right = names[:3], names[3:]
+    swarm.net.partition(left, right)
+    issued: dict[str, list[Tx]] = {name: [] for name in names}
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+
+    async def issue(name: str, rng: random.Random) -> None:
+        seq = 0
+        while loop.time() < start + 2.5:  # 2 s partitioned, 0.5 s after heal
+            issued[name].append(await swarm.append(name, seq))
+            seq += 1
+            await asyncio.sleep(rng.uniform(0.025, 0.075))
+
+    async def heal_at_2s() -> None:
+        await asyncio.sleep(2.0)
+        # Each side saw nothing of the other's transactions.
+        for side, other in ((left, right), (right, left)):
+            for name in side:
+                assert not any(tx.id in swarm.tangles[name] for n in other for tx in issued[n])
+        swarm.net.heal()
+        # Measure when every node holds everything issued before the heal.
+        before = [tx.id for txs in issued.values() for tx in txs]
+        while not all(i in t for t in swarm.tangle_list() for i in before):
+            await asyncio.sleep(0.01)
+        repaired.append(loop.time() - start - 2.0)
+
+    repaired: list[float] = []
+    await asyncio.gather(heal_at_2s(), *(issue(n, random.Random(n)) for n in names))
+    elapsed = await wait_in_step(swarm.tangle_list(), timeout=30)
+    total = sum(map(len, issued.values()))
+    print(f"\n3|3 partition ({faults}): {total} transactions issued; every node held all the "
+          f"pre-heal ones {repaired[0]:.2f} s after heal; same set and tips {elapsed:.2f} s after "
+          "the last was issued")
+    sums = sum((Counter(s.stats) for s in swarm.syncers.values()), Counter())
+    print("  totals:", {k: sums[k] for k in ("wants-sent", "answers-sent", "answer-txs-sent", "duplicates",
+                                              "answers-suppressed", "wants-answered")})
+    orders = {tuple(t.order()) for t in swarm.tangle_list()}
+    tips = {tuple(t.tips()) for t in swarm.tangle_list()}
+    assert len(orders) == 1 and len(tips) == 1
+    assert set(next(iter(orders))) == {GENESIS.id} | {tx.id for txs in issued.values() for tx in txs}
+    for s in swarm.syncers.values():
+        assert not any(k.startswith("rejected") for k in s.stats)
+
+
+async def test_a_node_that_was_down_catches_up(swarm):
+    for name in "abc":
+        await swarm.add(name)
+    await swarm.connect("a", "b")
+    await swarm.connect("b", "c")
+    swarm.net.down("c")
+    for seq in range(30):
+        await swarm.append("a" if seq % 2 else "b", seq)
+    await wait_in_step(swarm.tangle_list("ab"), timeout=10)
+    assert swarm.tangles["c"].count() == 1
+    swarm.net.up("c")
+    await wait_in_step(swarm.tangle_list(), timeout=20)
+
+
+async def test_partition_benchmark_small(tmp_path):
+    result = await partition_benchmark(300, directory=tmp_path, timeout=30)
+    print(f"\n300+300 partition: converged {result['convergence_s']:.2f} s after heal")
+    assert result["total"] == 601
+    for stats in result["stats"]:
+        assert stats["stored"] == 300 and stats["answer-txs-sent"] >= 300
+
+
+@pytest.mark.slow
+async def test_partition_benchmark_5000_each(tmp_path):
+    result = await partition_benchmark(5000, directory=tmp_path, timeout=60)
+    print(f"\n5000+5000 partition: converged {result['convergence_s']:.2f} s after heal")
+    assert result["total"] == 10001
+
+
+def test_in_step(tmp_path):
+    t1 = Tangle(tmp_path / "1.db", genesis_raw=GENESIS.raw, pow_bits=POW, max_tx_bytes=4096)
+    t2 = Tangle(tmp_path / "2.db", genesis_raw=GENESIS.raw, pow_bits=POW, max_tx_bytes=4096)
+    try:
+        assert in_step([t1, t2])
+        tx = t1.append(ALICE, "data", payload(0))
+        assert not in_step([t1, t2])
+        t2.insert(tx)
+        assert in_step([t1, t2])
+    finally:
+        t1.close()
+        t2.close()
