@@ -91,9 +91,9 @@ def bench_verify(tangle: Tangle) -> None:
 
 
 def bench_convergence(n: int, pow_bits: int) -> None:
-    from learnae.ledger.sync import partition_convergence_seconds
+    from learnae.ledger.sync import partition_benchmark
 
-    seconds = asyncio.run(partition_convergence_seconds(n, pow_bits=pow_bits))
+    seconds = asyncio.run(partition_benchmark(n_each=n, pow_bits=pow_bits))["convergence_s"]
     print(f"convergence after heal  {seconds:8.2f} s      ({n} + {n} txs issued while partitioned, "
           "memory network; target <= 10 s)")
 
