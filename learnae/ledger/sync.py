@@ -108,7 +108,7 @@ from learnae.errors import IpfsError, LedgerError
 from learnae.identity import Identity
 from learnae.ipfs.base import IpfsNode
 from learnae.ledger.tangle import Tangle
-from learnae.ledger.tx import TX_CID_PREFIX, Tx, tx_id, tx_link
+from learnae.ledger.tx import TX_CID_PREFIX, Tx, cbor_head, cbor_text, tx_id, tx_link
 
 __all__ = [
     "MAX_MESSAGE_BYTES",
@@ -150,23 +150,8 @@ class SyncMessage(NamedTuple):
     n: int | None
 
 
-def _head(major: int, n: int) -> bytes:
-    """A CBOR item head in its shortest form."""
-    if n < 24:
-        return bytes([major << 5 | n])
-    for extra, size in ((24, 1), (25, 2), (26, 4), (27, 8)):
-        if n < 1 << 8 * size:
-            return bytes([major << 5 | extra]) + n.to_bytes(size, "big")
-    raise ValueError(f"{n} does not fit in 64 bits")
-
-
-def _text(s: str) -> bytes:
-    data = s.encode()
-    return _head(3, len(data)) + data
-
-
 def _bytes_list(items: Sequence[bytes]) -> bytes:
-    return _head(4, len(items)) + b"".join(_head(2, len(b)) + b for b in items)
+    return cbor_head(4, len(items)) + b"".join(cbor_head(2, len(b)) + b for b in items)
 
 
 def encode_message(
@@ -185,13 +170,13 @@ def encode_message(
     """
     entries = []
     if n is not None:
-        entries.append(_text("n") + _head(0, n))
-    entries.append(_text("t") + _text(t))
+        entries.append(cbor_text("n") + cbor_head(0, n))
+    entries.append(cbor_text("t") + cbor_text(t))
     if ids is not None:
-        entries.append(_text("ids") + _bytes_list([tx_link(i) for i in ids]))
+        entries.append(cbor_text("ids") + _bytes_list([tx_link(i) for i in ids]))
     if txs is not None:
-        entries.append(_text("txs") + _bytes_list(txs))
-    return _head(5, len(entries)) + b"".join(entries)
+        entries.append(cbor_text("txs") + _bytes_list(txs))
+    return cbor_head(5, len(entries)) + b"".join(entries)
 
 
 def decode_message(data: bytes) -> SyncMessage:

@@ -84,8 +84,12 @@ def _is_uint(value: Any) -> bool:
 
 
 # Encoding --------------------------------------------------------------------------------------
-def _head(major: int, n: int) -> bytes:
-    """A CBOR item head in its shortest form (DAG-CBOR's canonical rule)."""
+def cbor_head(major: int, n: int) -> bytes:
+    """A CBOR item head in its shortest form (DAG-CBOR's canonical rule, RFC 8949 section 4.2.1).
+
+    learnae writes its envelopes by hand with this and :func:`cbor_text` because ``libipld``
+    encodes any bytes value that parses as a CID as a link (tag 42).
+    """
     if n < 24:
         return bytes([major << 5 | n])
     for extra, size in ((24, 1), (25, 2), (26, 4), (27, 8)):
@@ -94,16 +98,17 @@ def _head(major: int, n: int) -> bytes:
     raise ValueError(f"{n} does not fit in 64 bits")
 
 
-def _text(s: str) -> bytes:
+def cbor_text(s: str) -> bytes:
+    """A CBOR text string (major type 3), UTF-8."""
     data = s.encode()
-    return _head(3, len(data)) + data
+    return cbor_head(3, len(data)) + data
 
 
 def _link(cid: bytes) -> bytes:
-    return b"\xd8\x2a" + _head(2, len(cid) + 1) + b"\x00" + cid
+    return b"\xd8\x2a" + cbor_head(2, len(cid) + 1) + b"\x00" + cid
 
 
-_KEY = {k: _text(k) for k in ("kind", "time", "nonce", "swarm", "author", "parents", "payload")}
+_KEY = {k: cbor_text(k) for k in ("kind", "time", "nonce", "swarm", "author", "parents", "payload")}
 
 
 def _unsigned_parts(
@@ -115,13 +120,13 @@ def _unsigned_parts(
     author, parents, payload.
     """
     prefix = b"".join((
-        _head(5, 7 if swarm is None else 8), _V_ENTRY,
-        _KEY["kind"], _text(kind), _KEY["time"], _head(0, time_ms), _KEY["nonce"],
+        cbor_head(5, 7 if swarm is None else 8), _V_ENTRY,
+        _KEY["kind"], cbor_text(kind), _KEY["time"], cbor_head(0, time_ms), _KEY["nonce"],
     ))
     suffix = b"".join((
         b"" if swarm is None else _KEY["swarm"] + _link(swarm),
-        _KEY["author"], _head(2, len(author)), author,
-        _KEY["parents"], _head(4, len(parents)), *map(_link, parents),
+        _KEY["author"], cbor_head(2, len(author)), author,
+        _KEY["parents"], cbor_head(4, len(parents)), *map(_link, parents),
         _KEY["payload"], payload,
     ))
     return prefix, suffix
@@ -209,7 +214,7 @@ def make_tx(
     state = hashlib.sha256(prefix)
     nonce = 0
     while True:
-        tail = _head(0, nonce) + suffix
+        tail = cbor_head(0, nonce) + suffix
         h = state.copy()
         h.update(tail)
         if _pow_ok(h.digest(), pow_bits):
@@ -262,7 +267,7 @@ def decode_tx(raw: bytes) -> Tx:
     if not all(_is_link(p) for p in parents):
         raise TxRejected("a parent is not a transaction CID (dag-cbor, sha2-256)", code="bad-parents")
     prefix, suffix = _unsigned_parts(kind, author, parents, time_ms, libipld.encode_dag_cbor(payload), swarm)
-    if _signed(prefix + _head(0, nonce) + suffix, sig) != raw:
+    if _signed(prefix + cbor_head(0, nonce) + suffix, sig) != raw:
         raise TxRejected("transaction bytes are not in canonical DAG-CBOR form", code="not-canonical")
     return Tx(
         id=tx_id(TX_CID_PREFIX + hashlib.sha256(raw).digest()),
