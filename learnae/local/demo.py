@@ -27,15 +27,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from learnae.formats import Checkpoint, decode_checkpoint, encode_checkpoint
 from learnae.identity import Identity
 from learnae.ipfs.embedded import EmbeddedNode
 from learnae.ledger.sync import TangleSync, wait_in_step
 from learnae.ledger.tangle import Tangle
-from learnae.ledger.tx import checkpoint_payload
 from learnae.manifest import Invite, Manifest, init_swarm, open_tangle
-from learnae.merge import Contribution, merge
+from learnae.merge import Contribution
 from learnae.models import model_config
+from learnae.node import fetch_peer_checkpoint, merge_contributions, publish_checkpoint
 from learnae.training.data import DataSpec
 
 
@@ -145,28 +144,20 @@ def _train_alone(members: list[DemoNode], manifest: Manifest, rounds: int, seed:
 async def _publish(m: DemoNode, genesis_id: str, samples: int) -> None:
     from learnae.training.model import evaluate, get_weights
 
-    data = encode_checkpoint(Checkpoint(get_weights(m.model), genesis_id, m.step, samples))
-    cid = await m.ipfs.add(data)
     metrics = evaluate(m.model, m.splits.holdout.x, m.splits.holdout.y)
-    payload = checkpoint_payload(cid=cid, size=len(data), step=m.step, samples=samples,
-                                 base=[], data=[], metrics=metrics)
-    m.last_tx = (await m.sync.append(m.identity, "checkpoint", payload)).id
+    tx, _ = await publish_checkpoint(m.ipfs, m.sync, m.identity, weights=get_weights(m.model), step=m.step,
+                                     samples=samples, metrics=metrics)
+    m.last_tx = tx.id
 
 
 async def _merge_peers(m: DemoNode, manifest: Manifest, expect) -> None:
     from learnae.training.model import get_weights, set_weights
 
     own = Contribution(get_weights(m.model), samples=len(m.splits.train), age=m.step, author="self")
-    peers = []
-    for author, tx in m.tangle.latest_checkpoint_per_author().items():
-        if author == m.identity.public_key:
-            continue
-        raw = await m.ipfs.cat(tx.payload["cid"], timeout=30, max_size=manifest.limits.checkpoint_bytes)
-        ckpt = decode_checkpoint(raw, max_bytes=manifest.limits.checkpoint_bytes, expect=expect,
-                                 genesis=m.tangle.swarm)
-        peers.append(Contribution(ckpt.weights, samples=ckpt.samples, age=ckpt.step, author=author.hex()))
-    result = merge(manifest.merge, own, peers, **manifest.merge_params)
-    set_weights(m.model, result.weights)
+    peers = [await fetch_peer_checkpoint(m.ipfs, tx, manifest, expect, genesis=m.tangle.swarm, timeout=30)
+             for author, tx in m.tangle.latest_checkpoint_per_author().items()
+             if author != m.identity.public_key]
+    set_weights(m.model, merge_contributions(manifest, own, peers).weights)
 
 
 def main(out: Path, nodes: int, rounds: int, seed: int) -> int:

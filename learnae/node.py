@@ -1,0 +1,692 @@
+"""The trainer node: ``learnae node run``.
+
+A node composes an identity, an IPFS node (embedded Kubo by default, or a Kubo daemon
+through its RPC API), the swarm's tangle and its syncer, and a Keras training loop
+(DESIGN.md "Node loop"):
+
+- Keras trains in the main thread with a :class:`~learnae.training.callback.SwarmCallback`,
+  which offers a snapshot every ``sync_every`` batches and loads merged weights at batch
+  boundaries, never waiting for the network.
+- The network runs on an asyncio loop in a thread of its own. For each offer it publishes
+  a checkpoint (safetensors -> ``ipfs.add`` pinned -> ``checkpoint`` tx whose ``base``
+  names the peer checkpoints merged since the previous one -> gossip), then merges: up to
+  ``k`` of the freshest peer checkpoints announced since the last merge (one per author,
+  not stale), each fetched by CID with a timeout and a size bound, decoded against the
+  model's names, shapes and dtypes, and merged with the manifest's rule. Every failure is
+  counted by code (:attr:`TrainerNode.rejections`) and never stops the node.
+
+The state directory holds everything a restart needs (:func:`state_paths`): the author
+key, the tangle, the IPFS repo, the last published checkpoint and its step/sample counts.
+SIGINT or SIGTERM stops training after the current batch, publishes a final checkpoint and
+closes everything in order. Resources are bounded: TensorFlow threads
+(:func:`~learnae.training.model.configure_threads`), and disk: the node keeps only its last
+``keep`` checkpoints pinned and fetched peer checkpoints are never pinned.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from learnae.errors import ConfigError, LearnaeError
+from learnae.formats import Checkpoint, decode_checkpoint, encode_checkpoint
+from learnae.identity import Identity
+from learnae.ipfs.base import IpfsNode
+from learnae.ledger.sync import TangleSync
+from learnae.ledger.tangle import Tangle
+from learnae.ledger.tx import Tx, checkpoint_payload
+from learnae.manifest import Invite, Manifest, open_tangle, parse_listen
+from learnae.merge import Contribution, MergeResult, merge
+from learnae.training.bridge import Merged, Offer, QueueBridge
+from learnae.training.data import DataSpec
+
+log = logging.getLogger("learnae.node")
+
+__all__ = ["NodeConfig", "TrainerNode", "fetch_peer_checkpoint", "merge_contributions",
+           "publish_checkpoint", "state_paths"]
+
+DEFAULT_KEEP = 3
+DEFAULT_K = 4
+DEFAULT_FETCH_TIMEOUT = 20.0
+DEFAULT_STALE = 600.0
+METRICS_INTERVAL = 2.0  # seconds between metric evaluations / progress lines
+FIT_EPOCHS = 100  # epochs per model.fit call
+
+
+def state_paths(state: str | os.PathLike[str]) -> dict[str, Path]:
+    """The files of a node's state directory, by role.
+
+    ``identity`` (author key, ``identity.key``), ``tangle`` (``tangle.sqlite``), ``ipfs``
+    (Kubo repo), ``checkpoint`` (last published checkpoint file), ``progress`` (JSON: step,
+    samples, last tx and CID, own pinned CIDs), ``addrs`` (JSON: peer id and multiaddrs),
+    ``api`` (JSON: the API's URL), ``status`` (JSON: what ``GET /status`` returns, rewritten
+    every second).
+    """
+    d = Path(state)
+    return {"identity": d / "identity.key", "tangle": d / "tangle.sqlite", "ipfs": d / "ipfs",
+            "checkpoint": d / "checkpoint.safetensors", "progress": d / "progress.json",
+            "addrs": d / "addrs.json", "api": d / "api.json", "status": d / "status.json"}
+
+
+def _lock_state(state: Path):
+    """Take ``STATE/node.lock`` (an exclusive ``flock``, released when the process ends).
+
+    Raises:
+        ConfigError: another process holds it.
+    """
+    import fcntl
+
+    f = open(state / "node.lock", "a+")  # noqa: SIM115 (held for the life of the node)
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.close()
+        raise ConfigError(f"another learnae node is running on {state}; stop it first, or give"
+                          " this one a state directory of its own") from None
+    return f
+
+
+def _write_json(path: Path, value: Any) -> None:
+    """Write ``value`` as JSON atomically (temporary file, fsync, rename)."""
+    _write_bytes(path, (json.dumps(value, indent=1) + "\n").encode())
+
+
+def _write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+# ------------------------------------------------------------------ shared pieces (demo too)
+async def publish_checkpoint(ipfs: IpfsNode, sync: TangleSync, identity: Identity, *,
+                             weights: Mapping[str, np.ndarray], step: int, samples: int,
+                             base: Sequence[str] = (), metrics: Mapping[str, float] | None = None,
+                             ) -> tuple[Tx, bytes]:
+    """Publish weights as a checkpoint: safetensors -> ``ipfs.add`` (pinned) -> signed
+    ``checkpoint`` tx (``base``: checkpoint tx ids merged into it) -> gossip.
+
+    Returns:
+        ``(tx, file bytes)``.
+
+    Raises:
+        NonFiniteError: the weights hold NaN or infinity; IpfsError; TxRejected, LedgerError.
+    """
+    ckpt = Checkpoint(dict(weights), sync.tangle.swarm, int(step), int(samples))
+    data = await asyncio.to_thread(encode_checkpoint, ckpt)
+    cid = await ipfs.add(data)
+    payload = checkpoint_payload(cid=cid, size=len(data), step=int(step), samples=int(samples),
+                                 base=list(dict.fromkeys(base)), data=[], metrics=dict(metrics or {}))
+    tx = await sync.append(identity, "checkpoint", payload)
+    return tx, data
+
+
+async def fetch_peer_checkpoint(ipfs: IpfsNode, tx: Tx, manifest: Manifest, expect: Mapping, *,
+                                genesis: str, timeout: float = DEFAULT_FETCH_TIMEOUT) -> Contribution:
+    """Fetch and decode the checkpoint a peer's ``checkpoint`` tx announces.
+
+    Returns:
+        A :class:`~learnae.merge.Contribution` authored by the tx's author id (hex).
+
+    Raises:
+        IpfsTimeout (code ``timeout``), IpfsError, OversizeError, CorruptFile, FormatError,
+        SchemaMismatch, NonFiniteError: each with its ``code`` for counting.
+    """
+    limit = manifest.limits.checkpoint_bytes
+    raw = await ipfs.cat(tx.payload["cid"], timeout=timeout, max_size=limit)
+    ckpt = await asyncio.to_thread(decode_checkpoint, raw, max_bytes=limit, expect=expect,
+                                   genesis=genesis)
+    return Contribution(ckpt.weights, samples=ckpt.samples, age=ckpt.step, author=tx.author.hex())
+
+
+def merge_contributions(manifest: Manifest, own: Contribution,
+                        peers: Sequence[Contribution]) -> MergeResult:
+    """Merge peers into own with the manifest's rule and parameters (refusals listed in
+    ``MergeResult.rejected``, never raised)."""
+    return merge(manifest.merge, own, peers, **manifest.merge_params)
+
+
+# ------------------------------------------------------------------------------- config
+@dataclass
+class NodeConfig:
+    """What ``learnae node run`` is told.
+
+    Attributes:
+        invite: the swarm's invite (must carry the genesis transaction).
+        state: the state directory (created mode 0700).
+        data: this node's data.
+        listen: ``HOST:PORT`` the embedded Kubo node listens on (port 0: any free port).
+        peers: multiaddrs (``.../p2p/<id>``) kept connected, with the invite's bootstrap.
+        ipfs: ``embedded``, or ``rpc:URL`` for a running Kubo daemon.
+        api: ``HOST:PORT`` of the HTTP API (port 0: any free port), or None for none.
+        threads: TensorFlow intra-op threads.
+        keep: own checkpoints kept pinned (older ones are unpinned).
+        k: merge with up to ``k`` peer checkpoints at a time.
+        fetch_timeout: seconds to wait for a peer's checkpoint.
+        stale: peer checkpoints whose tx is older than this (seconds) are not merged.
+        epochs: stop after this many epochs in this run (None: run until stopped).
+        seed: model initialization seed (None: random).
+        sync_every: override the manifest's ``sync_every`` (batches between checkpoints), or
+            ``"epoch"``: once per epoch, so that each checkpoint's ``samples`` is the size of the
+            node's data and a sample-weighted merge weighs nodes by their data (as FedAvg).
+        wait_peers: before training, wait until this many IPFS peers are connected.
+        callbacks: more Keras callbacks for ``fit``, run before the swarm's (e.g. timers).
+        progress: called with a one-line progress text (on the training thread).
+    """
+
+    invite: Invite
+    state: Path
+    data: DataSpec
+    listen: str = "127.0.0.1:0"
+    peers: tuple[str, ...] = ()
+    ipfs: str = "embedded"
+    api: str | None = "127.0.0.1:0"
+    threads: int = 1
+    keep: int = DEFAULT_KEEP
+    k: int = DEFAULT_K
+    fetch_timeout: float = DEFAULT_FETCH_TIMEOUT
+    stale: float = DEFAULT_STALE
+    epochs: int | None = None
+    seed: int | None = None
+    sync_every: int | str | None = None
+    wait_peers: int = 0
+    callbacks: tuple[Any, ...] = ()
+    progress: Callable[[str], None] | None = None
+
+
+# --------------------------------------------------------------------------------- node
+class TrainerNode:
+    """One trainer node (see the module docstring). Call :meth:`run` in the main thread.
+
+    Counters shown in ``/status``: ``step``, ``samples``, ``published`` (checkpoints),
+    ``merges`` (merges that used at least one peer), ``rejections`` (Counter of codes:
+    ``timeout``, ``ipfs``, ``oversize``, ``corrupt``, ``format``, ``schema``, ``non-finite``,
+    and the merge codes ``names``, ``shape``, ``dtype``, ``norm``, ``meta``, ...).
+    """
+
+    def __init__(self, config: NodeConfig):
+        if config.invite.genesis_tx is None:
+            raise ConfigError("the invite carries no genesis transaction; ask the swarm for a"
+                              " full invite (learnae init writes one)")
+        if config.keep < 1 or config.k < 1:
+            raise ConfigError("keep and k must be at least 1")
+        parse_listen(config.listen)
+        if config.api is not None:
+            parse_listen(config.api)
+        self.config = config
+        self.manifest = config.invite.manifest()
+        self.state = Path(config.state)
+        self.paths = state_paths(self.state)
+        self.bridge = QueueBridge()
+        self.rejections: Counter[str] = Counter()
+        self.errors: Counter[str] = Counter()
+        self.step = 0
+        self.samples = 0
+        self.epoch = 0
+        self.published = 0
+        self.merges = 0
+        self.last_checkpoint: dict[str, Any] | None = None
+        self.metrics: dict[str, float] = {}  # own held-out data (what checkpoints carry)
+        self.test_metrics: dict[str, float] = {}  # the common test split
+        self.peers: list[str] = []
+        self.addrs: list[str] = []
+        self.api_url: str | None = None
+        self.started = time.time()
+        self.identity: Identity | None = None
+        self.ipfs: IpfsNode | None = None
+        self.tangle: Tangle | None = None
+        self.sync: TangleSync | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._pinned: deque[str] = deque()
+        self._pending: dict[bytes, Tx] = {}  # author -> freshest unmerged checkpoint tx
+        self._cursor = 0
+        self._stopping = threading.Event()
+        self._ready = threading.Event()
+        self._net_done = threading.Event()
+        self._net_error: BaseException | None = None
+        self._model = None
+        self._cb = None
+        self._offer_lock: asyncio.Lock | None = None
+
+    # ------------------------------------------------------------------ identity and state
+    def _load_identity(self) -> Identity:
+        path = self.paths["identity"]
+        if path.exists():
+            return Identity.load(path)
+        identity = Identity.generate()
+        identity.save(path)
+        return identity
+
+    def _load_progress(self) -> dict[str, Any]:
+        path = self.paths["progress"]
+        if not path.exists():
+            return {}
+        try:
+            d = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            log.warning("ignoring unreadable %s: %s", path, exc)
+            return {}
+        return d if isinstance(d, dict) else {}
+
+    def _save_progress(self, data: bytes) -> None:
+        _write_bytes(self.paths["checkpoint"], data)
+        _write_json(self.paths["progress"], {
+            "step": self.step_published, "samples": self.samples_published,
+            "last_checkpoint": self.last_checkpoint, "pinned": list(self._pinned),
+            "epoch": self.epoch, "time": time.time(),
+        })
+
+    # ----------------------------------------------------------------------------- run
+    def run(self) -> int:
+        """Train until stopped (signal, :meth:`stop`, or ``epochs``); returns 0 on a clean stop.
+
+        Raises:
+            LearnaeError: setup failed (bad invite, data, state directory, IPFS start).
+        """
+        from learnae.training.callback import SwarmCallback
+        from learnae.training.model import (
+            build_model,
+            configure_threads,
+            evaluate,
+            expected_shapes,
+            set_weights,
+        )
+
+        cfg = self.config
+        self.state.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._lock = _lock_state(self.state)
+        configure_threads(cfg.threads)
+        self.identity = self._load_identity()
+        splits = cfg.data.load()
+        self.splits = splits
+        m = self.manifest
+        model = build_model(m.model, optimizer=m.optimizer, learning_rate=m.learning_rate, seed=cfg.seed)
+        self._model = model
+        self.expect = expected_shapes(model)
+        progress = self._load_progress()
+        if progress and self.paths["checkpoint"].exists():
+            try:
+                ckpt = decode_checkpoint(self.paths["checkpoint"].read_bytes(),
+                                         max_bytes=m.limits.checkpoint_bytes, expect=self.expect,
+                                         genesis=cfg.invite.genesis)
+                set_weights(model, ckpt.weights)
+                self.step, self.samples = ckpt.step, int(progress.get("samples", 0))
+                self.last_checkpoint = progress.get("last_checkpoint")
+                self._pinned.extend(progress.get("pinned", []))
+                self.epoch = int(progress.get("epoch", 0))
+                log.info("resuming from step %d (%s)", self.step, self.paths["checkpoint"])
+            except (LearnaeError, ValueError, TypeError) as exc:
+                log.warning("cannot resume from %s (%s); starting afresh", self.paths["checkpoint"],
+                            getattr(exc, "reason", exc))
+        self.step_published, self.samples_published = self.step, self.samples
+        self.resumed_from = self.step
+        epoch0 = self.epoch
+
+        net = threading.Thread(target=self._network_thread, name="learnae-network", daemon=True)
+        net.start()
+        self._ready.wait()
+        if self._net_error is not None:
+            net.join()
+            raise self._net_error
+
+        stop = self._stopping
+
+        def on_signal(signum, frame):  # main thread
+            if stop.is_set():
+                log.warning("signal %d: already stopping", signum)
+                return
+            log.warning("signal %d: stopping after this batch", signum)
+            stop.set()
+            model.stop_training = True
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(ValueError):  # not in the main thread: no handlers
+                signal.signal(sig, on_signal)
+        sync_every = cfg.sync_every or m.sync_every
+        if sync_every == "epoch":  # once per pass over the data: samples per checkpoint = shard size
+            sync_every = -(-len(splits.train) // m.batch_size)
+        cb = SwarmCallback(self.bridge, batch_size=m.batch_size, sync_every=sync_every, k=cfg.k,
+                           samples_per_epoch=len(splits.train), initial_step=self.step,
+                           initial_samples=self.samples)
+        self._cb = cb
+        while len(self.peers) < cfg.wait_peers and not stop.wait(0.2):
+            pass
+        import keras
+
+        node = self
+
+        class EpochWatch(keras.callbacks.Callback):
+            """Counts epochs; refreshes metrics and the progress line at most every
+            ``METRICS_INTERVAL`` seconds (evaluating costs as much as many small batches)."""
+
+            def on_epoch_end(self, epoch, logs=None):
+                if stop.is_set():
+                    return
+                node.epoch += 1
+                loss = float((logs or {}).get("loss", float("nan")))
+                if time.monotonic() - node._last_report >= METRICS_INTERVAL:
+                    node._report(evaluate, loss)
+                if cfg.epochs is not None and node.epoch - epoch0 >= cfg.epochs:
+                    self.model.stop_training = True
+
+        watch = EpochWatch()
+        try:
+            while not stop.is_set() and (cfg.epochs is None or self.epoch - epoch0 < cfg.epochs):
+                # one fit() for many epochs: a fit() call costs as much as dozens of small batches
+                chunk = FIT_EPOCHS if cfg.epochs is None else min(FIT_EPOCHS, cfg.epochs - (self.epoch - epoch0))
+                model.fit(splits.train.x, splits.train.y, batch_size=m.batch_size, epochs=chunk,
+                          verbose=0, shuffle=True, callbacks=[*cfg.callbacks, cb, watch])
+                if not stop.is_set():
+                    model.stop_training = False
+            # the final checkpoint: what was trained since the last one the node took, merged
+            # once more with the freshest checkpoint of every peer (the node ends on the swarm's
+            # consensus, not on its last local batches)
+            from learnae.training.model import get_weights
+            final = Offer(weights=get_weights(model), step=cb.step, samples=cb._pending_samples,
+                          total_samples=cb.samples, merged=tuple(cb._pending_tags), k=cfg.k)
+            pending = self.bridge.take_offer(0)
+            if pending is not None:
+                final = final.after(pending)
+            merged = asyncio.run_coroutine_threadsafe(self._final_merge(final), self.loop).result(120)
+            if merged is not None:
+                set_weights(model, merged.weights)
+                final = Offer(weights=get_weights(model), step=final.step, samples=final.samples,
+                              total_samples=final.total_samples, merged=(*final.merged, merged.tag), k=cfg.k)
+            self._report(evaluate, float("nan"))
+            self.step, self.samples = cb.step, cb.samples
+            fut = asyncio.run_coroutine_threadsafe(self._shutdown(final), self.loop)
+            fut.result(timeout=120)
+        finally:
+            stop.set()
+            closed = getattr(self, "_closed", None)
+            if self.loop is not None and not self._net_done.is_set() and not (closed and closed.is_set()):
+                with contextlib.suppress(Exception):
+                    asyncio.run_coroutine_threadsafe(self._shutdown(None), self.loop).result(60)
+            net.join(timeout=60)
+            # the handlers stay: a second SIGTERM while the process exits must not kill it
+        return 0
+
+    def _report(self, evaluate, loss: float) -> None:
+        """Metrics at an epoch's end, and the progress line (training thread)."""
+        if loss == loss:  # not NaN: remember it for the final line
+            self._loss = loss
+        loss = self._loss
+        s = self.splits
+        self.metrics = evaluate(self._model, s.holdout.x, s.holdout.y)
+        self.test_metrics = evaluate(self._model, s.test.x, s.test.y)
+        self._last_report = time.monotonic()
+        if self.config.progress is not None:
+            cb = self._cb
+            self.config.progress(
+                f"epoch {self.epoch} step {cb.step} loss {loss:.4f}"
+                f" acc {self.metrics['accuracy']:.3f} test {self.test_metrics['accuracy']:.3f}"
+                f" peers {len(self.peers)} merges {self.merges} published {self.published}"
+                f" rejected {sum(self.rejections.values())}")
+
+    _last_report = 0.0
+    _loss = float("nan")
+
+    def stop(self) -> None:
+        """Ask the node to stop (thread-safe): training ends after the current batch."""
+        self._stopping.set()
+        if self._model is not None:
+            self._model.stop_training = True
+
+    # --------------------------------------------------------------- network thread
+    def _network_thread(self) -> None:
+        loop = asyncio.new_event_loop()
+        self.loop = loop
+        asyncio.set_event_loop(loop)
+        try:
+            loop.run_until_complete(self._start())
+        except BaseException as exc:  # setup failed: hand it to the main thread
+            self._net_error = exc
+            self._ready.set()
+            with contextlib.suppress(Exception):
+                loop.run_until_complete(self._close_all())
+            loop.close()
+            return
+        self._ready.set()
+        try:
+            loop.run_until_complete(self._closed.wait())
+        finally:
+            self._net_done.set()
+            loop.close()
+
+    async def _start(self) -> None:
+        cfg = self.config
+        self._closed = asyncio.Event()
+        self._offer_lock = asyncio.Lock()
+        self._tasks: list[asyncio.Task] = []
+        self.tangle, _ = open_tangle(self.state, invite=cfg.invite)
+        self._cursor = 0
+        if cfg.ipfs == "embedded":
+            from learnae.ipfs.embedded import EmbeddedNode
+
+            host, port = parse_listen(cfg.listen)
+            self.ipfs = await EmbeddedNode.start(self.paths["ipfs"], cfg.invite.swarm_key, host=host, port=port)
+            self.addrs = await self.ipfs.addrs()
+        elif cfg.ipfs.startswith("rpc:"):
+            from learnae.ipfs.rpc import RpcNode
+
+            self.ipfs = await RpcNode.open(cfg.ipfs[4:])
+            with contextlib.suppress(LearnaeError, AttributeError):
+                self.addrs = await self.ipfs.addrs()
+        else:
+            raise ConfigError(f"--ipfs {cfg.ipfs!r}: expected 'embedded' or 'rpc:URL'")
+        _write_json(self.paths["addrs"], {"id": self.ipfs.id, "addrs": self.addrs})
+        self.sync = TangleSync(self.tangle, self.ipfs, announce_interval=min(self.manifest.sync_interval, 2.0))
+        await self.sync.start()
+        from learnae.ipfs.peering import keep_connected
+
+        dial = [a for a in dict.fromkeys((*cfg.peers, *cfg.invite.bootstrap)) if not a.endswith(self.ipfs.id)]
+        if dial:
+            self._tasks.append(asyncio.create_task(keep_connected(self.ipfs, dial, interval=2.0, dial_timeout=5)))
+        if cfg.api is not None:
+            from learnae.api import start_api
+
+            host, port = parse_listen(cfg.api)
+            self._api_runner, self.api_url = await start_api(self, host, port)
+            _write_json(self.paths["api"], {"url": self.api_url})
+        self._tasks.append(asyncio.create_task(self._offer_loop()))
+        self._tasks.append(asyncio.create_task(self._status_loop()))
+
+    async def _offer_loop(self) -> None:
+        while not self._stopping.is_set():
+            offer = await asyncio.to_thread(self.bridge.take_offer, 0.25)
+            if offer is None:
+                continue
+            async with self._offer_lock:
+                try:
+                    await self._publish(offer)
+                except LearnaeError as exc:
+                    self.errors[f"publish:{exc.code}"] += 1
+                    log.warning("publishing step %d failed: %s", offer.step, exc.reason)
+                    continue
+                except (OSError, ValueError, KeyError, TypeError) as exc:  # e.g. disk full
+                    self.errors["publish:internal"] += 1
+                    log.exception("publishing step %d failed: %r", offer.step, exc)
+                    continue
+                try:
+                    await self._merge(offer)
+                except LearnaeError as exc:
+                    self.errors[f"merge:{exc.code}"] += 1
+                    log.warning("merge failed: %s", exc.reason)
+                except (OSError, ValueError, KeyError, TypeError) as exc:  # never let a peer stop the loop
+                    self.errors["merge:internal"] += 1
+                    log.exception("merge failed: %r", exc)
+
+    async def _status_loop(self) -> None:
+        while True:
+            try:
+                self.peers = await self.ipfs.peers()
+            except LearnaeError:
+                pass
+            with contextlib.suppress(OSError):
+                await asyncio.to_thread(_write_json, self.paths["status"], self.status())
+            await asyncio.sleep(1.0)
+
+    async def _publish(self, offer: Offer) -> None:
+        # it descends from this node's previous checkpoint and from the peers' merged since
+        base = [self.last_checkpoint["tx"]] if self.last_checkpoint else []
+        base += [tx_id for tag in offer.merged if tag for tx_id in tag]
+        tx, data = await publish_checkpoint(self.ipfs, self.sync, self.identity, weights=offer.weights,
+                                            step=offer.step, samples=offer.samples, base=base,
+                                            metrics=self.metrics)
+        self.published += 1
+        self.step_published, self.samples_published = offer.step, offer.total_samples
+        self.last_checkpoint = {"tx": tx.id, "cid": tx.payload["cid"], "step": offer.step,
+                                "samples": offer.samples, "base": base, "time": tx.time}
+        self._pinned.append(tx.payload["cid"])
+        while len(self._pinned) > self.config.keep:
+            old = self._pinned.popleft()
+            try:
+                await self.ipfs.unpin(old)
+            except LearnaeError as exc:
+                log.debug("unpin %s: %s", old, exc.reason)
+        await asyncio.to_thread(self._save_progress, data)
+
+    def _collect(self) -> None:
+        """Move checkpoint txs stored since the cursor into the per-author pending set."""
+        txs, self._cursor = self.tangle.checkpoints_since(self._cursor)
+        me = self.identity.public_key
+        for tx in txs:
+            if tx.author == me:
+                continue
+            old = self._pending.get(tx.author)
+            if old is None or (tx.time, tx.payload.get("step", 0)) > (old.time, old.payload.get("step", 0)):
+                self._pending[tx.author] = tx
+
+    async def _merge(self, offer: Offer, *, k: int | None = None, put: bool = True) -> Merged | None:
+        self._collect()
+        now_ms = time.time() * 1000
+        for author, tx in list(self._pending.items()):
+            if now_ms - tx.time > self.config.stale * 1000:
+                del self._pending[author]
+                self.rejections["stale"] += 1
+        if len(self._pending) < max(offer.min_peers, 1):
+            return None
+        chosen = sorted(self._pending.values(), key=lambda t: t.time, reverse=True)[:k or offer.k]
+        for tx in chosen:
+            del self._pending[tx.author]
+        results = await asyncio.gather(*(
+            fetch_peer_checkpoint(self.ipfs, tx, self.manifest, self.expect, genesis=self.tangle.swarm,
+                                  timeout=self.config.fetch_timeout) for tx in chosen), return_exceptions=True)
+        peers, used_tx = [], {}
+        for tx, result in zip(chosen, results, strict=True):
+            if isinstance(result, LearnaeError):
+                self.rejections[result.code] += 1
+                log.info("peer checkpoint %s by %s refused: %s", tx.id[:16], tx.author.hex()[:12], result.reason)
+            elif isinstance(result, (ValueError, KeyError, TypeError, OSError)):
+                self.rejections["bad-checkpoint"] += 1
+                log.info("peer checkpoint %s by %s refused: %r", tx.id[:16], tx.author.hex()[:12], result)
+            elif isinstance(result, BaseException):
+                raise result
+            else:
+                peers.append(result)
+                used_tx[result.author] = tx.id
+        if not peers:
+            return None
+        own = Contribution(offer.weights, samples=offer.samples, age=offer.step,
+                           author=self.identity.public_key.hex())
+        result = await asyncio.to_thread(merge_contributions, self.manifest, own, peers)
+        for author, code, reason in result.rejected:
+            self.rejections[code] += 1
+            used_tx.pop(author, None)
+            log.info("peer checkpoint by %s refused (%s): %s", author[:12], code, reason)
+        if not used_tx:
+            return None
+        merged = Merged(result.weights, tuple(used_tx.values()))
+        if put:
+            self.bridge.put_merged(merged)
+        self.merges += 1
+        return merged
+
+    async def _final_merge(self, final: Offer) -> Merged | None:
+        """Merge ``final`` with the freshest checkpoint of every peer (not stale), waiting for
+        a merge in progress to end; None if no peer checkpoint was usable."""
+        async with self._offer_lock:
+            self._collect()
+            for author, tx in self.tangle.latest_checkpoint_per_author().items():
+                if author != self.identity.public_key:
+                    self._pending[author] = tx
+            return await self._merge(final, k=len(self._pending), put=False)
+
+    async def _shutdown(self, final: Offer | None) -> None:
+        if self._closed.is_set():
+            return
+        self._stopping.set()
+        if final is not None and self.sync is not None:
+            async with self._offer_lock:
+                if final.step > self.step_published or self.last_checkpoint is None:
+                    try:
+                        await self._publish(final)
+                        await asyncio.sleep(0.5)  # let the gossip leave
+                    except LearnaeError as exc:
+                        log.warning("final checkpoint not published: %s", exc.reason)
+        with contextlib.suppress(OSError):
+            _write_json(self.paths["status"], self.status())
+        await self._close_all()
+        self._closed.set()
+
+    async def _close_all(self) -> None:
+        for task in getattr(self, "_tasks", []):
+            task.cancel()
+        for task in getattr(self, "_tasks", []):
+            with contextlib.suppress(BaseException):
+                await task
+        runner = getattr(self, "_api_runner", None)
+        if runner is not None:
+            with contextlib.suppress(Exception):
+                await runner.cleanup()
+        if self.sync is not None:
+            with contextlib.suppress(Exception):
+                await self.sync.stop()
+        if self.ipfs is not None:
+            with contextlib.suppress(Exception):
+                await self.ipfs.close()
+        if self.tangle is not None:
+            self.tangle.close()
+            self.tangle = None
+
+    # ------------------------------------------------------------------------ status
+    def status(self) -> dict[str, Any]:
+        """What ``GET /status`` returns (JSON-ready). Call on the network loop."""
+        ledger: dict[str, Any] = {}
+        if self.tangle is not None:
+            ledger = {"transactions": self.tangle.count(), "by_kind": self.tangle.counts(),
+                      "tips": len(self.tangle.tips()),
+                      "checkpoints_by_author": {a.hex(): {"tx": tx.id, "step": tx.payload.get("step")}
+                                                for a, tx in self.tangle.latest_checkpoint_per_author().items()}}
+        cb = self._cb
+        return {
+            "id": self.ipfs.id if self.ipfs is not None else None,
+            "author": self.identity.author_id if self.identity is not None else None,
+            "author_key": self.identity.public_key.hex() if self.identity is not None else None,
+            "addrs": self.addrs, "api": self.api_url, "swarm": self.config.invite.genesis,
+            "peers": len(self.peers), "peer_ids": self.peers,
+            "step": cb.step if cb is not None else self.step,
+            "samples": cb.samples if cb is not None else self.samples,
+            "resumed_from": getattr(self, "resumed_from", 0),
+            "epoch": self.epoch, "published": self.published,
+            "last_checkpoint": self.last_checkpoint, "metrics": self.metrics, "test": self.test_metrics,
+            "merges": self.merges, "merged_loaded": cb.applied if cb is not None else 0,
+            "rejections": dict(self.rejections), "errors": dict(self.errors),
+            "ledger": ledger, "uptime": time.time() - self.started,
+            "stopping": self._stopping.is_set(),
+        }

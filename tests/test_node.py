@@ -1,0 +1,247 @@
+"""Trainer nodes (``learnae node run``) as separate processes, each with embedded Kubo, in
+one private swarm on 127.0.0.1, training on digits with Dirichlet(0.5) shards.
+
+- three nodes: checkpoints reach every tangle, lineage shows merges of peers' checkpoints,
+  and each node ends more accurate on the common test split than the same node alone;
+- SIGTERM mid-training publishes a final checkpoint; a restart on the same state directory
+  resumes (step continues, tangle intact) and rejoins its peer;
+- a hostile member's checkpoints (unfetchable CID, wrong shape, NaN, norm 1000x) are refused
+  and counted by reason in ``/status`` while training goes on.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from learnae.ipfs import libkubo
+from learnae.ledger.tangle import Tangle
+from learnae.manifest import Manifest, init_swarm
+from learnae.models import model_config
+
+pytestmark = pytest.mark.slow
+
+BAD_PEER = Path(__file__).parent / "procs" / "bad_peer.py"
+NODE = "from learnae.cli import main; main()"
+SHARDS = "digits:shard={i}/{n},partition=dirichlet:0.5,seed=3"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _peer_id(repo: Path) -> str:
+    """Make the Kubo repo now, so its peer id is known before the process starts."""
+    repo.mkdir(parents=True)
+    libkubo.create_repo(repo)
+    return json.loads((repo / "config").read_text())["Identity"]["PeerID"]
+
+
+class Nodes:
+    """Trainer node processes (and an optional bad peer) on loopback, each knowing the others."""
+
+    def __init__(self, tmp: Path, n: int, *, bad_peer: bool = False, sync_every: int = 5):
+        self.tmp = tmp
+        manifest = Manifest(name="node-test", model=model_config("digits-mlp"), pow_bits=4, merge="mean",
+                            learning_rate=0.003, sync_every=sync_every)
+        self.invite = tmp / "invite.json"
+        init_swarm(tmp / "founder", manifest).invite.save(self.invite)
+        count = n + bad_peer
+        self.states = [tmp / f"node{i}" for i in range(count)]
+        ids = [_peer_id(s / "ipfs") for s in self.states]
+        self.ports = [_free_port() for _ in range(count)]
+        self.addrs = [f"/ip4/127.0.0.1/tcp/{p}/p2p/{i}" for p, i in zip(self.ports, ids, strict=True)]
+        self.n = n
+        self.procs: dict[int, subprocess.Popen] = {}
+        self.logs: dict[int, Path] = {}
+
+    def argv(self, i: int, *extra: str) -> list[str]:
+        peers = [a for flag_addr in (("--peer", a) for j, a in enumerate(self.addrs) if j != i) for a in flag_addr]
+        return [sys.executable, "-c", NODE, "node", "run", "--invite", str(self.invite),
+                "--state", str(self.states[i]), "--data", SHARDS.format(i=i, n=self.n),
+                "--listen", f"127.0.0.1:{self.ports[i]}", "--seed", "0", *peers, *extra]
+
+    def start(self, i: int, *extra: str) -> None:
+        self.logs[i] = self.tmp / f"node{i}.{len(list(self.tmp.glob(f'node{i}.*.log')))}.log"
+        self.procs[i] = subprocess.Popen(self.argv(i, *extra), stdout=open(self.logs[i], "w"),
+                                         stderr=subprocess.STDOUT)
+
+    def start_bad(self) -> None:
+        i = self.n
+        self.logs[i] = self.tmp / "bad.log"
+        argv = [sys.executable, str(BAD_PEER), "--state", str(self.states[i]), "--invite", str(self.invite),
+                "--port", str(self.ports[i]), "--status", str(self.states[i] / "bad.json"), "--every", "0.5"]
+        argv += [a for j in range(self.n) for a in ("--peer", self.addrs[j])]
+        self.procs[i] = subprocess.Popen(argv, stdout=open(self.logs[i], "w"), stderr=subprocess.STDOUT)
+
+    def log(self, i: int) -> str:
+        return self.logs[i].read_text()[-4000:]
+
+    def status(self, i: int) -> dict | None:
+        try:
+            return json.loads((self.states[i] / "status.json").read_text())
+        except (OSError, ValueError):
+            return None
+
+    def api(self, i: int, path: str) -> bytes:
+        url = json.loads((self.states[i] / "api.json").read_text())["url"]
+        with urllib.request.urlopen(url + path, timeout=10) as resp:
+            return resp.read()
+
+    def wait(self, predicate, timeout: float, what: str, *, allow_exit: bool = False):
+        start = time.monotonic()
+        while time.monotonic() - start < timeout:
+            for i, proc in self.procs.items():
+                if proc.poll() is not None and not (allow_exit and proc.returncode == 0):
+                    pytest.fail(f"process {i} exited with {proc.returncode} while waiting for {what}:\n{self.log(i)}")
+            value = predicate()
+            if value:
+                return value
+            time.sleep(0.2)
+        pytest.fail(f"not within {timeout} s: {what}; statuses "
+                    f"{[{k: (s or {}).get(k) for k in ('step', 'peers', 'merges', 'rejections')} for s in map(self.status, range(self.n))]}")
+
+    def terminate(self, i: int, timeout: float = 60, *, signal_sent: bool = False) -> int:
+        """SIGTERM process i (once: a second one may land while Python finalizes) and wait."""
+        proc = self.procs[i]
+        if proc.poll() is None and not signal_sent:
+            proc.send_signal(signal.SIGTERM)
+        try:
+            return proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            pytest.fail(f"process {i} did not stop within {timeout} s of SIGTERM:\n{self.log(i)}")
+
+    def stop_all(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs.values():
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def _alone_accuracy(i: int, n: int, epochs: int) -> float:
+    """The same node trained on its shard alone, same seed and epochs."""
+    from learnae.training.data import DataSpec
+    from learnae.training.model import build_model, evaluate
+
+    manifest = Manifest(name="alone", model=model_config("digits-mlp"), learning_rate=0.003)
+    splits = DataSpec.parse(SHARDS.format(i=i, n=n)).load()
+    model = build_model(manifest.model, optimizer=manifest.optimizer, learning_rate=manifest.learning_rate, seed=0)
+    model.fit(splits.train.x, splits.train.y, batch_size=manifest.batch_size, epochs=epochs, verbose=0)
+    return evaluate(model, splits.test.x, splits.test.y)["accuracy"]
+
+
+def test_three_nodes_share_merge_and_beat_training_alone(tmp_path):
+    epochs = 40
+    nodes = Nodes(tmp_path, 3)
+    try:
+        for i in range(3):
+            nodes.start(i, "--wait-peers", "2", "--fetch-timeout", "10", "--sync-every", "epoch")
+        # all train side by side until each has done `epochs`, then all stop together
+        nodes.wait(lambda: all((s := nodes.status(i)) and s["epoch"] >= epochs for i in range(3)), 100,
+                   f"every node past {epochs} epochs")
+        for proc in nodes.procs.values():
+            proc.send_signal(signal.SIGTERM)
+        codes = [nodes.terminate(i, signal_sent=True) for i in range(3)]
+    finally:
+        nodes.stop_all()
+    statuses = [nodes.status(i) for i in range(3)]
+    authors = {s["author_key"] for s in statuses}
+    alone = [_alone_accuracy(i, 3, s["epoch"]) for i, s in enumerate(statuses)]
+    for i, s in enumerate(statuses):
+        print(f"node{i}: step {s['step']} published {s['published']} merges {s['merges']} "
+              f"loaded {s['merged_loaded']} epochs {s['epoch']} test {s['test']['accuracy']:.3f} alone {alone[i]:.3f} "
+              f"rejections {s['rejections']} ledger {s['ledger']['by_kind']}")
+    for i, s in enumerate(statuses):
+        assert codes[i] == 0, f"node{i} exited with {codes[i]}:\n{nodes.log(i)}"
+        assert set(s["ledger"]["checkpoints_by_author"]) == authors, f"node{i} lacks a peer's checkpoints"
+        assert s["merges"] > 0 and s["merged_loaded"] > 0
+        assert not s["rejections"], s["rejections"]
+        with Tangle(nodes.states[i] / "tangle.sqlite") as tangle:
+            assert not tangle.verify()
+            lineage = tangle.lineage(s["last_checkpoint"]["tx"])
+            lineage_authors = {tx.author.hex() for tx in lineage.values() if tx is not None}
+            assert lineage_authors == authors, f"node{i}'s lineage holds no merge of some peer"
+        assert s["test"]["accuracy"] > alone[i], f"node{i}: swarm {s['test']['accuracy']} <= alone {alone[i]}"
+
+
+def test_sigterm_publishes_final_checkpoint_and_restart_resumes_and_rejoins(tmp_path):
+    nodes = Nodes(tmp_path, 2)
+    try:
+        for i in range(2):
+            nodes.start(i, "--wait-peers", "1")
+        keys = nodes.wait(lambda: all(nodes.status(i) and nodes.status(i)["step"] >= 60 for i in range(2))
+                          and [nodes.status(i)["author_key"] for i in range(2)], 60, "both nodes training")
+        assert nodes.terminate(1) == 0, nodes.log(1)
+        stopped = nodes.status(1)
+        progress = json.loads((nodes.states[1] / "progress.json").read_text())
+        assert stopped["stopping"] and progress["step"] == stopped["step"] >= 60
+        assert progress["last_checkpoint"]["step"] == stopped["step"], "no final checkpoint at the stop"
+        assert 1 <= len(progress["pinned"]) <= 3 and progress["last_checkpoint"]["cid"] in progress["pinned"]
+        with Tangle(nodes.states[1] / "tangle.sqlite") as tangle:
+            before = set(tangle.order())
+            assert progress["last_checkpoint"]["tx"] in before
+
+        nodes.start(1, "--wait-peers", "1")
+        resumed = nodes.wait(lambda: (s := nodes.status(1)) and s.get("resumed_from") == stopped["step"]
+                             and s["step"] > stopped["step"] + 20 and s["peers"] >= 1 and s, 60,
+                             "the restarted node resuming")
+        assert resumed["ledger"]["transactions"] >= len(before)
+        # node 0 gets the restarted node's new checkpoints: it rejoined
+        nodes.wait(lambda: (nodes.status(0)["ledger"]["checkpoints_by_author"].get(keys[1]) or {}).get("step", 0)
+                   > stopped["step"], 30, "node 0 receiving the restarted node's checkpoints")
+        assert nodes.terminate(1) == 0 and nodes.terminate(0) == 0
+        with Tangle(nodes.states[1] / "tangle.sqlite") as tangle:
+            assert before <= set(tangle.order()) and not tangle.verify()
+    finally:
+        nodes.stop_all()
+
+
+def test_bad_peers_are_rejected_and_counted_while_training_goes_on(tmp_path):
+    nodes = Nodes(tmp_path, 1, bad_peer=True)
+    want = {"timeout", "schema", "non-finite", "norm"}
+    try:
+        nodes.start(0, "--fetch-timeout", "2")
+        nodes.start_bad()
+        nodes.wait(lambda: (s := nodes.status(0)) and want <= set(s["rejections"]), 90,
+                   "every kind of bad checkpoint refused")
+        status = json.loads(nodes.api(0, "/status"))
+        assert want <= set(status["rejections"]) and status["merges"] == 0
+        step = status["step"]
+        nodes.wait(lambda: nodes.status(0)["step"] > step + 50, 30, "training going on")
+        metrics = nodes.api(0, "/metrics").decode()
+        assert 'learnae_rejections{reason="norm"}' in metrics
+        tips = json.loads(nodes.api(0, "/ledger/tips"))
+        assert tips["count"] > 1 and tips["tips"]
+        assert nodes.terminate(0) == 0, nodes.log(0)
+    finally:
+        nodes.stop_all()
+
+
+def test_a_second_node_on_the_same_state_directory_is_refused(tmp_path):
+    nodes = Nodes(tmp_path, 1)
+    try:
+        nodes.start(0)
+        nodes.wait(lambda: (s := nodes.status(0)) and s["step"] > 0, 60, "the node training")
+        second = subprocess.run(nodes.argv(0), capture_output=True, text=True, timeout=60)
+        assert second.returncode == 2 and "another learnae node is running" in second.stderr
+        assert nodes.procs[0].poll() is None
+        assert nodes.terminate(0) == 0, nodes.log(0)
+    finally:
+        nodes.stop_all()
