@@ -710,3 +710,7 @@ def node_run(invite_path: Path, state: Path, data_spec: str, listen: str | None,
 from learnae.sensor_cli import sensor_group  # noqa: E402
 
 main.add_command(sensor_group)
+
+from learnae.faults_cli import faults_group  # noqa: E402
+
+main.add_command(faults_group)

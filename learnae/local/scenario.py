@@ -1,0 +1,407 @@
+"""Fault-injection scenarios: a TOML file read into a validated :class:`Scenario`.
+
+A scenario says which swarm to simulate (trainer nodes, sensors, dataset and its partition,
+merge rule), for how long (``rounds`` of ``round_seconds`` simulated seconds each), the
+invariants' bounds, and a timeline of faults. Times are rounds: a fault with ``at = 4``
+starts at the beginning of round 4 (rounds count from 0), ``until = 9`` ends it at the
+beginning of round 9. Nodes are named ``n0`` .. ``n<nodes-1>``, sensors ``s0`` ..
+``s<sensors-1>``.
+
+Example (``examples/faults/partition-heal.toml``)::
+
+    name = "partition-heal"
+    seed = 1
+    nodes = 8
+    rounds = 14
+    dataset = "digits"
+    partition = "iid"
+    merge = "mean"
+
+    [[faults]]
+    kind = "partition"
+    at = 3
+    groups = [["n0", "n1", "n2", "n3"], ["n4", "n5", "n6", "n7"]]
+
+    [[faults]]
+    kind = "heal"
+    at = 8
+
+Top-level keys (defaults in :data:`DEFAULTS`): ``name``, ``seed``, ``nodes``, ``sensors``,
+``rounds``, ``round_seconds``, ``dataset`` (anything
+:func:`~learnae.training.data.load_dataset` takes), ``partition`` (``iid`` or
+``dirichlet:A``), ``merge`` (a rule of :data:`learnae.merge.RULES`), ``merge_params`` (a
+table, e.g. ``{beta = 0.3}``), ``peers_per_merge`` (k), ``degree`` (connections each node
+opens to earlier nodes), ``local_steps``, ``batch_size``, ``learning_rate``, ``chunk_rows``
+(rows per sensor chunk), ``fetch_timeout`` (simulated seconds a checkpoint fetch may take),
+``announce_interval`` (the syncers' anti-entropy period, simulated seconds), ``pow_bits``.
+
+``[bounds]``: ``converge_seconds`` (ledgers identical on every live node within this many
+simulated seconds after the last fault ends), ``recovery_merges`` and ``recovery_ratio``
+(after the last fault ends every live honest node reaches ``recovery_ratio`` of the no-fault
+run's final accuracy within this many merges), ``byzantine_ratio`` (honest nodes' final
+accuracy over the no-fault run's, with Byzantine nodes present).
+
+``[[faults]]`` kinds and their keys:
+
+=================  ==========================================================================
+``partition``      ``at``; ``groups`` (lists of node/sensor names; unlisted ones form one
+                   more group) or ``halves = true``
+``heal``           ``at``
+``crash``          ``at``, ``node`` (its IPFS node and syncer stop, its SQLite tangle stays)
+``restart``        ``at``, ``node`` (a crashed node comes back from its files)
+``loss``           ``at``, ``until`` (optional), ``p`` (0..1); ``node`` (optional: its links)
+``delay``          ``at``, ``until`` (optional), ``ms``; ``node`` (optional)
+``byzantine``      ``at`` (default 0), ``until`` (optional), ``nodes`` (names) or
+                   ``fraction`` (of the trainer nodes, the highest-numbered ones),
+                   ``behaviour``: one of :data:`BEHAVIOURS`; ``sigma`` (noise), ``count``
+                   (flood: invalid transactions per round)
+``sensor-offline`` ``at``, ``until``, ``sensor``
+=================  ==========================================================================
+"""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from learnae.errors import ConfigError
+
+__all__ = ["BEHAVIOURS", "DEFAULTS", "FAULT_KINDS", "Fault", "Scenario", "load_scenario", "parse_scenario"]
+
+BEHAVIOURS = ("sign-flip", "noise", "scale", "stale", "fake-cid", "flood")
+"""Byzantine behaviours: publish ``-w``; ``w + N(0, sigma)``; ``100 w``; replay the first
+checkpoint's CID; announce CIDs of content nobody has; gossip ``count`` invalid transactions
+per round."""
+
+FAULT_KINDS = ("partition", "heal", "crash", "restart", "loss", "delay", "byzantine", "sensor-offline")
+
+DEFAULTS: dict[str, Any] = {
+    "name": "scenario",
+    "seed": 0,
+    "nodes": 8,
+    "sensors": 0,
+    "rounds": 12,
+    "round_seconds": 4.0,
+    "dataset": "digits",
+    "partition": "iid",
+    "merge": "mean",
+    "merge_params": {},
+    "peers_per_merge": 4,
+    "degree": 3,
+    "local_steps": 10,
+    "batch_size": 32,
+    "learning_rate": 0.5,
+    "chunk_rows": 8,
+    "fetch_timeout": 1.0,
+    "announce_interval": 2.0,
+    "pow_bits": 4,
+}
+
+BOUND_DEFAULTS: dict[str, float] = {
+    "converge_seconds": 30.0,
+    "recovery_merges": 6,
+    "recovery_ratio": 0.98,
+    "byzantine_ratio": 0.95,
+}
+
+_FAULT_KEYS = {
+    "partition": {"groups", "halves"},
+    "heal": set(),
+    "crash": {"node"},
+    "restart": {"node"},
+    "loss": {"until", "p", "node"},
+    "delay": {"until", "ms", "node"},
+    "byzantine": {"until", "nodes", "fraction", "behaviour", "sigma", "count"},
+    "sensor-offline": {"until", "sensor"},
+}
+
+
+@dataclass(frozen=True)
+class Fault:
+    """One entry of the timeline (see the module docstring for each kind's keys).
+
+    Attributes:
+        kind: one of :data:`FAULT_KINDS`.
+        at: round at whose start it begins.
+        until: round at whose start it ends (``None``: it lasts to the end; always ``None``
+            for the instantaneous kinds partition, heal, crash and restart).
+        nodes: the nodes or sensors it concerns (empty: every link for loss/delay).
+        groups: partition groups.
+        p, ms: loss probability, delay in milliseconds.
+        behaviour, sigma, count: a Byzantine behaviour and its parameters.
+    """
+
+    kind: str
+    at: int
+    until: int | None = None
+    nodes: tuple[str, ...] = ()
+    groups: tuple[tuple[str, ...], ...] = ()
+    p: float = 0.0
+    ms: float = 0.0
+    behaviour: str = ""
+    sigma: float = 0.5
+    count: int = 20
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """A validated scenario; build it with :func:`load_scenario` or :func:`parse_scenario`."""
+
+    name: str
+    seed: int
+    nodes: int
+    sensors: int
+    rounds: int
+    round_seconds: float
+    dataset: str
+    partition: str
+    merge: str
+    merge_params: dict[str, Any]
+    peers_per_merge: int
+    degree: int
+    local_steps: int
+    batch_size: int
+    learning_rate: float
+    chunk_rows: int
+    fetch_timeout: float
+    announce_interval: float
+    pow_bits: int
+    bounds: dict[str, float]
+    faults: tuple[Fault, ...] = field(default_factory=tuple)
+
+    @property
+    def node_names(self) -> list[str]:
+        return [f"n{i}" for i in range(self.nodes)]
+
+    @property
+    def sensor_names(self) -> list[str]:
+        return [f"s{i}" for i in range(self.sensors)]
+
+    def byzantine(self) -> dict[str, Fault]:
+        """Byzantine node name -> its fault."""
+        return {n: f for f in self.faults if f.kind == "byzantine" for n in f.nodes}
+
+    def without_faults(self) -> Scenario:
+        """The same swarm with an empty timeline: the no-fault reference run."""
+        return replace(self, faults=())
+
+    def recovery_round(self) -> int:
+        """The round at whose start the last fault that ends (heal, restart, the end of a loss,
+        delay, Byzantine or sensor-offline period) has ended; 0 when no fault ends."""
+        ends = [f.at for f in self.faults if f.kind in ("heal", "restart")]
+        ends += [f.until for f in self.faults if f.until is not None]
+        return max(ends, default=0)
+
+
+def load_scenario(path: str | Path) -> Scenario:
+    """Read and validate a scenario TOML file.
+
+    Raises:
+        ConfigError: the file is missing, not TOML, or not a valid scenario (the reason names
+            the key at fault).
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read scenario {path}: {exc.strerror or exc}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"scenario {path} is not valid TOML: {exc}") from None
+    return parse_scenario(data, where=str(path))
+
+
+def _type_name(t: type | tuple) -> str:
+    names = {int: "an integer", float: "a number", str: "a string", bool: "true or false", dict: "a table"}
+    return names.get(t, str(t))
+
+
+def parse_scenario(data: dict[str, Any], *, where: str = "scenario") -> Scenario:
+    """Validate a parsed TOML table into a :class:`Scenario`.
+
+    Raises:
+        ConfigError: unknown or mistyped key, a value out of range, or a timeline entry that
+            names unknown nodes, restarts a node that is not crashed, etc.
+    """
+    def fail(reason: str) -> ConfigError:
+        return ConfigError(f"{where}: {reason}")
+
+    if not isinstance(data, dict):
+        raise fail("a scenario is a TOML table")
+    unknown = set(data) - set(DEFAULTS) - {"bounds", "faults"}
+    if unknown:
+        raise fail(f"unknown keys {sorted(unknown)}; known: {sorted(DEFAULTS)} plus [bounds] and [[faults]]")
+    values: dict[str, Any] = {}
+    for key, default in DEFAULTS.items():
+        value = data.get(key, default)
+        kind = type(default)
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if type(value) is not kind:
+            raise fail(f"{key} must be {_type_name(kind)}, not {value!r}")
+        values[key] = value
+    for key in ("nodes", "rounds", "peers_per_merge", "degree", "local_steps", "batch_size", "chunk_rows"):
+        if values[key] < 1:
+            raise fail(f"{key} must be at least 1, not {values[key]}")
+    if values["nodes"] < 2:
+        raise fail("nodes must be at least 2 (a swarm)")
+    for key in ("sensors", "seed", "pow_bits"):
+        if values[key] < 0:
+            raise fail(f"{key} must be >= 0, not {values[key]}")
+    if values["pow_bits"] > 16:
+        raise fail("pow_bits above 16 makes a simulation needlessly slow")
+    for key in ("round_seconds", "learning_rate", "fetch_timeout", "announce_interval"):
+        if not (math.isfinite(values[key]) and values[key] > 0):
+            raise fail(f"{key} must be a positive number, not {values[key]}")
+    from learnae.merge import RULES, check_params  # noqa: PLC0415 (numpy import only when parsing)
+    from learnae.training.data import _parse_partition  # noqa: PLC0415
+
+    if values["merge"] not in RULES:
+        raise fail(f"merge {values['merge']!r} is not one of {sorted(RULES)}")
+    try:
+        check_params(values["merge"], values["merge_params"])
+    except Exception as exc:  # MergeError
+        raise fail(f"merge_params: {getattr(exc, 'reason', exc)}") from None
+    try:
+        _parse_partition(values["partition"])
+    except Exception as exc:  # DataError
+        raise fail(getattr(exc, "reason", str(exc))) from None
+
+    bounds = dict(BOUND_DEFAULTS)
+    given = data.get("bounds", {})
+    if not isinstance(given, dict):
+        raise fail("[bounds] must be a table")
+    for key, value in given.items():
+        if key not in BOUND_DEFAULTS:
+            raise fail(f"unknown bound {key!r}; known: {sorted(BOUND_DEFAULTS)}")
+        if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+            raise fail(f"bound {key} must be a positive number, not {value!r}")
+        bounds[key] = float(value)
+    for key in ("recovery_ratio", "byzantine_ratio"):
+        if bounds[key] > 1:
+            raise fail(f"bound {key} is a ratio to the no-fault run, at most 1, not {bounds[key]}")
+
+    names = [f"n{i}" for i in range(values["nodes"])]
+    sensors = [f"s{i}" for i in range(values["sensors"])]
+    faults_raw = data.get("faults", [])
+    if not isinstance(faults_raw, list):
+        raise fail("faults must be an array of tables ([[faults]])")
+    faults = [_parse_fault(i, f, values["rounds"], names, sensors, fail) for i, f in enumerate(faults_raw)]
+    faults.sort(key=lambda f: f.at)  # stable: same-round entries keep the file's order
+    _check_timeline(faults, fail)
+    return Scenario(**values, bounds=bounds, faults=tuple(faults))
+
+
+def _parse_fault(index, raw, rounds, names, sensors, fail) -> Fault:
+    where = f"faults[{index}]"
+    if not isinstance(raw, dict):
+        raise fail(f"{where} must be a table")
+    kind = raw.get("kind")
+    if kind not in FAULT_KINDS:
+        raise fail(f"{where}.kind is {kind!r}, expected one of {', '.join(FAULT_KINDS)}")
+    extra = set(raw) - {"kind", "at"} - _FAULT_KEYS[kind]
+    if extra:
+        raise fail(f"{where} ({kind}) has unknown keys {sorted(extra)}; allowed: "
+                   f"{sorted({'at'} | _FAULT_KEYS[kind])}")
+    at = raw.get("at", 0 if kind == "byzantine" else None)
+    if type(at) is not int or not 0 <= at < rounds:
+        raise fail(f"{where} ({kind}): at must be a round 0..{rounds - 1}, not {at!r}")
+    until = raw.get("until")
+    if until is not None and (type(until) is not int or not at < until <= rounds):
+        raise fail(f"{where} ({kind}): until must be a round after at={at} and at most {rounds}, not {until!r}")
+    if kind == "sensor-offline" and until is None:
+        raise fail(f"{where} (sensor-offline) needs until")
+    fields: dict[str, Any] = {"kind": kind, "at": at, "until": until}
+
+    def member(name, pool, what):
+        if name not in pool:
+            raise fail(f"{where} ({kind}): {what} {name!r} is not one of {pool[:3]}...{pool[-1:]}"
+                       if pool else f"{where} ({kind}): the scenario has no {what}s")
+        return name
+
+    if kind == "partition":
+        if raw.get("halves") is True:
+            everyone = names + sensors
+            half = len(everyone) // 2
+            groups = (tuple(everyone[:half]), tuple(everyone[half:]))
+        else:
+            groups_raw = raw.get("groups")
+            if not isinstance(groups_raw, list) or not groups_raw or not all(isinstance(g, list) for g in groups_raw):
+                raise fail(f"{where} (partition) needs groups = [[names...], ...] or halves = true")
+            seen: set[str] = set()
+            for g in groups_raw:
+                for n in g:
+                    member(n, names + sensors, "node")
+                    if n in seen:
+                        raise fail(f"{where} (partition): {n!r} is in two groups")
+                    seen.add(n)
+            groups = tuple(tuple(g) for g in groups_raw)
+        fields["groups"] = groups
+    elif kind in ("crash", "restart"):
+        fields["nodes"] = (member(raw.get("node"), names, "node"),)
+    elif kind in ("loss", "delay"):
+        if "node" in raw:
+            fields["nodes"] = (member(raw["node"], names + sensors, "node"),)
+        if kind == "loss":
+            p = raw.get("p")
+            if isinstance(p, bool) or not isinstance(p, int | float) or not 0 <= p <= 1:
+                raise fail(f"{where} (loss): p must be a probability 0..1, not {p!r}")
+            fields["p"] = float(p)
+        else:
+            ms = raw.get("ms")
+            if isinstance(ms, bool) or not isinstance(ms, int | float) or not 0 <= ms <= 60_000:
+                raise fail(f"{where} (delay): ms must be 0..60000 milliseconds, not {ms!r}")
+            fields["ms"] = float(ms)
+    elif kind == "byzantine":
+        behaviour = raw.get("behaviour")
+        if behaviour not in BEHAVIOURS:
+            raise fail(f"{where} (byzantine): behaviour is {behaviour!r}, expected one of {', '.join(BEHAVIOURS)}")
+        fields["behaviour"] = behaviour
+        if "nodes" in raw and "fraction" in raw:
+            raise fail(f"{where} (byzantine): give nodes or fraction, not both")
+        if "nodes" in raw:
+            if not isinstance(raw["nodes"], list) or not raw["nodes"]:
+                raise fail(f"{where} (byzantine): nodes must be a non-empty list of names")
+            fields["nodes"] = tuple(member(n, names, "node") for n in raw["nodes"])
+        else:
+            fraction = raw.get("fraction")
+            if isinstance(fraction, bool) or not isinstance(fraction, int | float) or not 0 < fraction < 1:
+                raise fail(f"{where} (byzantine): fraction must be between 0 and 1 (exclusive), not {fraction!r}")
+            count = max(1, round(fraction * len(names)))
+            fields["nodes"] = tuple(names[len(names) - count:])
+        sigma = raw.get("sigma", 0.5)
+        if isinstance(sigma, bool) or not isinstance(sigma, int | float) or not sigma > 0:
+            raise fail(f"{where} (byzantine): sigma must be a positive number, not {sigma!r}")
+        count = raw.get("count", 20)
+        if type(count) is not int or not 0 < count <= 10_000:
+            raise fail(f"{where} (byzantine): count must be an integer 1..10000, not {count!r}")
+        fields.update(sigma=float(sigma), count=count)
+    elif kind == "sensor-offline":
+        fields["nodes"] = (member(raw.get("sensor"), sensors, "sensor"),)
+    return Fault(**fields)
+
+
+def _check_timeline(faults: list[Fault], fail) -> None:
+    """Crash/restart pairs make sense; a node stays Byzantine under one behaviour; some honest node remains."""
+    crashed: set[str] = set()
+    for f in faults:
+        node = f.nodes[0] if f.nodes else None
+        if f.kind == "crash":
+            if node in crashed:
+                raise fail(f"crash of {node} at round {f.at}: it is already crashed")
+            crashed.add(node)
+        elif f.kind == "restart":
+            if node not in crashed:
+                raise fail(f"restart of {node} at round {f.at}: it was not crashed before")
+            crashed.discard(node)
+    byz: dict[str, str] = {}
+    for f in faults:
+        if f.kind == "byzantine":
+            for n in f.nodes:
+                if byz.setdefault(n, f.behaviour) != f.behaviour or sum(
+                        n in g.nodes for g in faults if g.kind == "byzantine") > 1:
+                    raise fail(f"node {n} is in two byzantine entries; give each node one behaviour")
