@@ -1,12 +1,17 @@
 """The trainer node's HTTP API (aiohttp), on 127.0.0.1 unless told otherwise.
 
-Routes (all GET, read-only):
+Routes:
 
 - ``/status``: JSON: peer id, author id, addresses, peers, local step, last checkpoint,
   latest metrics (own held-out data and the common test split), merges done, rejections
   counted by reason, ledger counts (:meth:`learnae.node.TrainerNode.status`).
 - ``/metrics``: the same counters in the Prometheus text exposition format (0.0.4).
 - ``/ledger/tips``: JSON: the tangle's tips and transaction count.
+- ``POST /ingest``: a sensor's data chunk and its signed ``data`` transaction, as JSON
+  ``{"chunk": base64, "tx": base64}``. The node checks signature, admission, schema and
+  limits (:func:`learnae.sensor.check_ingest`), then adds and pins the chunk, stores the
+  transaction and gossips it. 200 ``{"tx", "cid", "tips"}``, or 4xx/5xx
+  ``{"error": code, "reason": text}``. ``GET /ingest``: the tips a sensor should approve.
 
 It runs on the node's network loop, the loop that owns the tangle.
 """
@@ -16,6 +21,8 @@ from __future__ import annotations
 from typing import Any
 
 from aiohttp import web
+
+from learnae.sensor import handle_ingest, ingest_info
 
 __all__ = ["make_app", "prometheus_text", "start_api"]
 
@@ -55,8 +62,21 @@ def prometheus_text(status: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+@web.middleware
+async def _json_errors(request: web.Request, handler) -> web.StreamResponse:
+    """Answer HTTP errors (404, 405, a body over the size limit, ...) as JSON too."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return web.json_response({"error": exc.reason.lower().replace(" ", "-"),
+                                  "reason": exc.text or exc.reason}, status=exc.status)
+
+
 def make_app(node: Any) -> web.Application:
-    """The aiohttp application for ``node`` (anything with ``status()`` and ``tangle``)."""
+    """The aiohttp application for ``node``: anything with ``status()``, ``tangle``,
+    ``manifest``, ``ipfs`` and (optionally) ``sync``, as :class:`learnae.node.TrainerNode`."""
 
     async def status(_request: web.Request) -> web.Response:
         return web.json_response(node.status())
@@ -71,7 +91,27 @@ def make_app(node: Any) -> web.Application:
             raise web.HTTPServiceUnavailable(text="the ledger is closed")
         return web.json_response({"tips": sorted(tangle.tips()), "count": tangle.count()})
 
-    app = web.Application()
+    def ledger():
+        if node.tangle is None or node.ipfs is None:
+            raise web.HTTPServiceUnavailable(text="the node is starting or stopping")
+        return node.tangle
+
+    async def ingest(request: web.Request) -> web.Response:
+        tangle = ledger()
+        sync = getattr(node, "sync", None)
+        code, body = await handle_ingest(await request.read(), manifest=node.manifest, tangle=tangle,
+                                         ipfs=node.ipfs, publish=sync.publish if sync else None)
+        return web.json_response(body, status=code)
+
+    async def ingest_tips(_request: web.Request) -> web.Response:
+        return web.json_response(ingest_info(ledger()))
+
+    # A chunk travels base64-encoded: allow the swarm's chunk limit plus a third, plus the tx.
+    manifest = getattr(node, "manifest", None)
+    body_limit = manifest.limits.chunk_bytes * 4 // 3 + (64 << 10) if manifest else 1 << 20
+    app = web.Application(client_max_size=body_limit, middlewares=[_json_errors])
+    app.router.add_post("/ingest", ingest)
+    app.router.add_get("/ingest", ingest_tips)
     app.router.add_get("/status", status)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/ledger/tips", tips)
