@@ -20,7 +20,6 @@ Usage: python bench/node.py [--digits-epochs 30] [--big-epochs 3] [--peers 4]
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import socket
@@ -46,12 +45,6 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _repo(path: Path) -> str:
-    path.mkdir(parents=True)
-    libkubo.create_repo(path)
-    return json.loads((path / "config").read_text())["Identity"]["PeerID"]
-
-
 def overhead(model: str, epochs: int, tmp: Path) -> dict:
     import keras
 
@@ -64,7 +57,7 @@ def overhead(model: str, epochs: int, tmp: Path) -> dict:
     invite_path = tmp / "invite.json"
     init_swarm(tmp / "founder", manifest).invite.save(invite_path)
     states = [tmp / "me", tmp / "peer"]
-    ids = [_repo(s / "ipfs") for s in states]
+    ids = [libkubo.create_repo(s / "ipfs") for s in states]
     ports = [_free_port(), _free_port()]
     addrs = [f"/ip4/127.0.0.1/tcp/{p}/p2p/{i}" for p, i in zip(ports, ids, strict=True)]
     spec = "digits:shard={}/2,partition=dirichlet:0.5"

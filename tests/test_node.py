@@ -40,13 +40,6 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _peer_id(repo: Path) -> str:
-    """Make the Kubo repo now, so its peer id is known before the process starts."""
-    repo.mkdir(parents=True)
-    libkubo.create_repo(repo)
-    return json.loads((repo / "config").read_text())["Identity"]["PeerID"]
-
-
 class Nodes:
     """Trainer node processes (and an optional bad peer) on loopback, each knowing the others."""
 
@@ -58,7 +51,7 @@ class Nodes:
         init_swarm(tmp / "founder", manifest).invite.save(self.invite)
         count = n + bad_peer
         self.states = [tmp / f"node{i}" for i in range(count)]
-        ids = [_peer_id(s / "ipfs") for s in self.states]
+        ids = [libkubo.create_repo(s / "ipfs") for s in self.states]
         self.ports = [_free_port() for _ in range(count)]
         self.addrs = [f"/ip4/127.0.0.1/tcp/{p}/p2p/{i}" for p, i in zip(self.ports, ids, strict=True)]
         self.n = n

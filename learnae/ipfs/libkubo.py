@@ -116,10 +116,19 @@ def _b(text: str | os.PathLike) -> bytes:
 
 
 # --- thin typed wrappers (blocking) -----------------------------------------
-def create_repo(repo: Path) -> None:
-    """Write a new repo (identity and Kubo's default config) at ``repo``. Does not start it."""
+def create_repo(repo: Path) -> str:
+    """Write a new repo (identity and Kubo's default config) at ``repo``; return its peer id.
+
+    Creates the directory if needed. Does not start the node (and its default config must be
+    made private, :func:`learnae.ipfs.privnet.make_private`, before it ever runs).
+    """
+    Path(repo).mkdir(parents=True, exist_ok=True)
     if load().CreateRepo(_b(repo)) < 0:
         raise IpfsError(f"Kubo could not create a repo at {repo}")
+    try:
+        return json.loads((Path(repo) / "config").read_text())["Identity"]["PeerID"]
+    except (OSError, ValueError, KeyError) as exc:
+        raise IpfsError(f"Kubo wrote no readable identity at {repo}: {exc}") from None
 
 
 def run_node(repo: Path) -> None:
