@@ -51,6 +51,11 @@ def prometheus_text(status: dict[str, Any]) -> str:
     metric("merges", "counter", "Merges that used at least one peer checkpoint.", [({}, status.get("merges", 0))])
     metric("rejections", "counter", "Peer checkpoints refused, by reason.",
            [({"reason": k}, v) for k, v in sorted(status.get("rejections", {}).items())])
+    adopt = status.get("adopt") or {}
+    if adopt:
+        metric("data_adopted_chunks", "counter", "Sensor data chunks added to the training pool.",
+               [({}, adopt.get("chunks", 0))])
+        metric("data_adopted_rows", "counter", "Sensor rows added to the training pool.", [({}, adopt.get("rows", 0))])
     for which, key in (("holdout", "metrics"), ("test", "test")):
         for name, value in sorted((status.get(key) or {}).items()):
             metric(f"{which}_{name}", "gauge", f"Model {name} on the {which} data.", [({}, value)])

@@ -14,6 +14,13 @@ through its RPC API), the swarm's tangle and its syncer, and a Keras training lo
   not stale), each fetched by CID with a timeout and a size bound, decoded against the
   model's names, shapes and dtypes, and merged with the manifest's rule. Every failure is
   counted by code (:attr:`TrainerNode.rejections`) and never stops the node.
+- Data adoption (``--adopt all|AUTHORS.txt|none``): the network side watches the tangle for
+  ``data`` txs by admitted authors, fetches each chunk by CID (timeout, the manifest's chunk
+  size limit), decodes it against the swarm's schema and hands the rows to the training side
+  through a queue; refusals are counted as ``data:<code>``. The training side adds them,
+  scaled with the node's scaler, to its training pool between ``fit`` calls (an epoch's end
+  ends ``fit`` when rows wait), and the next checkpoint's ``data`` names their tx ids. A
+  restart adopts every chunk again but names only those no published checkpoint named.
 
 The state directory holds everything a restart needs (:func:`state_paths`): the author
 key, the tangle, the IPFS repo, the last published checkpoint and its step/sample counts.
@@ -30,6 +37,7 @@ import contextlib
 import json
 import logging
 import os
+import queue
 import signal
 import threading
 import time
@@ -42,8 +50,8 @@ from typing import Any
 import numpy as np
 
 from learnae.errors import ConfigError, LearnaeError
-from learnae.formats import Checkpoint, decode_checkpoint, encode_checkpoint
-from learnae.identity import Identity
+from learnae.formats import Checkpoint, decode_checkpoint, decode_chunk, encode_checkpoint
+from learnae.identity import Identity, parse_author_id
 from learnae.ipfs.base import IpfsNode
 from learnae.ledger.sync import TangleSync
 from learnae.ledger.tangle import Tangle
@@ -56,7 +64,7 @@ from learnae.training.data import DataSpec
 log = logging.getLogger("learnae.node")
 
 __all__ = ["NodeConfig", "TrainerNode", "fetch_peer_checkpoint", "merge_contributions",
-           "publish_checkpoint", "state_paths"]
+           "parse_adopt", "publish_checkpoint", "state_paths"]
 
 DEFAULT_KEEP = 3
 DEFAULT_K = 4
@@ -64,6 +72,40 @@ DEFAULT_FETCH_TIMEOUT = 20.0
 DEFAULT_STALE = 600.0
 METRICS_INTERVAL = 2.0  # seconds between metric evaluations / progress lines
 FIT_EPOCHS = 100  # epochs per model.fit call
+ADOPT_TRIES = 3  # fetch attempts for a data chunk before it is refused
+ADOPT_INTERVAL = 1.0  # seconds between looks at the tangle for new data transactions
+MAX_DATA_LINKS = 256  # data tx ids named in one checkpoint (the rest go in the next ones)
+
+
+def parse_adopt(policy: str) -> frozenset[bytes] | None:
+    """Read an ``--adopt`` policy: ``all`` (None: every author), ``none`` (the empty set), or
+    the path of a file listing the admitted authors, one a line (64 hex digits of the public
+    key, or an author id ``z6Mk...``; ``#`` starts a comment).
+
+    Raises:
+        ConfigError: the file cannot be read, or a line is not an author.
+    """
+    if policy == "all":
+        return None
+    if policy == "none":
+        return frozenset()
+    path = Path(policy)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"--adopt {policy}: cannot read the authors file ({exc.strerror or exc});"
+                          " give all, none, or a file of author keys, one a line") from None
+    keys: set[bytes] = set()
+    for n, line in enumerate(text.splitlines(), 1):
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        try:
+            keys.add(bytes.fromhex(line) if len(line) == 64 else parse_author_id(line))
+        except (ValueError, LearnaeError):
+            raise ConfigError(f"{path}:{n}: {line!r} is neither an author key (64 hex digits) nor an"
+                              " author id (z6Mk...)") from None
+    return frozenset(keys)
 
 
 def state_paths(state: str | os.PathLike[str]) -> dict[str, Path]:
@@ -117,9 +159,10 @@ def _write_bytes(path: Path, data: bytes) -> None:
 async def publish_checkpoint(ipfs: IpfsNode, sync: TangleSync, identity: Identity, *,
                              weights: Mapping[str, np.ndarray], step: int, samples: int,
                              base: Sequence[str] = (), metrics: Mapping[str, float] | None = None,
-                             ) -> tuple[Tx, bytes]:
+                             data: Sequence[str] = ()) -> tuple[Tx, bytes]:
     """Publish weights as a checkpoint: safetensors -> ``ipfs.add`` (pinned) -> signed
-    ``checkpoint`` tx (``base``: checkpoint tx ids merged into it) -> gossip.
+    ``checkpoint`` tx (``base``: checkpoint tx ids merged into it; ``data``: data tx ids
+    adopted into the training pool since the previous one) -> gossip.
 
     Returns:
         ``(tx, file bytes)``.
@@ -127,11 +170,12 @@ async def publish_checkpoint(ipfs: IpfsNode, sync: TangleSync, identity: Identit
     Raises:
         NonFiniteError: the weights hold NaN or infinity; IpfsError; TxRejected, LedgerError.
     """
+    adopted = list(dict.fromkeys(data))
     ckpt = Checkpoint(dict(weights), sync.tangle.swarm, int(step), int(samples))
     data = await asyncio.to_thread(encode_checkpoint, ckpt)
     cid = await ipfs.add(data)
     payload = checkpoint_payload(cid=cid, size=len(data), step=int(step), samples=int(samples),
-                                 base=list(dict.fromkeys(base)), data=[], metrics=dict(metrics or {}))
+                                 base=list(dict.fromkeys(base)), data=adopted, metrics=dict(metrics or {}))
     tx = await sync.append(identity, "checkpoint", payload)
     return tx, data
 
@@ -187,6 +231,8 @@ class NodeConfig:
         wait_peers: before training, wait until this many IPFS peers are connected.
         callbacks: more Keras callbacks for ``fit``, run before the swarm's (e.g. timers).
         progress: called with a one-line progress text (on the training thread).
+        adopt: which sensors' ``data`` chunks join the training pool: ``all``, ``none``, or
+            the path of a file of admitted authors (:func:`parse_adopt`).
     """
 
     invite: Invite
@@ -207,6 +253,7 @@ class NodeConfig:
     wait_peers: int = 0
     callbacks: tuple[Any, ...] = ()
     progress: Callable[[str], None] | None = None
+    adopt: str = "all"
 
 
 # --------------------------------------------------------------------------------- node
@@ -216,7 +263,9 @@ class TrainerNode:
     Counters shown in ``/status``: ``step``, ``samples``, ``published`` (checkpoints),
     ``merges`` (merges that used at least one peer), ``rejections`` (Counter of codes:
     ``timeout``, ``ipfs``, ``oversize``, ``corrupt``, ``format``, ``schema``, ``non-finite``,
-    and the merge codes ``names``, ``shape``, ``dtype``, ``norm``, ``meta``, ...).
+    and the merge codes ``names``, ``shape``, ``dtype``, ``norm``, ``meta``, ...; for sensor
+    chunks ``data:<code>``, e.g. ``data:timeout``, ``data:corrupt``, ``data:schema``,
+    ``data:not-admitted``), ``adopt`` (chunks and rows adopted, chunks named in checkpoints).
     """
 
     def __init__(self, config: NodeConfig):
@@ -262,6 +311,16 @@ class TrainerNode:
         self._model = None
         self._cb = None
         self._offer_lock: asyncio.Lock | None = None
+        # data adoption (DESIGN.md "Node loop" step 4): network side -> queue -> training side
+        self.adopt_authors = parse_adopt(config.adopt)
+        self._adopt_queue: queue.Queue[tuple[str, np.ndarray, np.ndarray]] = queue.Queue()
+        self._adopt_lock = threading.Lock()
+        self._unnamed: list[str] = []  # adopted, not yet named in a published checkpoint
+        self._named: set[str] = set()  # named in a published checkpoint (kept across restarts)
+        self._data_cursor = 0
+        self.data_accepted = 0  # chunks fetched and checked (network side)
+        self.adopted_chunks = 0  # chunks added to the training pool (training side)
+        self.adopted_rows = 0
 
     # ------------------------------------------------------------------ identity and state
     def _load_identity(self) -> Identity:
@@ -288,7 +347,7 @@ class TrainerNode:
         _write_json(self.paths["progress"], {
             "step": self.step_published, "samples": self.samples_published,
             "last_checkpoint": self.last_checkpoint, "pinned": list(self._pinned),
-            "epoch": self.epoch, "time": time.time(),
+            "epoch": self.epoch, "time": time.time(), "data_named": sorted(self._named),
         })
 
     # ----------------------------------------------------------------------------- run
@@ -329,6 +388,7 @@ class TrainerNode:
                 self.last_checkpoint = progress.get("last_checkpoint")
                 self._pinned.extend(progress.get("pinned", []))
                 self.epoch = int(progress.get("epoch", 0))
+                self._named = {str(i) for i in progress.get("data_named", [])}
                 log.info("resuming from step %d (%s)", self.step, self.paths["checkpoint"])
             except (LearnaeError, ValueError, TypeError) as exc:
                 log.warning("cannot resume from %s (%s); starting afresh", self.paths["checkpoint"],
@@ -383,13 +443,20 @@ class TrainerNode:
                     node._report(evaluate, loss)
                 if cfg.epochs is not None and node.epoch - epoch0 >= cfg.epochs:
                     self.model.stop_training = True
+                if not node._adopt_queue.empty():  # new rows: end this fit() to add them
+                    self.model.stop_training = True
 
         watch = EpochWatch()
+        train_x, train_y = splits.train.x, splits.train.y
         try:
             while not stop.is_set() and (cfg.epochs is None or self.epoch - epoch0 < cfg.epochs):
+                # adopted sensor rows join the pool between fit() calls (an epoch's end stops fit
+                # when some are waiting)
+                train_x, train_y = self._take_adopted(train_x, train_y)
+                cb.samples_per_epoch = len(train_x)
                 # one fit() for many epochs: a fit() call costs as much as dozens of small batches
                 chunk = FIT_EPOCHS if cfg.epochs is None else min(FIT_EPOCHS, cfg.epochs - (self.epoch - epoch0))
-                model.fit(splits.train.x, splits.train.y, batch_size=m.batch_size, epochs=chunk,
+                model.fit(train_x, train_y, batch_size=m.batch_size, epochs=chunk,
                           verbose=0, shuffle=True, callbacks=[*cfg.callbacks, cb, watch])
                 if not stop.is_set():
                     model.stop_training = False
@@ -420,6 +487,37 @@ class TrainerNode:
             net.join(timeout=60)
             # the handlers stay: a second SIGTERM while the process exits must not kill it
         return 0
+
+    def _take_adopted(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Append the rows the network side accepted to the training pool ``(x, y)``, scaled
+        with the node's scaler (training thread); their tx ids wait to be named in the next
+        checkpoint."""
+        xs, ys, ids = [], [], []
+        scaler = self.splits.train.scaler
+        while True:
+            try:
+                tx_id, cx, cy = self._adopt_queue.get_nowait()
+            except queue.Empty:
+                break
+            try:
+                cx = np.asarray(cx).reshape((len(cx), *x.shape[1:]))
+            except ValueError:
+                self.rejections["data:shape"] += 1
+                log.info("data %s refused: rows of shape %s do not fit the training pool's %s",
+                         tx_id[:16], np.shape(cx)[1:], x.shape[1:])
+                continue
+            xs.append((scaler.transform(cx) if scaler is not None else cx).astype(x.dtype))
+            ys.append(np.asarray(cy).astype(y.dtype))
+            ids.append(tx_id)
+        if not ids:
+            return x, y
+        with self._adopt_lock:
+            self._unnamed.extend(i for i in ids if i not in self._named and i not in self._unnamed)
+            self.adopted_chunks += len(ids)
+            self.adopted_rows += sum(len(a) for a in ys)
+        log.info("adopted %d chunk(s), %d row(s); training pool %d rows", len(ids),
+                 sum(len(a) for a in ys), len(x) + sum(len(a) for a in ys))
+        return np.concatenate([x, *xs]), np.concatenate([y, *ys])
 
     def _report(self, evaluate, loss: float) -> None:
         """Metrics at an epoch's end, and the progress line (training thread)."""
@@ -505,6 +603,8 @@ class TrainerNode:
             _write_json(self.paths["api"], {"url": self.api_url})
         self._tasks.append(asyncio.create_task(self._offer_loop()))
         self._tasks.append(asyncio.create_task(self._status_loop()))
+        if self.adopt_authors != frozenset():
+            self._tasks.append(asyncio.create_task(self._adopt_loop()))
 
     async def _offer_loop(self) -> None:
         while not self._stopping.is_set():
@@ -531,6 +631,55 @@ class TrainerNode:
                     self.errors["merge:internal"] += 1
                     log.exception("merge failed: %r", exc)
 
+    async def _adopt_loop(self) -> None:
+        """Watch the tangle for ``data`` txs by admitted authors; fetch, check and queue each
+        chunk for the training side. Refusals are counted as ``data:<code>``."""
+        self._data_cursor = 0  # a restart adopts again what the pool held (not named again)
+        tries: dict[str, int] = {}
+        waiting: list[Tx] = []
+        while not self._stopping.is_set():
+            txs, self._data_cursor = self.tangle.data_since(self._data_cursor)
+            for tx in txs:
+                if self.adopt_authors is None or tx.author in self.adopt_authors:
+                    waiting.append(tx)
+                else:
+                    self.rejections["data:not-admitted"] += 1
+            later: list[Tx] = []
+            for tx in waiting:
+                if self._stopping.is_set():
+                    break
+                try:
+                    chunk = await self._fetch_chunk(tx)
+                except LearnaeError as exc:
+                    tries[tx.id] = tries.get(tx.id, 0) + 1
+                    if exc.code in ("timeout", "ipfs") and tries[tx.id] < ADOPT_TRIES:
+                        later.append(tx)
+                        continue
+                    self.rejections[f"data:{exc.code}"] += 1
+                    log.info("data chunk %s by %s refused: %s", tx.id[:16], tx.author.hex()[:12], exc.reason)
+                    continue
+                except (ValueError, KeyError, TypeError, OSError) as exc:
+                    self.rejections["data:bad-chunk"] += 1
+                    log.info("data chunk %s by %s refused: %r", tx.id[:16], tx.author.hex()[:12], exc)
+                    continue
+                tries.pop(tx.id, None)
+                self.data_accepted += 1
+                self._adopt_queue.put((tx.id, chunk.x, chunk.y))
+            waiting = later
+            await asyncio.sleep(ADOPT_INTERVAL)
+
+    async def _fetch_chunk(self, tx: Tx):
+        limit = self.manifest.limits.chunk_bytes
+        raw = await self.ipfs.cat(tx.payload["cid"], timeout=self.config.fetch_timeout, max_size=limit)
+        chunk = await asyncio.to_thread(decode_chunk, raw, max_bytes=limit, schema=self.manifest.schema)
+        if chunk.y is None:
+            raise ValueError("the chunk has no labels")
+        if len(chunk.x) != tx.payload.get("rows"):
+            from learnae.errors import FormatError
+
+            raise FormatError(f"the chunk holds {len(chunk.x)} rows, its tx announces {tx.payload.get('rows')}")
+        return chunk
+
     async def _status_loop(self) -> None:
         while True:
             try:
@@ -545,9 +694,14 @@ class TrainerNode:
         # it descends from this node's previous checkpoint and from the peers' merged since
         base = [self.last_checkpoint["tx"]] if self.last_checkpoint else []
         base += [tx_id for tag in offer.merged if tag for tx_id in tag]
+        with self._adopt_lock:
+            named = self._unnamed[:MAX_DATA_LINKS]
         tx, data = await publish_checkpoint(self.ipfs, self.sync, self.identity, weights=offer.weights,
                                             step=offer.step, samples=offer.samples, base=base,
-                                            metrics=self.metrics)
+                                            metrics=self.metrics, data=named)
+        with self._adopt_lock:
+            self._named.update(named)
+            self._unnamed = [i for i in self._unnamed if i not in self._named]
         self.published += 1
         self.step_published, self.samples_published = offer.step, offer.total_samples
         self.last_checkpoint = {"tx": tx.id, "cid": tx.payload["cid"], "step": offer.step,
@@ -687,6 +841,9 @@ class TrainerNode:
             "last_checkpoint": self.last_checkpoint, "metrics": self.metrics, "test": self.test_metrics,
             "merges": self.merges, "merged_loaded": cb.applied if cb is not None else 0,
             "rejections": dict(self.rejections), "errors": dict(self.errors),
+            "adopt": {"policy": self.config.adopt, "chunks": self.adopted_chunks, "rows": self.adopted_rows,
+                      "accepted": self.data_accepted, "queued": self._adopt_queue.qsize(),
+                      "unnamed": len(self._unnamed), "named": len(self._named)},
             "ledger": ledger, "uptime": time.time() - self.started,
             "stopping": self._stopping.is_set(),
         }

@@ -573,6 +573,14 @@ class Tangle:
         ).fetchall()
         return [decode_tx(raw) for _, raw in rows], rows[-1][0] if rows else cursor
 
+    def data_since(self, cursor: int = 0) -> tuple[list[Tx], int]:
+        """``data`` transactions stored after ``cursor``, in arrival order, and the next cursor
+        (as :meth:`checkpoints_since`)."""
+        rows = self._db.execute(
+            "SELECT seq, raw FROM tx WHERE seq > ? AND +kind = 'data' ORDER BY seq", (cursor,)
+        ).fetchall()
+        return [decode_tx(raw) for _, raw in rows], rows[-1][0] if rows else cursor
+
     def data_by_author(self, author: bytes) -> list[Tx]:
         """``data`` transactions by ``author`` (32-byte key), in the tangle's order."""
         return self._txs(
