@@ -13,10 +13,9 @@ swarm made with ``learnae init DIR --name co2 --model iris-mlp`` (4 float32 feat
 (a replay of 1958-2001 would predate the Unix epoch, which chunk time ranges cannot).
 
 The series: ``--csv PATH`` (columns ``date,co2``; ``date`` as YYYY-MM[-DD]), by default
-``co2_monthly.csv`` next to this script, a *synthetic* series shaped like the Mauna Loa
-record (see sensors/README.md). With ``--statsmodels`` it replays the real weekly Mauna Loa
-data bundled with statsmodels (``statsmodels.datasets.co2``, 1958-2001), averaged by month,
-if statsmodels is installed. Replace it with a real probe by printing your own lines:
+``co2_monthly.csv`` next to this script: the real Mauna Loa record (1958-2001) as bundled
+with statsmodels, averaged by month. With ``--statsmodels`` it reads the same data from the
+installed statsmodels package instead. Replace it with a real probe by printing your own lines:
 ``{"x": [4 numbers], "y": 0|1|2}``, or ``{"x": [...]}`` for a sensor run with --unlabelled.
 """
 
