@@ -569,11 +569,26 @@ def _json_safe(value: Any) -> Any:
 @main.command("demo")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Directory for the swarm's state and report.json (default: a new temporary one).")
-@click.option("--nodes", type=click.IntRange(2, 8), default=3, show_default=True, help="Trainer nodes.")
+@click.option("--nodes", type=click.IntRange(1, 16), default=None,
+              help="Trainer nodes (default: 3 in-process, 4 with --processes).")
 @click.option("--rounds", type=click.IntRange(1, 100), default=15, show_default=True,
-              help="Rounds of train one epoch, publish, merge.")
+              help="Rounds of train one epoch, publish, merge (in-process demo).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for the data split and models.")
-def demo_command(out: Path | None, nodes: int, rounds: int, seed: int) -> None:
+@click.option("--processes", is_flag=True,
+              help="Run each node as its own `learnae node run` process (learnae.local.runner) for "
+                   "--duration seconds, with a live table, baselines, report.json and accuracy.png.")
+@click.option("--sensors", type=click.IntRange(0, 8), default=0, show_default=True,
+              help="Sensors (--processes; recorded only: sensors are not started yet).")
+@click.option("--dataset", default="digits", show_default=True, metavar="digits|wine|breast_cancer|iris|PATH.npz",
+              help="Data set (--processes).")
+@click.option("--partition", default="dirichlet:0.5", show_default=True, metavar="iid|dirichlet:A",
+              help="How the training part is split among the nodes (--processes).")
+@click.option("--merge", type=click.Choice(["mean", "median", "trimmed", "krum"]), default="mean",
+              show_default=True, help="The swarm's merge rule (--processes).")
+@click.option("--duration", type=click.FloatRange(1, 3600), default=60, show_default=True,
+              help="Seconds of training before every node is stopped (--processes).")
+def demo_command(out: Path | None, nodes: int | None, rounds: int, seed: int, processes: bool, sensors: int,
+                 dataset: str, partition: str, merge: str, duration: float) -> None:
     """Run a small swarm on this machine and show what it learns.
 
     NODES nodes, each with its own embedded IPFS node (a private swarm on
@@ -583,19 +598,32 @@ def demo_command(out: Path | None, nodes: int, rounds: int, seed: int) -> None:
     on a common test split is shown next to the same node trained alone, and the
     ledgers are compared and verified. Exit status 1 if any check fails.
 
+    With --processes every node is a separate `learnae node run` process training
+    asynchronously for --duration seconds; the report adds centralized, local-only
+    and FedAvg baselines on the same split, model and epochs, and accuracy.png.
+    Ctrl+C stops every process.
+
     Example: learnae demo --nodes 4 --rounds 8 --out demo-out
     """
     import tempfile
-
-    from learnae.local.demo import main as demo_main
 
     if out is None:
         out = Path(tempfile.mkdtemp(prefix="learnae-demo-"))
     elif out.exists() and any(out.iterdir()):
         raise click.UsageError(f"{out} is not empty; give a new directory to --out")
     click.echo(f"learnae demo in {out}")
+    if processes:
+        from learnae.local.procdemo import main as process_demo_main
+
+        with _reasons():
+            raise SystemExit(process_demo_main(out, nodes=nodes or 4, sensors=sensors, dataset=dataset,
+                                               partition=partition, merge=merge, duration=duration, seed=seed))
+    if nodes is not None and nodes < 2:
+        raise click.UsageError("the in-process demo needs --nodes >= 2")
+    from learnae.local.demo import main as demo_main
+
     with _reasons():
-        raise SystemExit(demo_main(out, nodes, rounds, seed))
+        raise SystemExit(demo_main(out, nodes or 3, rounds, seed))
 
 
 # The trainer node ---------------------------------------------------------------------------

@@ -1,0 +1,69 @@
+"""``learnae demo --processes``: a short run (2 node processes) writes report.json with
+each node's accuracy next to the baselines, and accuracy.png; Ctrl+C stops every process
+and a second demo straight after works."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from learnae.local.runner import pid_alive
+
+pytestmark = pytest.mark.slow
+
+DEMO = "from learnae.cli import main; main()"
+
+
+def test_short_process_demo_writes_report_and_plot(tmp_path):
+    out = tmp_path / "demo"
+    proc = subprocess.run([sys.executable, "-c", DEMO, "demo", "--processes", "--nodes", "2", "--sensors", "1",
+                           "--duration", "8", "--out", str(out)], capture_output=True, text=True, timeout=400)
+    assert proc.returncode in (0, 1), proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    assert set(report["nodes"]) == {"node0", "node1"}
+    for v in report["nodes"].values():
+        assert 0 < v["accuracy"] <= 1 and 0 < v["local_only"] <= 1
+        assert v["exit_code"] == 0 and v["epochs"] >= 1 and v["peers"] >= 1
+    for key in ("centralized", "fedavg"):
+        assert 0 < report["baselines"][key] <= 1
+    assert report["ledger"]["by_kind"]["checkpoint"] >= 2 and report["ledger"]["by_kind"]["genesis"] == 1
+    assert report["ok"] == all(v["accuracy"] > v["local_only"] for v in report["nodes"].values())
+    assert (proc.returncode == 0) == report["ok"]
+    assert (out / "accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not list(out.rglob("repo.lock"))
+
+
+def test_ctrl_c_stops_every_process_and_a_second_demo_works(tmp_path):
+    out = tmp_path / "demo"
+    proc = subprocess.Popen([sys.executable, "-c", DEMO, "demo", "--processes", "--nodes", "2", "--duration", "300",
+                             "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        lines = []
+        pids: list[int] = []
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            lines.append(line)
+            if m := re.search(r"pids \[([\d, ]+)\]", line):
+                pids = [int(p) for p in m.group(1).split(",")]
+            if pids and "t=" in line:  # the live table: every node is training
+                break
+        assert pids, "".join(lines)
+        proc.send_signal(signal.SIGINT)
+        rest, _ = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, "".join(lines) + rest
+    assert not any(pid_alive(p) for p in pids)
+    assert not list(out.rglob("repo.lock"))
+    second = subprocess.run([sys.executable, "-c", DEMO, "demo", "--processes", "--nodes", "2", "--duration", "3",
+                             "--out", str(tmp_path / "again")], capture_output=True, text=True, timeout=400)
+    assert second.returncode in (0, 1), second.stdout[-3000:] + second.stderr[-3000:]
+    assert (tmp_path / "again" / "report.json").exists()
