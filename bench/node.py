@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -34,15 +33,10 @@ import numpy as np
 
 from learnae.formats import Checkpoint, decode_checkpoint, encode_checkpoint
 from learnae.ipfs import libkubo
+from learnae.local.runner import free_port
 from learnae.manifest import Manifest, init_swarm
 from learnae.merge import Contribution, merge
 from learnae.models import MODELS, model_config
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def overhead(model: str, epochs: int, tmp: Path) -> dict:
@@ -58,7 +52,7 @@ def overhead(model: str, epochs: int, tmp: Path) -> dict:
     init_swarm(tmp / "founder", manifest).invite.save(invite_path)
     states = [tmp / "me", tmp / "peer"]
     ids = [libkubo.create_repo(s / "ipfs") for s in states]
-    ports = [_free_port(), _free_port()]
+    ports = [free_port(), free_port()]
     addrs = [f"/ip4/127.0.0.1/tcp/{p}/p2p/{i}" for p, i in zip(ports, ids, strict=True)]
     spec = "digits:shard={}/2,partition=dirichlet:0.5"
     peer = subprocess.Popen(

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ import pytest
 
 from learnae.ipfs import libkubo
 from learnae.ledger.tangle import Tangle
+from learnae.local.runner import free_port
 from learnae.manifest import Manifest, init_swarm
 from learnae.models import model_config
 
@@ -32,12 +32,6 @@ pytestmark = pytest.mark.slow
 BAD_PEER = Path(__file__).parent / "procs" / "bad_peer.py"
 NODE = "from learnae.cli import main; main()"
 SHARDS = "digits:shard={i}/{n},partition=dirichlet:0.5,seed=3"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Nodes:
@@ -52,7 +46,7 @@ class Nodes:
         count = n + bad_peer
         self.states = [tmp / f"node{i}" for i in range(count)]
         ids = [libkubo.create_repo(s / "ipfs") for s in self.states]
-        self.ports = [_free_port() for _ in range(count)]
+        self.ports = [free_port() for _ in range(count)]
         self.addrs = [f"/ip4/127.0.0.1/tcp/{p}/p2p/{i}" for p, i in zip(self.ports, ids, strict=True)]
         self.n = n
         self.procs: dict[int, subprocess.Popen] = {}
@@ -165,7 +159,10 @@ def test_three_nodes_share_merge_and_beat_training_alone(tmp_path):
         assert codes[i] == 0, f"node{i} exited with {codes[i]}:\n{nodes.log(i)}"
         assert set(s["ledger"]["checkpoints_by_author"]) == authors, f"node{i} lacks a peer's checkpoints"
         assert s["merges"] > 0 and s["merged_loaded"] > 0
-        assert not s["rejections"], s["rejections"]
+        # No honest checkpoint may be refused for its content. A fetch timeout is not such a
+        # refusal: each node's final merge on stop fetches from peers stopping at the same moment.
+        refused = {code: n for code, n in s["rejections"].items() if code != "timeout"}
+        assert not refused, s["rejections"]
         with Tangle(nodes.states[i] / "tangle.sqlite") as tangle:
             assert not tangle.verify()
             lineage = tangle.lineage(s["last_checkpoint"]["tx"])

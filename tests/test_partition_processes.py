@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,17 +22,12 @@ from learnae.identity import Identity
 from learnae.ipfs import libkubo, privnet
 from learnae.ledger.tx import make_tx
 from learnae.local import netns
+from learnae.local.runner import free_port
 
 pytestmark = pytest.mark.slow
 
 PEER = Path(__file__).parent / "procs" / "ledger_peer.py"
 POW = 4
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Swarm:
@@ -51,7 +45,7 @@ class Swarm:
         if lan:
             hosts, ports = lan.addresses, [4001] * 3
         else:
-            hosts, ports = ["127.0.0.1"] * 3, [_free_port() for _ in range(3)]
+            hosts, ports = ["127.0.0.1"] * 3, [free_port() for _ in range(3)]
         addrs = [f"/ip4/{h}/tcp/{p}/p2p/{i}" for h, p, i in zip(hosts, ports, self.ids, strict=True)]
         self.procs = []
         for i, state in enumerate(self.states):

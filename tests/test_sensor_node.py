@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,6 +26,7 @@ from learnae.formats import decode_chunk
 from learnae.identity import Identity
 from learnae.ipfs import libkubo
 from learnae.ledger.tangle import Tangle
+from learnae.local.runner import free_port
 from learnae.manifest import Invite, Manifest, init_swarm
 from learnae.models import model_config
 
@@ -36,18 +36,6 @@ ROOT = Path(__file__).resolve().parents[1]
 # SIGUSR1 dumps every thread's stack into the node's log (what a node that does not stop is doing)
 NODE = ("import faulthandler, signal; faulthandler.register(signal.SIGUSR1, all_threads=True);"
         " from learnae.cli import main; main()")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _peer_id(repo: Path) -> str:
-    repo.mkdir(parents=True)
-    libkubo.create_repo(repo)
-    return json.loads((repo / "config").read_text())["Identity"]["PeerID"]
 
 
 def _probe(path: Path, n: int, delay: float, linger: float = 0.0) -> str:
@@ -72,8 +60,8 @@ class Swarm:
         self.invite = tmp / "invite.json"
         self.swarm.invite.save(self.invite)
         self.state = tmp / "node"
-        self.peer_id = _peer_id(self.state / "ipfs")
-        self.port, self.api_port = _free_port(), _free_port()
+        self.peer_id = libkubo.create_repo(self.state / "ipfs")
+        self.port, self.api_port = free_port(), free_port()
         self.addr = f"/ip4/127.0.0.1/tcp/{self.port}/p2p/{self.peer_id}"
         self.url = f"http://127.0.0.1:{self.api_port}"
         self.node: subprocess.Popen | None = None

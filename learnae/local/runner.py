@@ -66,13 +66,6 @@ def pid_alive(pid: int) -> bool:
         return True
 
 
-def _peer_id(repo: Path) -> str:
-    """Make the Kubo repo now, so its peer id is known before the node starts."""
-    repo.mkdir(parents=True)
-    libkubo.create_repo(repo)
-    return json.loads((repo / "config").read_text())["Identity"]["PeerID"]
-
-
 def data_spec(dataset: str, index: int, count: int, partition: str, seed: int) -> str:
     """The ``--data`` spec of node ``index`` of ``count``."""
     return f"{dataset}:shard={index}/{count},partition={partition},seed={seed}"
@@ -151,7 +144,7 @@ class LocalSwarm:
         for i in range(self.n):
             state = self.out / f"node{i}"
             port = free_port()
-            pid = _peer_id(state / "ipfs")
+            pid = libkubo.create_repo(state / "ipfs")
             self.members.append(NodeProc(f"node{i}", state, port, f"/ip4/127.0.0.1/tcp/{port}/p2p/{pid}"))
 
     def argv(self, i: int) -> list[str]:
