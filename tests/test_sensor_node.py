@@ -11,7 +11,9 @@ Real processes and real embedded Kubo nodes on 127.0.0.1.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -123,16 +125,20 @@ class Swarm:
         self.sensor = subprocess.Popen(
             [sys.executable, "-m", "learnae.sensor_cli", "run", "--invite", str(invite or self.invite),
              "--state", str(self.tmp / "pi"), "--source", source, "--name", "pi-1", *extra],
-            stdout=subprocess.PIPE, stderr=open(self.sensor_log, "w"), cwd=ROOT)
+            stdout=subprocess.PIPE, stderr=open(self.sensor_log, "w"), cwd=ROOT,
+            start_new_session=True)  # its own process group: cleanup ends its cmd: probe too
 
     def sensor_key(self) -> bytes:
         return Identity.load(self.tmp / "pi" / "identity.key").public_key
 
     def cleanup(self) -> None:
-        for proc in (self.sensor, self.node):
-            if proc is not None and proc.poll() is None:
-                proc.kill()
-                proc.wait(30)
+        if self.sensor is not None:  # the sensor and its probe child, even if the sensor has exited
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.sensor.pid, signal.SIGKILL)
+            self.sensor.wait(30)
+        if self.node is not None and self.node.poll() is None:
+            self.node.kill()
+            self.node.wait(30)
 
 
 async def _read_chunks(state: Path, swarm_key: str, cids: list[str], max_bytes: int, schema):
