@@ -568,42 +568,47 @@ def _json_safe(value: Any) -> Any:
 
 @main.command("demo")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Directory for the swarm's state and report.json (default: a new temporary one).")
+              help="Directory for the swarm's state, report.json and accuracy.png (default: a new temporary one).")
 @click.option("--nodes", type=click.IntRange(1, 16), default=None,
-              help="Trainer nodes (default: 3 in-process, 4 with --processes).")
-@click.option("--rounds", type=click.IntRange(1, 100), default=15, show_default=True,
-              help="Rounds of train one epoch, publish, merge (in-process demo).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed for the data split and models.")
-@click.option("--processes", is_flag=True,
-              help="Run each node as its own `learnae node run` process (learnae.local.runner) for "
-                   "--duration seconds, with a live table, baselines, report.json and accuracy.png.")
-@click.option("--sensors", type=click.IntRange(0, 8), default=0, show_default=True,
-              help="Sensors (--processes; recorded only: sensors are not started yet).")
+              help="Trainer nodes (default: 4; 3 with --in-process).")
+@click.option("--sensors", type=click.IntRange(0, 8), default=2, show_default=True,
+              help="Sensor processes streaming their own part of the data as new labelled rows.")
 @click.option("--dataset", default="digits", show_default=True, metavar="digits|wine|breast_cancer|iris|PATH.npz",
-              help="Data set (--processes).")
+              help="Data set (a bundled scikit-learn set, or a .npz/.csv file of x and y).")
 @click.option("--partition", default="dirichlet:0.5", show_default=True, metavar="iid|dirichlet:A",
-              help="How the training part is split among the nodes (--processes).")
+              help="How the training part is split among nodes and sensors.")
 @click.option("--merge", type=click.Choice(["mean", "median", "trimmed", "krum"]), default="mean",
-              show_default=True, help="The swarm's merge rule (--processes).")
+              show_default=True, help="The swarm's merge rule.")
 @click.option("--duration", type=click.FloatRange(1, 3600), default=60, show_default=True,
-              help="Seconds of training before every node is stopped (--processes).")
-def demo_command(out: Path | None, nodes: int | None, rounds: int, seed: int, processes: bool, sensors: int,
-                 dataset: str, partition: str, merge: str, duration: float) -> None:
-    """Run a small swarm on this machine and show what it learns.
+              help="Seconds of training before every process is stopped (start-up and baselines come on top).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for the data split and models.")
+@click.option("--in-process", is_flag=True,
+              help="Quick variant: every node in this one process, in lock-step rounds (--rounds), no sensors.")
+@click.option("--rounds", type=click.IntRange(1, 100), default=15, show_default=True,
+              help="Rounds of train one epoch, publish, merge (--in-process only).")
+def demo_command(out: Path | None, nodes: int | None, sensors: int, dataset: str, partition: str, merge: str,
+                 duration: float, seed: int, in_process: bool, rounds: int) -> None:
+    """Run a local swarm of trainers and sensors on real data and report against baselines.
 
-    NODES nodes, each with its own embedded IPFS node (a private swarm on
-    127.0.0.1), tangle and a Dirichlet(0.5) shard of scikit-learn's digits, train
-    a Keras MLP; each round every node publishes its checkpoint through IPFS and
-    the ledger and merges its peers' checkpoints. At the end each node's accuracy
-    on a common test split is shown next to the same node trained alone, and the
-    ledgers are compared and verified. Exit status 1 if any check fails.
+    NODES `learnae node run` processes (default 4), each with its own state
+    directory and embedded IPFS node in one private swarm on 127.0.0.1, train a
+    Keras MLP on a Dirichlet(0.5) shard of scikit-learn's digits, publishing
+    checkpoints and merging their peers' as they go. SENSORS `learnae sensor
+    run` processes (default 2) stream another part of the data as signed,
+    labelled chunks through a node, and every node adopts them. A live table
+    shows each node's step, accuracy, peers, merges and adopted chunks.
 
-    With --processes every node is a separate `learnae node run` process training
-    asynchronously for --duration seconds; the report adds centralized, local-only
-    and FedAvg baselines on the same split, model and epochs, and accuracy.png.
-    Ctrl+C stops every process.
+    After --duration seconds every process is stopped, and the report puts each
+    node's accuracy on a common test split next to three baselines on the same
+    split, model and epochs: centralized, local-only and FedAvg. It writes
+    report.json and accuracy.png into --out. Exit status 1 unless every node
+    beat its local-only baseline. Ctrl+C stops every process (exit 130).
 
-    Example: learnae demo --nodes 4 --rounds 8 --out demo-out
+    \b
+    Examples:
+      learnae demo                           # 4 nodes, 2 sensors, digits, about 3 min
+      learnae demo --dataset wine --out wine-demo
+      learnae demo --in-process --rounds 8   # 3 nodes in one process, about 20 s
     """
     import tempfile
 
@@ -612,18 +617,18 @@ def demo_command(out: Path | None, nodes: int | None, rounds: int, seed: int, pr
     elif out.exists() and any(out.iterdir()):
         raise click.UsageError(f"{out} is not empty; give a new directory to --out")
     click.echo(f"learnae demo in {out}")
-    if processes:
-        from learnae.local.procdemo import main as process_demo_main
+    if in_process:
+        if nodes is not None and nodes < 2:
+            raise click.UsageError("the in-process demo needs --nodes >= 2")
+        from learnae.local.demo import main as demo_main
 
         with _reasons():
-            raise SystemExit(process_demo_main(out, nodes=nodes or 4, sensors=sensors, dataset=dataset,
-                                               partition=partition, merge=merge, duration=duration, seed=seed))
-    if nodes is not None and nodes < 2:
-        raise click.UsageError("the in-process demo needs --nodes >= 2")
-    from learnae.local.demo import main as demo_main
+            raise SystemExit(demo_main(out, nodes or 3, rounds, seed))
+    from learnae.local.procdemo import main as process_demo_main
 
     with _reasons():
-        raise SystemExit(demo_main(out, nodes or 3, rounds, seed))
+        raise SystemExit(process_demo_main(out, nodes=nodes or 4, sensors=sensors, dataset=dataset,
+                                           partition=partition, merge=merge, duration=duration, seed=seed))
 
 
 # The trainer node ---------------------------------------------------------------------------
@@ -703,9 +708,12 @@ def _node_config_file(ctx: click.Context, _param: click.Parameter, path: str | N
               help="Sensors' data chunks to train on: all, none, or those by the authors listed in a file"
                    " (one author key, hex, or author id z6Mk... a line).")
 @click.option("--quiet", is_flag=True, help="No progress line.")
+@click.option("--fault-control", type=click.Path(dir_okay=False, path_type=Path), default=None, hidden=True,
+              help="Fault harness only: apply the fault layer's rules from this control file.")
 def node_run(invite_path: Path, state: Path, data_spec: str, listen: str | None, peers: tuple[str, ...], ipfs: str,
              api: str, threads: int, keep: int, k: int, fetch_timeout: float, sync_every: str | None,
-             epochs: int | None, seed: int | None, wait_peers: int, adopt: str, quiet: bool) -> None:
+             epochs: int | None, seed: int | None, wait_peers: int, adopt: str, quiet: bool,
+             fault_control: Path | None) -> None:
     """Train with the swarm until stopped (Ctrl-C or SIGTERM publishes a final checkpoint).
 
     Progress is one line per epoch: step, loss, accuracy (own held-out data and the
@@ -730,7 +738,8 @@ def node_run(invite_path: Path, state: Path, data_spec: str, listen: str | None,
         config = NodeConfig(invite=Invite.load(invite_path), state=state, data=DataSpec.parse(data_spec),
                             listen=listen, peers=peers, ipfs=ipfs, api=None if api == "off" else api,
                             threads=threads, keep=keep, k=k, fetch_timeout=fetch_timeout, epochs=epochs,
-                            seed=seed, sync_every=sync_every, wait_peers=wait_peers, adopt=adopt, progress=None if quiet else progress)
+                            seed=seed, sync_every=sync_every, wait_peers=wait_peers, adopt=adopt, progress=None if quiet else progress,
+                            fault_control=fault_control)
         node = TrainerNode(config)
         click.echo(f"learnae node: swarm {config.invite.name} ({config.invite.genesis[:16]}…), state {state}")
         raise SystemExit(node.run())

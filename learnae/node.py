@@ -233,6 +233,8 @@ class NodeConfig:
         progress: called with a one-line progress text (on the training thread).
         adopt: which sensors' ``data`` chunks join the training pool: ``all``, ``none``, or
             the path of a file of admitted authors (:func:`parse_adopt`).
+        fault_control: for the fault harness: wrap the IPFS node in the fault layer
+            (:class:`~learnae.ipfs.faults.FaultyNode`) steered by this control file.
     """
 
     invite: Invite
@@ -254,6 +256,7 @@ class NodeConfig:
     callbacks: tuple[Any, ...] = ()
     progress: Callable[[str], None] | None = None
     adopt: str = "all"
+    fault_control: Path | None = None
 
 
 # --------------------------------------------------------------------------------- node
@@ -350,6 +353,26 @@ class TrainerNode:
             "epoch": self.epoch, "time": time.time(), "data_named": sorted(self._named),
         })
 
+    def _resume(self, model, set_weights) -> None:
+        """Load the last own checkpoint and progress from the state directory, if any."""
+        m, cfg = self.manifest, self.config
+        progress = self._load_progress()
+        if not (progress and self.paths["checkpoint"].exists()):
+            return
+        try:
+            ckpt = decode_checkpoint(self.paths["checkpoint"].read_bytes(), max_bytes=m.limits.checkpoint_bytes,
+                                     expect=self.expect, genesis=cfg.invite.genesis)
+            set_weights(model, ckpt.weights)
+            self.step, self.samples = ckpt.step, int(progress.get("samples", 0))
+            self.last_checkpoint = progress.get("last_checkpoint")
+            self._pinned.extend(progress.get("pinned", []))
+            self.epoch = int(progress.get("epoch", 0))
+            self._named = {str(i) for i in progress.get("data_named", [])}
+            log.info("resuming from step %d (%s)", self.step, self.paths["checkpoint"])
+        except (LearnaeError, ValueError, TypeError) as exc:
+            log.warning("cannot resume from %s (%s); starting afresh", self.paths["checkpoint"],
+                        getattr(exc, "reason", exc))
+
     # ----------------------------------------------------------------------------- run
     def run(self) -> int:
         """Train until stopped (signal, :meth:`stop`, or ``epochs``); returns 0 on a clean stop.
@@ -357,46 +380,14 @@ class TrainerNode:
         Raises:
             LearnaeError: setup failed (bad invite, data, state directory, IPFS start).
         """
-        from learnae.training.callback import SwarmCallback
-        from learnae.training.model import (
-            build_model,
-            configure_threads,
-            evaluate,
-            expected_shapes,
-            set_weights,
-        )
-
         cfg = self.config
         self.state.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._lock = _lock_state(self.state)
-        configure_threads(cfg.threads)
         self.identity = self._load_identity()
-        splits = cfg.data.load()
-        self.splits = splits
         m = self.manifest
-        model = build_model(m.model, optimizer=m.optimizer, learning_rate=m.learning_rate, seed=cfg.seed)
-        self._model = model
-        self.expect = expected_shapes(model)
-        progress = self._load_progress()
-        if progress and self.paths["checkpoint"].exists():
-            try:
-                ckpt = decode_checkpoint(self.paths["checkpoint"].read_bytes(),
-                                         max_bytes=m.limits.checkpoint_bytes, expect=self.expect,
-                                         genesis=cfg.invite.genesis)
-                set_weights(model, ckpt.weights)
-                self.step, self.samples = ckpt.step, int(progress.get("samples", 0))
-                self.last_checkpoint = progress.get("last_checkpoint")
-                self._pinned.extend(progress.get("pinned", []))
-                self.epoch = int(progress.get("epoch", 0))
-                self._named = {str(i) for i in progress.get("data_named", [])}
-                log.info("resuming from step %d (%s)", self.step, self.paths["checkpoint"])
-            except (LearnaeError, ValueError, TypeError) as exc:
-                log.warning("cannot resume from %s (%s); starting afresh", self.paths["checkpoint"],
-                            getattr(exc, "reason", exc))
-        self.step_published, self.samples_published = self.step, self.samples
-        self.resumed_from = self.step
-        epoch0 = self.epoch
 
+        # The network first: Kubo, the ledger's sync and the API start (and a restarted node
+        # catches up with the swarm) while TensorFlow loads, which takes seconds.
         net = threading.Thread(target=self._network_thread, name="learnae-network", daemon=True)
         net.start()
         self._ready.wait()
@@ -412,43 +403,63 @@ class TrainerNode:
                 return
             log.warning("signal %d: stopping after this batch", signum)
             stop.set()
-            model.stop_training = True
+            if self._model is not None:
+                self._model.stop_training = True
 
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(ValueError):  # not in the main thread: no handlers
                 signal.signal(sig, on_signal)
-        sync_every = cfg.sync_every or m.sync_every
-        if sync_every == "epoch":  # once per pass over the data: samples per checkpoint = shard size
-            sync_every = -(-len(splits.train) // m.batch_size)
-        cb = SwarmCallback(self.bridge, batch_size=m.batch_size, sync_every=sync_every, k=cfg.k,
-                           samples_per_epoch=len(splits.train), initial_step=self.step,
-                           initial_samples=self.samples)
-        self._cb = cb
-        while len(self.peers) < cfg.wait_peers and not stop.wait(0.2):
-            pass
-        import keras
-
-        node = self
-
-        class EpochWatch(keras.callbacks.Callback):
-            """Counts epochs; refreshes metrics and the progress line at most every
-            ``METRICS_INTERVAL`` seconds (evaluating costs as much as many small batches)."""
-
-            def on_epoch_end(self, epoch, logs=None):
-                if stop.is_set():
-                    return
-                node.epoch += 1
-                loss = float((logs or {}).get("loss", float("nan")))
-                if time.monotonic() - node._last_report >= METRICS_INTERVAL:
-                    node._report(evaluate, loss)
-                if cfg.epochs is not None and node.epoch - epoch0 >= cfg.epochs:
-                    self.model.stop_training = True
-                if not node._adopt_queue.empty():  # new rows: end this fit() to add them
-                    self.model.stop_training = True
-
-        watch = EpochWatch()
-        train_x, train_y = splits.train.x, splits.train.y
         try:
+            from learnae.training.callback import SwarmCallback
+            from learnae.training.model import (
+                build_model,
+                configure_threads,
+                evaluate,
+                expected_shapes,
+                set_weights,
+            )
+
+            configure_threads(cfg.threads)
+            splits = cfg.data.load()
+            self.splits = splits
+            model = build_model(m.model, optimizer=m.optimizer, learning_rate=m.learning_rate, seed=cfg.seed)
+            self._model = model
+            self.expect = expected_shapes(model)
+            self._resume(model, set_weights)
+            self.step_published, self.samples_published = self.step, self.samples
+            self.resumed_from = self.step
+            epoch0 = self.epoch
+            sync_every = cfg.sync_every or m.sync_every
+            if sync_every == "epoch":  # once per pass over the data: samples per checkpoint = shard size
+                sync_every = -(-len(splits.train) // m.batch_size)
+            cb = SwarmCallback(self.bridge, batch_size=m.batch_size, sync_every=sync_every, k=cfg.k,
+                               samples_per_epoch=len(splits.train), initial_step=self.step,
+                               initial_samples=self.samples)
+            self._cb = cb
+            while len(self.peers) < cfg.wait_peers and not stop.wait(0.2):
+                pass
+            import keras
+
+            node = self
+
+            class EpochWatch(keras.callbacks.Callback):
+                """Counts epochs; refreshes metrics and the progress line at most every
+                ``METRICS_INTERVAL`` seconds (evaluating costs as much as many small batches)."""
+
+                def on_epoch_end(self, epoch, logs=None):
+                    if stop.is_set():
+                        return
+                    node.epoch += 1
+                    loss = float((logs or {}).get("loss", float("nan")))
+                    if time.monotonic() - node._last_report >= METRICS_INTERVAL:
+                        node._report(evaluate, loss)
+                    if cfg.epochs is not None and node.epoch - epoch0 >= cfg.epochs:
+                        self.model.stop_training = True
+                    if not node._adopt_queue.empty():  # new rows: end this fit() to add them
+                        self.model.stop_training = True
+
+            watch = EpochWatch()
+            train_x, train_y = splits.train.x, splits.train.y
             while not stop.is_set() and (cfg.epochs is None or self.epoch - epoch0 < cfg.epochs):
                 # adopted sensor rows join the pool between fit() calls (an epoch's end stops fit
                 # when some are waiting)
@@ -587,6 +598,11 @@ class TrainerNode:
                 self.addrs = await self.ipfs.addrs()
         else:
             raise ConfigError(f"--ipfs {cfg.ipfs!r}: expected 'embedded' or 'rpc:URL'")
+        if cfg.fault_control is not None:
+            from learnae.ipfs.faults import FaultyNode, follow_control
+
+            self.ipfs = FaultyNode(self.ipfs)
+            self._tasks.append(asyncio.create_task(follow_control(self.ipfs, cfg.fault_control)))
         _write_json(self.paths["addrs"], {"id": self.ipfs.id, "addrs": self.addrs})
         self.sync = TangleSync(self.tangle, self.ipfs, announce_interval=min(self.manifest.sync_interval, 2.0))
         await self.sync.start()

@@ -69,3 +69,32 @@ async def test_total_loss_drops_everything_and_delay_holds_messages(trio):
     msg = await asyncio.wait_for(anext(sub), 5)
     assert msg.data == b"late" and loop.time() - start >= 0.15
     await sub.aclose()
+
+
+async def test_control_file_steers_the_rules_as_it_changes(trio, tmp_path):
+    from learnae.ipfs.faults import follow_control, write_control
+
+    a, b, c = trio
+    path = tmp_path / "faults.json"
+    follower = asyncio.create_task(follow_control(a, path, interval=0.02))
+    try:
+        await asyncio.sleep(0.05)  # no file yet: rules unchanged
+        assert a.blocked == set() and a.loss == 0
+        write_control(path, blocked=[b.id], loss=0.25, delay_ms=5)
+        for _ in range(100):
+            await asyncio.sleep(0.02)
+            if a.blocked:
+                break
+        assert (a.blocked, a.loss, a.delay_ms) == ({b.id}, 0.25, 5.0)
+        assert [m.sender for m in await _received(a, "t", [b], b"x")] == []
+        path.write_text("{half-writ")  # a torn file is ignored, the rules stay
+        await asyncio.sleep(0.1)
+        assert a.blocked == {b.id}
+        write_control(path)  # heal
+        for _ in range(100):
+            await asyncio.sleep(0.02)
+            if not a.blocked:
+                break
+        assert (a.blocked, a.loss, a.delay_ms) == (set(), 0.0, 0.0)
+    finally:
+        follower.cancel()

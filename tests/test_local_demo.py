@@ -1,6 +1,6 @@
-"""``learnae demo --processes``: a short run (2 node processes) writes report.json with
-each node's accuracy next to the baselines, and accuracy.png; Ctrl+C stops every process
-and a second demo straight after works."""
+"""``learnae demo``: a short run (2 node processes, 1 sensor process) writes report.json with
+each node's accuracy next to the baselines and the sensor chunks adopted, and accuracy.png;
+Ctrl+C stops every process and a second demo straight after works."""
 
 from __future__ import annotations
 
@@ -22,8 +22,8 @@ DEMO = "from learnae.cli import main; main()"
 
 def test_short_process_demo_writes_report_and_plot(tmp_path):
     out = tmp_path / "demo"
-    proc = subprocess.run([sys.executable, "-c", DEMO, "demo", "--processes", "--nodes", "2", "--sensors", "1",
-                           "--duration", "8", "--out", str(out)], capture_output=True, text=True, timeout=400)
+    proc = subprocess.run([sys.executable, "-c", DEMO, "demo", "--nodes", "2", "--sensors", "1",
+                           "--duration", "15", "--out", str(out)], capture_output=True, text=True, timeout=400)
     assert proc.returncode in (0, 1), proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads((out / "report.json").read_text())
     assert set(report["nodes"]) == {"node0", "node1"}
@@ -33,6 +33,11 @@ def test_short_process_demo_writes_report_and_plot(tmp_path):
     for key in ("centralized", "fedavg"):
         assert 0 < report["baselines"][key] <= 1
     assert report["ledger"]["by_kind"]["checkpoint"] >= 2 and report["ledger"]["by_kind"]["genesis"] == 1
+    # the sensor streamed its whole shard; every chunk reached the ledger and both nodes adopted it
+    sensor = report["sensors"]["sensor0"]
+    assert sensor["exit_code"] == 0 and sensor["published_rows"] == sensor["rows"] > 0
+    assert report["ledger"]["by_kind"]["data"] == sensor["published"] > 0
+    assert report["sensor_chunks_adopted"] == {"node0": sensor["published"], "node1": sensor["published"]}
     assert report["ok"] == all(v["accuracy"] > v["local_only"] for v in report["nodes"].values())
     assert (proc.returncode == 0) == report["ok"]
     assert (out / "accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -41,7 +46,7 @@ def test_short_process_demo_writes_report_and_plot(tmp_path):
 
 def test_ctrl_c_stops_every_process_and_a_second_demo_works(tmp_path):
     out = tmp_path / "demo"
-    proc = subprocess.Popen([sys.executable, "-c", DEMO, "demo", "--processes", "--nodes", "2", "--duration", "300",
+    proc = subprocess.Popen([sys.executable, "-c", DEMO, "demo", "--nodes", "2", "--sensors", "1", "--duration", "300",
                              "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         lines = []
@@ -63,7 +68,7 @@ def test_ctrl_c_stops_every_process_and_a_second_demo_works(tmp_path):
     assert proc.returncode == 130, "".join(lines) + rest
     assert not any(pid_alive(p) for p in pids)
     assert not list(out.rglob("repo.lock"))
-    second = subprocess.run([sys.executable, "-c", DEMO, "demo", "--processes", "--nodes", "2", "--duration", "3",
+    second = subprocess.run([sys.executable, "-c", DEMO, "demo", "--nodes", "2", "--sensors", "0", "--duration", "3",
                              "--out", str(tmp_path / "again")], capture_output=True, text=True, timeout=400)
     assert second.returncode in (0, 1), second.stdout[-3000:] + second.stderr[-3000:]
     assert (tmp_path / "again" / "report.json").exists()

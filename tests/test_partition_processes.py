@@ -9,7 +9,6 @@ which drops the other side's gossip on receipt.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -20,6 +19,7 @@ import pytest
 
 from learnae.identity import Identity
 from learnae.ipfs import libkubo, privnet
+from learnae.ipfs.faults import write_control
 from learnae.ledger.tx import make_tx
 from learnae.local import netns
 from learnae.local.runner import free_port
@@ -91,9 +91,7 @@ class Swarm:
 
     def _faults(self, blocked: dict[int, list[str]]) -> None:
         for i, ids in blocked.items():
-            path = self.states[i] / "faults.json"
-            path.with_suffix(".tmp").write_text(json.dumps({"blocked": ids}))
-            os.replace(path.with_suffix(".tmp"), path)
+            write_control(self.states[i] / "faults.json", blocked=ids)
 
     def quiet(self) -> None:
         for state in self.states:

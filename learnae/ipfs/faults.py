@@ -13,11 +13,17 @@ and G1 on every node of G2 (the harness does both sides). Content fetches
 (``cat``) are passed through: bitswap cannot be filtered from outside Kubo, so
 this layer partitions the ledger's gossip, not the block exchange. Network
 namespaces (:mod:`learnae.local.netns`) partition both.
+
+A harness steering node processes from outside writes a control file (JSON:
+``{"blocked": [PEER_ID, ...], "loss": P, "delay_ms": MS}``, each key optional) that
+:func:`follow_control` applies whenever it changes (``learnae node run --fault-control``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import random
 from collections.abc import AsyncIterator, Iterable
 
@@ -53,6 +59,12 @@ class FaultyNode(IpfsNode):
             self.blocked.clear()
         else:
             self.blocked.difference_update(peers)
+
+    def apply(self, rules: dict) -> None:
+        """Replace the rules with ``rules`` (control-file JSON, see the module doc)."""
+        self.blocked = set(rules.get("blocked", ()))
+        self.loss = float(rules.get("loss", 0.0))
+        self.delay_ms = float(rules.get("delay_ms", 0.0))
 
     def _passes(self, msg: PubsubMessage) -> bool:
         if msg.sender in self.blocked or (self.loss and self._rng.random() < self.loss):
@@ -113,3 +125,29 @@ class _FilteredSubscription(AsyncIterator[PubsubMessage]):
 
     async def aclose(self) -> None:
         await self.inner.aclose()
+
+
+async def follow_control(node: FaultyNode, path: str | os.PathLike[str], interval: float = 0.2) -> None:
+    """Apply the control file at ``path`` to ``node`` whenever it changes (runs until
+    cancelled). A missing or half-written file leaves the rules as they are; write it
+    atomically (temporary file + rename)."""
+    seen = None
+    while True:
+        try:
+            stat = os.stat(path)
+            key = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
+            if key != seen:
+                with open(path) as f:
+                    node.apply(json.load(f))
+                seen = key
+        except (OSError, ValueError):
+            pass
+        await asyncio.sleep(interval)
+
+
+def write_control(path: str | os.PathLike[str], *, blocked=(), loss: float = 0.0, delay_ms: float = 0.0) -> None:
+    """Write a control file for :func:`follow_control` atomically."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump({"blocked": sorted(blocked), "loss": loss, "delay_ms": delay_ms}, f)
+    os.replace(tmp, path)

@@ -1,12 +1,16 @@
 """Baselines for a local swarm run, on the same split, model and training budget.
 
 For ``count`` nodes holding shards of one data set (the ``--data`` specs of
-:func:`learnae.local.runner.data_spec`), each trained for ``epochs`` passes over its shard:
+:func:`learnae.local.runner.data_spec`) and ``shards - count`` sensors streaming the other
+shards (which every node of the swarm adopts), each trained for ``epochs`` passes:
 
-- ``centralized``: one model on every node's training rows together, ``epochs`` passes;
-- ``local_only``: each node's model on its own shard only, ``epochs`` passes (per node);
+- ``centralized``: one model on every shard's training rows together (nodes' and sensors'),
+  ``epochs`` passes;
+- ``local_only``: each node's model on its own shard only (no swarm, so no sensor data),
+  ``epochs`` passes (per node);
 - ``fedavg``: a server holding a global model; each of ``epochs`` rounds every node starts
-  from the global model, trains one pass over its shard, and the server sets the global
+  from the global model, trains one pass over its shard plus the sensors' rows (what a swarm
+  node holds once it has adopted them), and the server sets the global
   model to the sample-weighted mean of the results (:func:`learnae.merge.mean`, FedAvg's
   rule, McMahan et al. 2017). Beyond :data:`MAX_FEDAVG_ROUNDS` rounds, each round trains
   ``ceil(epochs / MAX_FEDAVG_ROUNDS)`` local epochs (same total, fewer averagings).
@@ -16,6 +20,7 @@ All are evaluated on the common test split (``Splits.test``, the same rows for e
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -30,8 +35,17 @@ MAX_FEDAVG_ROUNDS = 25
 
 
 def node_splits(dataset: str, count: int, partition: str, seed: int) -> list[Splits]:
-    """What each of ``count`` nodes trains on (identical to what the node processes load)."""
+    """Shard ``i`` of ``count`` for every ``i`` (identical to what node process ``i`` loads)."""
     return [DataSpec.parse(data_spec(dataset, i, count, partition, seed)).load() for i in range(count)]
+
+
+def _with_rows(s: Splits, extra: list[Splits]) -> Splits:
+    """``s`` with the training rows of ``extra`` appended (a node that adopted sensor data)."""
+    if not extra:
+        return s
+    x = np.concatenate([s.train.x, *(e.train.x for e in extra)])
+    y = np.concatenate([s.train.y, *(e.train.y for e in extra)])
+    return s._replace(train=replace(s.train, x=x, y=y))
 
 
 def _build(manifest: Manifest, seed: int):
@@ -92,17 +106,21 @@ def fedavg(splits: list[Splits], manifest: Manifest, rounds: int, seed: int, loc
 
 
 def all_baselines(dataset: str, count: int, partition: str, seed: int, manifest: Manifest,
-                  epochs: int | list[int]) -> dict[str, Any]:
-    """The three baselines; ``epochs`` per node (a list) or for all. Centralized and FedAvg use
-    the nodes' median epoch count, so they get the budget a typical node had."""
+                  epochs: int | list[int], shards: int | None = None) -> dict[str, Any]:
+    """The three baselines for ``count`` nodes (shards ``0..count-1`` of ``shards``, default
+    ``count``; the rest are the sensors'); ``epochs`` per node (a list) or for all.
+    Centralized and FedAvg use the nodes' median epoch count, so they get the budget a
+    typical node had."""
     per = epochs if isinstance(epochs, list) else [epochs] * count
     budget = max(1, int(np.median(per)))
     # FedAvg costs one Keras fit per node per round: past MAX_FEDAVG_ROUNDS rounds, each round
     # trains several local epochs instead (same total epochs, fewer averagings).
     local = -(-budget // MAX_FEDAVG_ROUNDS)
-    splits = node_splits(dataset, count, partition, seed)
+    every = node_splits(dataset, shards or count, partition, seed)
+    splits, sensors = every[:count], every[count:]
     return {"epochs": budget, "epochs_per_node": per,
-            "centralized": centralized(splits, manifest, budget, seed),
+            "centralized": centralized(every, manifest, budget, seed),
             "local_only": local_only(splits, manifest, per, seed),
-            "fedavg": fedavg(splits, manifest, -(-budget // local), seed, local_epochs=local),
+            "fedavg": fedavg([_with_rows(s, sensors) for s in splits], manifest, -(-budget // local), seed,
+                             local_epochs=local),
             "fedavg_local_epochs": local}

