@@ -120,10 +120,20 @@ def test_mean_with_40pct_sign_flippers_fails_and_exits_1(tmp_path):
     assert (tmp_path / "timeline.png").stat().st_size > 1000
 
 
-def test_processes_driver_is_refused_for_now(tmp_path):
-    result = CliRunner().invoke(faults_group, ["run", str(EXAMPLES / "partition-heal.toml"),
+def test_processes_driver_refuses_faults_it_does_not_apply(tmp_path):
+    result = CliRunner().invoke(faults_group, ["run", str(EXAMPLES / "byzantine-25pct.toml"),
                                                "--driver", "processes", "--out", str(tmp_path)])
-    assert result.exit_code == 2 and "not implemented" in result.output
+    assert result.exit_code == 2, result.output
+    assert "processes driver does not apply byzantine" in result.output
+
+
+def test_bounds_for_the_processes_driver_override_only_there():
+    scn = parse_scenario({"nodes": 2, "bounds": {"recovery_merges": 6, "processes": {"recovery_merges": 40}}})
+    assert scn.bounds["recovery_merges"] == 6
+    assert scn.for_processes().bounds["recovery_merges"] == 40
+    assert scn.for_processes().bounds["converge_seconds"] == scn.bounds["converge_seconds"]
+    with pytest.raises(ConfigError, match="bounds.processes: 'speed'"):
+        parse_scenario({"nodes": 2, "bounds": {"processes": {"speed": 1}}})
 
 
 def test_invalid_scenario_file_is_a_readable_error(tmp_path):

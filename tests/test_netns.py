@@ -56,6 +56,23 @@ def test_cut_partitions_and_restore_heals():
     assert lan.bridge_ns not in names and all(n not in names for n in lan.names)
 
 
+def test_partition_into_groups_and_heal():
+    with netns.Lan(3) as lan:
+        servers = [subprocess.Popen(lan.command(i, [sys.executable, "-c", SERVER, lan.addresses[i]]),
+                                    stdout=subprocess.PIPE, text=True) for i in (1, 2)]
+        try:
+            assert all(s.stdout.readline().strip() == "ready" for s in servers)
+            lan.partition([[0, 1], [2]])
+            assert _dial(lan, 0, 1) == "hi"  # same group
+            assert _dial(lan, 0, 2) == "unreachable" and _dial(lan, 1, 2) == "unreachable"
+            lan.heal()
+            assert _dial(lan, 0, 2) == "hi" and _dial(lan, 1, 2) == "hi"
+        finally:
+            for s in servers:
+                s.kill()
+                s.wait()
+
+
 def test_the_host_namespaces_cannot_reach_this_machine_s_loopback():
     with netns.Lan(1) as lan:
         probe = socket.socket()

@@ -18,8 +18,8 @@ What is real and what is simulated:
   generators seeded from it; transaction times come from the simulated clock).
 - The model: the memory driver trains a small numpy model, softmax regression (dense layer
   ``dense/kernel`` of shape ``(features, classes)`` and ``dense/bias``) by minibatch SGD, so
-  a hundred nodes fit on two cores. The ``processes`` driver (not written yet) will run real
-  node processes with the manifest's Keras model.
+  a hundred nodes fit on two cores. The ``processes`` driver (:mod:`learnae.local.procdriver`)
+  runs real node processes with the manifest's Keras model.
 - Rounds: each round (``round_seconds`` simulated seconds) every live trainer trains
   ``local_steps`` batches and publishes a checkpoint (IPFS add + ``checkpoint`` transaction +
   gossip), every live sensor publishes one data chunk; half a round later each live honest
@@ -32,7 +32,7 @@ What is real and what is simulated:
   its SQLite tangle is closed and kept, as is its pinned content (a Kubo repo is on disk).
   Restart: a new memory node with the same name and pins, the tangle reopened from its file,
   a new syncer, the model reloaded from the node's latest own checkpoint. (In one process a
-  SIGKILL cannot be imitated exactly; the ``processes`` driver will send real ones.)
+  SIGKILL cannot be imitated exactly; the ``processes`` driver sends real ones.)
 
 Invariants (each with its measured figure and its bound, see :func:`check_invariants`):
 
@@ -233,6 +233,9 @@ class SimResult:
     counters: dict[str, int]
     rejections: dict[str, int]
     simulated_seconds: float
+    merges: dict[str, dict[int, int]] | None = None  # node -> round -> its merge counter (processes)
+    converge_unit: str = ("simulated seconds from the recovery point until every live node holds the same"
+                          " transactions and tips")
 
 
 class _Sim:
@@ -608,8 +611,7 @@ def check_invariants(scn: Scenario, run: SimResult, ref: SimResult) -> dict[str,
     conv = run.converge_seconds if run.final_in_step else None  # not in step after the drain: never converged
     out["ledger_converges"] = _invariant(
         conv is not None and conv <= b["converge_seconds"] and run.final_in_step and not run.verify_problems,
-        None if conv is None else round(conv, 3), b["converge_seconds"],
-        "simulated seconds from the recovery point until every live node holds the same transactions and tips",
+        None if conv is None else round(conv, 3), b["converge_seconds"], run.converge_unit,
         recovery_point_s=run.recovery_time, in_step_at_end=run.final_in_step,
         verify_problems=run.verify_problems[:5])
     lost = len(run.acked_missing) + len(run.restart_missing)
@@ -631,7 +633,15 @@ def check_invariants(scn: Scenario, run: SimResult, ref: SimResult) -> dict[str,
             if name not in run.live_at_end:
                 continue
             hist = run.accuracy[name]
-            needed[name] = next((r - start + 1 for r in sorted(hist) if r >= start and hist[r] >= target), None)
+            reached = next((r for r in sorted(hist) if r >= start and hist[r] >= target), None)
+            if reached is None:
+                needed[name] = None
+            elif run.merges is None:  # memory driver: one merge per round
+                needed[name] = reached - start + 1
+            else:  # processes: the node's own merge counter since the recovery point
+                counts = run.merges[name]
+                before = max((counts[r] for r in counts if r < start), default=0)
+                needed[name] = counts[reached] - before
         worst = None if any(v is None for v in needed.values()) else max(needed.values(), default=0)
         out["accuracy_recovers"] = _invariant(
             worst is not None and worst <= b["recovery_merges"], worst, int(b["recovery_merges"]),
@@ -674,7 +684,7 @@ def _fault_periods(scn: Scenario) -> list[dict[str, Any]]:
     return periods
 
 
-def write_timeline(path: Path, scn: Scenario, run: SimResult, ref: SimResult) -> None:
+def write_timeline(path: Path, scn: Scenario, run: SimResult, ref: SimResult, driver: str = "memory") -> None:
     """``timeline.png``: accuracy per node per round (reference mean dashed, fault periods
     shaded) above the mean ledger size of the live nodes."""
     import matplotlib
@@ -691,7 +701,7 @@ def write_timeline(path: Path, scn: Scenario, run: SimResult, ref: SimResult) ->
     byz = scn.byzantine()
     many = len(run.accuracy) > 12
     for name, hist in run.accuracy.items():
-        rounds = range(scn.rounds)  # NaN while the node is down: a gap in its line
+        rounds = range(max([scn.rounds, *(max(h) + 1 for h in run.accuracy.values() if h)]))  # NaN: node down
         style = {"color": "red", "alpha": 0.6} if name in byz else {"alpha": 0.35 if many else 0.8}
         top.plot(rounds, [hist.get(r, math.nan) for r in rounds], lw=1, marker=".", ms=3,
                  label=None if many else name, **style)
@@ -699,7 +709,7 @@ def write_timeline(path: Path, scn: Scenario, run: SimResult, ref: SimResult) ->
     ref_mean = [np.mean([h[r] for h in ref.accuracy.values() if r in h]) for r in ref_rounds]
     top.plot(ref_rounds, ref_mean, "k--", lw=2, label="no-fault run (mean)")
     top.set_ylabel("test accuracy")
-    top.set_title(f"{scn.name}: {scn.nodes} nodes, merge '{scn.merge}', memory driver, seed {scn.seed}")
+    top.set_title(f"{scn.name}: {scn.nodes} nodes, merge '{scn.merge}', {driver} driver, seed {scn.seed}")
     top.legend(fontsize=7, ncol=3, loc="lower right")
     bottom.plot(range(len(run.ledger_size)), run.ledger_size, label="this run")
     bottom.plot(range(len(ref.ledger_size)), ref.ledger_size, "k--", label="no-fault run")
@@ -711,20 +721,41 @@ def write_timeline(path: Path, scn: Scenario, run: SimResult, ref: SimResult) ->
     plt.close(fig)
 
 
-def run_scenario(scn: Scenario, out: str | Path, *, plot: bool = True) -> dict[str, Any]:
-    """Run ``scn`` with the memory driver and its no-fault reference (same seed); write
+def run_scenario(scn: Scenario, out: str | Path, *, plot: bool = True, driver: str = "memory",
+                 echo=print, use_netns: bool | None = None) -> dict[str, Any]:
+    """Run ``scn`` with ``driver`` (``memory``, or ``processes``:
+    :mod:`learnae.local.procdriver`) and its no-fault reference (same seed); write
     ``report.json`` (and ``timeline.png`` unless ``plot`` is false) in ``out`` (created);
-    return the report. ``report["pass"]`` is false when an invariant failed."""
+    return the report. ``use_netns`` goes to the processes driver (None: where available). ``report["pass"]`` is false when an invariant failed.
+
+    Raises:
+        ConfigError: the driver cannot run one of the scenario's faults.
+    """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    ref = simulate(scn, with_faults=False)
-    run = simulate(scn, with_faults=True)
+    if driver == "processes":
+        from learnae.local.procdriver import check_supported, simulate_processes
+
+        scn = scn.for_processes()
+        check_supported(scn)
+        echo("reference run (no faults):")
+        ref = simulate_processes(scn, out / "reference", with_faults=False, echo=echo, use_netns=use_netns)
+        echo("run with faults:")
+        run = simulate_processes(scn, out / "run", with_faults=True, echo=echo, use_netns=use_netns)
+        model = "the manifest's Keras MLP in `learnae node run` processes (TensorFlow)"
+    elif driver == "memory":
+        ref = simulate(scn, with_faults=False)
+        run = simulate(scn, with_faults=True)
+        model = "numpy softmax regression (dense/kernel, dense/bias), minibatch SGD"
+    else:
+        raise ValueError(f"unknown driver {driver!r}")
     invariants = check_invariants(scn, run, ref)
+    rounds = range(max([scn.rounds, *(max(h) + 1 for h in run.accuracy.values() if h)]))
     report = {
         "scenario": scn.name,
-        "driver": "memory",
-        "model": "numpy softmax regression (dense/kernel, dense/bias), minibatch SGD",
+        "driver": driver,
+        "model": model,
         "seed": scn.seed,
         "nodes": scn.nodes,
         "sensors": scn.sensors,
@@ -734,8 +765,9 @@ def run_scenario(scn: Scenario, out: str | Path, *, plot: bool = True) -> dict[s
         "pass": all(v["pass"] for v in invariants.values()),
         "invariants": invariants,
         "fault_periods": _fault_periods(scn),
-        "accuracy": {n: [h.get(r) for r in range(scn.rounds)] for n, h in run.accuracy.items()},
-        "reference_accuracy": {n: [h.get(r) for r in range(scn.rounds)] for n, h in ref.accuracy.items()},
+        "accuracy": {n: [h.get(r) for r in rounds] for n, h in run.accuracy.items()},
+        "reference_accuracy": {n: [h.get(r) for r in rounds] for n, h in ref.accuracy.items()},
+        "merges": None if run.merges is None else {n: [h.get(r) for r in rounds] for n, h in run.merges.items()},
         "ledger_size": run.ledger_size,
         "network": run.counters,
         "rejections": run.rejections,
@@ -745,7 +777,7 @@ def run_scenario(scn: Scenario, out: str | Path, *, plot: bool = True) -> dict[s
     report["timeline"] = None
     if plot:
         try:
-            write_timeline(out / "timeline.png", scn, run, ref)
+            write_timeline(out / "timeline.png", scn, run, ref, driver)
             report["timeline"] = "timeline.png"
         except ImportError:
             log.warning("matplotlib is not installed (pip install learnae[train]): no timeline.png")

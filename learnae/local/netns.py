@@ -5,6 +5,9 @@ holding a bridge, and one namespace per host with a veth link to that bridge.
 Cutting a host's link (``ip link set ... down`` on the bridge side) partitions
 it from the others exactly as a pulled cable would: packets are dropped, TCP
 connections stall and time out. Restoring the link heals the partition.
+:meth:`Lan.partition` splits the hosts into groups instead, each group on a
+bridge of its own (as if the switch were cut in pieces); :meth:`Lan.heal` puts
+every host back on the one bridge.
 
 Addresses are ``10.77.<lan>.<host>/24`` and exist only inside the namespaces this
 module creates: no traffic leaves them. Needs root and ``iproute2``
@@ -60,6 +63,7 @@ class Lan:
         self.names = [f"lae-{tag}-h{i}" for i in range(hosts)]
         self.addresses = [f"10.77.{lan}.{i + 1}" for i in range(hosts)]
         self._made: list[str] = []
+        self._bridges: set[str] = set()
         try:
             self._make()
         except BaseException:
@@ -93,6 +97,23 @@ class Lan:
 
     def restore(self, host: int) -> None:
         _ip("link", "set", f"p{host}", "up", netns=self.bridge_ns)
+
+    def partition(self, groups: list[list[int]]) -> None:
+        """Hosts in different ``groups`` can no longer reach each other; hosts in one group
+        still can. Hosts in no group stay on the main bridge (one more group)."""
+        for g, hosts in enumerate(groups, start=1):
+            bridge = f"br{g}"
+            if bridge not in self._bridges:
+                _ip("link", "add", bridge, "type", "bridge", netns=self.bridge_ns)
+                _ip("link", "set", bridge, "up", netns=self.bridge_ns)
+                self._bridges.add(bridge)
+            for host in hosts:
+                _ip("link", "set", f"p{host}", "master", bridge, netns=self.bridge_ns)
+
+    def heal(self) -> None:
+        """Every host back on the main bridge (cut cables stay cut: see :meth:`restore`)."""
+        for i in range(len(self.names)):
+            _ip("link", "set", f"p{i}", "master", "br0", netns=self.bridge_ns)
 
     def close(self) -> None:
         """Delete every namespace made (their links go with them). Idempotent."""

@@ -36,10 +36,13 @@ opens to earlier nodes), ``local_steps``, ``batch_size``, ``learning_rate``, ``c
 ``announce_interval`` (the syncers' anti-entropy period, simulated seconds), ``pow_bits``.
 
 ``[bounds]``: ``converge_seconds`` (ledgers identical on every live node within this many
-simulated seconds after the last fault ends), ``recovery_merges`` and ``recovery_ratio``
+simulated seconds after the last fault ends; wall seconds for the processes driver), ``recovery_merges`` and ``recovery_ratio``
 (after the last fault ends every live honest node reaches ``recovery_ratio`` of the no-fault
 run's final accuracy within this many merges), ``byzantine_ratio`` (honest nodes' final
-accuracy over the no-fault run's, with Byzantine nodes present).
+accuracy over the no-fault run's, with Byzantine nodes present). ``[bounds.processes]``
+overrides any of them for the ``processes`` driver: real nodes merge whenever a checkpoint is
+ready (several times per round) and start TensorFlow after a restart, so a bound counted in
+merges or seconds can differ from the simulation's.
 
 ``[[faults]]`` kinds and their keys:
 
@@ -171,6 +174,7 @@ class Scenario:
     pow_bits: int
     bounds: dict[str, float]
     faults: tuple[Fault, ...] = field(default_factory=tuple)
+    process_bounds: dict[str, float] = field(default_factory=dict)
 
     @property
     def node_names(self) -> list[str]:
@@ -183,6 +187,10 @@ class Scenario:
     def byzantine(self) -> dict[str, Fault]:
         """Byzantine node name -> its fault."""
         return {n: f for f in self.faults if f.kind == "byzantine" for n in f.nodes}
+
+    def for_processes(self) -> Scenario:
+        """The scenario with ``[bounds.processes]`` in force (the processes driver's bounds)."""
+        return replace(self, bounds=dict(self.process_bounds or self.bounds))
 
     def without_faults(self) -> Scenario:
         """The same swarm with an empty timeline: the no-fault reference run."""
@@ -271,19 +279,14 @@ def parse_scenario(data: dict[str, Any], *, where: str = "scenario") -> Scenario
     except Exception as exc:  # DataError
         raise fail(getattr(exc, "reason", str(exc))) from None
 
-    bounds = dict(BOUND_DEFAULTS)
-    given = data.get("bounds", {})
-    if not isinstance(given, dict):
+    given = dict(data.get("bounds", {})) if isinstance(data.get("bounds", {}), dict) else None
+    if given is None:
         raise fail("[bounds] must be a table")
-    for key, value in given.items():
-        if key not in BOUND_DEFAULTS:
-            raise fail(f"unknown bound {key!r}; known: {sorted(BOUND_DEFAULTS)}")
-        if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-            raise fail(f"bound {key} must be a positive number, not {value!r}")
-        bounds[key] = float(value)
-    for key in ("recovery_ratio", "byzantine_ratio"):
-        if bounds[key] > 1:
-            raise fail(f"bound {key} is a ratio to the no-fault run, at most 1, not {bounds[key]}")
+    for_processes = given.pop("processes", {})
+    if not isinstance(for_processes, dict):
+        raise fail("[bounds.processes] must be a table")
+    bounds = _parse_bounds(dict(BOUND_DEFAULTS), given, "bound", fail)
+    process_bounds = _parse_bounds(dict(bounds), for_processes, "bounds.processes:", fail)
 
     names = [f"n{i}" for i in range(values["nodes"])]
     sensors = [f"s{i}" for i in range(values["sensors"])]
@@ -293,7 +296,20 @@ def parse_scenario(data: dict[str, Any], *, where: str = "scenario") -> Scenario
     faults = [_parse_fault(i, f, values["rounds"], names, sensors, fail) for i, f in enumerate(faults_raw)]
     faults.sort(key=lambda f: f.at)  # stable: same-round entries keep the file's order
     _check_timeline(faults, fail)
-    return Scenario(**values, bounds=bounds, faults=tuple(faults))
+    return Scenario(**values, bounds=bounds, process_bounds=process_bounds, faults=tuple(faults))
+
+
+def _parse_bounds(bounds: dict[str, float], given: dict[str, Any], what: str, fail) -> dict[str, float]:
+    for key, value in given.items():
+        if key not in BOUND_DEFAULTS:
+            raise fail(f"unknown {what} {key!r}; known: {sorted(BOUND_DEFAULTS)}")
+        if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+            raise fail(f"{what} {key} must be a positive number, not {value!r}")
+        bounds[key] = float(value)
+    for key in ("recovery_ratio", "byzantine_ratio"):
+        if bounds[key] > 1:
+            raise fail(f"{what} {key} is a ratio to the no-fault run, at most 1, not {bounds[key]}")
+    return bounds
 
 
 def _parse_fault(index, raw, rounds, names, sensors, fail) -> Fault:
