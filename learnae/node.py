@@ -42,7 +42,7 @@ import signal
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -213,7 +213,8 @@ class NodeConfig:
     Attributes:
         invite: the swarm's invite (must carry the genesis transaction).
         state: the state directory (created mode 0700).
-        data: this node's data.
+        data: this node's data (:meth:`TrainerNode.run`; :meth:`TrainerNode.joined` trains
+            on yours).
         listen: ``HOST:PORT`` the embedded Kubo node listens on (port 0: any free port).
         peers: multiaddrs (``.../p2p/<id>``) kept connected, with the invite's bootstrap.
         ipfs: ``embedded``, or ``rpc:URL`` for a running Kubo daemon.
@@ -239,7 +240,7 @@ class NodeConfig:
 
     invite: Invite
     state: Path
-    data: DataSpec
+    data: DataSpec | None = None
     listen: str = "127.0.0.1:0"
     peers: tuple[str, ...] = ()
     ipfs: str = "embedded"
@@ -312,6 +313,7 @@ class TrainerNode:
         self._net_done = threading.Event()
         self._net_error: BaseException | None = None
         self._model = None
+        self.splits = None
         self._cb = None
         self._offer_lock: asyncio.Lock | None = None
         # data adoption (DESIGN.md "Node loop" step 4): network side -> queue -> training side
@@ -381,20 +383,12 @@ class TrainerNode:
             LearnaeError: setup failed (bad invite, data, state directory, IPFS start).
         """
         cfg = self.config
-        self.state.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self._lock = _lock_state(self.state)
-        self.identity = self._load_identity()
         m = self.manifest
-
+        if cfg.data is None:
+            raise ConfigError("the node has no data to train on (NodeConfig.data)")
         # The network first: Kubo, the ledger's sync and the API start (and a restarted node
         # catches up with the swarm) while TensorFlow loads, which takes seconds.
-        net = threading.Thread(target=self._network_thread, name="learnae-network", daemon=True)
-        net.start()
-        self._ready.wait()
-        if self._net_error is not None:
-            net.join()
-            raise self._net_error
-
+        net = self._start_network()
         stop = self._stopping
 
         def on_signal(signum, frame):  # main thread
@@ -471,33 +465,104 @@ class TrainerNode:
                           verbose=0, shuffle=True, callbacks=[*cfg.callbacks, cb, watch])
                 if not stop.is_set():
                     model.stop_training = False
-            # the final checkpoint: what was trained since the last one the node took, merged
-            # once more with the freshest checkpoint of every peer (the node ends on the swarm's
-            # consensus, not on its last local batches)
-            from learnae.training.model import get_weights
-            final = Offer(weights=get_weights(model), step=cb.step, samples=cb._pending_samples,
-                          total_samples=cb.samples, merged=tuple(cb._pending_tags), k=cfg.k)
-            pending = self.bridge.take_offer(0)
-            if pending is not None:
-                final = final.after(pending)
-            merged = asyncio.run_coroutine_threadsafe(self._final_merge(final), self.loop).result(120)
-            if merged is not None:
-                set_weights(model, merged.weights)
-                final = Offer(weights=get_weights(model), step=final.step, samples=final.samples,
-                              total_samples=final.total_samples, merged=(*final.merged, merged.tag), k=cfg.k)
-            self._report(evaluate, float("nan"))
-            self.step, self.samples = cb.step, cb.samples
-            fut = asyncio.run_coroutine_threadsafe(self._shutdown(final), self.loop)
-            fut.result(timeout=120)
+            self._finish(model, cb)
         finally:
-            stop.set()
-            closed = getattr(self, "_closed", None)
-            if self.loop is not None and not self._net_done.is_set() and not (closed and closed.is_set()):
-                with contextlib.suppress(Exception):
-                    asyncio.run_coroutine_threadsafe(self._shutdown(None), self.loop).result(60)
-            net.join(timeout=60)
+            self._stop_network(net)
             # the handlers stay: a second SIGTERM while the process exits must not kill it
         return 0
+
+    @contextlib.contextmanager
+    def joined(self, model: Any, *, batch_size: int, samples_per_epoch: int | None = None,
+               sync_every: int | None = None) -> Iterator[Any]:
+        """Join your own Keras ``model`` to the swarm for the ``with`` block; yields the
+        :class:`~learnae.training.callback.SwarmCallback` to pass to your ``model.fit``::
+
+            node = TrainerNode(NodeConfig(invite=Invite.load("invite.json"), state=Path("state")))
+            with node.joined(model, batch_size=32) as swarm_callback:
+                model.fit(x, y, batch_size=32, epochs=50, callbacks=[swarm_callback])
+
+        ``model`` must have the manifest's weights (same paths, shapes and dtypes: build it
+        with :func:`learnae.training.model.build_model` from ``node.manifest.model``, or the
+        same layers by hand). The network side (Kubo, ledger, API) starts on entry; your
+        last checkpoint in the state directory is loaded into ``model`` if there is one; on
+        a normal exit the node merges once more, publishes a final checkpoint and stops.
+        The data is yours: ``config.data`` is not used, and sensors' data chunks are not
+        adopted (your ``fit`` could not take them in).
+
+        Raises:
+            ConfigError: ``model``'s weights do not match the manifest's model.
+            LearnaeError: the network side could not start.
+        """
+        from learnae.training.callback import SwarmCallback
+        from learnae.training.model import build_model, expected_shapes, set_weights
+
+        m = self.manifest
+        want = expected_shapes(build_model(m.model, optimizer=m.optimizer, learning_rate=m.learning_rate))
+        got = expected_shapes(model)
+        if got != want:
+            raise ConfigError(f"the model's weights {sorted(got.items())} are not the swarm's"
+                              f" {sorted(want.items())}; build it from node.manifest.model")
+        self.adopt_authors = frozenset()
+        net = self._start_network()
+        try:
+            self._model = model
+            self.expect = got
+            self._resume(model, set_weights)
+            self.step_published, self.samples_published = self.step, self.samples
+            cb = SwarmCallback(self.bridge, batch_size=batch_size, sync_every=sync_every or m.sync_every,
+                               k=self.config.k, samples_per_epoch=samples_per_epoch, initial_step=self.step,
+                               initial_samples=self.samples)
+            self._cb = cb
+            yield cb
+            self._finish(model, cb)
+        finally:
+            self._stop_network(net)
+
+    def _start_network(self) -> threading.Thread:
+        """Lock the state directory, load the identity, start the network thread (Kubo, the
+        ledger's sync, the API) and wait until it runs or failed (re-raised here)."""
+        self.state.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._lock = _lock_state(self.state)
+        self.identity = self._load_identity()
+        net = threading.Thread(target=self._network_thread, name="learnae-network", daemon=True)
+        net.start()
+        self._ready.wait()
+        if self._net_error is not None:
+            net.join()
+            raise self._net_error
+        return net
+
+    def _finish(self, model: Any, cb: Any) -> None:
+        """The final checkpoint: what was trained since the last one the node took, merged once
+        more with the freshest checkpoint of every peer (the node ends on the swarm's
+        consensus, not on its last local batches); then the network side shuts down."""
+        from learnae.training.model import evaluate, get_weights, set_weights
+
+        k = self.config.k
+        final = Offer(weights=get_weights(model), step=cb.step, samples=cb._pending_samples,
+                      total_samples=cb.samples, merged=tuple(cb._pending_tags), k=k)
+        pending = self.bridge.take_offer(0)
+        if pending is not None:
+            final = final.after(pending)
+        merged = asyncio.run_coroutine_threadsafe(self._final_merge(final), self.loop).result(120)
+        if merged is not None:
+            set_weights(model, merged.weights)
+            final = Offer(weights=get_weights(model), step=final.step, samples=final.samples,
+                          total_samples=final.total_samples, merged=(*final.merged, merged.tag), k=k)
+        if self.splits is not None:
+            self._report(evaluate, float("nan"))
+        self.step, self.samples = cb.step, cb.samples
+        fut = asyncio.run_coroutine_threadsafe(self._shutdown(final), self.loop)
+        fut.result(timeout=120)
+
+    def _stop_network(self, net: threading.Thread) -> None:
+        """Stop the network side if :meth:`_finish` did not (an error, or no training)."""
+        self._stopping.set()
+        closed = getattr(self, "_closed", None)
+        if self.loop is not None and not self._net_done.is_set() and not (closed and closed.is_set()):
+            with contextlib.suppress(Exception):
+                asyncio.run_coroutine_threadsafe(self._shutdown(None), self.loop).result(60)
+        net.join(timeout=60)
 
     def _take_adopted(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Append the rows the network side accepted to the training pool ``(x, y)``, scaled
