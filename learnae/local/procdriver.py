@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import sqlite3
 import subprocess
 import sys
@@ -63,8 +62,6 @@ from learnae.local.runner import LocalSwarm, free_port
 from learnae.local.scenario import Fault, Scenario
 
 __all__ = ["SUPPORTED", "check_supported", "simulate_processes"]
-
-log = logging.getLogger(__name__)
 
 SUPPORTED = ("partition", "heal", "crash", "restart", "loss", "delay")
 """Fault kinds the processes driver applies."""
@@ -118,20 +115,16 @@ class _Run:
         if use_netns is None:
             use_netns = netns.available()[0]
         self.lan = netns.Lan(self.n + 1) if use_netns else None  # the last host is the fetcher's
-        lan = self.lan
-        self.swarm = LocalSwarm(
-            out, nodes=self.n, sensors=scn.sensors, dataset=scn.dataset, partition=scn.partition,
-            merge=scn.merge, seed=scn.seed, mesh=True, fetch_timeout=10.0,
-            stream_seconds=max(1.0, scn.rounds * scn.round_seconds * 0.6),
-            hosts=lan.addresses[:self.n] if lan else None,
-            wrap=(lambda i, argv: lan.command(i, argv)) if lan else None,
-            extra_args=lambda i: ["--fault-control", str(self.control(i)), "--k", str(scn.peers_per_merge),
-                                  "--quiet"])
+        try:
+            self.swarm = self._swarm(scn, out)
+        except BaseException:
+            if self.lan:
+                self.lan.close()
+            raise
         self.names = scn.node_names
         self.blocked: dict[int, set[str]] = {i: set() for i in range(self.n)}
         self.loss: dict[int, float] = {i: 0.0 for i in range(self.n)}
         self.delay: dict[int, float] = {i: 0.0 for i in range(self.n)}
-        self.restarted_at: dict[int, float] = {}
         self.accuracy: dict[str, dict[int, float]] = {name: {} for name in self.names}
         self.merges: dict[str, dict[int, int]] = {name: {} for name in self.names}
         self._merge_base = [0] * self.n  # a restarted node counts merges from 0 again
@@ -140,6 +133,19 @@ class _Run:
         self.restart_missing: list[str] = []
         self.rejections: dict[str, int] = {}
         self.backlog = 0  # most transactions a live node lacked at the recovery point
+
+    def _swarm(self, scn: Scenario, out: Path) -> LocalSwarm:
+        """Every node dials every earlier one; in namespaces when there is a LAN; each node's
+        fault layer follows its control file."""
+        lan = self.lan
+        return LocalSwarm(
+            out, nodes=self.n, sensors=scn.sensors, dataset=scn.dataset, partition=scn.partition,
+            merge=scn.merge, seed=scn.seed, mesh=True, fetch_timeout=10.0,
+            stream_seconds=max(1.0, scn.rounds * scn.round_seconds * 0.6),
+            hosts=lan.addresses[:self.n] if lan else None,
+            wrap=(lambda i, argv: lan.command(i, argv)) if lan else None,
+            extra_args=lambda i: ["--fault-control", str(self.control(i)), "--k", str(scn.peers_per_merge),
+                                  "--quiet"])
 
     def control(self, i: int) -> Path:
         return self.out / f"faults-n{i}.json"
@@ -187,7 +193,6 @@ class _Run:
         elif f.kind == "restart":
             for i in self._targets(f):
                 self.swarm.start_node(i)
-                self.restarted_at[i] = time.time()
         elif f.kind == "loss":
             for i in self._targets(f):
                 self.loss[i] = f.p
