@@ -1,20 +1,33 @@
 """Benchmark of the trainer node: the swarm's cost to training, and merging big checkpoints.
 
-Usage: python bench/node.py [--digits-epochs 30] [--big-epochs 3] [--peers 4]
+Usage: python bench/node.py [--digits-epochs 30] [--big-epochs 10] [--peers 4] [--repeat 20]
 
 1. Overhead: for ``digits-mlp`` (4,810 parameters) and ``mlp-1m`` (1,053,194), a swarm of
    two nodes on digits (Dirichlet(0.5) shards, embedded Kubo on 127.0.0.1): a peer node in a
    separate process (``learnae node run``) and the measured node in this process
-   (:class:`learnae.node.TrainerNode`, checkpoint every 10 batches). A timer callback
-   records each batch's compute (``on_train_batch_begin`` -> ``on_train_batch_end``, before
-   the swarm callback). Printed: the share of the training loop's wall time spent outside
-   batches (the swarm callback's snapshots and weight loads, metric evaluations every 2 s,
-   the network thread's CPU and GIL use, Keras' own per-batch and per-epoch work), the same
-   share for a plain ``fit`` of the same model and data without the swarm (Keras' own part),
-   and the node's checkpoints and merges.
+   (:class:`learnae.node.TrainerNode`, checkpoint every 10 batches). Over the training
+   loop's wall time (first execution ends -> last ends: the first traces the train
+   function) it prints:
+
+   - in batches: a timer callback's ``on_train_batch_begin`` -> ``on_train_batch_end``
+     (it runs before the swarm callback, so the swarm's work is outside);
+   - swarm: the training thread's time in the swarm callback (snapshots and offers, loading
+     merged weights: ``SwarmCallback.offer_seconds`` and ``load_seconds``); publishing,
+     fetching and merging run on the network thread and show only as CPU taken from
+     training (the thread never waits for the network);
+   - metrics: the node's holdout/test evaluations (every 2 s);
+   - rest: everything else outside batches: Keras's own per-epoch and per-batch work (for
+     ``fit`` on arrays, a new input pipeline per epoch), and the GIL and CPU used by the
+     network thread and the peer process.
+
+   Then the same model and shard without any swarm (no peer process): ``fit`` on arrays as
+   the node calls it, and :func:`learnae.training.model.fit_passes` (one input pipeline for
+   all epochs), once per batch and with several batches per execution; each with its share
+   outside batches, wall time and test accuracy.
 2. Merge: ``--peers`` peers' 1M-parameter checkpoints (``mlp-1m`` shapes, random float32):
    decode each with the checks a node applies (names, shapes, dtypes, finiteness), then merge
-   with ``mean``, ``median`` and ``krum``; median of 5 runs each.
+   with every rule (norm checks included) against a snapshot laid out as ``get_weights``
+   lays it out; median, min and max of ``--repeat`` runs, wall and CPU time.
 """
 
 from __future__ import annotations
@@ -35,13 +48,66 @@ from learnae.formats import Checkpoint, decode_checkpoint, encode_checkpoint
 from learnae.ipfs import libkubo
 from learnae.local.runner import free_port
 from learnae.manifest import Manifest, init_swarm
-from learnae.merge import Contribution, merge
+from learnae.merge import RULES, Contribution, merge
 from learnae.models import MODELS, model_config
 
 
-def overhead(model: str, epochs: int, tmp: Path) -> dict:
+def timer_callback():
+    """A Keras callback summing the time inside batches (executions), from the end of the
+    first (which traces and compiles the train function) to the end of the last."""
     import keras
 
+    class Timer(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.compute = 0.0
+            self.first = self.last = None
+            self.batches = 0
+
+        def on_train_batch_begin(self, batch, logs=None):
+            self._t = time.perf_counter()
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.last = time.perf_counter()
+            if self.first is None:
+                self.first = self.last
+            else:
+                self.compute += self.last - self._t
+            self.batches += 1
+
+    return Timer()
+
+
+def _divisor(steps: int, cap: int = 16) -> int:
+    """The largest divisor of ``steps`` up to ``cap``: batches per execution for fit_passes."""
+    return max(d for d in range(1, min(cap, steps) + 1) if steps % d == 0)
+
+
+def baselines(model: str, epochs: int, spec: str, manifest: Manifest) -> list[dict]:
+    """The same fit without any swarm: arrays (as the node), fit_passes x1, fit_passes xN."""
+    from learnae.training.data import DataSpec
+    from learnae.training.model import build_model, evaluate, fit_passes
+
+    splits = DataSpec.parse(spec).load()
+    x, y, bs = splits.train.x, splits.train.y, manifest.batch_size
+    steps = -(-len(x) // bs)
+    out = []
+    for how, per_call in dict.fromkeys([("fit on arrays", 1), ("fit_passes", 1), ("fit_passes", _divisor(steps))]):
+        m = build_model(manifest.model, optimizer=manifest.optimizer, learning_rate=manifest.learning_rate,
+                        seed=0, steps_per_execution=per_call)
+        timer = timer_callback()
+        if how == "fit on arrays":
+            m.fit(x, y, batch_size=bs, epochs=epochs, verbose=0, callbacks=[timer])
+        else:
+            fit_passes(m, x, y, batch_size=bs, epochs=epochs, callbacks=[timer])
+        wall = timer.last - timer.first
+        out.append({"how": how, "per_call": per_call, "steps": steps, "wall_s": wall,
+                    "outside_share": 1 - timer.compute / wall,
+                    "accuracy": evaluate(m, splits.test.x, splits.test.y)["accuracy"]})
+    return out
+
+
+def overhead(model: str, epochs: int, tmp: Path) -> dict:
     from learnae.manifest import Invite
     from learnae.node import NodeConfig, TrainerNode
     from learnae.training.data import DataSpec
@@ -61,26 +127,21 @@ def overhead(model: str, epochs: int, tmp: Path) -> dict:
          "--peer", addrs[0], "--quiet", "--api", "off"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
-    class Timer(keras.callbacks.Callback):
-        def __init__(self):
-            super().__init__()
-            self.compute = 0.0
-            self.first = self.last = None
-            self.batches = 0
-
-        def on_train_batch_begin(self, batch, logs=None):
-            self._t = time.perf_counter()
-            self.first = self.first or self._t
-
-        def on_train_batch_end(self, batch, logs=None):
-            self.last = time.perf_counter()
-            self.compute += self.last - self._t
-            self.batches += 1
-
-    timer = Timer()
+    timer = timer_callback()
     node = TrainerNode(NodeConfig(invite=Invite.load(invite_path), state=states[0], data=DataSpec.parse(spec.format(0)),
                                   listen=f"127.0.0.1:{ports[0]}", peers=(addrs[1],), api=None, epochs=epochs,
                                   wait_peers=1, seed=0, callbacks=(timer,)))
+    report = node._report
+    reports: list[tuple[float, float]] = []  # (start, seconds) of each metric evaluation
+
+    def timed_report(*args, **kwargs):  # the node's metric evaluations (bench instrumentation)
+        t = time.perf_counter()
+        try:
+            return report(*args, **kwargs)
+        finally:
+            reports.append((t, time.perf_counter() - t))
+
+    node._report = timed_report
     try:
         node.run()
     finally:
@@ -92,20 +153,16 @@ def overhead(model: str, epochs: int, tmp: Path) -> dict:
             peer.kill()
             peer.wait()
     wall = timer.last - timer.first
-    # baseline: the same fit without any swarm (one fit call, the timer only)
-    from learnae.training.model import build_model
-
-    plain = Timer()
-    splits = DataSpec.parse(spec.format(0)).load()
-    alone = build_model(manifest.model, optimizer=manifest.optimizer, learning_rate=manifest.learning_rate, seed=0)
-    alone.fit(splits.train.x, splits.train.y, batch_size=manifest.batch_size, epochs=epochs, verbose=0,
-              callbacks=[plain])
-    return {"baseline_outside_share": 1 - plain.compute / (plain.last - plain.first),
-            "baseline_wall_s": plain.last - plain.first,
-            "model": model, "epochs": epochs, "batches": timer.batches, "wall_s": wall,
+    metrics = sum(d for t, d in reports if timer.first <= t < timer.last)  # not the final one
+    cb = node._cb
+    swarm = cb.offer_seconds + cb.load_seconds
+    return {"model": model, "epochs": epochs, "batches": timer.batches, "wall_s": wall,
             "compute_s": timer.compute, "outside_share": 1 - timer.compute / wall,
-            "published": node.published, "merges": node.merges,
-            "loaded": node._cb.applied, "rejections": dict(node.rejections)}
+            "swarm_share": swarm / wall, "offer_s": cb.offer_seconds, "load_s": cb.load_seconds,
+            "metrics_share": metrics / wall,
+            "published": node.published, "merges": node.merges, "offers": cb.offers,
+            "loaded": cb.applied, "rejections": dict(node.rejections),
+            "baselines": baselines(model, epochs, spec.format(0), manifest)}
 
 
 def _shapes(model: str) -> dict[str, tuple[int, ...]]:
@@ -122,56 +179,80 @@ def _shapes(model: str) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def merge_bench(peers: int, repeat: int = 5) -> dict:
+def _times(fn, repeat: int) -> dict:
+    walls, cpus = [], []
+    for _ in range(repeat):
+        c, t = time.process_time(), time.perf_counter()
+        fn()
+        walls.append(time.perf_counter() - t)
+        cpus.append(time.process_time() - c)
+    return {"median": statistics.median(walls), "min": min(walls), "max": max(walls),
+            "cpu": statistics.median(cpus)}
+
+
+def merge_bench(peers: int, repeat: int = 20) -> dict:
+    from learnae.formats import pack
+
     shapes = _shapes("mlp-1m")
     rng = np.random.default_rng(0)
     expect = {k: (s, "float32") for k, s in shapes.items()}
-    own = {k: rng.normal(0, 0.05, s).astype(np.float32) for k, s in shapes.items()}
+    own = pack({k: rng.normal(0, 0.05, s).astype(np.float32) for k, s in shapes.items()})  # as get_weights
     files = [encode_checkpoint(Checkpoint({k: v + rng.normal(0, 0.01, v.shape).astype(np.float32)
                                            for k, v in own.items()}, "bafy-genesis", 100 + i, 320))
              for i in range(peers)]
     params = sum(int(np.prod(s)) for s in shapes.values())
-    result = {"parameters": params, "checkpoint_bytes": len(files[0]), "peers": peers}
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        decoded = [decode_checkpoint(f, max_bytes=64 << 20, expect=expect, genesis="bafy-genesis") for f in files]
-        times.append(time.perf_counter() - t)
-    result["decode_all_s"] = statistics.median(times)
+    result = {"parameters": params, "checkpoint_bytes": len(files[0]), "peers": peers, "repeat": repeat}
+
+    def decode_all():
+        return [decode_checkpoint(f, max_bytes=64 << 20, expect=expect, genesis="bafy-genesis") for f in files]
+
+    result["decode"] = _times(decode_all, repeat)
     contributions = [Contribution(c.weights, samples=c.samples, age=c.step, author=f"p{i}")
-                     for i, c in enumerate(decoded)]
+                     for i, c in enumerate(decode_all())]
     me = Contribution(own, samples=320, age=100, author="me")
-    for rule in ("mean", "median", "krum"):
-        times = []
-        for _ in range(repeat):
-            t = time.perf_counter()
-            out = merge(rule, me, contributions)
-            times.append(time.perf_counter() - t)
+    for rule in RULES:
+        out = merge(rule, me, contributions)
         assert not out.rejected, out.rejected
-        result[f"merge_{rule}_s"] = statistics.median(times)
+        result[rule] = _times(lambda rule=rule: merge(rule, me, contributions), repeat)
     return result
+
+
+def _ms(t: dict) -> str:
+    return f"{t['median'] * 1e3:.0f} ms ({t['min'] * 1e3:.0f}-{t['max'] * 1e3:.0f}; CPU {t['cpu'] * 1e3:.0f})"
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--digits-epochs", type=int, default=30)
-    parser.add_argument("--big-epochs", type=int, default=3)
+    parser.add_argument("--big-epochs", type=int, default=10)
     parser.add_argument("--peers", type=int, default=4)
+    parser.add_argument("--repeat", type=int, default=20)
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    print(f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())} ({os.cpu_count()} CPUs)")
 
-    m = merge_bench(args.peers)
-    print(f"merge: {m['peers']} peers x {m['parameters']:,} parameters ({m['checkpoint_bytes'] / 1e6:.1f} MB each):"
-          f" decode+check all {m['decode_all_s'] * 1e3:.0f} ms; merge mean {m['merge_mean_s'] * 1e3:.0f} ms,"
-          f" median {m['merge_median_s'] * 1e3:.0f} ms, krum {m['merge_krum_s'] * 1e3:.0f} ms")
+    m = merge_bench(args.peers, args.repeat)
+    print(f"merge: {m['peers']} peers x {m['parameters']:,} parameters ({m['checkpoint_bytes'] / 1e6:.1f} MB each),"
+          f" median (min-max; CPU median) of {m['repeat']} runs (target: <= 100 ms with decoding):")
+    print(f"  decode+check all {_ms(m['decode'])}")
+    for rule in RULES:
+        total = {k: m[rule][k] + m["decode"]["median"] for k in ("median", "min", "max")}
+        print(f"  merge {rule:9} {_ms(m[rule])}; with decoding {total['median'] * 1e3:.0f} ms")
     for model, epochs in (("digits-mlp", args.digits_epochs), ("mlp-1m", args.big_epochs)):
         with tempfile.TemporaryDirectory(prefix="learnae-bench-node-") as tmp:
             r = overhead(model, epochs, Path(tmp))
-        print(f"{r['model']}: {r['batches']} batches in {r['wall_s']:.1f} s, compute {r['compute_s']:.1f} s;"
-              f" outside batches {r['outside_share'] * 100:.1f} % of wall time"
-              f" (plain fit without the swarm: {r['baseline_outside_share'] * 100:.1f} % of {r['baseline_wall_s']:.1f} s);"
-              f" {r['published']} checkpoints, {r['merges']} merges ({r['loaded']} loaded),"
+        rest = r["outside_share"] - r["swarm_share"] - r["metrics_share"]
+        print(f"{r['model']}: {r['batches']} batches in {r['wall_s']:.2f} s; outside batches"
+              f" {r['outside_share'] * 100:.1f}% of wall time (target <= 10%) = swarm {r['swarm_share'] * 100:.1f}%"
+              f" (offers {r['offer_s'] * 1e3:.0f} ms, loads {r['load_s'] * 1e3:.0f} ms)"
+              f" + metrics {r['metrics_share'] * 100:.1f}% + rest {rest * 100:.1f}%;"
+              f" {r['offers']} offers, {r['published']} checkpoints, {r['merges']} merges ({r['loaded']} loaded),"
               f" rejections {r['rejections'] or 'none'}")
+        for b in r["baselines"]:
+            print(f"  without the swarm, {b['how']} x{b['per_call']} ({b['steps']} batches/epoch):"
+                  f" outside batches {b['outside_share'] * 100:.1f}% of {b['wall_s']:.2f} s,"
+                  f" test accuracy {b['accuracy']:.3f}")
+    print(f"load average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     return 0
 
 

@@ -42,7 +42,14 @@ from typing import Any
 import numpy as np
 import safetensors.numpy
 
-from learnae.errors import CorruptFile, FormatError, NonFiniteError, OversizeError, SchemaMismatch
+from learnae.errors import (
+    CorruptFile,
+    FormatError,
+    LearnaeError,
+    NonFiniteError,
+    OversizeError,
+    SchemaMismatch,
+)
 
 __all__ = [
     "DTYPES",
@@ -50,10 +57,13 @@ __all__ = [
     "Checkpoint",
     "Chunk",
     "Schema",
+    "check_names",
     "decode_checkpoint",
     "decode_chunk",
     "encode_checkpoint",
     "encode_chunk",
+    "pack",
+    "sum_of_squares",
     "weight_norm",
 ]
 
@@ -299,6 +309,40 @@ def decode_checkpoint(
     return Checkpoint(weights=weights, genesis=file_genesis, step=step, samples=samples)
 
 
+def pack(arrays: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """Copies of ``arrays`` laid out back to back in one fresh buffer, in the mapping's order.
+
+    Each copy is C-ordered, in native byte order, and starts at the first multiple of its
+    item size after the previous one, so tensors of one dtype that follow each other have no
+    gap between them: :mod:`learnae.merge` then reads a model's float weights as a single
+    vector instead of concatenating them (4 MB per copy of 1M float32 parameters).
+    ``learnae.training.model.get_weights`` lays out its snapshots this way.
+    The copies are writable and share memory with nothing but that buffer (not with each
+    other, not with ``arrays``).
+
+    Args:
+        arrays: name -> array (or anything ``np.asarray`` reads) of a numeric dtype.
+
+    Returns:
+        name -> copy, in the same order.
+    """
+    items = [(name, np.asarray(a)) for name, a in arrays.items()]
+    offsets, total = [], 0
+    for _, a in items:
+        size = a.dtype.itemsize
+        total += -total % size
+        offsets.append(total)
+        total += a.size * size
+    buf = np.empty(total, np.uint8)
+    out: dict[str, np.ndarray] = {}
+    for (name, a), start in zip(items, offsets, strict=True):
+        dtype = a.dtype.newbyteorder("=")
+        copy = buf[start : start + a.size * dtype.itemsize].view(dtype).reshape(a.shape)
+        np.copyto(copy, a)
+        out[name] = copy
+    return out
+
+
 def weight_norm(weights: Mapping[str, np.ndarray] | Iterable[np.ndarray]) -> float:
     """Global L2 norm ``sqrt(sum of squares over every element of every tensor)``.
 
@@ -306,11 +350,74 @@ def weight_norm(weights: Mapping[str, np.ndarray] | Iterable[np.ndarray]) -> flo
     in float64, so float16/float32 weights do not overflow. NaN/inf propagate.
     """
     tensors = weights.values() if isinstance(weights, Mapping) else weights
-    total = 0.0
-    for w in tensors:
-        flat = np.asarray(w, dtype=np.float64).ravel()
-        total += float(flat @ flat)
-    return math.sqrt(total)
+    return math.sqrt(sum(sum_of_squares(np.asarray(w)) for w in tensors))
+
+
+def sum_of_squares(a: np.ndarray) -> float:
+    """Sum of the squares of every element of ``a``, accumulated in float64.
+
+    No float64 copy of ``a`` is made (numpy's ``einsum`` casts in small buffers) and no BLAS
+    call is made: OpenBLAS's threads spin-wait after each call and burn a small machine's
+    cores. NaN and infinity propagate, so a finite result proves ``a`` finite.
+
+    Raises:
+        TypeError: ``a``'s dtype cannot be cast safely to float64 (complex, object).
+    """
+    flat = a.reshape(-1)
+    return float(np.einsum("i,i->", flat, flat, dtype=np.float64))
+
+
+def check_names(
+    found: Iterable[str],
+    expected: Iterable[str],
+    *,
+    subject: str,
+    reference: str,
+    error: type[LearnaeError] = SchemaMismatch,
+    ordered_by: str | None = None,
+    code: str | None = None,
+) -> None:
+    """Check that a set of weights names exactly the expected tensors.
+
+    The one "same names" check of checkpoints (:func:`decode_checkpoint`), model loads
+    (``learnae.training.model.set_weights``) and merges (``learnae.merge.check_update``).
+
+    Args:
+        found: the names held (a mapping's keys, in its order).
+        expected: the names wanted, in ``model.weights`` order.
+        subject, reference: words of the message ``"<subject> differ from <reference>:
+            missing [...], unexpected [...]"`` (at most 5 names of each are shown).
+        error: the error class raised; ``code``: its code (None: the class's own).
+        ordered_by: if given, the order must match too, and a reordering is reported as
+            ``"<ordered_by> holds <reference> weights in another order: weight #i is 'x',
+            <reference> is 'y'"``.
+
+    Raises:
+        error: a name is missing or unexpected (or, with ``ordered_by``, out of order).
+    """
+    found, expected = tuple(found), tuple(expected)
+    if found == expected:
+        return
+    held, wanted = set(found), set(expected)
+    missing = [n for n in expected if n not in held]
+    extra = [n for n in found if n not in wanted]
+    if missing or extra:
+        raise error(
+            f"{subject} differ from {reference}: missing {_few(missing)}, unexpected {_few(extra)}",
+            code=code,
+        )
+    if ordered_by is not None:
+        pos = next(i for i, (a, b) in enumerate(zip(found, expected, strict=True)) if a != b)
+        raise error(
+            f"{ordered_by} holds {reference} weights in another order: weight #{pos} is"
+            f" {found[pos]!r}, {reference} is {expected[pos]!r}",
+            code=code,
+        )
+
+
+def _few(names: list[str], limit: int = 5) -> str:
+    shown = ", ".join(repr(n) for n in names[:limit])
+    return f"[{shown}{', ...' if len(names) > limit else ''}]"
 
 
 # ----------------------------------------------------------------------------- chunk
@@ -645,14 +752,7 @@ def _check_expect(
     entries: Mapping[str, tuple[str, tuple[int, ...]]],
     expect: Mapping[str, tuple[tuple[int, ...], str]],
 ) -> None:
-    missing = [n for n in expect if n not in entries]
-    extra = [n for n in entries if n not in expect]
-    if missing or extra:
-        raise SchemaMismatch(
-            f"checkpoint weights differ from the model: missing {missing[:5]}"
-            f"{'...' if len(missing) > 5 else ''}, unexpected {extra[:5]}"
-            f"{'...' if len(extra) > 5 else ''}"
-        )
+    check_names(entries, expect, subject="checkpoint weights", reference="the model")
     for name, (shape, dtype) in expect.items():
         tag, found = entries[name]
         if found != tuple(shape):

@@ -16,7 +16,9 @@ Every rule:
 - merges floating-point tensors only. Integer tensors (counters, random-seed
   state: not learned parameters) are copied from the node's own weights;
 - accumulates in float64 and casts each tensor back to its own dtype;
-- flattens each input once into one vector of ``P`` values and works on those;
+- flattens each input once into one vector of ``P`` values and works on those (a view,
+  not a copy, when the input's float tensors already lie back to back in one buffer, as
+  in ``learnae.training.model.get_weights`` snapshots);
 - returns fresh arrays (never an input's array), so the caller may modify them.
 
 Rules (name in the manifest -> function):
@@ -49,7 +51,7 @@ from typing import Any
 import numpy as np
 
 from learnae.errors import LearnaeError
-from learnae.formats import weight_norm
+from learnae.formats import check_names, sum_of_squares
 
 __all__ = [
     "RULES",
@@ -193,23 +195,15 @@ class _Layout:
                 code="names",
             )
         names = tuple(peer)
-        if names != self.names:
-            own = set(self.names)
-            theirs = set(names)
-            missing = [n for n in self.names if n not in theirs]
-            extra = [n for n in names if n not in own]
-            if missing or extra:
-                raise RejectedUpdate(
-                    f"update's weights differ from the node's: missing {_few(missing)},"
-                    f" unexpected {_few(extra)}",
-                    code="names",
-                )
-            pos = next(i for i, (a, b) in enumerate(zip(names, self.names, strict=True)) if a != b)
-            raise RejectedUpdate(
-                f"update holds the node's weights in another order: weight #{pos} is"
-                f" {names[pos]!r}, the node's is {self.names[pos]!r}",
-                code="names",
-            )
+        check_names(
+            names,
+            self.names,
+            subject="update's weights",
+            reference="the node's",
+            error=RejectedUpdate,
+            ordered_by="update",
+            code="names",
+        )
         try:
             arrays = [np.asarray(w) for w in peer.values()]
         except Exception as e:  # a value numpy cannot read as an array
@@ -229,9 +223,17 @@ class _Layout:
         return arrays
 
     def flatten(self, arrays: Sequence[np.ndarray]) -> np.ndarray:
-        """The float tensors of ``arrays`` (already checked) as one vector of P values."""
+        """The float tensors of ``arrays`` (already checked) as one vector of P values.
+
+        A read-only view when they already lie back to back in one buffer, in the flat
+        dtype (as :func:`learnae.formats.pack` lays out ``get_weights`` snapshots); a
+        concatenated copy otherwise.
+        """
         if not self.floats:
             return np.empty(0, self.flat_dtype)
+        view = _run_view([arrays[i] for i in self.floats], self.flat_dtype, self.size)
+        if view is not None:
+            return view
         return np.concatenate([arrays[i].ravel() for i in self.floats], dtype=self.flat_dtype)
 
     def unflatten(self, flat: np.ndarray, own: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
@@ -247,17 +249,57 @@ class _Layout:
         return out
 
 
-def _few(names: list[str], limit: int = 5) -> str:
-    shown = ", ".join(repr(n) for n in names[:limit])
-    return f"[{shown}{', ...' if len(names) > limit else ''}]"
+def _owner(a: np.ndarray) -> np.ndarray:
+    """The ndarray at the end of ``a``'s chain of bases (the one whose buffer ``a`` views)."""
+    while isinstance(a.base, np.ndarray):
+        a = a.base
+    return a
+
+
+def _run_view(arrays: Sequence[np.ndarray], dtype: np.dtype, size: int) -> np.ndarray | None:
+    """``arrays`` as one read-only vector of ``size`` values, if they are C-contiguous views
+    of ``dtype`` that follow each other without gaps inside one array's buffer; else None."""
+    owner = _owner(arrays[0])
+    if not owner.flags.c_contiguous:
+        return None
+    start = end = arrays[0].__array_interface__["data"][0]
+    for a in arrays:
+        if (
+            a.dtype != dtype
+            or not a.flags.c_contiguous
+            or a.size == 0
+            or a.__array_interface__["data"][0] != end
+            or _owner(a) is not owner
+        ):
+            return None
+        end += a.nbytes
+    offset = start - owner.__array_interface__["data"][0]
+    if end - start != size * dtype.itemsize or offset < 0 or offset + (end - start) > owner.nbytes:
+        return None
+    raw = owner.reshape(-1).view(np.uint8)
+    view = raw[offset : offset + (end - start)].view(dtype)
+    view.flags.writeable = False
+    return view
 
 
 # --------------------------------------------------------------------------- checks
-def _float_norms(layout: _Layout, arrays: Sequence[np.ndarray]) -> list[float]:
-    return [weight_norm([arrays[i]]) for i in layout.floats]
+def _float_squares(layout: _Layout, arrays: Sequence[np.ndarray]) -> list[float]:
+    """Sum of squares (float64) of each float tensor, in ``layout.floats`` order."""
+    return [sum_of_squares(arrays[i]) for i in layout.floats]
 
 
-def _check_finite(layout: _Layout, arrays: Sequence[np.ndarray], whose: str) -> str | None:
+def _check_finite(
+    layout: _Layout, arrays: Sequence[np.ndarray], whose: str, squares: Sequence[float]
+) -> str | None:
+    """The first float tensor holding NaN or infinity, as a sentence; None if all are finite.
+
+    ``squares`` (from :func:`_float_squares`) decides the usual case at no cost: a finite sum
+    of squares proves its tensor finite. Only when a sum is not finite (NaN, infinity, or
+    float64 values whose squares overflow) are the tensors scanned, in order, for the
+    message.
+    """
+    if all(math.isfinite(q) for q in squares):
+        return None
     for i in layout.floats:
         a = arrays[i]
         finite = np.isfinite(a)
@@ -296,27 +338,29 @@ class _Reference:
         _check_bound(max_norm_ratio, min_norm)
         self.layout = _Layout.of(own)
         self.arrays = [np.asarray(w) for w in own.values()]
-        problem = _check_finite(self.layout, self.arrays, "the node's own")
+        squares = _float_squares(self.layout, self.arrays)
+        problem = _check_finite(self.layout, self.arrays, "the node's own", squares)
         if problem:
             raise MergeError(
                 f"{problem}; the node's model diverged: restore its last good checkpoint",
                 code="bad-own",
             )
-        self.norm = math.sqrt(sum(x * x for x in _float_norms(self.layout, self.arrays)))
+        self.norm = math.sqrt(sum(squares))
         self.max_norm_ratio = float(max_norm_ratio)
         self.min_norm = float(min_norm)
 
     def check(self, peer: Any) -> list[np.ndarray]:
         layout = self.layout
         arrays = layout.check_structure(peer)
-        problem = _check_finite(layout, arrays, "update's")
+        squares = _float_squares(layout, arrays)
+        problem = _check_finite(layout, arrays, "update's", squares)
         if problem:
             raise RejectedUpdate(problem, code="non-finite")
-        norms = _float_norms(layout, arrays)
-        total = math.sqrt(sum(x * x for x in norms))
+        total = math.sqrt(sum(squares))
         base = max(self.norm, self.min_norm)
         bound = self.max_norm_ratio * base
         if total > bound:
+            norms = [math.sqrt(q) for q in squares]
             big = max(range(len(norms)), key=norms.__getitem__)
             largest = (
                 f"; its largest tensor is {layout.names[layout.floats[big]]!r}"
@@ -580,7 +624,7 @@ def _distances(flats: Sequence[np.ndarray]) -> np.ndarray:
         for i in range(n):
             for j in range(i + 1, n):
                 np.subtract(flats[i][start:stop], flats[j][start:stop], out=t, dtype=np.float64)
-                d[i, j] += float(t @ t)
+                d[i, j] += float(np.einsum("i,i->", t, t))  # not BLAS: its threads spin
     return d + d.T
 
 
@@ -902,8 +946,8 @@ def merge(
             own unusable: not a Contribution, bad samples/age, or weights holding NaN or
             infinity (``bad-own``). Never raised because of a peer.
 
-    Cost: O(nP) for the checks plus the rule's cost (4 peers of 1M float32 parameters:
-    tens of milliseconds for ``mean``).
+    Cost: O(nP) for the checks plus the rule's cost (4 peers of 1M float32 parameters on
+    2 vCPUs: about 15 ms for ``mean``, 20 ms for ``krum``, plus 4 ms to decode the files).
     """
     check_params(rule, params)
     _check_own(own)

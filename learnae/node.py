@@ -410,6 +410,7 @@ class TrainerNode:
                 configure_threads,
                 evaluate,
                 expected_shapes,
+                fit_passes,
                 set_weights,
             )
 
@@ -461,8 +462,10 @@ class TrainerNode:
                 cb.samples_per_epoch = len(train_x)
                 # one fit() for many epochs: a fit() call costs as much as dozens of small batches
                 chunk = FIT_EPOCHS if cfg.epochs is None else min(FIT_EPOCHS, cfg.epochs - (self.epoch - epoch0))
-                model.fit(train_x, train_y, batch_size=m.batch_size, epochs=chunk,
-                          verbose=0, shuffle=True, callbacks=[*cfg.callbacks, cb, watch])
+                # (fit_passes: fit's epochs and batches through one input pipeline per call;
+                # fit on arrays rebuilds it every epoch, most of a small model's time)
+                fit_passes(model, train_x, train_y, batch_size=m.batch_size, epochs=chunk,
+                           callbacks=[*cfg.callbacks, cb, watch])
                 if not stop.is_set():
                     model.stop_training = False
             self._finish(model, cb)

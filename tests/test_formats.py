@@ -6,6 +6,7 @@ import ast
 import io
 import json
 import pickle
+import re
 import struct
 from pathlib import Path
 
@@ -28,10 +29,13 @@ from learnae.formats import (
     Checkpoint,
     Chunk,
     Schema,
+    check_names,
     decode_checkpoint,
     decode_chunk,
     encode_checkpoint,
     encode_chunk,
+    pack,
+    sum_of_squares,
     weight_norm,
 )
 
@@ -434,6 +438,72 @@ def test_weight_norm_matches_numpy():
 def test_weight_norm_accumulates_in_float64():
     w = np.full(4, 1e30, np.float32)  # squares overflow float32
     assert weight_norm([w]) == pytest.approx(2e30, rel=1e-6)
+
+
+def test_sum_of_squares_accumulates_in_float64_and_propagates_nan():
+    assert sum_of_squares(np.full(4, 1e30, np.float32)) == pytest.approx(4e60, rel=1e-6)
+    assert sum_of_squares(np.arange(6, dtype=np.int16).reshape(2, 3)) == 55.0
+    assert sum_of_squares(np.float16(3.0) * np.ones((2, 2), np.float16)) == 36.0
+    assert sum_of_squares(np.zeros((0, 3), np.float32)) == 0.0
+    assert np.isnan(sum_of_squares(np.array([1.0, np.nan], np.float32)))
+    assert sum_of_squares(np.array([1.0, -np.inf], np.float32)) == np.inf
+
+
+# ------------------------------------------------------------------------ names
+def test_check_names_reports_missing_and_unexpected_names():
+    with pytest.raises(SchemaMismatch) as info:
+        check_names(["a", "x"], ["a", "b"], subject="checkpoint weights", reference="the model")
+    assert info.value.reason == (
+        "checkpoint weights differ from the model: missing ['b'], unexpected ['x']"
+    )
+    assert info.value.code == "schema"
+    many = [f"w{i}" for i in range(7)]
+    with pytest.raises(SchemaMismatch, match=re.escape(
+        "missing ['w0', 'w1', 'w2', 'w3', 'w4', ...], unexpected []"
+    )):
+        check_names([], many, subject="weights", reference="the model's")
+
+
+def test_check_names_order_only_when_asked():
+    check_names(["b", "a"], ["a", "b"], subject="weights", reference="the model's")
+    check_names({"a": 1, "b": 2}, {"a": 3, "b": 4}, subject="s", reference="r", ordered_by="u")
+
+    class Refused(FormatError):
+        code = "refused"
+
+    with pytest.raises(Refused) as info:
+        check_names(["b", "a"], ["a", "b"], subject="update's weights", reference="the node's",
+                    error=Refused, ordered_by="update", code="names")
+    assert info.value.code == "names"
+    assert info.value.reason == (
+        "update holds the node's weights in another order: weight #0 is 'b', the node's is 'a'"
+    )
+
+
+# ------------------------------------------------------------------------ pack
+def test_pack_lays_copies_back_to_back_in_one_buffer():
+    arrays = {
+        "k": np.arange(6, dtype=np.float32).reshape(2, 3),
+        "b": np.array([1.5, 2.5], dtype=">f4"),  # big-endian in, native out
+        "n": np.array(7, np.int64),  # 8-byte aligned after 32 bytes of float32
+        "h": np.array([1, 2, 3], np.float16),
+    }
+    out = pack(arrays)
+    assert list(out) == list(arrays)
+    base = out["k"].base
+    while isinstance(base.base, np.ndarray):
+        base = base.base
+    addr = {n: a.__array_interface__["data"][0] - base.__array_interface__["data"][0]
+            for n, a in out.items()}
+    assert addr == {"k": 0, "b": 24, "n": 32, "h": 40} and base.nbytes == 46
+    for name, a in arrays.items():
+        assert out[name].dtype == a.dtype.newbyteorder("=") and out[name].dtype.isnative
+        np.testing.assert_array_equal(out[name], a)
+        assert out[name].flags.writeable and out[name].flags.c_contiguous
+        assert not np.shares_memory(out[name], a)
+    out["k"][...] = 9
+    assert out["b"].tolist() == [1.5, 2.5] and arrays["k"][0, 0] == 0
+    assert pack({}) == {}
 
 
 # ---------------------------------------------------------------------- schema

@@ -570,3 +570,53 @@ def test_merge_checks_the_norm_before_any_rule():
     for rule in RULES:
         res = merge(rule, own, [far])
         assert res.used == ["me"] and res.rejected[0][:2] == ("far", "norm")
+
+
+# ------------------------------------------------------- packed inputs, norms, finiteness
+@settings(deadline=None, max_examples=40)
+@given(inputs=models(n_min=2), data=st.data())
+def test_packed_inputs_merge_exactly_like_separate_arrays(inputs, data):
+    """Weights packed back to back (as get_weights lays out a snapshot) are read as one
+    vector without a copy; every rule gives the same result as with separate arrays, and
+    the result shares no memory with any input."""
+    from learnae.formats import pack
+
+    own, peers = inputs
+    rule, params = data.draw(st.sampled_from(RULE_PARAMS))
+    packed_own = Contribution(pack(own.weights), own.samples, own.age, own.author)
+    packed = [Contribution(pack(p.weights), p.samples, p.age, p.author) for p in peers]
+    plain = merge(rule, own, peers, **params, **NO_NORM)
+    fast = merge(rule, packed_own, packed, **params, **NO_NORM)
+    assert_weights(fast.weights, plain.weights)
+    assert (fast.used, fast.selected, fast.notes) == (plain.used, plain.selected, plain.notes)
+    for out in fast.weights.values():
+        for c_ in (packed_own, *packed):
+            assert not any(np.shares_memory(out, a) for a in c_.weights.values())
+
+
+def test_flatten_views_only_gapless_runs_of_the_flat_dtype():
+    from learnae.formats import pack
+
+    packed = pack(OWN)
+    layout = M._Layout.of(OWN)
+    flat = layout.flatten(list(packed.values()))
+    assert flat.base is not None and not flat.flags.writeable
+    np.testing.assert_array_equal(flat, [1, 2, 3, 4, 0, 1])
+    # separate arrays, a reordered pack, and an integer tensor in between are copied
+    assert layout.flatten(list(OWN.values())).flags.owndata
+    swapped = pack({B: OWN[B], K: OWN[K]})
+    assert layout.flatten([swapped[K], swapped[B]]).flags.owndata
+    mixed = {K: OWN[K], "count": np.array(3, np.int64), B: OWN[B]}
+    layout = M._Layout.of(mixed)
+    flat = layout.flatten(list(pack(mixed).values()))
+    assert flat.flags.owndata
+    np.testing.assert_array_equal(flat, [1, 2, 3, 4, 0, 1])
+
+
+def test_float64_weights_whose_squares_overflow_are_finite_but_over_the_norm():
+    own = w([[1, 2], [3, 4]], [0, 1], dtype=np.float64)
+    e = rejection(w([[1e200, 0], [0, 0]], [0, 0], dtype=np.float64), own=own)
+    assert e.code == "norm" and "global L2 norm inf" in e.reason
+    e = rejection(w([[1e200, 0], [0, np.nan]], [0, 0], dtype=np.float64), own=own)
+    assert e.code == "non-finite"
+    assert e.reason == "update's weight 'dense/kernel' holds 1 NaN and 0 infinite values"

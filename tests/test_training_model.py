@@ -20,6 +20,7 @@ from learnae.training.model import (  # importing this module does not import Te
     build_model,
     evaluate,
     expected_shapes,
+    fit_passes,
     get_weights,
     set_weights,
 )
@@ -465,3 +466,111 @@ def test_merged_as_plain_mapping_is_accepted(digits):
               callbacks=[swarm])
     assert swarm.applied == 1 and not any(w.any() for w in get_weights(model).values())
     assert isinstance(Merged(zeros).weights, dict)
+
+
+# --------------------------------------------------------------- steps per execution, passes
+def tiny_json() -> str:
+    return keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, activation="softmax")]).to_json()
+
+
+def test_build_model_compiles_steps_per_execution():
+    assert small_model().steps_per_execution == 1
+    model = build_model(tiny_json(), optimizer="sgd", learning_rate=0.1, steps_per_execution=5)
+    assert model.steps_per_execution == 5
+    for bad in (0, -1, 2.0, True, "auto"):
+        with pytest.raises(ConfigError, match="steps_per_execution"):
+            build_model(tiny_json(), optimizer="sgd", learning_rate=0.1, steps_per_execution=bad)
+
+
+def test_swarm_callback_counts_every_batch_of_a_built_model_with_steps_per_execution():
+    model = build_model(tiny_json(), optimizer="sgd", learning_rate=0.1, steps_per_execution=4)
+    bridge = QueueBridge()
+    swarm = SwarmCallback(bridge, batch_size=10, sync_every=3, samples_per_epoch=95)
+    model.fit(np.zeros((95, 4), np.float32), np.zeros(95, np.int64), batch_size=10, epochs=2,
+              verbose=0, callbacks=[swarm])
+    assert swarm.step == 20 and swarm.samples == 190
+    assert int(model.optimizer.iterations.numpy()) == 20
+    assert bridge.offers == 5  # boundaries 4, 8, 10 | 14, 18, 20: all but 18 -> 20 cross a 3
+    assert swarm.offer_seconds > 0 and swarm.load_seconds > 0
+
+
+def test_fit_passes_runs_whole_passes_through_one_pipeline():
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(95, 4)).astype(np.float32), rng.integers(0, 3, 95)
+    model = build_model(tiny_json(), optimizer="sgd", learning_rate=0.1, seed=0,
+                        steps_per_execution=5)  # 10 batches a pass: 5 divides them
+    bridge = QueueBridge()
+    swarm = SwarmCallback(bridge, batch_size=10, sync_every=3, samples_per_epoch=95)
+    seen = []
+
+    class Epochs(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            seen.append(epoch)
+
+    history = fit_passes(model, x, y, batch_size=10, epochs=3, callbacks=[swarm, Epochs()])
+    assert len(history.history["loss"]) == 3 and seen == [0, 1, 2]
+    assert int(model.optimizer.iterations.numpy()) == 30
+    assert swarm.step == 30 and swarm.samples == 285 and bridge.offers == 6
+
+    # with one execution per batch, stop_training ends fit at the epoch's end
+    model = build_model(tiny_json(), optimizer="sgd", learning_rate=0.1, seed=0)
+
+    class StopAfterOne(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            self.model.stop_training = True
+
+    fit_passes(model, x, y, batch_size=32, epochs=5, callbacks=[StopAfterOne()])
+    assert int(model.optimizer.iterations.numpy()) == 3
+
+
+def test_fit_passes_learns_like_fit_on_arrays(digits):
+    train, _, test = digits
+    model = build_model(digits_json(), optimizer="adam", learning_rate=0.003, seed=0)
+    fit_passes(model, train.x, train.y, batch_size=32, epochs=12)
+    assert evaluate(model, test.x, test.y)["accuracy"] > 0.9
+
+
+def test_fit_passes_refuses_what_would_drift_or_has_no_rows():
+    from learnae.training.data import DataError
+
+    model = build_model(tiny_json(), optimizer="sgd", learning_rate=0.1, steps_per_execution=4)
+    x, y = np.zeros((95, 4), np.float32), np.zeros(95, np.int64)
+    with pytest.raises(ConfigError, match="4 batches per execution, which does not divide the 10"):
+        fit_passes(model, x, y, batch_size=10, epochs=1)
+    assert int(model.optimizer.iterations.numpy()) == 0
+    with pytest.raises(DataError):
+        fit_passes(model, x[:0], y[:0], batch_size=10, epochs=1)
+    with pytest.raises(DataError):
+        fit_passes(model, x, y[:5], batch_size=10, epochs=1)
+    for kwargs in ({"batch_size": 0, "epochs": 1}, {"batch_size": 10, "epochs": 0}):
+        with pytest.raises(ConfigError):
+            fit_passes(model, x, y, **kwargs)
+
+
+def test_evaluate_reports_what_keras_evaluate_reports(digits):
+    train, _, test = digits
+    regularized = keras.Sequential([
+        keras.Input((64,)),
+        keras.layers.Dense(16, activation="relu", kernel_regularizer=keras.regularizers.L2(0.01),
+                           activity_regularizer=keras.regularizers.L1(0.001)),
+        keras.layers.Dropout(0.3),
+        keras.layers.Dense(10, activation="softmax"),
+    ]).to_json()
+    for config in (digits_json(), regularized):
+        model = build_model(config, optimizer="adam", learning_rate=0.003, seed=0)
+        model.fit(train.x, train.y, batch_size=32, epochs=2, verbose=0)
+        for batch_size in (256, 50):
+            keras_says = model.evaluate(test.x, test.y, batch_size=batch_size, verbose=0,
+                                        return_dict=True)
+            ours = evaluate(model, test.x, test.y, batch_size=batch_size)
+            assert ours["accuracy"] == pytest.approx(keras_says["accuracy"], abs=1e-6)
+            assert ours["loss"] == pytest.approx(keras_says["loss"], rel=1e-5)
+
+
+def test_evaluate_needs_a_compiled_model_and_a_batch_size():
+    bare = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, activation="softmax")])
+    x, y = np.zeros((5, 4), np.float32), np.zeros(5, np.int64)
+    with pytest.raises(ConfigError, match="compiled loss"):
+        evaluate(bare, x, y)
+    with pytest.raises(ConfigError, match="batch_size"):
+        evaluate(small_model(), np.zeros((5, 64), np.float32), y, batch_size=0)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -54,7 +55,9 @@ class SwarmCallback(keras.callbacks.Callback):
 
     Counting: the local step counts batches (``fit`` with ``steps_per_execution > 1`` reports
     several at once; they are all counted, up to the epoch's number of steps when Keras knows
-    it). Samples are ``batch_size`` per batch; when
+    it). Keras then calls the callback only at execution boundaries, so an offer due at a
+    multiple of ``sync_every`` is made at the first boundary at or after it, and merged
+    weights wait for the next boundary. Samples are ``batch_size`` per batch; when
     ``samples_per_epoch`` is given (the number of training rows when ``fit`` gets arrays),
     the last, partial batch of each epoch counts exactly what it holds.
 
@@ -73,6 +76,10 @@ class SwarmCallback(keras.callbacks.Callback):
             from the initial values); ``offers``/``declined``: offers accepted/declined by
             the bridge; ``applied``: merged sets loaded; ``rejected``: merged sets refused
             (wrong names, shapes, NaN); ``errors``: exceptions raised by the bridge.
+        offer_seconds: wall time, in seconds, the training thread spent offering (snapshots
+            and ``offer_checkpoint``); ``load_seconds``: spent in ``take_merged`` and
+            loading merged weights. Together: the swarm's whole cost inside ``fit`` on the
+            training thread (it never waits for the network).
     """
 
     def __init__(
@@ -108,6 +115,7 @@ class SwarmCallback(keras.callbacks.Callback):
         self.step = initial_step
         self.samples = initial_samples
         self.offers = self.declined = self.applied = self.rejected = self.errors = 0
+        self.offer_seconds = self.load_seconds = 0.0
         self._pending_samples = 0  # since the last accepted offer
         self._pending_tags: list[Any] = []
         self._last_batch = -1
@@ -134,8 +142,12 @@ class SwarmCallback(keras.callbacks.Callback):
         self.samples += added
         self._pending_samples += added
         if self.step // self.sync_every > before // self.sync_every:
+            start = time.perf_counter()
             self._offer()
+            self.offer_seconds += time.perf_counter() - start
+        start = time.perf_counter()
         self._take_merged()
+        self.load_seconds += time.perf_counter() - start
 
     # internals -----------------------------------------------------------------------
     def _offer(self) -> None:

@@ -17,13 +17,13 @@ import contextlib
 import json
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from learnae.errors import ConfigError, NonFiniteError, SchemaMismatch
-from learnae.formats import DTYPES
+from learnae.formats import DTYPES, check_names, pack
 from learnae.training.data import DataError
 
 if TYPE_CHECKING:
@@ -34,6 +34,7 @@ __all__ = [
     "configure_threads",
     "evaluate",
     "expected_shapes",
+    "fit_passes",
     "get_weights",
     "set_weights",
 ]
@@ -100,7 +101,12 @@ def configure_threads(n: int, *, inter_op: int = 1) -> tuple[int, int]:
 
 # --------------------------------------------------------------------------- building
 def build_model(
-    model_json: str, *, optimizer: str, learning_rate: float, seed: int | None = None
+    model_json: str,
+    *,
+    optimizer: str,
+    learning_rate: float,
+    seed: int | None = None,
+    steps_per_execution: int = 1,
 ) -> keras.Model:
     """Build and compile a model from its Keras 3 JSON config (``model.to_json()``).
 
@@ -126,6 +132,16 @@ def build_model(
             weights are the same on every node that builds the same config with the same seed
             (this seeds Python's ``random``, NumPy's global generator and TensorFlow's
             globally). Gossip averaging works best when all nodes start from the same weights.
+        steps_per_execution: batches Keras runs per call of its compiled train function
+            (``compile(steps_per_execution=...)``, >= 1). Callbacks then see only every
+            N-th batch boundary: a :class:`~learnae.training.callback.SwarmCallback` still
+            counts every batch, but offers and loads weights only at those boundaries (a sync
+            due at step 50 with N = 8 happens at step 56). Results are the same batch for
+            batch. The default 1 is chosen by measurement (docs/benchmarks.md, "Trainer
+            node"): for ``fit`` on arrays, Keras builds a new input pipeline at each epoch
+            and that, not the per-batch call, is most of the time outside batches; N > 1
+            then shortens a small model's epochs by about a quarter but leaves that share
+            as it is. With :func:`fit_passes`, N must divide the batches per pass.
 
     Returns:
         A built, compiled ``keras.Model`` whose weights all have unique paths and dtypes a
@@ -134,7 +150,8 @@ def build_model(
     Raises:
         ConfigError: the JSON does not parse, names refused or unknown objects, fails to
             build, is not a model with known input shape, has duplicate weight paths or
-            weights of a dtype checkpoints cannot hold; or a bad optimizer / learning rate.
+            weights of a dtype checkpoints cannot hold; or a bad optimizer / learning rate /
+            steps_per_execution.
     """
     if not isinstance(model_json, str) or len(model_json) > _MAX_CONFIG_CHARS:
         raise ConfigError("model config must be JSON text of at most 16 MiB")
@@ -147,6 +164,14 @@ def build_model(
         raise ConfigError(f"learning rate is {learning_rate!r}, expected a number > 0")
     if not isinstance(optimizer, str) or not optimizer:
         raise ConfigError(f"optimizer is {optimizer!r}, expected a Keras optimizer name")
+    if (
+        not isinstance(steps_per_execution, int)
+        or isinstance(steps_per_execution, bool)
+        or steps_per_execution < 1
+    ):
+        raise ConfigError(
+            f"steps_per_execution is {steps_per_execution!r}, expected an integer >= 1"
+        )
 
     keras = _keras()
     from keras.src.saving import serialization_lib
@@ -190,6 +215,7 @@ def build_model(
         optimizer=opt,
         loss=keras.losses.SparseCategoricalCrossentropy(),
         metrics=["accuracy"],
+        steps_per_execution=steps_per_execution,
     )
     return model
 
@@ -243,9 +269,11 @@ def get_weights(model: keras.Model) -> dict[str, np.ndarray]:
     """The model's weights as path -> array, in ``model.weights`` order.
 
     Each array is a private, writable copy (float32 for the usual models), safe to hand to
-    another thread while training goes on.
+    another thread while training goes on. The copies lie back to back in one fresh buffer
+    (:func:`learnae.formats.pack`), so a merge reads them as one vector without copying
+    again (each variable is read with ``Variable.numpy()`` and copied into the buffer).
     """
-    return {v.path: np.array(v.numpy(), copy=True) for v in model.weights}
+    return pack({v.path: v.numpy() for v in model.weights})
 
 
 def expected_shapes(model: keras.Model) -> dict[str, tuple[tuple[int, ...], str]]:
@@ -267,14 +295,7 @@ def set_weights(model: keras.Model, weights: Mapping[str, np.ndarray]) -> None:
         NonFiniteError: a weight holds NaN or infinity.
     """
     variables = {v.path: v for v in model.weights}
-    missing = [p for p in variables if p not in weights]
-    extra = [p for p in weights if p not in variables]
-    if missing or extra:
-        raise SchemaMismatch(
-            f"weights differ from the model's: missing {missing[:5]}"
-            f"{'...' if len(missing) > 5 else ''}, unexpected {extra[:5]}"
-            f"{'...' if len(extra) > 5 else ''}"
-        )
+    check_names(weights, variables, subject="weights", reference="the model's")
     values = []
     for path, v in variables.items():
         a = np.asarray(weights[path])
@@ -290,12 +311,88 @@ def set_weights(model: keras.Model, weights: Mapping[str, np.ndarray]) -> None:
         v.assign(a)
 
 
+# --------------------------------------------------------------------------- training
+def fit_passes(
+    model: keras.Model,
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    batch_size: int,
+    epochs: int,
+    callbacks: Sequence[Any] = (),
+    seed: int | None = None,
+) -> keras.callbacks.History:
+    """``model.fit(x, y, batch_size=..., epochs=..., shuffle=True, verbose=0)``, each epoch one
+    pass over the rows in a new random order, through a single input pipeline.
+
+    ``fit`` on arrays builds a new tf.data iterator at every epoch, twice (Keras 3.15; about
+    10 ms each on 2 vCPUs): for a small model on a small shard that is most of the time
+    outside batches (digits, 22 batches per epoch: 35-48% of the wall time of ``fit``).
+    Here the rows go through one pipeline for the whole call
+    (``Dataset.from_tensor_slices((x, y)).shuffle(len(x), reshuffle_each_iteration=True)
+    .batch(batch_size).repeat()``) with ``steps_per_epoch = ceil(len(x) / batch_size)``, so
+    epochs and batches are exactly those of ``fit`` on arrays (the last batch of a pass is
+    partial) and callbacks (``SwarmCallback`` with ``samples_per_epoch=len(x)``,
+    ``model.stop_training``) behave the same; only the shuffling's random stream differs.
+
+    Args:
+        x: features ``(n, *features)``; y: labels ``(n,)``; ``n >= 1``.
+        batch_size, epochs: as for ``fit`` (>= 1).
+        callbacks: Keras callbacks for ``fit``.
+        seed: seed of the shuffle (None: drawn from TensorFlow's global seed, which
+            :func:`build_model` sets when given one).
+
+    Returns:
+        ``fit``'s History.
+
+    Raises:
+        DataError: no rows, or x and y disagree on the number of rows.
+        ConfigError: ``batch_size`` or ``epochs`` is not an integer >= 1, or the model was
+            compiled with a ``steps_per_execution`` that does not divide the batches per
+            pass (an execution would run on into the next pass and the epochs would drift
+            from the passes).
+    """
+    if len(x) == 0 or len(x) != len(y):
+        raise DataError(f"cannot train on {len(x)} feature rows and {len(y)} labels")
+    for what, value in (("batch_size", batch_size), ("epochs", epochs)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ConfigError(f"{what} is {value!r}, expected an integer >= 1")
+    steps = -(-len(x) // batch_size)
+    per_call = int(getattr(model, "steps_per_execution", 1) or 1)
+    if steps % per_call:
+        raise ConfigError(
+            f"the model runs {per_call} batches per execution, which does not divide the"
+            f" {steps} batches of a pass over {len(x)} rows; build it with a divisor of"
+            f" {steps} (or 1)"
+        )
+    _keras()
+    import tensorflow as tf
+
+    data = (
+        tf.data.Dataset.from_tensor_slices((x, y))
+        .shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
+        .batch(batch_size)
+        .repeat()
+        .prefetch(2)
+    )
+    return model.fit(data, steps_per_epoch=steps, epochs=epochs, verbose=0, shuffle=False,
+                     callbacks=list(callbacks))
+
+
 # --------------------------------------------------------------------------- metrics
 def evaluate(model: keras.Model, x: np.ndarray, y: np.ndarray, *, batch_size: int = 256) -> dict[str, float]:
     """Loss and accuracy of a model built by :func:`build_model` on ``(x, y)``.
 
+    What ``model.evaluate`` reports, computed directly: for each batch of ``batch_size``
+    rows, one inference call (``model(x, training=False)``), the compiled loss (mean over the
+    batch) plus the model's regularization losses (``model.losses``), averaged over batches
+    weighted by their rows. ``model.evaluate`` builds a tf.data pipeline for every call,
+    which costs about 40 times as much CPU on a digits-sized holdout set; a node evaluates
+    every couple of seconds.
+
     Args:
         x: features, ``(n, *features)``; y: int class labels ``(n,)``; ``n >= 1``.
+        batch_size: rows per inference call (>= 1).
 
     Returns:
         ``{"loss": mean cross-entropy (plus any regularization losses), "accuracy": share of
@@ -303,13 +400,28 @@ def evaluate(model: keras.Model, x: np.ndarray, y: np.ndarray, *, batch_size: in
 
     Raises:
         DataError: no rows, or x and y disagree on the number of rows.
+        ConfigError: the model was not compiled with a loss (build it with build_model), or
+            a bad batch_size.
     """
     if len(x) == 0 or len(x) != len(y):
         raise DataError(f"cannot evaluate on {len(x)} feature rows and {len(y)} labels")
-    result = model.evaluate(x, y, batch_size=batch_size, verbose=0, return_dict=True)
-    accuracy = result.get("accuracy", result.get("compile_metrics"))
-    if accuracy is None:
-        raise ConfigError(
-            f"model reports {sorted(result)}, not 'accuracy'; compile it with build_model"
-        )
-    return {"loss": float(result["loss"]), "accuracy": float(accuracy)}
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise ConfigError(f"batch_size is {batch_size!r}, expected an integer >= 1")
+    keras = _keras()
+    loss_fn = getattr(model, "loss", None)
+    if isinstance(loss_fn, str):
+        loss_fn = keras.losses.get(loss_fn)
+    if not callable(loss_fn):
+        raise ConfigError("model has no compiled loss; build it with build_model")
+    y = np.asarray(y)
+    loss = 0.0
+    correct = 0
+    for start in range(0, len(x), batch_size):
+        xb, yb = x[start : start + batch_size], y[start : start + batch_size]
+        probs = model(xb, training=False)
+        batch_loss = float(keras.ops.mean(loss_fn(yb, probs)))
+        batch_loss += sum(float(keras.ops.convert_to_numpy(r)) for r in model.losses)
+        loss += batch_loss * len(xb)
+        predicted = np.argmax(keras.ops.convert_to_numpy(probs), axis=-1)
+        correct += int(np.count_nonzero(predicted == yb.reshape(predicted.shape)))
+    return {"loss": loss / len(x), "accuracy": correct / len(x)}
