@@ -111,9 +111,14 @@ class Lan:
                 _ip("link", "set", f"p{host}", "master", bridge, netns=self.bridge_ns)
 
     def heal(self) -> None:
-        """Every host back on the main bridge (cut cables stay cut: see :meth:`restore`)."""
+        """Every host back on the main bridge (cut cables stay cut: see :meth:`restore`).
+
+        Each host's neighbour (ARP) cache is flushed: entries that failed during the
+        partition would otherwise refuse connections (EHOSTUNREACH) for seconds more."""
         for i in range(len(self.names)):
             _ip("link", "set", f"p{i}", "master", "br0", netns=self.bridge_ns)
+        for ns in self.names:
+            _ip("neigh", "flush", "all", netns=ns)
 
     def close(self) -> None:
         """Delete every namespace made (their links go with them). Idempotent."""
