@@ -29,6 +29,7 @@ import os
 import platform
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 from learnae.errors import IpfsError
@@ -85,10 +86,16 @@ def load() -> ctypes.CDLL:
             _declare(lib)
             log_dir = log_directory()
             log_dir.mkdir(parents=True, exist_ok=True)
+            log_file = log_dir / "kubo.log"
+            before = log_file.stat().st_size if log_file.exists() else -1
             cwd = os.getcwd()
-            os.chdir(log_dir)  # Kubo opens kubo.log here, at its first call
+            os.chdir(log_dir)  # Kubo opens kubo.log in the working directory after its first call
             try:
                 lib.FreeString(lib.TestGetString())
+                # it may open the file a moment later: wait for its first line (at most 2 s)
+                deadline = time.monotonic() + 2
+                while time.monotonic() < deadline and (log_file.stat().st_size if log_file.exists() else -1) == before:
+                    time.sleep(0.005)
             finally:
                 os.chdir(cwd)
             _lib = lib
