@@ -606,7 +606,7 @@ def demo_command(out: Path | None, nodes: int | None, sensors: int, dataset: str
 
     \b
     Examples:
-      learnae demo                           # 4 nodes, 2 sensors, digits, about 3 min
+      learnae demo                           # 4 nodes, 2 sensors, digits, about 2 min
       learnae demo --dataset wine --out wine-demo
       learnae demo --in-process --rounds 8   # 3 nodes in one process, about 20 s
     """

@@ -742,7 +742,9 @@ def run_scenario(scn: Scenario, out: str | Path, *, plot: bool = True, driver: s
         echo("reference run (no faults):")
         ref = simulate_processes(scn, out / "reference", with_faults=False, echo=echo, use_netns=use_netns)
         echo("run with faults:")
-        run = simulate_processes(scn, out / "run", with_faults=True, echo=echo, use_netns=use_netns)
+        target = scn.bounds["recovery_ratio"] * _final_mean(ref, ref.honest)
+        run = simulate_processes(scn, out / "run", with_faults=True, echo=echo, use_netns=use_netns,
+                                 target=target)
         model = "the manifest's Keras MLP in `learnae node run` processes (TensorFlow)"
     elif driver == "memory":
         ref = simulate(scn, with_faults=False)

@@ -17,8 +17,8 @@ node has begun training; faults are applied at round starts, and at each round's
 driver records each live node's test accuracy and merge count (from ``STATE/status.json``)
 and the transaction ids in its tangle (read-only from its SQLite file). After the last round
 the driver keeps recording (at most :data:`EXTRA_ROUNDS` more) until every live node has
-made ``recovery_merges`` merges since the recovery point, so the accuracy invariant is
-decided on its whole window also for a node restarted late. The scenario's
+reached the target accuracy or made ``recovery_merges`` merges since the recovery point,
+so the accuracy invariant is decided also for a node restarted late. The scenario's
 ``[bounds.processes]`` table sets this driver's bounds (:meth:`Scenario.for_processes`).
 
 What each invariant measures here (bounds from the scenario, as for the memory driver):
@@ -106,8 +106,10 @@ def content_cids(state: Path) -> list[str]:
 
 
 class _Run:
-    def __init__(self, scn: Scenario, out: Path, with_faults: bool, echo, use_netns: bool | None):
+    def __init__(self, scn: Scenario, out: Path, with_faults: bool, echo, use_netns: bool | None,
+                 target: float | None = None):
         self.scn = scn
+        self.target = target
         self.out = out
         self.faults = scn.faults if with_faults else ()
         self.echo = echo
@@ -255,13 +257,18 @@ class _Run:
             time.sleep(TICK)
 
     def _window_done(self, start: int) -> bool:
-        """Whether every live node has made ``recovery_merges`` merges since round ``start``."""
+        """Whether the accuracy invariant is decided for every live node: since round
+        ``start`` it has reached the target accuracy (when known) or made
+        ``recovery_merges`` merges."""
         bound = self.scn.bounds["recovery_merges"]
         for i in self.live():
-            counts = self.merges[self.names[i]]
+            name = self.names[i]
+            counts = self.merges[name]
             before = max((c for r, c in counts.items() if r < start), default=0)
             after = [c for r, c in counts.items() if r >= start]
-            if not after or max(after) - before < bound:
+            reached = self.target is not None and any(
+                a >= self.target for r, a in self.accuracy[name].items() if r >= start)
+            if not reached and (not after or max(after) - before < bound):
                 return False
         return True
 
@@ -383,18 +390,21 @@ class _Run:
 
 
 def simulate_processes(scn: Scenario, workdir: Path, *, with_faults: bool = True, echo=print,
-                       use_netns: bool | None = None) -> SimResult:
+                       use_netns: bool | None = None, target: float | None = None) -> SimResult:
     """Run ``scn`` once on real node processes in ``workdir`` (see the module doc).
 
     ``use_netns``: put the nodes in network namespaces (default: when
     :func:`learnae.local.netns.available`); False forces the fault layer for partitions.
+    ``target``: the accuracy the ``accuracy_recovers`` invariant asks for (from the reference
+    run); after the last round the run ends once every node has reached it or used up its
+    ``recovery_merges``.
     Counters in the result: ``backlog_at_recovery`` (the most transactions a live node lacked
     at the recovery point: above 0 shows a partition really cut the ledger),
     ``fetch_seconds``, ``namespaces`` (1 or 0).
     """
     check_supported(scn)
     workdir.mkdir(parents=True, exist_ok=True)
-    run = _Run(scn, workdir, with_faults, echo, use_netns)
+    run = _Run(scn, workdir, with_faults, echo, use_netns, target)
     try:
         return run.run()
     finally:
