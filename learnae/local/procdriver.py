@@ -142,7 +142,7 @@ class _Run:
         lan = self.lan
         return LocalSwarm(
             out, nodes=self.n, sensors=scn.sensors, dataset=scn.dataset, partition=scn.partition,
-            merge=scn.merge, seed=scn.seed, mesh=True, fetch_timeout=10.0,
+            merge=scn.merge, seed=scn.seed, mesh=True, fetch_timeout=5.0,
             stream_seconds=max(1.0, scn.rounds * scn.round_seconds * 0.6),
             hosts=lan.addresses[:self.n] if lan else None,
             wrap=(lambda i, argv: lan.command(i, argv)) if lan else None,
