@@ -95,7 +95,7 @@ def run_process_demo(out: Path, *, nodes: int = 4, sensors: int = 2, dataset: st
         s = s or {}
         per_node[m.name] = {"accuracy": (s.get("test") or {}).get("accuracy"), "local_only": base["local_only"][i],
                             "epochs": epochs[i], "step": s.get("step"), "merges": s.get("merges"),
-                            "peers": s.get("peers"), "rejections": s.get("rejections"), "exit_code": codes[m.name],
+                            "peers": m.peers_max, "rejections": s.get("rejections"), "exit_code": codes[m.name],
                             "sensor_chunks_adopted": _adopted(s), "sensor_rows_adopted": (s.get("adopt") or {}).get("rows"),
                             "history": m.history}
     by_kind = max((((s or {}).get("ledger") or {}).get("by_kind", {}) for s in statuses),

@@ -123,6 +123,7 @@ class NodeProc:
     rows: int = 0  # a sensor's rows to stream
     down: bool = False  # killed on purpose (a crash the fault harness made)
     history: list[tuple[float, float]] = field(default_factory=list)  # (elapsed s, test accuracy)
+    peers_max: int = 0  # most peers seen in its status while it ran
 
     def status(self) -> dict | None:
         """The node's ``status.json``, or a sensor's queue counters; None before it has any."""
@@ -300,6 +301,7 @@ class LocalSwarm:
         for m in self.members:
             st = None if m.down else m.status()
             self._check_alive(m)
+            m.peers_max = max(m.peers_max, int((st or {}).get("peers") or 0))
             acc = ((st or {}).get("test") or {}).get("accuracy")
             if acc is not None and (not m.history or m.history[-1][1] != acc or now - m.history[-1][0] > 5):
                 m.history.append((round(now, 1), acc))
