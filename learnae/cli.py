@@ -579,7 +579,7 @@ def _json_safe(value: Any) -> Any:
               help="How the training part is split among nodes and sensors.")
 @click.option("--merge", type=click.Choice(["mean", "median", "trimmed", "krum"]), default="mean",
               show_default=True, help="The swarm's merge rule.")
-@click.option("--duration", type=click.FloatRange(1, 3600), default=60, show_default=True,
+@click.option("--duration", type=click.FloatRange(1, 3600), default=30, show_default=True,
               help="Seconds of training before every process is stopped (start-up and baselines come on top).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for the data split and models.")
 @click.option("--in-process", is_flag=True,
