@@ -445,12 +445,7 @@ def test_check_ingest_refusals(swarm, tmp_path):
         err = _expect("unknown-parent", 409, lambda: check_ingest(manifest, tangle, data, tx_far.raw))
         assert err.body()["tips"] == [{"id": swarm.genesis.id, "time": swarm.genesis.time}]
         # a chunk of another schema, honestly announced
-        wrong = _wrong_schema_chunk(swarm)
-        payload = data_payload(cid=content_id(wrong), size=len(wrong), rows=2,
-                               schema={"features": [3], "dtype": "float32", "label_dtype": None,
-                                       "classes": None}, source="x", seq=0)
-        tx_wrong = make_tx(SENSOR, kind="data", payload=payload, parents=[swarm.genesis.id],
-                           swarm=swarm.genesis.id, pow_bits=2)
+        wrong, tx_wrong = _wrong_schema_chunk(swarm)
         _expect("schema", 422, lambda: check_ingest(manifest, tangle, wrong, tx_wrong.raw))
         # a checkpoint is not data
         ck = make_tx(SENSOR, kind="genesis", payload={}, parents=[], swarm=None, pow_bits=2)
@@ -463,11 +458,18 @@ def test_check_ingest_refusals(swarm, tmp_path):
         assert parse_ingest_request(encode_ingest_request(data, tx.raw)) == (data, tx.raw)
 
 
-def _wrong_schema_chunk(swarm) -> bytes:
+def _wrong_schema_chunk(swarm):
+    """A chunk of another schema (3 features, no labels) and its honest data tx by SENSOR."""
     from learnae.formats import Chunk, Schema, encode_chunk
 
     schema = Schema((3,), "float32")
-    return encode_chunk(Chunk(np.zeros((2, 3), np.float32), None, schema, "p", 0, (0, 0)))
+    wrong = encode_chunk(Chunk(np.zeros((2, 3), np.float32), None, schema, "p", 0, (0, 0)))
+    payload = data_payload(cid=content_id(wrong), size=len(wrong), rows=2,
+                           schema={"features": [3], "dtype": "float32", "label_dtype": None,
+                                   "classes": None}, source="x", seq=0)
+    tx = make_tx(SENSOR, kind="data", payload=payload, parents=[swarm.genesis.id],
+                 swarm=swarm.genesis.id, pow_bits=2)
+    return wrong, tx
 
 
 def test_check_ingest_refuses_a_sensor_outside_a_closed_swarm(tmp_path):
@@ -873,12 +875,7 @@ async def test_ingest_refuses_an_oversize_chunk(node_api):
 
 async def test_ingest_refuses_a_chunk_outside_the_schema(node_api):
     made, node, url = node_api
-    wrong = _wrong_schema_chunk(made)
-    payload = data_payload(cid=content_id(wrong), size=len(wrong), rows=2,
-                           schema={"features": [3], "dtype": "float32", "label_dtype": None,
-                                   "classes": None}, source="x", seq=0)
-    tx = make_tx(SENSOR, kind="data", payload=payload, parents=[made.genesis.id],
-                 swarm=made.genesis.id, pow_bits=2)
+    wrong, tx = _wrong_schema_chunk(made)
     await _refused(url, encode_ingest_request(wrong, tx.raw), 422, "schema")
 
 

@@ -80,19 +80,18 @@ def check_supported(scn: Scenario) -> None:
 
 def tangle_ids(state: Path) -> set[str]:
     """The transaction ids in a node's tangle file (read-only; works while the node runs)."""
-    path = state / "tangle.sqlite"
-    for attempt in range(5):
+    def read() -> set[str]:
+        db = sqlite3.connect(f"file:{state / 'tangle.sqlite'}?mode=ro", uri=True, timeout=5)
         try:
-            db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
-            try:
-                return {row[0] for row in db.execute("SELECT id FROM tx")}
-            finally:
-                db.close()
-        except sqlite3.Error:
-            if attempt == 4:
-                raise
-            time.sleep(0.2)
-    return set()
+            return {row[0] for row in db.execute("SELECT id FROM tx")}
+        finally:
+            db.close()
+
+    for _ in range(4):  # e.g. the file is still being created
+        with contextlib.suppress(sqlite3.Error):
+            return read()
+        time.sleep(0.2)
+    return read()
 
 
 def content_cids(state: Path) -> list[str]:
