@@ -36,6 +36,7 @@ async def test_repo_config_is_private(tmp_path, swarm_key):
         assert cfg["Bootstrap"] == []
         assert cfg["Routing"]["Type"] == "none"
         assert cfg["Discovery"]["MDNS"]["Enabled"] is False
+        assert cfg["Experimental"]["StrategicProviding"] is True  # no provider system at all
         assert cfg["Addresses"]["Swarm"] == ["/ip4/127.0.0.1/tcp/0"]
         net = cfg["Swarm"]["Transports"]["Network"]
         assert net["TCP"] and not any(net[k] for k in ("QUIC", "WebTransport", "Websocket", "Relay"))

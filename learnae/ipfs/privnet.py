@@ -68,8 +68,12 @@ def private_config(config: dict, host: str = "127.0.0.1", port: int = 0) -> dict
         "DisableNatPortMap": True,
     })
     cfg["Swarm"] = swarm
-    # Peers are connected explicitly; nothing to provide to a DHT that does not exist.
+    # Peers are connected explicitly; nothing to provide to a DHT that does not exist. The
+    # interval stops reprovides only; Kubo 0.22 still queues a provide for every block added
+    # (CPU, and a "falling behind DHT reprovides" banner on stderr) unless strategic providing
+    # swaps the provider system for a no-op one.
     cfg["Reprovider"] = {"Interval": "0"}
+    cfg["Experimental"] = {**cfg.get("Experimental", {}), "StrategicProviding": True}
     # Throughput: Kubo 0.22 lets a peer have only 1 MiB of blocks in flight to another;
     # checkpoints are tens of MB, so allow 32 MiB and more bitswap workers.
     cfg["Internal"] = {"Bitswap": {"MaxOutstandingBytesPerPeer": 32 << 20, "TaskWorkerCount": 16,
