@@ -308,7 +308,11 @@ def set_weights(model: keras.Model, weights: Mapping[str, np.ndarray]) -> None:
             raise NonFiniteError(f"weight {path!r} holds NaN or infinite values")
         values.append((v, a.astype(dtype, copy=False)))
     for v, a in values:
-        v.assign(a)
+        # Everything is checked and cast above, so write the TensorFlow variable behind the
+        # Keras one directly, without reading it back: one eager op per weight instead of
+        # Keras's four (convert, cast, assign, read), a third of the time for a small model.
+        # (``v.value`` is the tf.Variable on the TensorFlow backend, outside autocast scopes)
+        v.value.assign(a, read_value=False)
 
 
 # --------------------------------------------------------------------------- training
