@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 
@@ -46,6 +47,24 @@ def test_take_offer_waits_up_to_its_timeout():
     assert bridge.take_offer(timeout=0.05) is None
     threading.Timer(0.05, bridge.offer_checkpoint, [_offer(7, 1)]).start()
     assert bridge.take_offer(timeout=10).step == 7
+
+
+def test_a_pull_bridge_wants_an_offer_only_while_its_node_waits_for_one():
+    assert QueueBridge().wants_offer()  # the default bridge always does
+    bridge = QueueBridge(pull=True)
+    assert not bridge.wants_offer()
+    got = []
+    taker = threading.Thread(target=lambda: got.append(bridge.take_offer(timeout=10)))
+    taker.start()
+    deadline = time.monotonic() + 10
+    while not bridge.wants_offer() and time.monotonic() < deadline:
+        time.sleep(0.001)
+    assert bridge.wants_offer()
+    bridge.offer_checkpoint(_offer(3, 5))
+    taker.join(10)
+    assert got[0].step == 3 and not bridge.wants_offer()
+    bridge.offer_checkpoint(_offer(4, 5))  # an offer is still accepted while nobody waits
+    assert bridge.take_offer().step == 4 and not bridge.wants_offer()
 
 
 def test_put_merged_replaces_an_unloaded_set():

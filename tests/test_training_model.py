@@ -7,6 +7,8 @@ import json
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 from typing import Any
 
 import numpy as np
@@ -370,6 +372,37 @@ def test_a_bridge_that_never_answers_does_not_block_fit(digits):
     latest = bridge.take_offer()
     assert latest.step == steps // 2 * 2 and latest.samples == latest.total_samples
     assert bridge.take_offer() is None
+
+
+def test_a_pull_bridge_gets_a_snapshot_only_when_its_node_is_ready(digits):
+    train = digits.train
+    model = small_model()
+    bridge = QueueBridge(pull=True)
+    swarm = SwarmCallback(bridge, batch_size=32, sync_every=2, samples_per_epoch=len(train))
+    taken: list[Offer] = []
+    done = threading.Event()
+
+    def node():  # publishing takes 20 ms, about 10 batches here
+        while not done.is_set():
+            offer = bridge.take_offer(timeout=0.05)
+            if offer is not None:
+                taken.append(offer)
+                time.sleep(0.02)
+
+    thread = threading.Thread(target=node)
+    thread.start()
+    try:
+        model.fit(train.x, train.y, batch_size=32, epochs=5, verbose=0, callbacks=[swarm])
+    finally:
+        done.set()
+        thread.join(10)
+    steps = 5 * -(-len(train) // 32)
+    assert swarm.step == steps
+    assert 2 <= swarm.offers < steps // 4  # offers due while the node was busy waited for it
+    assert bridge.offers_replaced == 0 and len(taken) + len(bridge.outbox.queue) == swarm.offers
+    assert all(b.step - a.step >= 2 for a, b in zip(taken, taken[1:], strict=False))
+    pending = sum(o.samples for o in bridge.outbox.queue)  # an offer the node did not take
+    assert sum(o.samples for o in taken) + pending + swarm._pending_samples == 5 * len(train)
 
 
 class Declining(SwarmBridge):

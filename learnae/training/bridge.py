@@ -101,9 +101,19 @@ class SwarmBridge(ABC):
     def take_merged(self) -> Merged | None:
         """Return merged weights ready to load, or None at once if there are none."""
 
+    def wants_offer(self) -> bool:
+        """Whether the node would take an offer now (must return at once).
+
+        An offer is due every ``sync_every`` batches; the callback makes it at the first batch
+        boundary at which this is True, and keeps counting until then. A snapshot copies every
+        weight on the training thread, so a bridge that knows its node is busy can say so here
+        and save snapshots that would be replaced unread. This default always says yes.
+        """
+        return True
+
 
 class QueueBridge(SwarmBridge):
-    """Two one-slot queues with replace-latest semantics.
+    """Two one-slot queues with replace-latest semantics, or offers on request (``pull``).
 
     ``outbox`` (Keras -> node) and ``inbox`` (node -> Keras) are ``queue.Queue(maxsize=1)``.
     Putting into a full slot replaces what is there, so each side always finds the freshest
@@ -118,15 +128,25 @@ class QueueBridge(SwarmBridge):
     Node side: :meth:`take_offer` (non-blocking by default; give a timeout to wait in a worker
     thread, e.g. via ``asyncio.to_thread``) and :meth:`put_merged`.
 
+    With ``pull=True`` (what :class:`~learnae.node.TrainerNode` uses), :meth:`wants_offer` is
+    True only while the node waits in :meth:`take_offer` (with a timeout) and no offer is
+    queued: the callback snapshots the weights when the node is ready to publish them, not
+    while it is still busy with the previous checkpoint. The node then gets the freshest
+    weights and the training thread makes no snapshot that would be replaced unread (on 2 CPUs
+    with digits and an offer due every 10 batches, two thirds of them were). A node that
+    only polls with ``take_offer(0)`` must not use ``pull``: it would never be offered one.
+
     Counters (ints, for logs and tests): ``offers`` and ``offers_replaced`` (offers put and
     replaced before being taken), ``merged_put`` and ``merged_replaced``.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, pull: bool = False) -> None:
         self.outbox: queue.Queue[Offer] = queue.Queue(maxsize=1)
         self.inbox: queue.Queue[Merged] = queue.Queue(maxsize=1)
         self._out_lock = threading.Lock()  # serializes producers of each slot, so that a
         self._in_lock = threading.Lock()  # get-then-put replacement cannot race another put
+        self.pull = pull
+        self._waiting = 0  # take_offer calls blocked in the outbox (node side)
         self.offers = 0
         self.offers_replaced = 0
         self.merged_put = 0
@@ -152,14 +172,24 @@ class QueueBridge(SwarmBridge):
         except queue.Empty:
             return None
 
+    def wants_offer(self) -> bool:
+        return not self.pull or (self._waiting > 0 and self.outbox.empty())
+
     # ------------------------------------------------------------------ node side
     def take_offer(self, timeout: float | None = 0.0) -> Offer | None:
         """The latest offer, or None if none arrives within ``timeout`` seconds
-        (0: do not wait; None: wait as long as it takes)."""
+        (0: do not wait; None: wait as long as it takes). While it waits, a ``pull`` bridge
+        asks the callback for an offer."""
         try:
             if timeout == 0:
                 return self.outbox.get_nowait()
-            return self.outbox.get(timeout=timeout)
+            with self._out_lock:
+                self._waiting += 1
+            try:
+                return self.outbox.get(timeout=timeout)
+            finally:
+                with self._out_lock:
+                    self._waiting -= 1
         except queue.Empty:
             return None
 

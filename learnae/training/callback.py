@@ -8,11 +8,12 @@ A user (or the node) adds it to an ordinary ``fit``::
 
 At every batch boundary it does two things, both without waiting for the network:
 
-1. every ``sync_every`` batches, it hands a snapshot of the weights (copies, by path) and the
-   local step/sample counts to ``bridge.offer_checkpoint`` (:class:`~learnae.training.bridge.Offer`);
+1. every ``sync_every`` batches, as soon as ``bridge.wants_offer()`` (at once with the
+   default bridge), it hands a snapshot of the weights (copies, by path) and the local
+   step/sample counts to ``bridge.offer_checkpoint`` (:class:`~learnae.training.bridge.Offer`);
 2. it asks ``bridge.take_merged()`` for merged weights and, when there are some, loads them
-   into the model before the next batch (the offer, if due, is taken first, so a snapshot is
-   always of locally trained weights).
+   into the model before the next batch (an offer made at the same boundary is taken first;
+   the next offer names the merged set in ``Offer.merged``).
 
 Importing this module imports Keras (the callback subclasses ``keras.callbacks.Callback``).
 """
@@ -56,8 +57,9 @@ class SwarmCallback(keras.callbacks.Callback):
     Counting: the local step counts batches (``fit`` with ``steps_per_execution > 1`` reports
     several at once; they are all counted, up to the epoch's number of steps when Keras knows
     it). Keras then calls the callback only at execution boundaries, so an offer due at a
-    multiple of ``sync_every`` is made at the first boundary at or after it, and merged
-    weights wait for the next boundary. Samples are ``batch_size`` per batch; when
+    multiple of ``sync_every`` is made at the first boundary at or after it at which the
+    bridge wants one (:meth:`SwarmBridge.wants_offer`; offers due meanwhile make one), and
+    merged weights wait for the next boundary. Samples are ``batch_size`` per batch; when
     ``samples_per_epoch`` is given (the number of training rows when ``fit`` gets arrays),
     the last, partial batch of each epoch counts exactly what it holds.
 
@@ -118,6 +120,7 @@ class SwarmCallback(keras.callbacks.Callback):
         self.offer_seconds = self.load_seconds = 0.0
         self._pending_samples = 0  # since the last accepted offer
         self._pending_tags: list[Any] = []
+        self._due = False  # an offer is due and waits for the bridge to want one
         self._last_batch = -1
         self._epoch_samples = 0
 
@@ -142,6 +145,9 @@ class SwarmCallback(keras.callbacks.Callback):
         self.samples += added
         self._pending_samples += added
         if self.step // self.sync_every > before // self.sync_every:
+            self._due = True
+        if self._due and self.bridge.wants_offer():
+            self._due = False
             start = time.perf_counter()
             self._offer()
             self.offer_seconds += time.perf_counter() - start
