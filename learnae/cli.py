@@ -704,6 +704,9 @@ def _node_config_file(ctx: click.Context, _param: click.Parameter, path: str | N
 @click.option("--seed", type=int, default=None, help="Model initialization seed (default: random).")
 @click.option("--wait-peers", type=click.IntRange(0), default=0, show_default=True,
               help="Wait until this many peers are connected before training.")
+@click.option("--network-nice", type=click.IntRange(0, 19), default=10, show_default=True,
+              help="Run the network side (publishing, merging, IPFS) this many nice steps below "
+                   "training, so training comes first when the CPU is short (Linux; 0: same priority).")
 @click.option("--adopt", default="all", show_default=True, metavar="all|AUTHORS.txt|none",
               help="Sensors' data chunks to train on: all, none, or those by the authors listed in a file"
                    " (one author key, hex, or author id z6Mk... a line).")
@@ -712,8 +715,8 @@ def _node_config_file(ctx: click.Context, _param: click.Parameter, path: str | N
               help="Fault harness only: apply the fault layer's rules from this control file.")
 def node_run(invite_path: Path, state: Path, data_spec: str, listen: str | None, peers: tuple[str, ...], ipfs: str,
              api: str, threads: int, keep: int, k: int, fetch_timeout: float, sync_every: str | None,
-             epochs: int | None, seed: int | None, wait_peers: int, adopt: str, quiet: bool,
-             fault_control: Path | None) -> None:
+             epochs: int | None, seed: int | None, wait_peers: int, network_nice: int, adopt: str,
+             quiet: bool, fault_control: Path | None) -> None:
     """Train with the swarm until stopped (Ctrl-C or SIGTERM publishes a final checkpoint).
 
     Progress is one line per epoch: step, loss, accuracy (own held-out data and the
@@ -738,8 +741,8 @@ def node_run(invite_path: Path, state: Path, data_spec: str, listen: str | None,
         config = NodeConfig(invite=Invite.load(invite_path), state=state, data=DataSpec.parse(data_spec),
                             listen=listen, peers=peers, ipfs=ipfs, api=None if api == "off" else api,
                             threads=threads, keep=keep, k=k, fetch_timeout=fetch_timeout, epochs=epochs,
-                            seed=seed, sync_every=sync_every, wait_peers=wait_peers, adopt=adopt, progress=None if quiet else progress,
-                            fault_control=fault_control)
+                            seed=seed, sync_every=sync_every, wait_peers=wait_peers, network_nice=network_nice,
+                            adopt=adopt, progress=None if quiet else progress, fault_control=fault_control)
         node = TrainerNode(config)
         click.echo(f"learnae node: swarm {config.invite.name} ({config.invite.genesis[:16]}…), state {state}")
         raise SystemExit(node.run())

@@ -26,8 +26,11 @@ The state directory holds everything a restart needs (:func:`state_paths`): the 
 key, the tangle, the IPFS repo, the last published checkpoint and its step/sample counts.
 SIGINT or SIGTERM stops training after the current batch, publishes a final checkpoint and
 closes everything in order. Resources are bounded: TensorFlow threads
-(:func:`~learnae.training.model.configure_threads`), and disk: the node keeps only its last
-``keep`` checkpoints pinned and fetched peer checkpoints are never pinned.
+(:func:`~learnae.training.model.configure_threads`); CPU: on Linux the network side runs
+``network_nice`` steps nicer than training (:func:`lower_thread_priority`), so where the
+CPU is short, training comes first and the network side publishes and merges less often;
+and disk: the node keeps only its last ``keep`` checkpoints pinned and fetched peer
+checkpoints are never pinned.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ import logging
 import os
 import queue
 import signal
+import sys
 import threading
 import time
 from collections import Counter, deque
@@ -63,13 +67,14 @@ from learnae.training.data import DataSpec
 
 log = logging.getLogger("learnae.node")
 
-__all__ = ["NodeConfig", "TrainerNode", "fetch_peer_checkpoint", "merge_contributions",
-           "parse_adopt", "publish_checkpoint", "state_paths"]
+__all__ = ["NodeConfig", "TrainerNode", "fetch_peer_checkpoint", "lower_thread_priority",
+           "merge_contributions", "parse_adopt", "publish_checkpoint", "state_paths"]
 
 DEFAULT_KEEP = 3
 DEFAULT_K = 4
 DEFAULT_FETCH_TIMEOUT = 20.0
 DEFAULT_STALE = 600.0
+DEFAULT_NETWORK_NICE = 10
 METRICS_INTERVAL = 2.0  # seconds between metric evaluations / progress lines
 FIT_EPOCHS = 100  # epochs per model.fit call
 ADOPT_TRIES = 3  # fetch attempts for a data chunk before it is refused
@@ -155,6 +160,32 @@ def _write_bytes(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+def lower_thread_priority(increment: int) -> int | None:
+    """Make the calling thread ``increment`` steps nicer (at most 19); return its nice value.
+
+    On Linux the nice value belongs to each thread, not to the process (setpriority(2),
+    "BUGS"), and a thread starts with its creator's: the node calls this first thing in its
+    network thread, so the event loop, its worker threads and the threads Kubo starts from
+    there all run nicer than the Keras thread, which keeps the process's priority. Where
+    the CPU is short, the scheduler then gives training the larger share.
+
+    Returns:
+        The thread's nice value afterwards, or None where nothing changed: ``increment`` is
+        0 or less, the platform is not Linux (elsewhere nice values are per process), or the
+        call was refused (logged).
+    """
+    if increment <= 0 or not sys.platform.startswith("linux"):
+        return None
+    tid = threading.get_native_id()
+    try:
+        nice = min(19, os.getpriority(os.PRIO_PROCESS, tid) + increment)
+        os.setpriority(os.PRIO_PROCESS, tid, nice)
+    except OSError as exc:
+        log.info("could not lower the network thread's priority: %s", exc)
+        return None
+    return nice
+
+
 # ------------------------------------------------------------------ shared pieces (demo too)
 async def publish_checkpoint(ipfs: IpfsNode, sync: TangleSync, identity: Identity, *,
                              weights: Mapping[str, np.ndarray], step: int, samples: int,
@@ -230,6 +261,8 @@ class NodeConfig:
             ``"epoch"``: once per epoch, so that each checkpoint's ``samples`` is the size of the
             node's data and a sample-weighted merge weighs nodes by their data (as FedAvg).
         wait_peers: before training, wait until this many IPFS peers are connected.
+        network_nice: run the network side this many nice steps below training (Linux; 0:
+            the same priority). See :func:`lower_thread_priority`.
         callbacks: more Keras callbacks for ``fit``, run before the swarm's (e.g. timers).
         progress: called with a one-line progress text (on the training thread).
         adopt: which sensors' ``data`` chunks join the training pool: ``all``, ``none``, or
@@ -254,6 +287,7 @@ class NodeConfig:
     seed: int | None = None
     sync_every: int | str | None = None
     wait_peers: int = 0
+    network_nice: int = DEFAULT_NETWORK_NICE
     callbacks: tuple[Any, ...] = ()
     progress: Callable[[str], None] | None = None
     adopt: str = "all"
@@ -285,7 +319,7 @@ class TrainerNode:
         self.manifest = config.invite.manifest()
         self.state = Path(config.state)
         self.paths = state_paths(self.state)
-        self.bridge = QueueBridge()
+        self.bridge = QueueBridge(pull=True)  # snapshots when the network side is ready
         self.rejections: Counter[str] = Counter()
         self.errors: Counter[str] = Counter()
         self.step = 0
@@ -433,6 +467,9 @@ class TrainerNode:
             self._cb = cb
             while len(self.peers) < cfg.wait_peers and not stop.wait(0.2):
                 pass
+            # the starting weights' metrics (fresh or resumed) before the first batch; this also
+            # makes the first inference call, which costs ten evaluations, outside training
+            self._report(evaluate, float("nan"))
             import keras
 
             node = self
@@ -599,7 +636,8 @@ class TrainerNode:
         return np.concatenate([x, *xs]), np.concatenate([y, *ys])
 
     def _report(self, evaluate, loss: float) -> None:
-        """Metrics at an epoch's end, and the progress line (training thread)."""
+        """Metrics (before training, then at an epoch's end), and the progress line (training
+        thread)."""
         if loss == loss:  # not NaN: remember it for the final line
             self._loss = loss
         loss = self._loss
@@ -610,7 +648,7 @@ class TrainerNode:
         if self.config.progress is not None:
             cb = self._cb
             self.config.progress(
-                f"epoch {self.epoch} step {cb.step} loss {loss:.4f}"
+                f"epoch {self.epoch} step {cb.step} loss {f'{loss:.4f}' if loss == loss else '-'}"
                 f" acc {self.metrics['accuracy']:.3f} test {self.test_metrics['accuracy']:.3f}"
                 f" peers {len(self.peers)} merges {self.merges} published {self.published}"
                 f" rejected {sum(self.rejections.values())}")
@@ -626,6 +664,7 @@ class TrainerNode:
 
     # --------------------------------------------------------------- network thread
     def _network_thread(self) -> None:
+        lower_thread_priority(self.config.network_nice)  # before it starts any thread
         loop = asyncio.new_event_loop()
         self.loop = loop
         asyncio.set_event_loop(loop)

@@ -134,6 +134,18 @@ def _alone_accuracy(i: int, n: int, epochs: int) -> float:
     return evaluate(model, splits.test.x, splits.test.y)["accuracy"]
 
 
+def _thread_nice(pid: int) -> dict[int, int]:
+    """Thread id -> nice value of every thread of process ``pid`` (Linux /proc)."""
+    out = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            stat = (task / "stat").read_text()
+        except OSError:  # the thread ended
+            continue
+        out[int(task.name)] = int(stat[stat.rindex(")") + 2:].split()[16])  # field 19: nice
+    return out
+
+
 def test_three_nodes_share_merge_and_beat_training_alone(tmp_path):
     epochs = 40
     nodes = Nodes(tmp_path, 3)
@@ -143,6 +155,11 @@ def test_three_nodes_share_merge_and_beat_training_alone(tmp_path):
         # all train side by side until each has done `epochs`, then all stop together
         nodes.wait(lambda: all((s := nodes.status(i)) and s["epoch"] >= epochs for i in range(3)), 100,
                    f"every node past {epochs} epochs")
+        # training (the main thread) keeps the process's priority; the network side runs nicer
+        pid = nodes.procs[0].pid
+        nice = _thread_nice(pid)
+        others = {v for tid, v in nice.items() if tid != pid}
+        assert min(19, nice[pid] + 10) in others, nice
         for proc in nodes.procs.values():
             proc.send_signal(signal.SIGTERM)
         codes = [nodes.terminate(i, signal_sent=True) for i in range(3)]

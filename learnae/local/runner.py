@@ -237,7 +237,10 @@ class LocalSwarm:
                 "--listen", f"{self.hosts[i]}:{m.port}", "--api", f"127.0.0.1:{m.api_port}",
                 "--seed", str(self.seed), "--threads", str(self.threads),
                 "--fetch-timeout", str(self.fetch_timeout), "--sync-every", str(self.sync_every),
-                "--wait-peers", "1" if self.n > 1 else "0", *peers, *self.extra_args(i)]
+                "--wait-peers", "1" if self.n > 1 else "0",
+                # one machine stands for many here: every node's network side is one machine's, so
+                # it must not yield the CPU to the other nodes' training
+                "--network-nice", "0", *peers, *self.extra_args(i)]
 
     def sensor_argv(self, j: int) -> list[str]:
         """The command line of sensor ``j``: its CSV paced over ``stream_seconds``, posted to
