@@ -1,13 +1,14 @@
 """Benchmark of the trainer node: the swarm's cost to training, and merging big checkpoints.
 
-Usage: python bench/node.py [--digits-epochs 30] [--big-epochs 10] [--peers 4] [--repeat 20]
+Usage: python bench/node.py [--digits-epochs 100] [--big-epochs 30] [--peers 4] [--repeat 20]
 
 1. Overhead: for ``digits-mlp`` (4,810 parameters) and ``mlp-1m`` (1,053,194), a swarm of
    two nodes on digits (Dirichlet(0.5) shards, embedded Kubo on 127.0.0.1): a peer node in a
-   separate process (``learnae node run``) and the measured node in this process
-   (:class:`learnae.node.TrainerNode`, checkpoint every 10 batches). Over the training
-   loop's wall time (first execution ends -> last ends: the first traces the train
-   function) it prints:
+   separate process (``learnae node run``), started first, and once it has published a
+   checkpoint, the measured node in this process (:class:`learnae.node.TrainerNode`, a
+   checkpoint due every 10 batches, the network side at its default priority, 10 nice steps
+   below training; digits also once at training's priority). Over the training loop's wall
+   time (first execution ends -> last ends: the first traces the train function) it prints:
 
    - in batches: a timer callback's ``on_train_batch_begin`` -> ``on_train_batch_end``
      (it runs before the swarm callback, so the swarm's work is outside);
@@ -33,6 +34,7 @@ Usage: python bench/node.py [--digits-epochs 30] [--big-epochs 10] [--peers 4] [
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import statistics
@@ -107,7 +109,25 @@ def baselines(model: str, epochs: int, spec: str, manifest: Manifest) -> list[di
     return out
 
 
-def overhead(model: str, epochs: int, tmp: Path) -> dict:
+def _wait_for_checkpoint(peer: subprocess.Popen, state: Path, timeout: float = 300.0) -> None:
+    """Wait until the peer node has published a checkpoint (its ``status.json``)."""
+    from learnae.node import state_paths
+
+    status, deadline = state_paths(state)["status"], time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if peer.poll() is not None:
+            raise SystemExit(f"the peer node exited with status {peer.returncode} before publishing")
+        try:
+            if json.loads(status.read_text()).get("published", 0) >= 1:
+                return
+        except (OSError, ValueError):
+            pass  # not written yet, or caught mid-write
+        time.sleep(0.2)
+    raise SystemExit(f"the peer node published no checkpoint within {timeout:.0f} s")
+
+
+def overhead(model: str, epochs: int, tmp: Path, network_nice: int | None = None,
+             with_baselines: bool = True) -> dict:
     from learnae.manifest import Invite
     from learnae.node import NodeConfig, TrainerNode
     from learnae.training.data import DataSpec
@@ -126,11 +146,13 @@ def overhead(model: str, epochs: int, tmp: Path) -> dict:
          "--state", str(states[1]), "--data", spec.format(1), "--listen", f"127.0.0.1:{ports[1]}",
          "--peer", addrs[0], "--quiet", "--api", "off"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _wait_for_checkpoint(peer, states[1])  # so peer checkpoints arrive from the first batch on
 
     timer = timer_callback()
     node = TrainerNode(NodeConfig(invite=Invite.load(invite_path), state=states[0], data=DataSpec.parse(spec.format(0)),
                                   listen=f"127.0.0.1:{ports[0]}", peers=(addrs[1],), api=None, epochs=epochs,
-                                  wait_peers=1, seed=0, callbacks=(timer,)))
+                                  wait_peers=1, seed=0, callbacks=(timer,),
+                                  **({} if network_nice is None else {"network_nice": network_nice})))
     report = node._report
     reports: list[tuple[float, float]] = []  # (start, seconds) of each metric evaluation
 
@@ -156,13 +178,14 @@ def overhead(model: str, epochs: int, tmp: Path) -> dict:
     metrics = sum(d for t, d in reports if timer.first <= t < timer.last)  # not the final one
     cb = node._cb
     swarm = cb.offer_seconds + cb.load_seconds
-    return {"model": model, "epochs": epochs, "batches": timer.batches, "wall_s": wall,
+    return {"model": model, "network_nice": node.config.network_nice, "epochs": epochs,
+            "batches": timer.batches, "wall_s": wall,
             "compute_s": timer.compute, "outside_share": 1 - timer.compute / wall,
             "swarm_share": swarm / wall, "offer_s": cb.offer_seconds, "load_s": cb.load_seconds,
             "metrics_share": metrics / wall,
             "published": node.published, "merges": node.merges, "offers": cb.offers,
             "loaded": cb.applied, "rejections": dict(node.rejections),
-            "baselines": baselines(model, epochs, spec.format(0), manifest)}
+            "baselines": baselines(model, epochs, spec.format(0), manifest) if with_baselines else []}
 
 
 def _shapes(model: str) -> dict[str, tuple[int, ...]]:
@@ -223,8 +246,8 @@ def _ms(t: dict) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--digits-epochs", type=int, default=30)
-    parser.add_argument("--big-epochs", type=int, default=10)
+    parser.add_argument("--digits-epochs", type=int, default=100)
+    parser.add_argument("--big-epochs", type=int, default=30)
     parser.add_argument("--peers", type=int, default=4)
     parser.add_argument("--repeat", type=int, default=20)
     args = parser.parse_args()
@@ -238,11 +261,14 @@ def main() -> int:
     for rule in RULES:
         total = {k: m[rule][k] + m["decode"]["median"] for k in ("median", "min", "max")}
         print(f"  merge {rule:9} {_ms(m[rule])}; with decoding {total['median'] * 1e3:.0f} ms")
-    for model, epochs in (("digits-mlp", args.digits_epochs), ("mlp-1m", args.big_epochs)):
+    runs = (("digits-mlp", args.digits_epochs, None), ("digits-mlp", args.digits_epochs, 0),
+            ("mlp-1m", args.big_epochs, None))
+    for model, epochs, nice in runs:
         with tempfile.TemporaryDirectory(prefix="learnae-bench-node-") as tmp:
-            r = overhead(model, epochs, Path(tmp))
+            r = overhead(model, epochs, Path(tmp), network_nice=nice, with_baselines=nice is None)
         rest = r["outside_share"] - r["swarm_share"] - r["metrics_share"]
-        print(f"{r['model']}: {r['batches']} batches in {r['wall_s']:.2f} s; outside batches"
+        print(f"{r['model']}, network side {r['network_nice']} nice steps below training:"
+              f" {r['batches']} batches in {r['wall_s']:.2f} s; outside batches"
               f" {r['outside_share'] * 100:.1f}% of wall time (target <= 10%) = swarm {r['swarm_share'] * 100:.1f}%"
               f" (offers {r['offer_s'] * 1e3:.0f} ms, loads {r['load_s'] * 1e3:.0f} ms)"
               f" + metrics {r['metrics_share'] * 100:.1f}% + rest {rest * 100:.1f}%;"
