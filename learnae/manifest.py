@@ -521,9 +521,10 @@ class Manifest:
         _int("sync_every", self.sync_every, 1, 1_000_000)
         put("sync_interval", _number("sync_interval", self.sync_interval, 86400.0))
         _int("pow_bits", self.pow_bits, 0, MAX_POW_BITS)
-        put("admission", _check_admission(self.admission))
-        if self.admission != ADMISSION_OPEN:
-            put("_keys", frozenset(parse_author_id(a) for a in self.admission))
+        admission, keys = _check_admission(self.admission)
+        put("admission", admission)
+        if keys is not None:
+            put("_keys", keys)
         put("created", _now_ms() if self.created is None else
             _int("created (ms since the epoch)", self.created, 0, 2**63 - 1))
         size = len(libipld.encode_dag_cbor(self.to_payload()))
@@ -620,24 +621,26 @@ def _check_merge_params(params: Any) -> dict[str, Any]:
     return dict(params)
 
 
-def _check_admission(value: Any) -> str | tuple[str, ...]:
+def _check_admission(value: Any) -> tuple[str | tuple[str, ...], frozenset[bytes] | None]:
+    """The admission value as stored (``"open"`` or a tuple of author ids) and the admitted
+    public keys (None for an open swarm), each author id parsed once."""
     if value == ADMISSION_OPEN:
-        return ADMISSION_OPEN
+        return ADMISSION_OPEN, None
     if isinstance(value, str) or not isinstance(value, list | tuple):
         raise ConfigError(f"manifest admission must be 'open' or a list of author ids, got {value!r}")
     if not 1 <= len(value) <= MAX_ADMISSION:
         raise ConfigError(f"manifest admission list must hold 1 to {MAX_ADMISSION} author ids"
                           " (use 'open' to admit everyone)")
-    seen: set[str] = set()
+    keys: dict[str, bytes] = {}
     for i, aid in enumerate(value):
         try:
-            parse_author_id(aid)
+            key = parse_author_id(aid)
         except IdentityError as exc:
             raise ConfigError(f"manifest admission[{i}]: {exc.reason}") from None
-        if aid in seen:
+        if aid in keys:
             raise ConfigError(f"manifest admission lists {aid} twice")
-        seen.add(aid)
-    return tuple(value)
+        keys[aid] = key
+    return tuple(value), frozenset(keys.values())
 
 
 # --------------------------------------------------------------------------- genesis
