@@ -400,7 +400,9 @@ def test_a_pull_bridge_gets_a_snapshot_only_when_its_node_is_ready(digits):
     assert swarm.step == steps
     assert 2 <= swarm.offers < steps // 4  # offers due while the node was busy waited for it
     assert bridge.offers_replaced == 0 and len(taken) + len(bridge.outbox.queue) == swarm.offers
-    assert all(b.step - a.step >= 2 for a, b in zip(taken, taken[1:], strict=False))
+    # at most one offer per multiple of sync_every crossed (a deferred offer made at step 7
+    # may be followed by the one due at 8 when the node is ready again by then)
+    assert all(b.step // 2 > a.step // 2 for a, b in zip(taken, taken[1:], strict=False))
     pending = sum(o.samples for o in bridge.outbox.queue)  # an offer the node did not take
     assert sum(o.samples for o in taken) + pending + swarm._pending_samples == 5 * len(train)
 
