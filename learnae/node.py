@@ -12,8 +12,10 @@ through its RPC API), the swarm's tangle and its syncer, and a Keras training lo
   names the peer checkpoints merged since the previous one -> gossip), then merges: up to
   ``k`` of the freshest peer checkpoints announced since the last merge (one per author,
   not stale), each fetched by CID with a timeout and a size bound, decoded against the
-  model's names, shapes and dtypes, and merged with the manifest's rule. Every failure is
-  counted by code (:attr:`TrainerNode.rejections`) and never stops the node.
+  model's names, shapes and dtypes, and merged with the manifest's rule; the training side
+  adds the merge's displacement from the offered snapshot to its current weights
+  (:attr:`~learnae.training.bridge.Merged.delta`), keeping the batches trained meanwhile.
+  Every failure is counted by code (:attr:`TrainerNode.rejections`) and never stops the node.
 - Data adoption (``--adopt all|AUTHORS.txt|none``): the network side watches the tangle for
   ``data`` txs by admitted authors, fetches each chunk by CID (timeout, the manifest's chunk
   size limit), decodes it against the swarm's schema and hands the rows to the training side
@@ -881,18 +883,25 @@ class TrainerNode:
             return None
         own = Contribution(offer.weights, samples=offer.samples, age=offer.step,
                            author=self.identity.public_key.hex())
-        result = await asyncio.to_thread(merge_contributions, self.manifest, own, peers)
+        result, delta = await asyncio.to_thread(self._merge_with, own, peers)
         for author, code, reason in result.rejected:
             self.rejections[code] += 1
             used_tx.pop(author, None)
             log.info("peer checkpoint by %s refused (%s): %s", author[:12], code, reason)
         if not used_tx:
             return None
-        merged = Merged(result.weights, tuple(used_tx.values()))
+        merged = Merged(result.weights, tuple(used_tx.values()), delta=delta)
         if put:
             self.bridge.put_merged(merged)
         self.merges += 1
         return merged
+
+    def _merge_with(self, own: Contribution, peers: list[Contribution]) -> tuple[MergeResult, dict]:
+        """Merge (worker thread), and the merge's displacement from the own snapshot, which the
+        training side adds to its current weights (:attr:`Merged.delta`)."""
+        result = merge_contributions(self.manifest, own, peers)
+        return result, {k: np.subtract(w, own.weights[k], dtype=own.weights[k].dtype)
+                        for k, w in result.weights.items()}
 
     async def _final_merge(self, final: Offer) -> Merged | None:
         """Merge ``final`` with the freshest checkpoint of every peer (not stale), waiting for

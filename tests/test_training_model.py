@@ -225,6 +225,17 @@ def test_set_weights_checks_everything_before_assigning():
     assert all(not w.any() and w.dtype == np.float32 for w in get_weights(model).values())
 
 
+def test_set_weights_can_add_to_the_current_weights():
+    model = small_model()
+    before = get_weights(model)
+    step = {n: np.full(w.shape, 0.5, np.float64) for n, w in before.items()}
+    set_weights(model, step, add=True)
+    assert all(np.allclose(w, before[n] + 0.5) for n, w in get_weights(model).items())
+    with pytest.raises(NonFiniteError):
+        set_weights(model, {**step, list(step)[0]: np.full(before[list(step)[0]].shape, np.inf)}, add=True)
+    assert all(np.allclose(w, before[n] + 0.5) for n, w in get_weights(model).items())
+
+
 # --------------------------------------------------------------------------- training
 def test_digits_mlp_trains_above_90_percent(digits):
     train, hold, test = digits
@@ -346,6 +357,30 @@ def test_merged_weights_are_loaded_at_the_next_batch_boundary(digits):
     assert not any(w.any() for w in seen[4].values())  # loaded at batch 4's boundary
     assert any(w.any() for w in seen[5].values())  # and training went on from them
     assert offers[0].step == 5 and offers[0].merged == ("merge-1",)
+
+
+def test_a_merge_delta_keeps_what_was_trained_since_the_snapshot(digits):
+    train = digits.train
+    model = small_model()
+    bridge = QueueBridge()
+    swarm = SwarmCallback(bridge, batch_size=32, sync_every=1000)
+    seen = {}
+
+    def node(n):  # right before the boundary of batch 4: a merge that moves every weight by 1
+        if n == 4:
+            w = get_weights(model)
+            seen["before"] = w
+            bridge.put_merged(Merged({k: v + 1 for k, v in w.items()}, tag="m",
+                                     delta={k: np.ones_like(v) for k, v in w.items()}))
+
+    def record(n):
+        if n == 4:
+            seen["after"] = get_weights(model)
+
+    model.fit(train.x, train.y, batch_size=32, epochs=1, steps_per_epoch=6, verbose=0,
+              callbacks=[Every(node), swarm, Every(record)])
+    assert swarm.applied == 1
+    assert all(np.allclose(seen["after"][k], v + 1) for k, v in seen["before"].items())
 
 
 def test_bad_merged_weights_are_rejected_and_training_goes_on(digits):

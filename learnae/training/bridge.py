@@ -72,10 +72,18 @@ class Merged:
         weights: weight path -> array, the same names, shapes and dtypes as the model's.
         tag: anything the node wants back in the next :attr:`Offer.merged` once these weights
             are loaded (e.g. the checkpoint tx CIDs merged into them); opaque to Keras.
+        delta: None, or ``weights`` minus the snapshot they were merged from
+            (:attr:`Offer.weights`), by path. When given, the callback adds it to the model's
+            current weights instead of replacing them, so the batches trained while the node
+            published and merged are kept: the model continues from ``weights`` plus what it
+            learned since the snapshot. (AD-PSGD applies a gradient computed before the
+            averaging to the averaged model in the same way; Lian et al., "Asynchronous
+            Decentralized Parallel Stochastic Gradient Descent", ICML 2018.)
     """
 
     weights: Mapping[str, np.ndarray]
     tag: Any = None
+    delta: Mapping[str, np.ndarray] | None = None
 
 
 class SwarmBridge(ABC):

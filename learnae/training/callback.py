@@ -12,8 +12,9 @@ At every batch boundary it does two things, both without waiting for the network
    default bridge), it hands a snapshot of the weights (copies, by path) and the local
    step/sample counts to ``bridge.offer_checkpoint`` (:class:`~learnae.training.bridge.Offer`);
 2. it asks ``bridge.take_merged()`` for merged weights and, when there are some, loads them
-   into the model before the next batch (an offer made at the same boundary is taken first;
-   the next offer names the merged set in ``Offer.merged``).
+   into the model before the next batch, or adds their ``delta`` when the node sends one
+   (:class:`~learnae.training.bridge.Merged`); an offer made at the same boundary is taken
+   first, and the next offer names the merged set in ``Offer.merged``.
 
 Importing this module imports Keras (the callback subclasses ``keras.callbacks.Callback``).
 """
@@ -191,7 +192,10 @@ class SwarmCallback(keras.callbacks.Callback):
         if not isinstance(merged, Merged):
             merged = Merged(merged)
         try:
-            set_weights(self.model, merged.weights)
+            if merged.delta is not None:  # keep the batches trained since the merge's snapshot
+                set_weights(self.model, merged.delta, add=True)
+            else:
+                set_weights(self.model, merged.weights)
         except (LearnaeError, TypeError, ValueError) as e:
             self.rejected += 1
             reason = getattr(e, "reason", None) or repr(e)
