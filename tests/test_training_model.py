@@ -366,12 +366,14 @@ def test_a_merge_delta_keeps_what_was_trained_since_the_snapshot(digits):
     swarm = SwarmCallback(bridge, batch_size=32, sync_every=1000)
     seen = {}
 
-    def node(n):  # right before the boundary of batch 4: a merge that moves every weight by 1
+    def node(n):  # a snapshot at batch 2; its merge, every weight moved by 1, comes at batch 4
+        if n == 2:
+            seen["snapshot"] = get_weights(model)
         if n == 4:
-            w = get_weights(model)
-            seen["before"] = w
-            bridge.put_merged(Merged({k: v + 1 for k, v in w.items()}, tag="m",
-                                     delta={k: np.ones_like(v) for k, v in w.items()}))
+            seen["current"] = get_weights(model)  # two batches trained since the snapshot
+            snap = seen["snapshot"]
+            bridge.put_merged(Merged({k: v + 1 for k, v in snap.items()}, tag="m",
+                                     delta={k: np.ones_like(v) for k, v in snap.items()}))
 
     def record(n):
         if n == 4:
@@ -380,7 +382,9 @@ def test_a_merge_delta_keeps_what_was_trained_since_the_snapshot(digits):
     model.fit(train.x, train.y, batch_size=32, epochs=1, steps_per_epoch=6, verbose=0,
               callbacks=[Every(node), swarm, Every(record)])
     assert swarm.applied == 1
-    assert all(np.allclose(seen["after"][k], v + 1) for k, v in seen["before"].items())
+    after, current, snap = seen["after"], seen["current"], seen["snapshot"]
+    assert all(np.allclose(after[k], current[k] + 1) for k in after)  # the two batches are kept
+    assert not all(np.allclose(after[k], snap[k] + 1) for k in after)  # not the merged weights
 
 
 def test_bad_merged_weights_are_rejected_and_training_goes_on(digits):
