@@ -52,6 +52,7 @@ from learnae.local.runner import free_port
 from learnae.manifest import Manifest, init_swarm
 from learnae.merge import RULES, Contribution, merge
 from learnae.models import MODELS, model_config
+from learnae.node import DEFAULT_NETWORK_NICE
 
 
 def timer_callback():
@@ -126,7 +127,7 @@ def _wait_for_checkpoint(peer: subprocess.Popen, state: Path, timeout: float = 3
     raise SystemExit(f"the peer node published no checkpoint within {timeout:.0f} s")
 
 
-def overhead(model: str, epochs: int, tmp: Path, network_nice: int | None = None,
+def overhead(model: str, epochs: int, tmp: Path, network_nice: int = DEFAULT_NETWORK_NICE,
              with_baselines: bool = True) -> dict:
     from learnae.manifest import Invite
     from learnae.node import NodeConfig, TrainerNode
@@ -151,8 +152,7 @@ def overhead(model: str, epochs: int, tmp: Path, network_nice: int | None = None
     timer = timer_callback()
     node = TrainerNode(NodeConfig(invite=Invite.load(invite_path), state=states[0], data=DataSpec.parse(spec.format(0)),
                                   listen=f"127.0.0.1:{ports[0]}", peers=(addrs[1],), api=None, epochs=epochs,
-                                  wait_peers=1, seed=0, callbacks=(timer,),
-                                  **({} if network_nice is None else {"network_nice": network_nice})))
+                                  wait_peers=1, seed=0, callbacks=(timer,), network_nice=network_nice))
     report = node._report
     reports: list[tuple[float, float]] = []  # (start, seconds) of each metric evaluation
 
@@ -178,7 +178,7 @@ def overhead(model: str, epochs: int, tmp: Path, network_nice: int | None = None
     metrics = sum(d for t, d in reports if timer.first <= t < timer.last)  # not the final one
     cb = node._cb
     swarm = cb.offer_seconds + cb.load_seconds
-    return {"model": model, "network_nice": node.config.network_nice, "epochs": epochs,
+    return {"model": model, "network_nice": network_nice, "epochs": epochs,
             "batches": timer.batches, "wall_s": wall,
             "compute_s": timer.compute, "outside_share": 1 - timer.compute / wall,
             "swarm_share": swarm / wall, "offer_s": cb.offer_seconds, "load_s": cb.load_seconds,
@@ -261,11 +261,11 @@ def main() -> int:
     for rule in RULES:
         total = {k: m[rule][k] + m["decode"]["median"] for k in ("median", "min", "max")}
         print(f"  merge {rule:9} {_ms(m[rule])}; with decoding {total['median'] * 1e3:.0f} ms")
-    runs = (("digits-mlp", args.digits_epochs, None), ("digits-mlp", args.digits_epochs, 0),
-            ("mlp-1m", args.big_epochs, None))
+    runs = (("digits-mlp", args.digits_epochs, DEFAULT_NETWORK_NICE), ("digits-mlp", args.digits_epochs, 0),
+            ("mlp-1m", args.big_epochs, DEFAULT_NETWORK_NICE))
     for model, epochs, nice in runs:
         with tempfile.TemporaryDirectory(prefix="learnae-bench-node-") as tmp:
-            r = overhead(model, epochs, Path(tmp), network_nice=nice, with_baselines=nice is None)
+            r = overhead(model, epochs, Path(tmp), network_nice=nice, with_baselines=nice == DEFAULT_NETWORK_NICE)
         rest = r["outside_share"] - r["swarm_share"] - r["metrics_share"]
         print(f"{r['model']}, network side {r['network_nice']} nice steps below training:"
               f" {r['batches']} batches in {r['wall_s']:.2f} s; outside batches"
