@@ -358,7 +358,124 @@ def test_queries(tmp_path):
         assert t.approvers(GENESIS.id) == sorted([d1.id, d2.id]) and t.tips() == [c3.id]
         assert [i for i, _ in t.iter_raw()] == [GENESIS.id, d1.id, d2.id, d3.id, c1.id, c2.id, c3.id]
         assert dict(t.iter_raw())[c2.id] == c2.raw
+
         assert t.order() == [GENESIS.id, *sorted([d1.id, d2.id]), d3.id, c1.id, c2.id, c3.id]
+
+def sql_latest_and_counts(path) -> tuple[dict[bytes, str], dict[str, int]]:
+    """Brute force from the file: each author's latest checkpoint id, and counts by kind."""
+    db = sqlite3.connect(path)
+    try:
+        rows = db.execute("SELECT author, time, height, id FROM tx WHERE kind = 'checkpoint'").fetchall()
+        counts = dict(db.execute("SELECT kind, count(*) FROM tx GROUP BY kind ORDER BY kind"))
+    finally:
+        db.close()
+    latest: dict[bytes, tuple] = {}
+    for author, time_ms, height, i in rows:
+        latest[author] = max(latest.get(author, (0, 0, "")), (time_ms, height, i))
+    return {a: key[2] for a, key in latest.items()}, counts
+
+
+@settings(max_examples=15, deadline=None)
+@given(seed=st.integers(0, 10**6), cut=st.integers(1, 40))
+def test_kept_counts_and_latest_agree_with_the_file(tmp_path_factory, seed, cut):
+    """counts() and latest_checkpoint_per_author() are kept in memory by inserts; they must
+    equal what the file says, across batches, a reopen and a failed (rolled back) batch."""
+    path = tmp_path_factory.mktemp("kept") / "t.db"
+    dag = random_dag(seed, 40)
+    with open_tangle(path) as t:
+        t.insert_many(tx.raw for tx in dag[1:cut])
+        def failing():  # a batch that fails half way is rolled back whole
+            yield from (tx.raw for tx in dag[cut:])
+            raise RuntimeError("the batch's source failed")
+
+        with pytest.raises(RuntimeError):
+            t.insert_many(failing())
+        latest, counts = sql_latest_and_counts(path)
+        assert t.counts() == counts and t.count() == sum(counts.values())
+        assert {a: tx.id for a, tx in t.latest_checkpoint_per_author().items()} == latest
+        t.insert_many(tx.raw for tx in dag[cut:])
+        latest, counts = sql_latest_and_counts(path)
+        assert t.counts() == counts and {a: tx.id for a, tx in t.latest_checkpoint_per_author().items()} == latest
+    with Tangle(path, clock=CLOCK) as t:
+        assert t.counts() == counts and {a: tx.id for a, tx in t.latest_checkpoint_per_author().items()} == latest
+
+
+def test_data_seq_lookups(tmp_path):
+    """data_tx_at_seq / next_data_seq answer from the index, as a scan of the author's data would."""
+    dag = random_dag(11, 60)
+    with open_tangle(tmp_path / "t.db") as t:
+        for who in (ALICE, BOB, CAROL, MALLORY):
+            assert t.next_data_seq(who.public_key) == 0 and t.data_tx_at_seq(who.public_key, 0) is None
+        t.insert_many(tx.raw for tx in dag[1:])
+        for who in (ALICE, BOB, CAROL):
+            mine = [tx for tx in dag if tx.kind == "data" and tx.author == who.public_key]
+            assert mine, "the DAG gives every author data transactions"
+            assert t.next_data_seq(who.public_key) == 1 + max(tx.payload["seq"] for tx in mine)
+            for tx in mine:
+                assert t.data_tx_at_seq(who.public_key, tx.payload["seq"]) == tx.id
+            assert t.data_tx_at_seq(who.public_key, 10**6) is None
+        # another author's seq is not this one's
+        d = data_tx(MALLORY, [GENESIS.id], NOW + 500, seq=7)
+        t.insert(d)
+        assert t.data_tx_at_seq(MALLORY.public_key, 7) == d.id and t.next_data_seq(MALLORY.public_key) == 8
+        assert t.data_tx_at_seq(ALICE.public_key, 7) != d.id
+
+
+def test_a_store_made_before_the_seq_index_is_migrated(tmp_path):
+    path = tmp_path / "old.db"
+    dag = random_dag(5, 30)
+    with open_tangle(path) as t:
+        t.insert_many(tx.raw for tx in dag[1:])
+    db = sqlite3.connect(path)  # what a store of the previous version looks like
+    db.execute("DROP INDEX tx_data_seq")
+    db.execute("ALTER TABLE tx DROP COLUMN dseq")
+    db.commit()
+    db.close()
+    with Tangle(path, read_only=True) as t:  # read-only: answers by scanning, writes nothing
+        last = max(tx.payload["seq"] for tx in dag if tx.kind == "data" and tx.author == BOB.public_key)
+        assert t.next_data_seq(BOB.public_key) == last + 1 and t.verify() == []
+    with Tangle(path, clock=CLOCK) as t:
+        assert t.next_data_seq(BOB.public_key) == last + 1 and t.verify() == []
+    db = sqlite3.connect(path)
+    assert db.execute("SELECT count(*) FROM tx WHERE kind = 'data' AND dseq IS NULL").fetchone() == (0,)
+    db.close()
+
+
+def test_reading_never_writes(tmp_path):
+    """An empty file, a foreign SQLite database and a real ledger opened read-only are left
+    byte for byte as they were, with a message that says what the file is."""
+    empty = tmp_path / "empty.sqlite"
+    empty.write_bytes(b"")
+    for read_only in (True, False):
+        with pytest.raises(LedgerError, match="empty file"):
+            Tangle(empty, read_only=read_only)
+        assert empty.stat().st_size == 0
+    foreign = tmp_path / "foreign.sqlite"
+    db = sqlite3.connect(foreign)
+    db.execute("CREATE TABLE songs (title TEXT)")
+    db.commit()
+    db.close()
+    before = foreign.read_bytes()
+    for kw in ({"read_only": True}, {}, {"genesis_raw": GENESIS.raw, "pow_bits": POW, "max_tx_bytes": 4096}):
+        with pytest.raises(LedgerError, match="not a learnae ledger"):
+            Tangle(foreign, **kw)
+        assert foreign.read_bytes() == before
+    with pytest.raises(LedgerError, match="does not exist"):
+        Tangle(tmp_path / "missing.sqlite", read_only=True)
+    assert not (tmp_path / "missing.sqlite").exists()
+    real = tmp_path / "t.db"
+    with open_tangle(real) as t:
+        t.insert_many(tx.raw for tx in DAG[1:])
+    before = real.read_bytes()
+    with Tangle(real, read_only=True) as t:
+        assert t.count() == len(DAG) and t.verify() == []
+        with pytest.raises(LedgerError):
+            t.insert(data_tx(CAROL, [GENESIS.id], NOW + 999))
+    # SQLite may make its (empty) WAL side files to read a WAL store; the ledger is untouched
+    assert real.read_bytes() == before
+    wal = tmp_path / "t.db-wal"
+    assert not wal.exists() or wal.stat().st_size == 0
+
 
 
 def test_lineage(tmp_path):

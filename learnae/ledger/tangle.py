@@ -49,6 +49,7 @@ import os
 import random
 import sqlite3
 import time
+import urllib.parse
 from collections import Counter, defaultdict, deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -75,7 +76,8 @@ CREATE TABLE IF NOT EXISTS tx (
     author BLOB NOT NULL,
     time INTEGER NOT NULL,
     height INTEGER NOT NULL,     -- 0 for the genesis, else 1 + max(parent heights)
-    cid TEXT                     -- content CID announced by data and checkpoint txs
+    cid TEXT,                    -- content CID announced by data and checkpoint txs
+    dseq INTEGER                 -- a data tx's payload seq (per sensor), else NULL
 );
 CREATE INDEX IF NOT EXISTS tx_order ON tx (height, id);
 CREATE INDEX IF NOT EXISTS tx_kind_author ON tx (kind, author);
@@ -87,6 +89,8 @@ CREATE TABLE IF NOT EXISTS edge (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS edge_parent ON edge (parent, child);
 """
+# after _SCHEMA and the migration of stores made before the dseq column existed
+_DSEQ_INDEX = "CREATE INDEX IF NOT EXISTS tx_data_seq ON tx (author, dseq) WHERE dseq IS NOT NULL"
 
 
 def _now_ms() -> int:
@@ -95,6 +99,10 @@ def _now_ms() -> int:
 
 def _announced_cid(tx: Tx) -> str | None:
     return tx.payload["cid"] if tx.kind in ("data", "checkpoint") else None
+
+
+def _data_seq(tx: Tx) -> int | None:
+    return tx.payload["seq"] if tx.kind == "data" else None
 
 
 @dataclass(frozen=True)
@@ -144,10 +152,15 @@ class Tangle:
         admitted: ``admitted(author_key) -> bool`` for closed swarms; ``None`` admits all.
         max_pending_bytes: bound on the bytes of transactions waiting for parents.
         clock: ms since the epoch, for the ``future-time`` rule.
+        read_only: open for reading only (SQLite ``mode=ro``): nothing is ever written to the
+            file, and :meth:`insert` fails. For commands that only read a ledger, possibly
+            while its node runs.
 
     Raises:
-        LedgerError: the file is not a tangle store, holds another swarm or other rules, or is
-            new and ``genesis_raw``, ``pow_bits`` or ``max_tx_bytes`` is missing.
+        LedgerError: the file is empty, not an SQLite database, an SQLite database that is
+            not a tangle store, holds another swarm or other rules, or is new and
+            ``genesis_raw``, ``pow_bits`` or ``max_tx_bytes`` is missing. Nothing is written
+            to the file in any of these cases.
         TxRejected: ``genesis_raw`` is not a valid genesis transaction.
     """
 
@@ -161,15 +174,22 @@ class Tangle:
         admitted: Callable[[bytes], bool] | None = None,
         max_pending_bytes: int = 32 * 2**20,
         clock: Callable[[], int] = _now_ms,
+        read_only: bool = False,
     ):
         self.path = os.fspath(path)
-        self._db = sqlite3.connect(self.path, isolation_level=None)
+        self.read_only = read_only
+        if not os.path.exists(self.path) and (read_only or genesis_raw is None):
+            raise LedgerError(f"{self.path} does not exist" if read_only else
+                              f"{self.path} is a new tangle store: pass genesis_raw, pow_bits and max_tx_bytes")
+        if read_only:
+            uri = "file:" + urllib.parse.quote(os.path.abspath(self.path)) + "?mode=ro"
+            self._db = sqlite3.connect(uri, uri=True, isolation_level=None)
+        else:
+            self._db = sqlite3.connect(self.path, isolation_level=None)
         self._admitted = admitted
         self._clock = clock
         try:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.executescript(_SCHEMA)
+            self._prepare(genesis_raw is not None)
             self._open_rules(genesis_raw, pow_bits, max_tx_bytes)
         except sqlite3.DatabaseError as exc:
             self._db.close()
@@ -186,6 +206,40 @@ class Tangle:
         self._pending_bytes = 0
         self._waiting: defaultdict[str, set[str]] = defaultdict(set)  # missing parent -> children
         self._load()
+
+    def _prepare(self, creating: bool) -> None:
+        """Check what the file holds before anything is written to it, then (writable stores)
+        set the journal, create the schema of a new store, and migrate an older one."""
+        tables = {name for (name,) in self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if "meta" not in tables:
+            if tables:
+                raise LedgerError(f"{self.path} is an SQLite database but not a learnae ledger (it"
+                                  f" holds tables {sorted(tables)}); refusing to touch it")
+            if not creating:
+                empty = os.path.getsize(self.path) == 0
+                raise LedgerError(f"{self.path} is {'an empty file' if empty else 'an empty database'},"
+                                  " not a learnae ledger (a node or `learnae init` makes one)")
+        if self.read_only:
+            columns = {row[1] for row in self._db.execute("PRAGMA table_info(tx)")}
+            self._has_dseq = "dseq" in columns
+            return
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(_SCHEMA)
+        if "dseq" not in {row[1] for row in self._db.execute("PRAGMA table_info(tx)")}:
+            self._add_dseq()
+        self._db.execute(_DSEQ_INDEX)
+        self._has_dseq = True
+
+    def _add_dseq(self) -> None:
+        """Migrate a store made before the ``dseq`` column: add it, filled from the bytes."""
+        self._db.execute("BEGIN IMMEDIATE")
+        self._db.execute("ALTER TABLE tx ADD COLUMN dseq INTEGER")
+        rows = self._db.execute("SELECT seq, raw FROM tx WHERE kind = 'data'").fetchall()
+        self._db.executemany("UPDATE tx SET dseq = ? WHERE seq = ?",
+                             ((_data_seq(decode_tx(raw)), seq) for seq, raw in rows))
+        self._db.execute("COMMIT")
+        log.info("%s: indexed the seq of %d data transactions", self.path, len(rows))
 
     def _open_rules(self, genesis_raw: bytes | None, pow_bits: int | None, max_tx_bytes: int | None) -> None:
         given = {"pow_bits": pow_bits, "max_tx_bytes": max_tx_bytes}
@@ -218,12 +272,22 @@ class Tangle:
         self.max_tx_bytes: int = saved["max_tx_bytes"]
 
     def _load(self) -> None:
-        """(Re)read the in-memory state (tips, top height) from the database."""
+        """(Re)read the in-memory state from the database: tips, top height, counts by kind
+        and each author's latest checkpoint (one pass; then kept up to date by inserts, so
+        that :meth:`counts` and :meth:`latest_checkpoint_per_author` do not grow with the
+        ledger)."""
         (self._top,) = self._db.execute("SELECT max(height) FROM tx").fetchone()
         self._tips = {
             i for (i,) in self._db.execute(
                 "SELECT id FROM tx WHERE NOT EXISTS (SELECT 1 FROM edge WHERE parent = tx.seq)"
             )
+        }
+        self._counts: Counter[str] = Counter(dict(self._db.execute("SELECT kind, count(*) FROM tx GROUP BY kind")))
+        self._latest: dict[bytes, tuple[tuple[int, int, str], int]] = {
+            author: ((time_ms, height, i), seq) for author, time_ms, height, i, seq in self._db.execute(
+                "SELECT author, time, height, id, seq FROM (SELECT author, time, height, id, seq,"
+                " row_number() OVER (PARTITION BY author ORDER BY time DESC, height DESC, id DESC)"
+                " AS r FROM tx WHERE kind = 'checkpoint') WHERE r = 1")
         }
 
     def close(self) -> None:
@@ -308,13 +372,19 @@ class Tangle:
         parents = list(parents)
         height = 1 + max(p.height for p in parents)
         seq = self._db.execute(
-            "INSERT INTO tx (id, raw, kind, author, time, height, cid) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (tx.id, tx.raw, tx.kind, tx.author, tx.time, height, _announced_cid(tx)),
+            "INSERT INTO tx (id, raw, kind, author, time, height, cid, dseq) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (tx.id, tx.raw, tx.kind, tx.author, tx.time, height, _announced_cid(tx), _data_seq(tx)),
         ).lastrowid
         self._db.executemany("INSERT INTO edge VALUES (?, ?)", ((seq, p.seq) for p in parents))
         self._tips.difference_update(tx.parents)
         self._tips.add(tx.id)
         self._top = max(self._top, height)
+        self._counts[tx.kind] += 1
+        if tx.kind == "checkpoint":
+            key = (tx.time, height, tx.id)  # what latest_checkpoint_per_author maximizes
+            latest = self._latest.get(tx.author)
+            if latest is None or key > latest[0]:
+                self._latest[tx.author] = (key, seq)
 
     def _hold(self, tx: Tx, missing: list[str]) -> None:
         """Buffer ``tx`` until its ``missing`` parents arrive; evict the oldest beyond the bound."""
@@ -533,12 +603,12 @@ class Tangle:
         return self.get(self.swarm)
 
     def count(self) -> int:
-        """Number of stored transactions, the genesis included."""
-        return self._db.execute("SELECT count(*) FROM tx").fetchone()[0]
+        """Number of stored transactions, the genesis included. Cost: constant (kept in memory)."""
+        return sum(self._counts.values())
 
     def counts(self) -> dict[str, int]:
-        """Number of stored transactions by kind."""
-        return dict(self._db.execute("SELECT kind, count(*) FROM tx GROUP BY kind ORDER BY kind"))
+        """Number of stored transactions by kind, sorted by kind. Cost: the number of kinds."""
+        return {kind: n for kind, n in sorted(self._counts.items()) if n}
 
     def order(self) -> list[str]:
         """Every stored id in the deterministic topological order: by height, then id."""
@@ -556,12 +626,12 @@ class Tangle:
         return None if row is None else row[0]
 
     def latest_checkpoint_per_author(self) -> dict[bytes, Tx]:
-        """Each author's latest ``checkpoint`` transaction: greatest (time, height, id)."""
-        txs = self._txs(
-            "SELECT raw FROM (SELECT raw, row_number() OVER (PARTITION BY author"
-            " ORDER BY time DESC, height DESC, id DESC) AS r FROM tx WHERE kind = 'checkpoint')"
-            " WHERE r = 1"
-        )
+        """Each author's latest ``checkpoint`` transaction: greatest (time, height, id).
+        Cost: the number of authors (kept up to date by inserts), not the ledger's size."""
+        seqs = [seq for _, seq in self._latest.values()]
+        txs = [tx for chunk in range(0, len(seqs), 500)
+               for tx in self._txs(f"SELECT raw FROM tx WHERE seq IN ({','.join('?' * len(seqs[chunk:chunk + 500]))})",
+                                   tuple(seqs[chunk:chunk + 500]))]
         return {tx.author: tx for tx in txs}
 
     def checkpoints_since(self, cursor: int = 0) -> tuple[list[Tx], int]:
@@ -580,6 +650,24 @@ class Tangle:
             "SELECT seq, raw FROM tx WHERE seq > ? AND +kind = 'data' ORDER BY seq", (cursor,)
         ).fetchall()
         return [decode_tx(raw) for _, raw in rows], rows[-1][0] if rows else cursor
+
+    def data_tx_at_seq(self, author: bytes, seq: int) -> str | None:
+        """Id of ``author``'s first ``data`` transaction (in the tangle's order) whose payload
+        ``seq`` is ``seq``, or ``None``. Cost: one index lookup."""
+        if not self._has_dseq:  # a read-only store made before the index existed
+            return next((tx.id for tx in self.data_by_author(author) if tx.payload["seq"] == seq), None)
+        row = self._db.execute("SELECT id FROM tx WHERE author = ? AND dseq = ? ORDER BY height, id LIMIT 1",
+                               (author, seq)).fetchone()
+        return None if row is None else row[0]
+
+    def next_data_seq(self, author: bytes) -> int:
+        """One more than the highest payload ``seq`` of ``author``'s ``data`` transactions;
+        0 if it has none. Cost: one index lookup."""
+        if not self._has_dseq:
+            return 1 + max((tx.payload["seq"] for tx in self.data_by_author(author)), default=-1)
+        (top,) = self._db.execute("SELECT max(dseq) FROM tx WHERE author = ? AND dseq IS NOT NULL",
+                                  (author,)).fetchone()
+        return 0 if top is None else top + 1
 
     def data_by_author(self, author: bytes) -> list[Tx]:
         """``data`` transactions by ``author`` (32-byte key), in the tangle's order."""
@@ -610,16 +698,16 @@ class Tangle:
 
         Checks: canonical decoding, id = CID of the bytes, signature, proof-of-work and the
         swarm's rules, parents stored before it and not later in time, and index columns
-        (kind, author, time, height, content CID, edges) that agree with the bytes.
+        (kind, author, time, height, content CID, data seq, edges) that agree with the bytes.
         """
         problems = []
         seen: dict[str, tuple[int, int]] = {}  # id -> (time, height) as stored
         rows = self._db.execute(
-            "SELECT id, raw, kind, author, time, height, cid, (SELECT group_concat(p.id)"
-            " FROM edge JOIN tx p ON p.seq = edge.parent WHERE edge.child = tx.seq)"
-            " FROM tx ORDER BY seq"
+            f"SELECT id, raw, kind, author, time, height, cid, {'dseq' if self._has_dseq else 'NULL'},"
+            " (SELECT group_concat(p.id) FROM edge JOIN tx p ON p.seq = edge.parent"
+            " WHERE edge.child = tx.seq) FROM tx ORDER BY seq"
         )
-        for tx_id, raw, kind, author, time_ms, height, cid, edges in rows:
+        for tx_id, raw, kind, author, time_ms, height, cid, dseq, edges in rows:
             seen[tx_id] = (time_ms, height)
             try:
                 tx = decode_tx(raw)
@@ -635,9 +723,10 @@ class Tangle:
                 )
                 derived = (
                     tx.kind, tx.author, tx.time, max((seen[p][1] + 1 for p in tx.parents), default=0),
-                    _announced_cid(tx), sorted(tx.parents),
+                    _announced_cid(tx), _data_seq(tx) if self._has_dseq else None, sorted(tx.parents),
                 )
-                if derived != (kind, author, time_ms, height, cid, sorted(edges.split(",") if edges else [])):
+                stored = (kind, author, time_ms, height, cid, dseq, sorted(edges.split(",") if edges else []))
+                if derived != stored:
                     raise LedgerError("index columns disagree with the stored bytes")
             except LedgerError as exc:  # TxRejected included
                 problems.append(f"{tx_id}: {exc.reason}")
