@@ -247,7 +247,7 @@ def ledger_show(state_dir: Path, last: int, as_json: bool) -> None:
 
     _state_tangle(state_dir)
     with _reasons():
-        tangle, manifest = open_tangle(state_dir)
+        tangle, manifest = open_tangle(state_dir, read_only=True)
         with tangle:
             latest = [decode_tx(raw) for _, raw in deque(tangle.iter_raw(), maxlen=last)] if last else []
             info = {
@@ -329,10 +329,10 @@ def _verify_into(state_dir: Path, path: Path, state: dict[str, Any]) -> None:
     problems: list[str] = []
     try:
         try:
-            tangle, manifest = open_tangle(state_dir)
+            tangle, manifest = open_tangle(state_dir, read_only=True)
         except (ConfigError, TxRejected) as exc:  # the genesis itself is damaged
             problems.append(f"genesis: {exc.reason}")
-            tangle, manifest = Tangle(path), None
+            tangle, manifest = Tangle(path, read_only=True), None
         with tangle:
             state["count"] = tangle.count()
             problems += tangle.verify()
@@ -390,7 +390,7 @@ def ledger_lineage(state_dir: Path, cid: str, depth: int, full: bool, as_json: b
 
     _state_tangle(state_dir)
     with _reasons():
-        tangle, _ = open_tangle(state_dir)
+        tangle, _ = open_tangle(state_dir, read_only=True)
         with tangle:
             root, note = _resolve_checkpoint(tangle, cid)
             lineage = tangle.lineage(root)
@@ -513,7 +513,7 @@ def ledger_export(state_dir: Path, fmt: str, output: str) -> None:
 
     _state_tangle(state_dir)
     with _reasons():
-        tangle, _ = open_tangle(state_dir)
+        tangle, _ = open_tangle(state_dir, read_only=True)
         with tangle, click.open_file(output, "w", atomic=output != "-") as out:
             ids = tangle.order()
             if fmt == "json":

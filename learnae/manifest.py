@@ -1054,13 +1054,15 @@ def init_swarm(
 
 
 def open_tangle(
-    directory: str | os.PathLike[str], *, invite: Invite | None = None, **tangle_kwargs: Any,
+    directory: str | os.PathLike[str], *, invite: Invite | None = None, read_only: bool = False,
+    **tangle_kwargs: Any,
 ) -> tuple[Tangle, Manifest]:
     """Open the ledger of a state directory (``DIR/tangle.sqlite``) with the swarm's admission
     rule, and return it with the manifest read from its genesis.
 
     If there is no ledger yet and ``invite`` carries the genesis transaction, the ledger is
-    created from it (the directory too, mode 0700). Extra keyword arguments go to
+    created from it (the directory too, mode 0700), unless ``read_only``: then nothing is ever
+    written (commands that only read a ledger use it). Extra keyword arguments go to
     :class:`~learnae.ledger.tangle.Tangle` (e.g. ``clock``, ``max_pending_bytes``).
 
     Raises:
@@ -1072,7 +1074,7 @@ def open_tangle(
     d = Path(directory)
     path = state_files(d)["tangle"]
     if not path.exists():
-        genesis = invite.genesis_transaction() if invite is not None else None
+        genesis = invite.genesis_transaction() if invite is not None and not read_only else None
         if genesis is None:
             if not d.is_dir():
                 raise ConfigError(f"state directory {d} does not exist; make a swarm with"
@@ -1085,7 +1087,7 @@ def open_tangle(
                         max_tx_bytes=manifest.limits.tx_bytes, admitted=manifest.admitted,
                         **tangle_kwargs)
         return tangle, manifest
-    with Tangle(path) as probe:
+    with Tangle(path, read_only=read_only) as probe:
         swarm = probe.swarm
         try:
             genesis = probe.get(swarm)
@@ -1097,7 +1099,7 @@ def open_tangle(
     if invite is not None and invite.genesis != swarm:
         raise ConfigError(f"{path} holds swarm {swarm}, not the invite's {invite.genesis}")
     manifest = manifest_of(genesis)
-    return Tangle(path, admitted=manifest.admitted, **tangle_kwargs), manifest
+    return Tangle(path, admitted=manifest.admitted, read_only=read_only, **tangle_kwargs), manifest
 
 
 def short_id(text: str) -> str:

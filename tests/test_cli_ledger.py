@@ -270,6 +270,27 @@ def test_ledger_refuses_a_file_that_is_not_a_ledger(tmp_path):
     assert result.exit_code == 2 and "not a usable tangle store" in result.output
 
 
+@pytest.mark.parametrize("command", [["show"], ["verify"], ["lineage", "bafyreix"], ["export"]])
+def test_ledger_commands_never_write_an_empty_or_foreign_file(tmp_path, command):
+    """A 0-byte ledger (a disk that filled, a copy cut short) and another program's SQLite
+    file get a clear message, and their bytes are left as they were."""
+    (tmp_path / "s").mkdir()
+    ledger = tmp_path / "s" / "tangle.sqlite"
+    ledger.write_bytes(b"")
+    result = run("ledger", command[0], tmp_path / "s", *command[1:], ok=False)
+    assert result.exit_code == 2 and "empty file, not a learnae ledger" in result.output
+    assert ledger.stat().st_size == 0 and "genesis_raw" not in result.output
+    ledger.unlink()
+    db = sqlite3.connect(ledger)
+    db.execute("CREATE TABLE photos (name TEXT)")
+    db.commit()
+    db.close()
+    before = ledger.read_bytes()
+    result = run("ledger", command[0], tmp_path / "s", *command[1:], ok=False)
+    assert result.exit_code == 2 and "not a learnae ledger" in result.output
+    assert ledger.read_bytes() == before
+
+
 # --------------------------------------------------------------------------- lineage
 def test_lineage_of_a_checkpoint_whose_base_has_a_base(swarm, history):
     h = history
