@@ -14,6 +14,7 @@ from conftest import eventually
 from learnae.content import content_id
 from learnae.errors import ConfigError, IpfsError, IpfsTimeout, NodeClosed
 from learnae.ipfs import privnet
+from learnae.ipfs.base import SUBSCRIPTION_BUFFER_BYTES
 from learnae.ipfs.embedded import EmbeddedNode
 
 pytestmark = pytest.mark.slow
@@ -130,5 +131,43 @@ async def test_many_messages_each_arrive_exactly_once(embedded_pair):
         assert sorted(msgs) == list(range(200)), msgs
         with pytest.raises(TimeoutError):  # and nothing more (no duplicates)
             await asyncio.wait_for(anext(sub), 1)
+    finally:
+        await sub.aclose()
+
+
+async def test_a_reader_that_falls_behind_holds_a_bounded_number_of_bytes(embedded_pair):
+    """B subscribes and does not read while A publishes 44 messages of 1,000,000 bytes (near
+    gossipsub's 1 MiB limit): B keeps the newest that fit in SUBSCRIPTION_BUFFER_BYTES and
+    counts the rest as dropped, instead of holding all 44 MB."""
+    a, b = embedded_pair
+    topic = "learnae/slow-reader"
+    probe = b.subscribe(topic)
+    sent = []
+    try:
+        async def ready():  # B's subscription is known to A
+            sent.append(b"warmup %d" % len(sent))
+            await a.publish(topic, sent[-1])
+            return len(probe.buffer) > 0
+
+        await eventually(ready, timeout=30, interval=0.2)
+        async for msg in probe:  # until the last warm-up: no more are on their way
+            if msg.data == sent[-1]:
+                break
+    finally:
+        await probe.aclose()
+    sub = b.subscribe(topic)
+    try:
+        count, size = 44, 1_000_000
+        for k in range(count):
+            await a.publish(topic, k.to_bytes(4, "big") + bytes(size - 4))
+            # One at a time, so that gossipsub's own queues (32 messages) never overflow.
+            await eventually(lambda k=k: len(sub.buffer) + sub.dropped == k + 1, timeout=30,
+                             interval=0.01)
+        assert sub.dropped >= count - SUBSCRIPTION_BUFFER_BYTES // size
+        assert sub.buffer.size <= SUBSCRIPTION_BUFFER_BYTES
+        await sub.aclose()
+        got = [int.from_bytes(msg.data[:4], "big") async for msg in sub]
+        assert got == list(range(count - len(got), count))  # the newest are kept
+        assert len(got) * size <= SUBSCRIPTION_BUFFER_BYTES and len(got) + sub.dropped == count
     finally:
         await sub.aclose()

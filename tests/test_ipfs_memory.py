@@ -9,6 +9,7 @@ import random
 import pytest
 
 from learnae.errors import InvalidMultiaddr, IpfsError, IpfsTimeout, NodeClosed, OversizeError
+from learnae.ipfs.base import MESSAGE_OVERHEAD, SUBSCRIPTION_BUFFER_BYTES
 from learnae.ipfs.memory import MemoryNetwork
 
 TOPIC = "learnae/test"
@@ -386,4 +387,42 @@ async def test_a_hundred_nodes_flood_every_message_to_everyone():
     for k in range(300):
         await nodes[k % 100].publish(TOPIC, b"%d" % k)
     assert net.counters["delivered"] == 300 * 100
-    assert all(sub._queue.qsize() == 300 for sub in subs)
+    assert all(len(sub.buffer) == 300 and sub.dropped == 0 for sub in subs)
+
+
+async def test_a_reader_that_falls_behind_holds_a_bounded_number_of_bytes():
+    """48 messages of 1 MiB for a subscriber that does not read: it keeps the newest that fit in
+    SUBSCRIPTION_BUFFER_BYTES (32 MiB) and counts the others as dropped (the old bound was
+    10,000 messages, i.e. up to 10 GiB)."""
+    net, (a, b) = await line("a", "b")
+    sub = b.subscribe(TOPIC)
+    for k in range(48):
+        await a.publish(TOPIC, k.to_bytes(4, "big") + bytes((1 << 20) - 4))
+    assert sub.dropped > 0
+    assert sub.buffer.size <= SUBSCRIPTION_BUFFER_BYTES
+    await sub.aclose()
+    got = [msg async for msg in sub]
+    assert sum(len(msg.data) for msg in got) <= SUBSCRIPTION_BUFFER_BYTES
+    assert [int.from_bytes(msg.data[:4], "big") for msg in got] == list(range(48 - len(got), 48))
+    assert sub.dropped == 48 - len(got) >= 48 - SUBSCRIPTION_BUFFER_BYTES // (1 << 20)
+    # Empty messages count their overhead: a flood of them is bounded too.
+    sub = b.subscribe(TOPIC)
+    limit = SUBSCRIPTION_BUFFER_BYTES // MESSAGE_OVERHEAD
+    for _ in range(limit + 1000):
+        b.receive(TOPIC, "x", b"")
+    assert len(sub.buffer) < limit and sub.dropped > 1000
+    await sub.aclose()
+    await a.close()
+    await b.close()
+
+
+async def test_receive_delivers_a_message_from_any_origin():
+    net, (a, b) = await line("a", "b")
+    sub_a, sub_b = a.subscribe(TOPIC), b.subscribe(TOPIC)
+    b.receive(TOPIC, "12D3KooWminted", b"relayed")
+    assert await drain(sub_b) == [("12D3KooWminted", b"relayed")]
+    assert await drain(sub_a) == []  # not relayed further
+    await a.close()
+    with pytest.raises(NodeClosed):
+        a.receive(TOPIC, "x", b"")
+    await b.close()

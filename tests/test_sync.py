@@ -4,15 +4,19 @@ rejections, rate limits and the message format."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import hashlib
 import itertools
 import random
+import tracemalloc
 from collections import Counter
+from unittest import mock
 
 import pytest
+from conftest import eventually
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from learnae.errors import LedgerError
+from learnae.errors import LedgerError, TxRejected
 from learnae.identity import Identity
 from learnae.ipfs.memory import MemoryNetwork
 from learnae.ledger.sync import (
@@ -27,6 +31,7 @@ from learnae.ledger.sync import (
 )
 from learnae.ledger.tangle import Tangle
 from learnae.ledger.tx import TX_CID_PREFIX, Tx, data_payload, make_tx, tx_id
+from learnae.ledger.tx import check_payload as _check_payload
 
 POW = 4
 CID = "bafkreifzjut3te2nhyekklss27nh3k72ysco7y32koao5eei66wof36n5e"
@@ -54,6 +59,22 @@ def loose_tx(author: Identity, seq: int, parents=(GENESIS.id,), pow_bits: int = 
 def bad_signature_tx(seq: int) -> Tx:
     tx = loose_tx(MALLORY, seq)
     return Tx(**{**tx.__dict__, "raw": tx.raw.replace(tx.sig, bytes(64))})
+
+
+def future_kind_tx(seq: int, kind: str = "attestation") -> Tx:
+    """A well-formed, signed and mined transaction of a kind this version does not know (as a
+    newer version, or someone storing junk, would make it)."""
+    with mock.patch("learnae.ledger.tx.check_payload"):
+        tx = make_tx(MALLORY, kind=kind, payload={"junk": b"\x00" * 1000, "seq": seq},
+                     parents=[GENESIS.id], swarm=GENESIS.id, pow_bits=POW)
+    with pytest.raises(TxRejected):
+        _check_payload(tx.kind, tx.payload)
+    return tx
+
+
+def random_ids(k: int, salt: str) -> list[str]:
+    """``k`` transaction ids nobody has."""
+    return [tx_id(TX_CID_PREFIX + hashlib.sha256(f"{salt}/{i}".encode()).digest()) for i in range(k)]
 
 
 def low_pow_tx() -> Tx:
@@ -341,6 +362,81 @@ async def test_long_answers_are_split_into_bounded_messages(swarm):
     assert all(len(encode_message("txs", txs=m.txs)) <= 8192 for m in answers)
     assert [raw for m in answers for raw in m.txs] == [tx.raw for tx in chain]
     assert a.stats["answers-sent"] == len(answers)
+
+
+# Strangers: minted ids, amplification, unknown kinds -------------------------------------------
+async def test_minted_ids_sending_wants_leave_bounded_state(swarm):
+    """Ids cost an attacker nothing: 2,500 ids that nobody has heard of each send a want of 31
+    unknown ids (within the global budget, so each is read and handled). The peer table stays
+    under its cap and the heap grows by a bounded amount, not by one entry per wanted id."""
+    a = await swarm.add("a", max_peers=256, want_retry=5.0)
+    topic = tx_topic(GENESIS.id)
+    wants = [encode_message("want", ids=random_ids(31, f"w{k}"), n=8) for k in range(2500)]
+    await asyncio.sleep(0.05)  # start-up announcements
+    gc.collect()
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        for k, data in enumerate(wants):
+            swarm.nodes["a"].receive(topic, f"minted-{k}", data)
+            if k % 100 == 99:
+                await asyncio.sleep(0)  # let the syncer read, as a network paces messages
+        await eventually(lambda: a.stats["wants-received"] == len(wants))
+        peak = tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+    print(f"\n{len(wants)} minted ids x 31 unknown wanted ids: heap peak +{peak / 2**20:.1f} MiB, "
+          f"{len(a.peer_stats())} peers tracked")
+    assert len(a.peer_stats()) <= 256
+    assert peak < 4 << 20  # the old syncer kept every overheard id: +20 MiB here
+    assert a.stats["answers-sent"] == 0
+
+
+async def test_bytes_answered_to_one_want_are_bounded(swarm):
+    """One want from a fresh id (about 7 KB: 200 ids, n huge) is answered with at most
+    new_peer_answer_bytes (256 KiB) of the 600 KB the node could send; the asker's bucket is
+    charged before the answer is made."""
+    a = await swarm.add("a", announce_interval=60.0, peer_poll_interval=0)
+    ta = swarm.tangles["a"]
+    parent, chain = GENESIS.id, []
+    for seq in range(200):  # about 3 KB each
+        p = data_payload(cid=CID, size=1, rows=1, schema={"x": [2]}, source="s" * 2900, seq=seq)
+        chain.append(make_tx(swarm.ids["a"], kind="data", payload=p, parents=[parent],
+                             swarm=GENESIS.id, pow_bits=POW))
+        parent = chain[-1].id
+    assert {r.status for r in ta.insert_many(chain)} == {"inserted"}
+    spy_node = swarm.net.node("spy")
+    await spy_node.connect((await swarm.nodes["a"].addrs())[0])
+    spy = Spy(spy_node)
+    want = encode_message("want", ids=[tx.id for tx in chain], n=10**6)
+    swarm.nodes["a"].receive(tx_topic(GENESIS.id), "stranger", want)
+    await eventually(lambda: a.stats["wants-answered"] > 0)
+    await spy.close()
+    answered = sum(len(raw) for sender, m in spy.messages if sender == "a" and m.t == "txs"
+                   for raw in m.txs)
+    print(f"\none want of {len(want)} bytes: {answered} bytes answered "
+          f"({answered / len(want):.1f} per byte)")
+    assert 0 < answered <= 256 << 10  # the old syncer sent all 600 KB (86 per byte)
+    assert a.peer_stats()["stranger"]["received"] == 1
+
+
+async def test_unknown_kinds_are_refused_by_insert_and_by_sync(swarm, tmp_path):
+    tx = future_kind_tx(1)
+    tangle = Tangle(tmp_path / "direct.db", genesis_raw=GENESIS.raw, pow_bits=POW, max_tx_bytes=4096)
+    try:
+        result = tangle.insert(tx.raw)
+        assert result.status == "rejected" and result.error.code == "unknown-kind"
+        assert tangle.rejections == {"unknown-kind": 1} and tx.id not in tangle
+    finally:
+        tangle.close()
+    a = await swarm.add("a")
+    mallory = swarm.net.node("mallory")
+    await mallory.connect((await swarm.nodes["a"].addrs())[0])
+    topic = tx_topic(GENESIS.id)
+    await mallory.publish(topic, encode_message("tx", txs=[tx.raw, future_kind_tx(2, "admit").raw]))
+    await eventually(lambda: a.stats["rejected:unknown-kind"] == 2)
+    assert swarm.tangles["a"].rejections == {"unknown-kind": 2}
+    assert swarm.tangles["a"].count() == 1 and a.peer_stats()["mallory"]["rejected"] == 2
 
 
 # Anti-entropy after a partition ----------------------------------------------------------------

@@ -193,8 +193,9 @@ BAD = {
     "not-canonical": lambda a: a.raw.replace(b"\x81\xd8\x2a\x58\x25\x00", b"\x81\x58\x24"),
     "bad-signature": lambda a: resign(a, MALLORY, author=BOB.public_key, time=NOW + 50),
     "low-pow": lambda a: low_pow_tx(a.id).raw,
-    "too-large": lambda a: make_tx(BOB, kind="x", payload={"pad": b"\x00" * 5000}, parents=[a.id],
-                                   swarm=GENESIS.id, pow_bits=POW, time_ms=NOW + 20).raw,
+    "too-large": lambda a: make_tx(BOB, kind="data", parents=[a.id], swarm=GENESIS.id, pow_bits=POW,
+                                   time_ms=NOW + 20, payload=data_payload(
+                                       cid=CIDS[0], size=1, rows=1, schema={}, source="x" * 5000, seq=0)).raw,
     "bad-parents": lambda a: resign(a, BOB, parents=sorted([tx_link(a.id), tx_link(GENESIS.id)], reverse=True)),
     "future-time": lambda a: data_tx(BOB, [a.id], CLOCK() + 11 * 60_000).raw,
     "before-parent": lambda a: data_tx(BOB, [a.id], a.time - 1, cid=CIDS[2]).raw,
@@ -202,6 +203,8 @@ BAD = {
     "not-admitted": lambda a: data_tx(MALLORY, [a.id], NOW + 24).raw,
     "bad-payload": lambda a: resign(a, BOB, payload={"cid": CIDS[0]}, parents=[tx_link(a.id)], time=NOW + 22),
     "bad-fields": lambda a: resign(a, BOB, extra=1, parents=[tx_link(a.id)], time=NOW + 23),
+    "unknown-kind": lambda a: resign(a, BOB, kind="attestation", payload={"pad": b"\x00" * 100},
+                                     parents=[tx_link(a.id)], time=NOW + 25),
 }
 
 

@@ -1,8 +1,8 @@
 """The ``IpfsNode`` interface that every learnae role talks to.
 
-Three implementations stand behind it (DESIGN.md, "The IPFS layer"):
-``embedded`` (Kubo inside the process), ``rpc`` (a Kubo daemon's RPC API) and
-``memory`` (a simulated network for unit tests and large simulations).
+Three implementations stand behind it: ``embedded`` (Kubo inside the process), ``rpc``
+(a Kubo daemon's RPC API) and ``memory`` (a simulated network for unit tests and large
+simulations).
 
 Conventions shared by all of them:
 
@@ -14,13 +14,27 @@ Conventions shared by all of them:
 - Pubsub messages arrive as :class:`PubsubMessage` ``(sender, data)`` where ``sender``
   is the publishing peer's id. A node also receives its own messages
   (Kubo's behaviour); callers that do not want them compare ``sender`` to ``id``.
+  ``sender`` is the message's *origin* (gossipsub relays messages, and signs them with the
+  origin's key); no implementation tells which connection delivered a message.
+- A subscription holds what its reader has not taken yet in a :class:`SubscriptionBuffer`,
+  bounded in bytes (:data:`SUBSCRIPTION_BUFFER_BYTES`): a reader that falls behind loses the
+  oldest messages (counted), never the process's memory.
 """
 
 from __future__ import annotations
 
 import abc
+import asyncio
+from collections import deque
 from collections.abc import AsyncIterator
 from typing import NamedTuple
+
+SUBSCRIPTION_BUFFER_BYTES = 32 << 20
+"""Bytes of messages one subscription holds for its reader (32 MiB: 32 of gossipsub's largest
+messages); beyond it the oldest are dropped."""
+MESSAGE_OVERHEAD = 256
+"""Bytes a buffered message counts for besides its payload and sender id (the Python objects
+around them), so that a flood of empty messages is bounded too."""
 
 
 class PubsubMessage(NamedTuple):
@@ -28,6 +42,90 @@ class PubsubMessage(NamedTuple):
 
     sender: str
     data: bytes
+
+
+class SubscriptionBuffer:
+    """The messages of one subscription its reader has not taken yet, bounded in bytes.
+
+    A message counts ``len(data) + len(sender) + MESSAGE_OVERHEAD`` bytes. When one does not
+    fit, the oldest are dropped until it does (the reader gets the freshest; gossip protocols
+    recover what is lost); one larger than the whole bound is dropped itself. Every dropped
+    message is counted (:attr:`dropped`, :attr:`dropped_bytes`). Use from the event loop's
+    thread only (backends with threads hand messages over with ``call_soon_threadsafe``).
+
+    Args:
+        max_bytes: the bound; default :data:`SUBSCRIPTION_BUFFER_BYTES` (read when made).
+
+    Attributes:
+        max_bytes: the bound, bytes.
+        size: bytes buffered now (as counted above).
+        dropped, dropped_bytes: messages dropped so far, and their counted bytes.
+    """
+
+    def __init__(self, max_bytes: int | None = None):
+        self.max_bytes = SUBSCRIPTION_BUFFER_BYTES if max_bytes is None else max_bytes
+        self.size = 0
+        self.dropped = self.dropped_bytes = 0
+        self._items: deque[tuple[PubsubMessage, int]] = deque()
+        self._ready = asyncio.Event()
+        self._ended = False
+        self._error: BaseException | None = None
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def put(self, msg: PubsubMessage) -> bool:
+        """Buffer ``msg`` (dropping the oldest as needed); False if it was dropped or the
+        buffer has ended."""
+        if self._ended:
+            return False
+        cost = len(msg.data) + len(msg.sender) + MESSAGE_OVERHEAD
+        if cost > self.max_bytes:
+            self._drop(cost)
+            return False
+        while self.size + cost > self.max_bytes:
+            _, old = self._items.popleft()
+            self.size -= old
+            self._drop(old)
+        self._items.append((msg, cost))
+        self.size += cost
+        self._ready.set()
+        return True
+
+    def _drop(self, cost: int) -> None:
+        self.dropped += 1
+        self.dropped_bytes += cost
+
+    def end(self, error: BaseException | None = None) -> None:
+        """No more messages: the reader gets those buffered, then ``error`` once (if given),
+        then the end. Later calls and later messages are ignored."""
+        if not self._ended:
+            self._ended, self._error = True, error
+            self._ready.set()
+
+    @property
+    def ended(self) -> bool:
+        """Whether :meth:`end` was called."""
+        return self._ended
+
+    async def get(self) -> PubsubMessage:
+        """The oldest buffered message, waiting for one.
+
+        Raises:
+            StopAsyncIteration: the buffer ended and is empty.
+            BaseException: the ``error`` given to :meth:`end`, once, when the buffer is empty.
+        """
+        while not self._items:
+            if self._ended:
+                error, self._error = self._error, None
+                if error is not None:
+                    raise error
+                raise StopAsyncIteration
+            self._ready.clear()
+            await self._ready.wait()
+        msg, cost = self._items.popleft()
+        self.size -= cost
+        return msg
 
 
 class IpfsNode(abc.ABC):

@@ -13,7 +13,8 @@ until the node stops, so this module keeps them off the event loop:
   caller's timeout stays in Kubo's want list and finishes if a peer provides
   the block later; ``close()`` unblocks whatever is left;
 - one poller thread drains every subscription (``PubSubNextMessage`` returns at
-  once when nothing waits) into asyncio queues.
+  once when nothing waits) into its :class:`~.base.SubscriptionBuffer`, bounded in bytes
+  (:data:`~.base.SUBSCRIPTION_BUFFER_BYTES`; the oldest messages are dropped and counted).
 
 ``close()`` stops the node (``CleanupNode`` frees its port and repo lock and
 ends pending downloads), then joins every thread this module started. The Go
@@ -41,14 +42,14 @@ from learnae.content import parse_cid, to_v1
 from learnae.errors import IpfsError, IpfsTimeout, NodeClosed, OversizeError
 from learnae.ipfs import libkubo, privnet
 from learnae.ipfs.addr import check_multiaddr
-from learnae.ipfs.base import IpfsNode, PubsubMessage
+from learnae.ipfs.base import SUBSCRIPTION_BUFFER_BYTES, IpfsNode, PubsubMessage, SubscriptionBuffer
 
 log = logging.getLogger(__name__)
 
 #: fetches (distinct CIDs) that may be under way at once; more are refused
 MAX_FETCHES = 32
-#: messages a subscription buffers before it drops the oldest
-SUBSCRIPTION_BUFFER = 10_000
+__all__ = ["EmbeddedNode", "MAX_FETCHES", "SUBSCRIPTION_BUFFER_BYTES"]
+
 _POLL_IDLE_S = 0.005
 
 
@@ -302,41 +303,32 @@ class _Subscription(AsyncIterator[PubsubMessage]):
     """Messages of one topic; iterate with ``async for``; ``aclose()`` unsubscribes.
 
     Attributes:
-        dropped: messages discarded because the buffer (``SUBSCRIPTION_BUFFER``) was full.
+        buffer: what the reader has not taken yet, bounded in bytes (a
+            :class:`~.base.SubscriptionBuffer`).
+        dropped: messages discarded because they did not fit in it.
     """
-
-    _END = object()
 
     def __init__(self, node: EmbeddedNode, sub_id: int, topic: str, loop: asyncio.AbstractEventLoop):
         self.node, self.sub_id, self.topic, self.loop = node, sub_id, topic, loop
-        self.queue: asyncio.Queue = asyncio.Queue()
-        self.dropped = 0
+        self.buffer = SubscriptionBuffer()
+
+    dropped = property(lambda self: self.buffer.dropped)
 
     def deliver(self, msg: PubsubMessage) -> None:
         """Called from the poller thread."""
         with contextlib.suppress(RuntimeError):  # loop already closed
-            self.loop.call_soon_threadsafe(self._put, msg)
-
-    def _put(self, item: object) -> None:
-        if item is not self._END and self.queue.qsize() >= SUBSCRIPTION_BUFFER:
-            self.queue.get_nowait()
-            self.dropped += 1
-        self.queue.put_nowait(item)
+            self.loop.call_soon_threadsafe(self.buffer.put, msg)
 
     def end(self) -> None:
         with contextlib.suppress(RuntimeError):
-            self.loop.call_soon_threadsafe(self._put, self._END)
+            self.loop.call_soon_threadsafe(self.buffer.end)
 
     def __aiter__(self) -> _Subscription:
         return self
 
     async def __anext__(self) -> PubsubMessage:
-        item = await self.queue.get()
-        if item is self._END:
-            self.queue.put_nowait(self._END)
-            raise StopAsyncIteration
-        return item
+        return await self.buffer.get()
 
     async def aclose(self) -> None:
         self.node._unsubscribe(self)
-        self._put(self._END)
+        self.buffer.end()

@@ -51,12 +51,9 @@ from collections.abc import AsyncIterator, Iterable, Iterator
 from learnae.content import content_id, parse_cid, to_v1
 from learnae.errors import InvalidMultiaddr, IpfsError, IpfsTimeout, NodeClosed, OversizeError
 from learnae.ipfs.addr import check_multiaddr
-from learnae.ipfs.base import IpfsNode, PubsubMessage
+from learnae.ipfs.base import SUBSCRIPTION_BUFFER_BYTES, IpfsNode, PubsubMessage, SubscriptionBuffer
 
-__all__ = ["MemoryNetwork", "MemoryNode", "SUBSCRIPTION_BUFFER"]
-
-#: messages a subscription buffers before it drops the oldest (as the embedded node does)
-SUBSCRIPTION_BUFFER = 10_000
+__all__ = ["MemoryNetwork", "MemoryNode", "SUBSCRIPTION_BUFFER_BYTES"]
 
 _RuleKey = frozenset | str | None  # a link {a, b}, every link of a node, or every link (None)
 
@@ -405,6 +402,18 @@ class MemoryNode(IpfsNode):
         for t, nodes in later.items():
             loop.call_later(t, _deliver_all, nodes, topic, msg)
 
+    def receive(self, topic: str, sender: str, data: bytes) -> None:
+        """Deliver ``data`` to this node's subscriptions to ``topic`` as if a peer had relayed a
+        message whose origin is ``sender`` (any id, running or not: gossipsub relays messages of
+        origins this node never connected to). Not relayed further; for tests of what strangers
+        and minted ids can do. Not a coroutine.
+
+        Raises:
+            NodeClosed: the node is closed.
+        """
+        self._check_open()
+        self._deliver(topic, PubsubMessage(sender, bytes(data)))
+
     def _deliver(self, topic: str, msg: PubsubMessage) -> None:
         if self.closed or (self._down and msg.sender != self.id):
             return
@@ -495,39 +504,28 @@ class _Subscription(AsyncIterator[PubsubMessage]):
     """Messages of one topic; iterate with ``async for``; ``aclose()`` unsubscribes.
 
     Attributes:
-        dropped: messages discarded because :data:`SUBSCRIPTION_BUFFER` were waiting.
+        buffer: what the reader has not taken yet, bounded in bytes (a
+            :class:`~.base.SubscriptionBuffer`, as on the embedded node).
+        dropped: messages discarded because they did not fit in it.
     """
-
-    _END = object()
 
     def __init__(self, node: MemoryNode, topic: str, key: int):
         self.node, self.topic, self.key = node, topic, key
-        self.dropped = 0
-        self._queue: asyncio.Queue = asyncio.Queue()
-        self._ended = False
+        self.buffer = SubscriptionBuffer()
+
+    dropped = property(lambda self: self.buffer.dropped)
 
     def _put(self, msg: PubsubMessage) -> None:
-        if self._ended:
-            return
-        if self._queue.qsize() >= SUBSCRIPTION_BUFFER:
-            self._queue.get_nowait()
-            self.dropped += 1
-        self._queue.put_nowait(msg)
+        self.buffer.put(msg)
 
     def _end(self) -> None:
-        if not self._ended:
-            self._ended = True
-            self._queue.put_nowait(self._END)
+        self.buffer.end()
 
     def __aiter__(self) -> _Subscription:
         return self
 
     async def __anext__(self) -> PubsubMessage:
-        item = await self._queue.get()
-        if item is self._END:
-            self._queue.put_nowait(self._END)
-            raise StopAsyncIteration
-        return item
+        return await self.buffer.get()
 
     async def aclose(self) -> None:
         self.node._unsubscribe(self.topic, self.key)

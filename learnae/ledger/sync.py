@@ -1,4 +1,4 @@
-"""Tangle sync over pubsub: gossip, gap repair and anti-entropy (DESIGN.md "Tangle", Sync).
+"""Tangle sync over pubsub: gossip, gap repair, anti-entropy and limits against floods.
 
 A :class:`TangleSync` keeps one node's :class:`~learnae.ledger.tangle.Tangle` in step with its
 peers over one :class:`~learnae.ipfs.base.IpfsNode`. Everything goes over one pubsub topic,
@@ -65,22 +65,51 @@ How it behaves
   it has); a node whose tangle holds every announced tip and more transactions than the
   announcer answers with its own tips (at most every ``announce_interval / 4``), so the two
   sides of a healed partition find each other's tips within a fraction of the interval.
-- **Limits.** Per sender (pubsub ``from``, the originating peer): token buckets on messages/s
-  and bytes/s; excess is dropped and counted (``rate-limited``); each rejected transaction
-  costs its sender ``reject_cost`` message tokens, and queued messages of a sender in debt are
-  dropped. Answers are charged to the askers (bytes/s each) and to a global output bucket.
-  The inbox of transactions waiting for validation is bounded (``max_inbox_bytes``; excess
-  dropped as ``inbox-full``, anti-entropy recovers it). Messages larger than
-  :data:`MAX_MESSAGE_BYTES` (gossipsub's limit) are dropped unread; this node's own messages
-  are at most ``max_message_bytes``. Nothing a peer sends blocks or stops the syncer.
+- **Limits.** Pubsub gives the *origin* of a message (``from``, the peer that published it),
+  not the connection it came over: gossipsub relays, and neither Kubo's RPC API nor the
+  embedded library says which neighbour delivered a message. An origin id costs an attacker
+  one key pair, so limits per id alone are no limit. The syncer therefore bounds the work any
+  message can cause and applies two layers of budgets (token buckets; excess is dropped and
+  counted, never queued):
 
-``stats`` counters: ``received`` (messages from others), ``own``, ``oversize``, ``bad-message``,
-``unknown-type``, ``rate-limited``, ``inbox-full``, ``txs-received``, ``stored`` (including
-pending ones released), ``duplicates``, ``pending``, ``rejected:<code>``, ``tx-sent`` (messages),
-``txs-published``, ``tips-sent``, ``tips-received``, ``wants-sent``, ``want-ids-sent``,
-``wants-received``, ``wants-throttled`` (the asker's answer budget is spent), ``answers-sent``
-(messages), ``wants-answered`` (ids), ``answer-txs-sent``, ``answers-suppressed`` (wanted ids not
-sent because another node's answer carried them first or just before), ``publish-failed``,
+  * **A global budget** on everything received from others (``global_msg_rate`` messages/s
+    and ``global_byte_rate`` bytes/s, with bursts): the stand-in for a per-connection limit,
+    however many ids the messages claim. A message over it is dropped as ``over-budget``
+    before any per-id state is made for its sender.
+  * **Bounded per-id state.** The table of senders holds at most ``max_peers`` entries
+    (least recently heard evicted). Each has buckets for messages/s and bytes/s and the bytes
+    of answers it may cause. A new id starts with a small burst (``new_peer_msgs`` messages,
+    one largest message of bytes, ``new_peer_answer_bytes`` of answers) that refills at the
+    id's rate up to its full burst, so minting ids buys little: an honest peer, heard every
+    couple of seconds, stays in the table and earns its full burst.
+
+  A ``want`` or ``tips`` costs one message token plus one per 32 ids it carries (each id is a
+  lookup). Each rejected transaction costs its sender ``reject_cost`` message tokens, and
+  queued messages of a sender in debt are dropped. **Answers** are paid before the work is
+  done: a ``want`` reserves ``min(max_answer_bytes, the asker's answer tokens)`` bytes from the
+  asker's bucket (none left, or the queue of ids to answer full: ``wants-throttled``); the
+  wants heard within one ``answer_delay`` share one answer of at most ``max_answer_bytes`` and
+  at most the sum of their reservations, and what an answer did not use is given back. So the
+  bytes answered to one ``want`` are at most ``max_answer_bytes`` (2 MiB by default) and, from
+  an id never heard before, at most ``new_peer_answer_bytes`` (256 KiB); all answers together
+  are bounded by the global ``answer_rate`` bytes/s (the answer loop waits while that bucket
+  is in debt). Only ids this node itself misses are remembered from overheard ``want`` s. The
+  inbox of transactions waiting for validation is bounded (``max_inbox_bytes``, counting
+  :data:`TX_OVERHEAD` bytes per transaction; excess dropped as ``inbox-full``, anti-entropy
+  recovers it). Messages larger than :data:`MAX_MESSAGE_BYTES` (gossipsub's limit) are dropped
+  unread; this node's own messages are at most ``max_message_bytes``. The IPFS backends bound
+  a subscription's buffer in bytes too (:data:`learnae.ipfs.base.SUBSCRIPTION_BUFFER_BYTES`).
+  Nothing a peer sends blocks or stops the syncer.
+
+``stats`` counters: ``received`` (messages from others), ``own``, ``oversize``, ``over-budget``
+(the global budget), ``bad-message``, ``unknown-type``, ``rate-limited`` (a sender's budget),
+``inbox-full``, ``txs-received``, ``stored`` (including pending ones released), ``duplicates``,
+``pending``, ``rejected:<code>``, ``tx-sent`` (messages), ``txs-published``, ``tips-sent``,
+``tips-received``, ``wants-sent``, ``want-ids-sent``, ``wants-received``, ``wants-throttled``
+(the asker's answer budget is spent, or too many ids wait for an answer), ``answers-sent``
+(messages), ``answer-bytes-sent`` (transaction bytes), ``wants-answered`` (ids),
+``answer-txs-sent``, ``answers-suppressed`` (wanted ids not sent because another node's answer
+carried them first or just before), ``publish-failed``,
 ``errors`` (logged with their traceback).
 
 Everything runs on the asyncio loop that called :meth:`TangleSync.start`; the tangle must be
@@ -112,7 +141,10 @@ from learnae.ledger.tx import TX_CID_PREFIX, Tx, cbor_head, cbor_text, tx_id, tx
 
 __all__ = [
     "MAX_MESSAGE_BYTES",
+    "MAX_TIP_IDS",
+    "MAX_WANT_IDS",
     "SyncMessage",
+    "TX_OVERHEAD",
     "TangleSync",
     "decode_message",
     "encode_message",
@@ -129,7 +161,14 @@ MAX_MESSAGE_BYTES = 1 << 20
 MAX_TIP_IDS = 64
 """Tips listed in one ``tips`` message (a random sample when a node has more)."""
 MAX_WANT_IDS = 512
-"""Ids asked for in one ``want`` message; ids beyond this in a received ``want`` are ignored."""
+"""Ids asked for in one ``want`` message; ids beyond this in a received message are ignored."""
+TX_OVERHEAD = 64
+"""Bytes a received transaction counts for in the inbox bound besides its own (its list slot and
+bookkeeping), so that a message of many empty byte strings cannot fill memory uncounted."""
+_IDS_PER_TOKEN = 32  # a want or tips message costs one more message token per this many ids
+_MAX_TO_ANSWER = 4 * MAX_WANT_IDS  # ids waiting for an answer; wants beyond are throttled
+_MAX_ANSWERED = 1 << 16  # ids remembered as just answered (for answer_holdoff)
+_MAX_HELD = 1 << 15  # ids remembered as pending in the tangle
 _MESSAGE_MARGIN = 64  # map head, keys and list head of an envelope, rounded up
 _TX_MARGIN = 5  # byte string head of one transaction in an envelope
 
@@ -182,7 +221,8 @@ def encode_message(
 def decode_message(data: bytes) -> SyncMessage:
     """Decode a sync message (any valid DAG-CBOR map of that shape; extra keys are ignored).
 
-    Ids that are not 36-byte transaction CIDs are dropped; a link (tag 42) is read as its CID.
+    Only the first :data:`MAX_WANT_IDS` ids are read; those that are not 36-byte transaction
+    CIDs are dropped; a link (tag 42) is read as its CID.
 
     Raises:
         LedgerError: code ``bad-message``: not DAG-CBOR, not a map, no text ``t``, or a field of
@@ -201,7 +241,8 @@ def decode_message(data: bytes) -> SyncMessage:
     ):
         raise LedgerError("sync message fields: ids and txs lists of bytes, n an unsigned int",
                           code="bad-message")
-    good = [tx_id(i) for i in ids if type(i) is bytes and len(i) == 36 and i.startswith(TX_CID_PREFIX)]
+    good = [tx_id(i) for i in ids[:MAX_WANT_IDS]
+            if type(i) is bytes and len(i) == 36 and i.startswith(TX_CID_PREFIX)]
     return SyncMessage(obj["t"], good, txs, n)
 
 
@@ -220,12 +261,14 @@ def _raw_id(raw: bytes) -> str:
 
 # Rate limits -----------------------------------------------------------------------------------
 class _Bucket:
-    """A token bucket: ``rate`` tokens/s up to ``burst``; :meth:`charge` may run into debt."""
+    """A token bucket: ``rate`` tokens/s up to ``burst``, starting with ``start`` tokens (default
+    ``burst``); :meth:`charge` may run into debt."""
 
     __slots__ = ("rate", "burst", "tokens", "stamp")
 
-    def __init__(self, rate: float, burst: float, now: float):
-        self.rate, self.burst, self.tokens, self.stamp = rate, burst, burst, now
+    def __init__(self, rate: float, burst: float, now: float, start: float | None = None):
+        self.rate, self.burst, self.stamp = rate, burst, now
+        self.tokens = burst if start is None else min(start, burst)
 
     def _refill(self, now: float) -> None:
         self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
@@ -246,8 +289,12 @@ class _Bucket:
         self._refill(now)
         self.tokens -= amount
 
+    def refund(self, amount: float, now: float) -> None:
+        self._refill(now)
+        self.tokens = min(self.burst, self.tokens + amount)
 
-@dataclass
+
+@dataclass(slots=True)
 class _Peer:
     msgs: _Bucket
     data: _Bucket
@@ -280,20 +327,31 @@ class TangleSync:
         min_want_depth: least ``n`` of a ``want``; it is 4 times the transactions that went
             pending since the previous ``want`` when that is more.
         max_answer_txs: most transactions in one answer.
-        max_answer_bytes: most bytes in one answer (sent as messages of ``max_message_bytes``).
+        max_answer_bytes: most transaction bytes in one answer, whatever the wants it answers
+            (sent as messages of ``max_message_bytes``).
         max_message_bytes: largest message this node publishes (at most
             :data:`MAX_MESSAGE_BYTES`; must hold the largest transaction, ``tangle.max_tx_bytes``).
         peer_msg_rate, peer_msg_burst: messages/s and burst accepted from one sender.
         peer_byte_rate, peer_byte_burst: bytes/s and burst accepted from one sender (burst at
             least :data:`MAX_MESSAGE_BYTES`).
         peer_answer_rate, peer_answer_burst: bytes/s and burst of answers one asker may cause.
+        new_peer_msgs: message tokens a sender not in the table starts with (its bytes bucket
+            starts with :data:`MAX_MESSAGE_BYTES`).
+        new_peer_answer_bytes: answer bytes a sender not in the table starts with: the most
+            answered to a new id's first ``want`` (at least ``tangle.max_tx_bytes``).
+        global_msg_rate, global_msg_burst: messages/s and burst accepted from all others
+            together.
+        global_byte_rate, global_byte_burst: bytes/s and burst accepted from all others together
+            (burst at least :data:`MAX_MESSAGE_BYTES`).
         answer_rate, answer_burst: bytes/s and burst of answers this node sends in all.
         reject_cost: message tokens a sender loses per rejected transaction.
-        max_inbox_bytes: bound on received transaction bytes waiting for validation.
+        max_inbox_bytes: bound on received transaction bytes waiting for validation (each
+            counts :data:`TX_OVERHEAD` more).
         ingest_batch: transactions validated and committed together (one SQLite commit).
         peer_poll_interval: seconds between checks of ``ipfs.peers()`` (a new peer triggers an
             announcement); 0 disables them.
-        max_peers: senders whose rate-limit state is kept (least recently heard dropped).
+        max_peers: senders whose rate-limit state is kept (least recently heard dropped); each
+            costs at most about 9 KB (its counters and last announced tips).
         rng: randomness of the jitters (default: a fresh ``random.Random()``).
 
     Raises:
@@ -321,13 +379,19 @@ class TangleSync:
         peer_byte_burst: float = 16 << 20,
         peer_answer_rate: float = 4 << 20,
         peer_answer_burst: float = 16 << 20,
-        answer_rate: float = 16 << 20,
-        answer_burst: float = 32 << 20,
+        new_peer_msgs: float = 10.0,
+        new_peer_answer_bytes: float = 256 << 10,
+        global_msg_rate: float = 1000.0,
+        global_msg_burst: float = 3000.0,
+        global_byte_rate: float = 32 << 20,
+        global_byte_burst: float = 64 << 20,
+        answer_rate: float = 4 << 20,
+        answer_burst: float = 16 << 20,
         reject_cost: float = 10.0,
         max_inbox_bytes: int = 32 << 20,
         ingest_batch: int = 256,
         peer_poll_interval: float = 1.0,
-        max_peers: int = 4096,
+        max_peers: int = 1024,
         rng: random.Random | None = None,
     ):
         if genesis_id is not None and genesis_id != tangle.swarm:
@@ -337,8 +401,9 @@ class TangleSync:
                 f"max_message_bytes {max_message_bytes} must hold one transaction of up to "
                 f"{tangle.max_tx_bytes} bytes and be at most {MAX_MESSAGE_BYTES}"
             )
-        if peer_byte_burst < MAX_MESSAGE_BYTES:
-            raise LedgerError(f"peer_byte_burst must be at least {MAX_MESSAGE_BYTES} bytes")
+        if min(peer_byte_burst, global_byte_burst) < MAX_MESSAGE_BYTES:
+            raise LedgerError(f"peer_byte_burst and global_byte_burst must be at least "
+                              f"{MAX_MESSAGE_BYTES} bytes (one largest message)")
         self.tangle = tangle
         self.ipfs = ipfs
         self.genesis_id = tangle.swarm
@@ -354,6 +419,10 @@ class TangleSync:
         self.max_message_bytes = max_message_bytes
         self._peer_limits = (peer_msg_rate, peer_msg_burst, peer_byte_rate, peer_byte_burst,
                              peer_answer_rate, peer_answer_burst)
+        self.new_peer_msgs = new_peer_msgs
+        self.new_peer_answer_bytes = max(new_peer_answer_bytes, tangle.max_tx_bytes)
+        self._global_limits = (global_msg_rate, global_msg_burst,
+                               global_byte_rate, global_byte_burst)
         self._answer_limits = (answer_rate, answer_burst)
         self.reject_cost = reject_cost
         self.max_inbox_bytes = max_inbox_bytes
@@ -372,10 +441,14 @@ class TangleSync:
         self._held: set[str] = set()  # ids the tangle holds pending (as far as we saw)
         self._count = (float("-inf"), 0)  # (when, tangle.count()): count() scans the table
         self._new_pending = 0  # transactions that went pending since the last want
-        self._to_answer: dict[str, tuple[int, str]] = {}  # id -> (budget n, asker)
+        self._missing: set[str] = set()  # ids this node missed when it last asked
+        self._to_answer: dict[str, int] = {}  # id -> budget n
+        self._reserved: dict[str, float] = {}  # asker -> answer bytes reserved for _to_answer
         self._answered: OrderedDict[str, float] = OrderedDict()  # id -> when last sent in an answer
         self._last_announce = float("-inf")
-        self._out: _Bucket | None = None
+        self._out: _Bucket | None = None  # answers sent, bytes
+        self._in_msgs: _Bucket | None = None  # messages received from others
+        self._in_bytes: _Bucket | None = None
         self._sub = None
         self._tasks: list[asyncio.Task] = []
         self._stopping = False
@@ -397,7 +470,10 @@ class TangleSync:
             raise LedgerError("this syncer is already running")
         self._loop = asyncio.get_running_loop()
         self._stopping = False
-        self._out = _Bucket(*self._answer_limits, self._now())
+        now = self._now()
+        self._out = _Bucket(*self._answer_limits, now)
+        mr, mb, br, bb = self._global_limits
+        self._in_msgs, self._in_bytes = _Bucket(mr, mb, now), _Bucket(br, bb, now)
         self._sub = self.ipfs.subscribe(self.topic)
         loops = [self._read_loop, self._ingest_loop, self._want_loop, self._answer_loop,
                  self._announce_loop]
@@ -513,10 +589,14 @@ class TangleSync:
 
     # Receiving --------------------------------------------------------------------------------------
     def _peer(self, sender: str, now: float) -> _Peer:
+        """The sender's entry, made with a new id's small burst if absent (evicting the least
+        recently heard beyond ``max_peers``)."""
         peer = self._peers.get(sender)
         if peer is None:
             mr, mb, br, bb, ar, ab = self._peer_limits
-            peer = self._peers[sender] = _Peer(_Bucket(mr, mb, now), _Bucket(br, bb, now), _Bucket(ar, ab, now))
+            peer = self._peers[sender] = _Peer(
+                _Bucket(mr, mb, now, self.new_peer_msgs), _Bucket(br, bb, now, MAX_MESSAGE_BYTES),
+                _Bucket(ar, ab, now, self.new_peer_answer_bytes))
             while len(self._peers) > self.max_peers:
                 self._peers.popitem(last=False)
         else:
@@ -538,25 +618,36 @@ class TangleSync:
             return
         self.stats["received"] += 1
         now = self._now()
-        peer = self._peer(sender, now)
-        peer.counters["received"] += 1
         if len(data) > MAX_MESSAGE_BYTES:
             self.stats["oversize"] += 1
-            peer.counters["oversize"] += 1
+            known = self._peers.get(sender)
+            if known is not None:
+                known.counters["oversize"] += 1
             return
-        # Check both buckets before taking from either, so a refused message costs nothing.
+        # The global budget first: a message over it makes no per-id state.
+        if self._in_msgs.level(now) < 1 or self._in_bytes.level(now) < len(data):
+            self.stats["over-budget"] += 1
+            return
+        peer = self._peer(sender, now)
+        peer.counters["received"] += 1
+        # Check every bucket before taking from any, so a refused message costs nothing.
         if peer.msgs.level(now) < 1 or peer.data.level(now) < len(data):
             self.stats["rate-limited"] += 1
             peer.counters["rate-limited"] += 1
             return
-        peer.msgs.take(1, now)
-        peer.data.take(len(data), now)
+        for bucket, cost in ((peer.msgs, 1), (peer.data, len(data)), (self._in_msgs, 1),
+                             (self._in_bytes, len(data))):
+            bucket.charge(cost, now)
         try:
             msg = decode_message(data)
         except LedgerError:
             self.stats["bad-message"] += 1
             peer.counters["bad-message"] += 1
             return
+        extra = len(msg.ids) // _IDS_PER_TOKEN  # each id costs a lookup
+        if extra:
+            peer.msgs.charge(extra, now)
+            self._in_msgs.charge(extra, now)
         if msg.t in ("tx", "txs"):
             self._on_txs(sender, msg, now)
         elif msg.t == "want":
@@ -573,14 +664,14 @@ class TangleSync:
                 if self._to_answer.pop(i, None) is not None:
                     self.stats["answers-suppressed"] += 1
                 self._mark_answered(i, now)
-        size = sum(map(len, msg.txs))
+        size = sum(map(len, msg.txs)) + TX_OVERHEAD * len(msg.txs)
         if self._inbox_bytes + size > self.max_inbox_bytes:
             self.stats["inbox-full"] += 1
             return
         self.stats["txs-received"] += len(msg.txs)
         for start in range(0, len(msg.txs), self.ingest_batch):
             chunk = msg.txs[start : start + self.ingest_batch]
-            chunk_size = sum(map(len, chunk))
+            chunk_size = sum(map(len, chunk)) + TX_OVERHEAD * len(chunk)
             self._inbox.append((sender, chunk, chunk_size))
             self._inbox_bytes += chunk_size
         self._inbox_event.set()
@@ -588,25 +679,43 @@ class TangleSync:
     def _on_want(self, sender: str, peer: _Peer, msg: SyncMessage, now: float) -> None:
         self.stats["wants-received"] += 1
         ids = msg.ids[:MAX_WANT_IDS]
+        wants, wish, missing = self._wants, self._wish, self._missing
         for i in ids:  # whoever misses these too will get this want's answer: do not ask now
-            state = self._wants.setdefault(i, _Want())
-            state.next = max(state.next, now + self.want_retry)
-        if peer.answers.level(now) < 0:
-            self.stats["wants-throttled"] += 1
-            return
-        budget = max(1, min(msg.n or 1, self.max_answer_txs))
-        scheduled = False
+            if i in wants or i in wish or i in missing:  # (only ids this node misses itself)
+                state = wants.setdefault(i, _Want())
+                state.next = max(state.next, now + self.want_retry)
+        todo = []
         for i in ids:
             sent = self._answered.get(i)
             if sent is not None and now - sent < self.answer_holdoff:
                 self.stats["answers-suppressed"] += 1
-                continue
-            if i in self.tangle:
-                old = self._to_answer.get(i)
-                self._to_answer[i] = (max(budget, old[0]) if old else budget, sender)
+            else:
+                todo.append(i)
+        if not todo:
+            return
+        # Pay first: reserve the answer's bytes from the asker (once per answer it waits for).
+        new = sender not in self._reserved
+        if new:
+            grant = min(self.max_answer_bytes, peer.answers.level(now))
+            if grant < self.tangle.max_tx_bytes or len(self._to_answer) >= _MAX_TO_ANSWER:
+                self.stats["wants-throttled"] += 1
+                return
+            peer.answers.take(grant, now)
+            self._reserved[sender] = grant
+        budget = max(1, min(msg.n or 1, self.max_answer_txs))
+        to_answer = self._to_answer
+        scheduled = False
+        for i in todo:
+            if i in to_answer:
+                to_answer[i] = max(budget, to_answer[i])
+                scheduled = True
+            elif len(to_answer) < _MAX_TO_ANSWER and i in self.tangle:
+                to_answer[i] = budget
                 scheduled = True
         if scheduled:
             self._answer_event.set()
+        elif new:  # nothing to answer: give the reservation back
+            peer.answers.refund(self._reserved.pop(sender), now)
 
     def _on_tips(self, peer: _Peer, msg: SyncMessage) -> None:
         self.stats["tips-received"] += 1
@@ -629,7 +738,7 @@ class TangleSync:
         answered.move_to_end(i)
         while answered:
             oldest = next(iter(answered.values()))
-            if now - oldest < self.answer_holdoff:
+            if now - oldest < self.answer_holdoff and len(answered) <= _MAX_ANSWERED:
                 break
             answered.popitem(last=False)
 
@@ -687,7 +796,7 @@ class TangleSync:
 
     def _gap_check(self) -> None:
         """Wake gap repair if transactions wait."""
-        if not self.tangle.pending or len(self._held) > 1 << 18:
+        if not self.tangle.pending or len(self._held) > _MAX_HELD:
             self._held.clear()  # (evicted ones are not reported: forget them here)
         if self.tangle.pending or self._wish:
             self._gap_event.set()
@@ -713,6 +822,7 @@ class TangleSync:
             del self._wish[i]
         candidates = dict.fromkeys(missing)
         candidates.update(dict.fromkeys(self._wish))
+        self._missing = set(candidates)
         # Forget ids no longer missing whose retry time has passed.
         self._wants = {i: s for i, s in self._wants.items() if i in candidates or s.next > now}
         if not candidates:
@@ -754,17 +864,19 @@ class TangleSync:
             if debt > 0:
                 await asyncio.sleep(debt / self._out.rate)
             todo, self._to_answer = self._to_answer, {}
+            reserved, self._reserved = self._reserved, {}
             if not todo:
+                self._refund(reserved, 0)
                 continue
             try:
-                await self._answer(todo)
+                await self._answer(todo, reserved)
             except Exception:
                 self.stats["errors"] += 1
                 log.exception("answering a want failed")
 
-    def _ancestry(self, wanted: Iterable[str], budget: int) -> list[bytes]:
+    def _ancestry(self, wanted: Iterable[str], budget: int, max_bytes: float) -> list[bytes]:
         """The wanted transactions, then their newest ancestors (by time, ties by id), within
-        ``budget`` transactions and ``max_answer_bytes``; returned oldest first (parents before
+        ``budget`` transactions and ``max_bytes``; returned oldest first (parents before
         children, as times never decrease along approvals). The genesis is left out."""
         get = self.tangle.get
         heap: list[tuple[int, int, str, Tx]] = []
@@ -782,7 +894,7 @@ class TangleSync:
         size = 0
         while heap and len(out) < budget:
             _, _, _, tx = heapq.heappop(heap)
-            if size + len(tx.raw) > self.max_answer_bytes:
+            if size + len(tx.raw) > max_bytes:
                 break
             out.append(tx.raw)
             size += len(tx.raw)
@@ -792,25 +904,33 @@ class TangleSync:
         out.reverse()
         return out
 
-    async def _answer(self, todo: dict[str, tuple[int, str]]) -> None:
-        budget = min(self.max_answer_txs, max(n for n, _ in todo.values()))
-        raws = self._ancestry(todo, budget)
+    async def _answer(self, todo: dict[str, int], reserved: dict[str, float]) -> None:
+        """Answer the wanted ids ``todo`` (id -> ``n``) within the askers' ``reserved`` bytes."""
+        budget = min(self.max_answer_txs, max(todo.values()))
+        raws = self._ancestry(todo, budget, min(self.max_answer_bytes, sum(reserved.values())))
+        size = sum(map(len, raws))
+        self._refund(reserved, size)
         if not raws:
             return
         now = self._now()
-        size = sum(map(len, raws))
         self._out.charge(size, now)
-        for asker in {a for _, a in todo.values()}:
-            peer = self._peers.get(asker)
-            if peer is not None:
-                peer.answers.charge(size, now)
         for raw in raws:
             self._mark_answered(_raw_id(raw), now)
         for chunk in self._chunks(raws):
             if await self._send(encode_message("txs", txs=chunk)):
                 self.stats["answers-sent"] += 1
                 self.stats["answer-txs-sent"] += len(chunk)
+                self.stats["answer-bytes-sent"] += sum(map(len, chunk))
         self.stats["wants-answered"] += len(todo)
+
+    def _refund(self, reserved: dict[str, float], used: int) -> None:
+        """Give each asker back what of its reservation an answer of ``used`` bytes left over
+        (every asker is charged the whole answer, up to its reservation: all of them get it)."""
+        now = self._now()
+        for asker, grant in reserved.items():
+            peer = self._peers.get(asker)
+            if peer is not None and grant > used:
+                peer.answers.refund(grant - used, now)
 
     # Anti-entropy -----------------------------------------------------------------------------------
     async def _announce_loop(self) -> None:

@@ -1,11 +1,11 @@
 """Tangle transactions: the DAG-CBOR wire format, proof-of-work, signatures and validation.
 
-A transaction is a DAG-CBOR map (DESIGN.md "Wire formats"; https://ipld.io/specs/codecs/dag-cbor/spec/):
+A transaction is a DAG-CBOR map (https://ipld.io/specs/codecs/dag-cbor/spec/):
 
 ===========  ==========================================================================
 ``v``        1
 ``swarm``    link (tag 42) to the genesis transaction; absent on the genesis itself
-``kind``     text: ``genesis``, ``checkpoint``, ``data`` or a later kind (kept, payload unchecked)
+``kind``     text: one of :data:`KINDS` (``genesis``, ``checkpoint``, ``data``); others are refused
 ``author``   bytes: the author's 32-byte Ed25519 public key
 ``parents``  list of links to 1 or 2 distinct earlier transactions, sorted by their binary
              CIDs (1 only while the tangle has a single tip); empty on the genesis
@@ -19,6 +19,13 @@ A transaction is a DAG-CBOR map (DESIGN.md "Wire formats"; https://ipld.io/specs
 Proof-of-work: sha2-256 of the unsigned encoding has at least ``pow_bits`` leading zero bits
 (priced spam, as in IOTA). A transaction's id is its CIDv1 (dag-cbor, sha2-256) over the signed
 encoding, shown in base32 (``"bafyrei..."``).
+
+Kinds: a node accepts only the kinds its version knows, each with its payload rules
+(:func:`check_payload`); any other kind is refused with code ``unknown-kind``, so nobody can
+store arbitrary payloads in every peer's permanent ledger under a made-up kind. A new kind (the
+planned ``attestation``, ``admit`` and ``revoke``) is added to :data:`KINDS` together with its
+payload rules, in a version the whole swarm runs before anyone issues it: a node of an older
+version refuses the new kind (and whatever approves such a transaction stays pending there).
 
 The envelope is encoded here rather than by ``libipld``: ``libipld.encode_dag_cbor`` (3.x) writes
 *any* Python ``bytes`` that parse as a binary CID as a link (tag 42), and about 1 in 2,500 random
@@ -192,7 +199,7 @@ def make_tx(
 
     Args:
         identity: the author's key.
-        kind: ``"genesis"``, ``"checkpoint"``, ``"data"`` or a later kind.
+        kind: one of :data:`KINDS`: ``"genesis"``, ``"checkpoint"`` or ``"data"``.
         payload: the kind's map (build with :func:`checkpoint_payload` / :func:`data_payload`).
         parents: ids of the approved transactions (any order; sorted here); empty for a genesis.
         swarm: the genesis id; ``None`` for a genesis.
@@ -201,7 +208,8 @@ def make_tx(
         time_ms: ms since the epoch; default now. Must not be before a parent's time.
 
     Raises:
-        TxRejected: ``bad-payload`` if ``payload`` does not fit ``kind``.
+        TxRejected: ``unknown-kind`` if ``kind`` is not in :data:`KINDS`, ``bad-payload`` if
+            ``payload`` does not fit it.
         InvalidCID: a parent or ``swarm`` is not a transaction id.
     """
     check_payload(kind, payload)
@@ -315,6 +323,8 @@ _PAYLOADS: dict[str, dict[str, Callable[[Any], bool]]] = {
         "seq": _is_uint,
     },
 }
+KINDS = frozenset({"genesis", *_PAYLOADS})
+"""The transaction kinds this version accepts: ``genesis``, ``checkpoint`` and ``data``."""
 _PAYLOAD_RULES = {
     "cid": "a CIDv1 base32 string", "base": "a list of tx links", "data": "a list of tx links",
     "metrics": "a map of text to finite floats", "schema": "a map", "source": "a map or text",
@@ -322,17 +332,26 @@ _PAYLOAD_RULES = {
 
 
 def check_payload(kind: str, payload: Any) -> None:
-    """Check a payload against its kind: exactly the kind's keys, each of the right type.
+    """Check that ``kind`` is known (:data:`KINDS`) and the payload fits it: exactly the kind's
+    keys, each of the right type.
 
     ``checkpoint``: ``cid`` (content CIDv1 base32 string), ``size`` (bytes), ``step``,
     ``samples`` (unsigned ints), ``base``, ``data`` (lists of tx links), ``metrics`` (text to
     finite float). ``data``: ``cid``, ``size``, ``rows``, ``schema`` (map), ``source`` (map or
-    text), ``seq`` (unsigned int). ``genesis`` and unknown kinds: any map (the manifest is
-    checked by the manifest layer).
+    text), ``seq`` (unsigned int). ``genesis``: any map (the manifest is checked by the
+    manifest layer).
 
     Raises:
-        TxRejected: code ``bad-payload``, naming the first offending key.
+        TxRejected: code ``unknown-kind`` for a kind not in :data:`KINDS`; code
+            ``bad-payload``, naming the first offending key.
     """
+    if kind not in KINDS:
+        raise TxRejected(
+            f"transaction kind {kind!r} is not one this version knows "
+            f"({', '.join(sorted(KINDS))}): a node accepts a new kind only once it runs a version "
+            "that defines its payload",
+            code="unknown-kind",
+        )
     if type(payload) is not dict:
         raise TxRejected(f"{kind} payload is not a map", code="bad-payload")
     rules = _PAYLOADS.get(kind)
@@ -407,8 +426,8 @@ def validate_tx(
     Raises:
         TxRejected: one reason, code ``too-large``, ``wrong-swarm``, ``bad-parents`` (genesis
             with parents; else not 1 or 2 distinct parents sorted by binary CID),
-            ``future-time``, ``before-parent``, ``not-admitted``, ``bad-payload``, ``low-pow``
-            or ``bad-signature``.
+            ``future-time``, ``before-parent``, ``not-admitted``, ``unknown-kind`` (a kind not in
+            :data:`KINDS`), ``bad-payload``, ``low-pow`` or ``bad-signature``.
     """
     if len(tx.raw) > max_bytes:
         raise TxRejected(f"transaction is {len(tx.raw)} bytes, over the {max_bytes}-byte limit", code="too-large")
