@@ -1,7 +1,7 @@
 """The swarm definition: the manifest (the genesis transaction's payload), the invite file that
 nodes and sensors join with, and the files of a swarm's state directory.
 
-The manifest (DESIGN.md "Wire formats", kind ``genesis``) is a DAG-CBOR map of plain values:
+The manifest (docs/design.md "Content and wire formats", kind ``genesis``) is a DAG-CBOR map of plain values:
 text, integers, floats, lists and maps, never byte strings. (``libipld.encode_dag_cbor`` writes
 any ``bytes`` that parse as a binary CID as a link, so a raw public key could silently turn into
 one; admission lists therefore hold author ids, ``"z6Mk..."``.)
@@ -38,7 +38,10 @@ this module refuses, without importing TensorFlow or Keras, any config that name
 an object whose ``module`` is not one of Keras' own (:data:`KERAS_MODULES`) or whose
 ``registered_name`` marks a custom object, an activation name outside :data:`ACTIVATIONS`, or a
 non-empty ``compile_config`` (the manifest sets the optimizer). Nothing in the config is ever
-executed here.
+executed here. It also counts the model's parameters as Keras would build them
+(:func:`learnae.models.params.count_params`, every weight, trainable or not) and refuses a model
+with more than ``limits.checkpoint_bytes / 4`` (a float32 parameter takes 4 bytes of a
+checkpoint), or one a layer of which cannot be counted.
 
 A swarm's state directory (``learnae init`` writes it; the node uses the same layout):
 ``genesis.tx`` (the genesis transaction's bytes), ``manifest.json`` (its payload, readable),
@@ -80,11 +83,12 @@ from learnae.ipfs.privnet import check_swarm_key, new_swarm_key
 from learnae.ledger.tangle import Tangle
 from learnae.ledger.tx import Tx, decode_tx, make_tx, tx_link
 from learnae.merge import RULES, MergeError, check_params
+from learnae.models.params import Uncountable, count_params
 
 __all__ = [
     "ACTIVATIONS", "KERAS_MODULES", "LAYERS", "MERGE_RULES", "OPTIMIZERS",
     "Invite", "Limits", "Manifest", "ModelInfo", "SwarmInit",
-    "check_model", "init_swarm", "make_genesis", "manifest_of", "node_listen",
+    "PARAM_BYTES", "check_model", "init_swarm", "make_genesis", "manifest_of", "node_listen",
     "open_tangle", "parse_listen", "read_admission_file", "short_author", "short_id",
     "state_files",
 ]
@@ -196,6 +200,9 @@ _MAX_LAYERS = 2_000
 _ENVELOPE_BYTES = 256
 """Upper bound of a genesis transaction's bytes besides its payload (keys, author, sig, time,
 nonce: about 150)."""
+PARAM_BYTES = 4
+"""Bytes a parameter takes in a checkpoint (float32): a model may have at most
+``limits.checkpoint_bytes // PARAM_BYTES`` parameters."""
 
 
 @dataclass(frozen=True)
@@ -206,23 +213,30 @@ class ModelInfo:
     no single fully known input; ``dtype``: that input's dtype name, or ``None``;
     ``classes``: units of the final ``Dense`` layer of a ``Sequential`` model or a
     single-output ``Functional`` one (2 for a 1-unit output), or ``None``; ``layers``: number
-    of layers (nested ones included).
+    of layers (nested ones included); ``params``: the parameters Keras would allocate (what
+    ``model.count_params()`` says once built).
     """
 
     input_shape: tuple[int, ...] | None
     dtype: str | None
     classes: int | None
     layers: int
+    params: int
 
 
-def check_model(model: str) -> ModelInfo:
+def check_model(model: str, *, max_params: int | None = None) -> ModelInfo:
     """Check a Keras JSON model config against learnae's rules (see the module docstring).
 
     Does not import TensorFlow or Keras and executes nothing from the config.
 
+    Args:
+        model: the config, as ``model.to_json()`` writes it.
+        max_params: the most parameters the model may have; default: what a checkpoint of the
+            default ``Limits.checkpoint_bytes`` holds (that divided by :data:`PARAM_BYTES`).
+
     Raises:
         ConfigError: with the reason and where in the config (``"manifest model: layer
-            'lambda': ..."``).
+            'lambda': ..."``); for a model over ``max_params``, its count and the limit.
     """
     if not isinstance(model, str):
         raise ConfigError(f"manifest model must be a Keras JSON config string, not {type(model).__name__}")
@@ -249,8 +263,21 @@ def check_model(model: str) -> ModelInfo:
     _walk(top, "model", 0, counter)
     if counter[0] > _MAX_LAYERS:
         raise ConfigError(f"manifest model has {counter[0]} layers, more than {_MAX_LAYERS}")
+    if max_params is None:
+        max_params = Limits().checkpoint_bytes // PARAM_BYTES
+    try:
+        params = count_params(top)
+    except Uncountable as exc:
+        raise _fail(f"layer {exc.layer!r}", f"learnae cannot count its parameters: {exc.reason}"
+                    ) from None
+    if params > max_params:
+        raise ConfigError(
+            f"manifest model has {params:,} parameters, more than the limit of {max_params:,}"
+            f" (limits.checkpoint_bytes / {PARAM_BYTES} bytes per float32 parameter): use a smaller"
+            " model or raise limits.checkpoint_bytes"
+        )
     input_shape, dtype = _model_input(top)
-    return ModelInfo(input_shape, dtype, _model_classes(top), counter[0])
+    return ModelInfo(input_shape, dtype, _model_classes(top), counter[0], params)
 
 
 def _fail(where: str, reason: str) -> ConfigError:
@@ -476,7 +503,7 @@ class Manifest:
         _check_name(self.name)
         if not isinstance(self.limits, Limits):
             raise ConfigError("manifest limits must be a Limits")
-        info = check_model(self.model)
+        info = check_model(self.model, max_params=self.limits.checkpoint_bytes // PARAM_BYTES)
         if len(self.model.encode()) > self.limits.tx_bytes - 1024:
             raise ConfigError(
                 f"manifest model config is {len(self.model.encode())} bytes; with the rest of the"

@@ -77,8 +77,8 @@ async def rpc_pair():
         pytest.skip("set LEARNAE_KUBO_API=http://127.0.0.1:5001 to run the contract suite against a Kubo daemon")
     from learnae.ipfs.rpc import RpcNode
 
-    a = await RpcNode.open(url)
-    b = await RpcNode.open(url)
+    a = await RpcNode.open(url, allow_shared=True)  # the contract suite takes the daemon as it is
+    b = await RpcNode.open(url, allow_shared=True)
     yield a, b
     await a.close()
     await b.close()

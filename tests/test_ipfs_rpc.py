@@ -8,15 +8,25 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
 import os
 import socket
+import threading
 
 import aiohttp
 import pytest
+from aiohttp import web
 from multiformats import multibase
 
 from learnae.content import content_id, file_cid, to_v1
-from learnae.errors import InvalidCID, InvalidMultiaddr, IpfsError, NodeClosed, OversizeError
+from learnae.errors import (
+    ConfigError,
+    InvalidCID,
+    InvalidMultiaddr,
+    IpfsError,
+    NodeClosed,
+    OversizeError,
+)
 from learnae.ipfs.base import PubsubMessage
 from learnae.ipfs.rpc import RpcNode, decode_message, encode_topic
 
@@ -121,7 +131,7 @@ async def test_a_subscription_that_cannot_open_raises_once_then_ends():
 # -- with a daemon -----------------------------------------------------------
 @pytest.fixture
 async def kubo():
-    node = await RpcNode.open(KUBO_API)
+    node = await RpcNode.open(KUBO_API, allow_shared=True)  # the API contract, private or not
     yield node
     await node.close()
 
@@ -160,3 +170,257 @@ async def test_daemon_pubsub_delivers_binary_payloads_on_odd_topics(kubo):
     finally:
         await sub.aclose()
     assert [m async for m in sub] == []
+
+
+# -- is the daemon private? (a fake Kubo RPC API on 127.0.0.1) --------------------------------
+PEER = "12D3KooWD3eckifWpRn9wQpMG9R9hX3sD158z7EqHWmweQAJU5SA"
+PUBLIC_BOOTSTRAP = [
+    "/dnsaddr/bootstrap.libp2p.io/p2p/QmNnooDu7bfjPFoTZYxMNLWUQJyrVwtbZg5gBMjTezGAJN",
+    "/ip4/104.131.131.82/tcp/4001/p2p/QmaCpDMGvV2BGHeYERUEnRQAwe3N8SzbUtfsmvsqQLuvuJ",
+]
+DEFAULT_LISTEN = ["/ip4/127.0.0.1/tcp/4001", "/ip4/127.0.0.1/udp/4001/quic-v1",
+                  "/ip4/127.0.0.1/udp/4001/quic-v1/webtransport/certhash/uEiDD/certhash/uEiAA",
+                  "/ip4/127.0.0.1/udp/4001/webrtc-direct/certhash/uEiBB"]
+PRIVATE_LISTEN = ["/ip4/127.0.0.1/tcp/4001", "/ip4/192.168.1.5/tcp/4001"]
+PUBLIC_PEERS = ["/ip4/147.75.87.27/tcp/4001", "/ip6/2604:1380:4642:6600::3/tcp/4001",
+                "/ip4/192.168.1.20/tcp/4001"]
+PRIVATE_PEERS = ["/ip4/127.0.0.1/tcp/4002", "/ip4/10.1.2.3/tcp/4001", "/ip6/fd00::7/tcp/4001"]
+
+
+def kubo_defaults() -> dict:
+    """What `ipfs init` (Kubo 0.38) writes, for the settings the check reads."""
+    return {"Identity": {"PeerID": PEER}, "Bootstrap": ["auto"],
+            "Discovery": {"MDNS": {"Enabled": True}}, "Routing": {"Type": None}, "AutoConf": {},
+            "Addresses": {"Swarm": ["/ip4/0.0.0.0/tcp/4001"]},
+            "Swarm": {"DisableNatPortMap": False, "Transports": {"Network": {}}}}
+
+
+def private_config() -> dict:
+    """A daemon set up as the refusal tells the user to set it up."""
+    network = {"QUIC": False, "WebTransport": False, "WebRTCDirect": False}
+    return {"Identity": {"PeerID": PEER}, "Bootstrap": [],
+            "Discovery": {"MDNS": {"Enabled": False}}, "Routing": {"Type": "none"},
+            "AutoConf": {"Enabled": False},
+            "Swarm": {"DisableNatPortMap": True, "Transports": {"Network": network}}}
+
+
+class FakeKubo:
+    """A Kubo RPC API on 127.0.0.1 answering what learnae's privacy check asks (``id``,
+    ``version``, ``config/show``, ``swarm/addrs/listen``, ``swarm/peers``), served from a
+    thread of its own so that synchronous callers (the CLI, a trainer node) can use it too."""
+
+    def __init__(self, config: dict, listen: list[str], peers: list[str], version: str = "0.38.1",
+                 denied: frozenset[str] = frozenset()):
+        self.config, self.listen, self.peers, self.version = config, listen, peers, version
+        self.denied = denied  # commands answered 403, as API.Authorizations would
+        self.calls: list[str] = []
+        self._ready = threading.Event()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._serve, name="fake-kubo", daemon=True)
+        self.url = ""
+
+    def answer(self, command: str):
+        return {
+            "id": {"ID": PEER, "Addresses": [f"{a}/p2p/{PEER}" for a in self.listen],
+                   "AgentVersion": f"kubo/{self.version}/", "Protocols": []},
+            "version": {"Version": self.version, "Commit": "", "Repo": "16"},
+            "config/show": self.config,
+            "swarm/addrs/listen": {"Strings": self.listen},
+            "swarm/peers": {"Peers": [{"Addr": a, "Peer": f"12D3KooWPeer{i}", "Latency": "",
+                                       "Muxer": "", "Direction": 0, "Streams": None}
+                                      for i, a in enumerate(self.peers)] or None},
+        }.get(command)
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        command = request.match_info["command"]
+        self.calls.append(command)
+        if command in self.denied:
+            return web.json_response(
+                {"Message": f"403 - Forbidden: {command}", "Code": 0, "Type": "error"}, status=403)
+        body = self.answer(command)
+        if body is None:
+            return web.Response(status=404, text="404 page not found")
+        return web.json_response(body)
+
+    def _serve(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        app = web.Application()
+        app.router.add_post("/api/v0/{command:.+}", self._handle)
+        runner = web.AppRunner(app)
+        self._loop.run_until_complete(runner.setup())
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        self._loop.run_until_complete(site.start())
+        port = site._server.sockets[0].getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}"
+        self._ready.set()
+        try:
+            self._loop.run_forever()
+        finally:
+            self._loop.run_until_complete(runner.cleanup())
+            self._loop.close()
+
+    def __enter__(self) -> FakeKubo:
+        self._thread.start()
+        assert self._ready.wait(10), "the fake Kubo did not start"
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+
+
+def public_kubo(**kw) -> FakeKubo:
+    return FakeKubo(kubo_defaults(), DEFAULT_LISTEN, PUBLIC_PEERS, **kw)
+
+
+def private_kubo(change: dict | None = None, listen=PRIVATE_LISTEN, peers=PRIVATE_PEERS,
+                 **kw) -> FakeKubo:
+    config = private_config()
+    for path, value in (change or {}).items():
+        *parents, last = path.split(".")
+        target = config
+        for key in parents:
+            target = target.setdefault(key, {})
+        if value is _DELETE:
+            target.pop(last, None)
+        else:
+            target[last] = value
+    return FakeKubo(config, listen, peers, **kw)
+
+
+_DELETE = object()
+
+
+async def test_a_daemon_with_kubos_defaults_is_refused_with_each_fix():
+    with public_kubo() as kubo, pytest.raises(ConfigError) as refused:
+        await RpcNode.open(kubo.url)
+    reason = refused.value.reason
+    for expected in (
+        kubo.url, "not set up for a private swarm",
+        "Bootstrap", "'auto'", "ipfs bootstrap rm --all",
+        "Discovery.MDNS.Enabled", "ipfs config --json Discovery.MDNS.Enabled false",
+        "Routing.Type", "ipfs config Routing.Type none",
+        "AutoConf.Enabled", "ipfs config profile apply autoconf-off",
+        "Swarm.DisableNatPortMap", "ipfs config --json Swarm.DisableNatPortMap true",
+        "quic-v1", "webtransport", "webrtc-direct",
+        "ipfs config --json Swarm.Transports.Network.QUIC false",
+        "2 peers at public addresses", "/ip4/147.75.87.27/tcp/4001",
+        "swarm.key", "LIBP2P_FORCE_PNET=1", "--allow-shared-daemon",
+    ):
+        assert expected in reason, expected
+    assert "192.168.1.20" not in reason  # a LAN peer is not public
+    assert reason.count("\n  - ") == 7  # one line per failing check
+
+
+async def test_a_private_daemon_is_used_and_the_unverifiable_key_is_said(caplog):
+    with private_kubo() as kubo:
+        caplog.set_level(logging.WARNING, logger="learnae.ipfs.rpc")
+        node = await RpcNode.open(kubo.url)
+        try:
+            assert node.id == PEER
+            assert await node.exposures() == []
+            assert {"config/show", "swarm/addrs/listen", "swarm/peers"} <= set(kubo.calls)
+        finally:
+            await node.close()
+    assert "does not tell whether the daemon has the swarm's key" in caplog.text
+
+
+LISTEN, PEERS = PRIVATE_LISTEN, PRIVATE_PEERS
+QUIC = "/ip4/127.0.0.1/udp/4001/quic-v1"
+RELAYED = "/ip4/10.0.0.1/tcp/4001/p2p/12D3KooWRelay/p2p-circuit"
+
+
+@pytest.mark.parametrize(("change", "listen", "peers", "setting"), [
+    ({"Bootstrap": PUBLIC_BOOTSTRAP}, LISTEN, PEERS, "Bootstrap"),
+    ({"Discovery.MDNS": _DELETE}, LISTEN, PEERS, "Discovery.MDNS.Enabled"),  # default true
+    ({"Routing.Type": "dht"}, LISTEN, PEERS, "Routing.Type"),
+    ({"AutoConf": _DELETE}, LISTEN, PEERS, "AutoConf.Enabled"),  # default true
+    ({"Swarm.DisableNatPortMap": _DELETE}, LISTEN, PEERS, "Swarm.DisableNatPortMap"),
+    ({}, [*LISTEN, QUIC], PEERS, "Swarm.Transports.Network"),
+    ({}, LISTEN, [*PEERS, "/ip4/8.8.4.4/tcp/4001"], "connected peers"),
+    ({}, LISTEN, ["/dns4/node.example.org/tcp/4001"], "connected peers"),
+    ({}, LISTEN, [RELAYED], "connected peers"),
+], ids=["bootstrap", "mdns", "routing", "autoconf", "nat-port-map", "quic", "public-peer",
+        "dns-peer", "relayed-peer"])
+async def test_each_setting_alone_is_refused(change, listen, peers, setting):
+    with private_kubo(change, listen, peers) as kubo, pytest.raises(ConfigError) as refused:
+        await RpcNode.open(kubo.url)
+    lines = [line for line in refused.value.reason.splitlines() if line.startswith("  - ")]
+    assert len(lines) == 1 and lines[0].startswith(f"  - {setting}: "), lines
+
+
+async def test_what_a_private_swarm_may_have_passes():
+    lan_bootstrap = {"Bootstrap": [f"/ip4/10.0.0.2/tcp/4001/p2p/{PEER}"]}
+    old_kubo = {"AutoConf": _DELETE}  # Kubo before 0.37 has no AutoConf
+    for change, version in ((lan_bootstrap, "0.38.1"), (old_kubo, "0.22.0")):
+        with private_kubo(change, version=version) as kubo:
+            node = await RpcNode.open(kubo.url)
+            await node.close()
+
+
+async def test_allow_shared_uses_the_daemon_and_logs_what_is_shared(caplog):
+    caplog.set_level(logging.WARNING, logger="learnae.ipfs.rpc")
+    with public_kubo() as kubo:
+        node = await RpcNode.open(kubo.url, allow_shared=True)
+        await node.close()
+    assert "shared" in caplog.text and "can be fetched by any IPFS peer" in caplog.text
+    assert "Routing.Type" in caplog.text and "Bootstrap" in caplog.text
+
+
+async def test_a_daemon_that_hides_its_config_is_refused_unless_allowed():
+    with private_kubo(denied=frozenset({"config/show"})) as kubo:
+        refused = r"cannot read the config .*config/show.*403.*--allow-shared-daemon"
+        with pytest.raises(ConfigError, match=refused):
+            await RpcNode.open(kubo.url)
+        node = await RpcNode.open(kubo.url, allow_shared=True)
+        await node.close()
+
+
+@pytest.fixture
+def invite(tmp_path):
+    from learnae.manifest import Manifest, init_swarm
+    from learnae.models import model_config
+
+    manifest = Manifest(name="rpc", model=model_config("digits-mlp"), pow_bits=4)
+    made = init_swarm(tmp_path / "founder", manifest)
+    made.invite.save(tmp_path / "invite.json")
+    return made.invite, tmp_path / "invite.json"
+
+
+def test_a_trainer_node_refuses_a_shared_daemon_before_training(invite, tmp_path):
+    from learnae.node import NodeConfig, TrainerNode
+    from learnae.training.data import DataSpec
+
+    with public_kubo() as kubo:
+        # no data: were the daemon used, the node would stop when it loads it (after TensorFlow)
+        missing = DataSpec.parse(str(tmp_path / "missing.csv"))
+        node = TrainerNode(NodeConfig(invite=invite[0], state=tmp_path / "s", data=missing,
+                                      ipfs=f"rpc:{kubo.url}", api=None))
+        with pytest.raises(ConfigError, match="not set up for a private swarm"):
+            node.run()
+    assert node.step == 0
+
+
+def test_the_cli_refuses_a_shared_daemon_and_passes_the_opt_out(invite, tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from learnae.cli import main
+
+    args = ["node", "run", "--invite", str(invite[1]), "--state", str(tmp_path / "s"),
+            "--data", str(tmp_path / "missing.csv"), "--api", "off"]  # no data: see above
+    assert "--allow-shared-daemon" in CliRunner().invoke(main, ["node", "run", "--help"]).output
+    with public_kubo() as kubo:
+        result = CliRunner().invoke(main, [*args, "--ipfs", f"rpc:{kubo.url}"])
+        assert result.exit_code != 0
+        assert "not set up for a private swarm" in result.output
+        assert "ipfs bootstrap rm --all" in result.output
+    seen = []
+
+    async def opened(url, **kwargs):  # stands in for the daemon once the option reached it
+        seen.append(kwargs.get("allow_shared"))
+        raise ConfigError("stop here")
+
+    monkeypatch.setattr(RpcNode, "open", opened)
+    result = CliRunner().invoke(main, [*args, "--state", str(tmp_path / "t"), "--ipfs",
+                                       "rpc:http://127.0.0.1:9", "--allow-shared-daemon"])
+    assert "stop here" in result.output and seen == [True]

@@ -299,6 +299,85 @@ def test_standard_layers_pass_and_shapes_without_an_input_layer_need_the_fields(
 
 
 # --------------------------------------------------------------------------- admission, bytes
+def _without_build_configs(obj):
+    """A config as written by hand: no layer says the shape it was built with."""
+    if isinstance(obj, dict):
+        return {k: _without_build_configs(v) for k, v in obj.items() if k != "build_config"}
+    if isinstance(obj, list):
+        return [_without_build_configs(v) for v in obj]
+    return obj
+
+
+def _digits_with_hidden(units: int) -> str:
+    config = copy.deepcopy(MODELS["digits-mlp"])
+    config["config"]["layers"][1]["config"]["units"] = units
+    return json.dumps(_without_build_configs(config))
+
+
+HUGE = 2**31
+HUGE_PARAMS = 64 * HUGE + HUGE + HUGE * 10 + 10  # Input(64) -> Dense(2**31) -> Dense(10)
+
+
+def test_a_model_too_large_to_build_is_refused_with_its_count_and_the_limit():
+    message = f"has {HUGE_PARAMS:,} parameters, more than the limit of {64 * 2**20 // 4:,}"
+    with pytest.raises(ConfigError, match=message):
+        check_model(_digits_with_hidden(HUGE))
+    with pytest.raises(ConfigError, match=message):
+        Manifest(name="huge", model=_digits_with_hidden(HUGE))
+    # ... and nothing was built: Keras and TensorFlow are never imported (a fresh interpreter)
+    code = ("import sys\nfrom learnae.errors import ConfigError\n"
+            "from learnae.manifest import Manifest\n"
+            f"try: Manifest(name='huge', model={_digits_with_hidden(HUGE)!r})\n"
+            "except ConfigError as e: print(e.reason)\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         timeout=120)
+    assert out.stdout.splitlines() == [
+        f"manifest model {message} (limits.checkpoint_bytes / 4 bytes per float32 parameter): use"
+        " a smaller model or raise limits.checkpoint_bytes", "[]"]
+
+
+def test_the_parameter_limit_follows_the_checkpoint_limit():
+    big = model_config("mlp-1m")  # 1,053,194 parameters: 4,212,776 bytes as float32
+    assert check_model(big).params == 1_053_194
+    assert Manifest(name="big", model=big).limits.checkpoint_bytes == 64 * 2**20
+    with pytest.raises(ConfigError, match="1,053,194 parameters, more than the limit of 1,048,576"):
+        Manifest(name="big", model=big, limits=Limits(checkpoint_bytes=4 * 2**20))
+    assert Manifest(name="big", model=big, limits=Limits(checkpoint_bytes=4_212_776)).classes == 10
+    with pytest.raises(ConfigError, match="more than the limit of 1,053,193"):
+        check_model(big, max_params=1_053_193)
+    huge = _digits_with_hidden(HUGE)
+    limits = Limits(checkpoint_bytes=4 * 2**30)  # the largest limit still refuses 2**31 units
+    with pytest.raises(ConfigError, match="more than the limit of 1,073,741,824"):
+        Manifest(name="huge", model=huge, limits=limits)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_shipped_models_are_counted_with_and_without_build_configs(name):
+    expected = {"digits-mlp": 4_810, "wine-mlp": 547, "breast-cancer-mlp": 1_058, "iris-mlp": 131,
+                "mlp-1m": 1_053_194}[name]  # the module docstring's table (Keras agrees: slow test)
+    assert check_model(model_config(name)).params == expected
+    assert check_model(json.dumps(_without_build_configs(MODELS[name]))).params == expected
+
+
+def test_a_layer_whose_parameters_cannot_be_counted_is_refused():
+    config = copy.deepcopy(MODELS["digits-mlp"])
+    config["config"]["layers"][0]["config"]["batch_shape"] = [None, None, 8]  # any length
+    config["config"]["layers"][1:1] = [layer("Flatten", name="flat")]  # (None, None): unknown
+    with pytest.raises(ConfigError, match="layer 'dense_0': learnae cannot count its parameters:"
+                                          " Dense needs its input's last dimension"):
+        check_model(json.dumps(_without_build_configs(config)))
+    conv = copy.deepcopy(MODELS["digits-mlp"])
+    conv["config"]["layers"][1:1] = [layer("Conv2D", name="c", filters=2, kernel_size=[3, 3])]
+    with pytest.raises(ConfigError, match="layer 'c': .* Conv2D needs a 4-dimensional input"):
+        check_model(json.dumps(_without_build_configs(conv)))  # a 2-D input: Keras would fail too
+    bad = copy.deepcopy(MODELS["digits-mlp"])
+    bad["config"]["layers"][1]["config"]["units"] = "many"
+    with pytest.raises(ConfigError, match="layer 'dense_0': .* its Dense config is malformed"
+                                          " .units must be a positive integer, not 'many'"):
+        check_model(json.dumps(_without_build_configs(bad)))
+
+
 def test_admission_list_is_author_ids_and_admits_only_them():
     m = digits(admission=(ALICE.author_id, BOB.author_id))
     assert m.admits(ALICE.public_key) and not m.admits(identity(3).public_key)
@@ -512,3 +591,86 @@ def test_known_models_load_in_keras_safe_mode_and_real_configs_pass():
         check_model(lam.to_json())
     with pytest.raises(ValueError, match="Lambda"):
         keras.saving.deserialize_keras_object(json.loads(lam.to_json()), safe_mode=True)
+
+
+def _keras_models(keras):
+    """Models using most of learnae.manifest.LAYERS, as Keras builds them."""
+    L = keras.layers  # noqa: N806
+    yield "conv-functional", _conv_functional(keras)
+    yield "sequential", keras.Sequential([
+        keras.Input((64,)), L.Normalization(), L.Reshape((8, 8, 1)), L.Conv2D(4, 3),
+        L.Activation("gelu"), L.GlobalAveragePooling2D(), L.Dense(3), L.Softmax()])
+    yield "recurrent", keras.Sequential([
+        keras.Input((12, 5)), L.SimpleRNN(7, return_sequences=True),
+        L.GRU(6, return_sequences=True), L.GRU(4, reset_after=False, return_sequences=True),
+        L.LSTM(5, return_sequences=True), L.Bidirectional(L.LSTM(3, return_sequences=True)),
+        L.Bidirectional(L.GRU(2), merge_mode="sum"), L.Dense(2)])
+    yield "time-distributed", keras.Sequential([keras.Input((6, 10)), L.TimeDistributed(L.Dense(4)),
+                                                L.Flatten(), L.Dense(3)])
+    q, v = keras.Input((5, 16)), keras.Input((7, 12))
+    a = L.MultiHeadAttention(num_heads=2, key_dim=3, value_dim=4)(q, v)
+    b = L.MultiHeadAttention(num_heads=3, key_dim=2, output_shape=9, use_bias=False)(q, v, key=v)
+    c = L.Attention(use_scale=True, score_mode="concat")([q, L.Dense(16)(v)])
+    d = L.AdditiveAttention()([q, L.Dense(16)(v)])
+    m = L.GlobalAveragePooling1D()(L.Concatenate()([a, c, d]))
+    both = L.Concatenate()([m, L.GlobalMaxPooling1D()(b)])
+    yield "attention", keras.Model([q, v], L.Dense(2)(both))
+    e = keras.Input((20,), dtype="int32")
+    x = L.Conv1D(6, 3, strides=2, padding="causal")(L.Embedding(100, 8)(e))
+    x = L.DepthwiseConv1D(2, depth_multiplier=3)(L.SeparableConv1D(5, 3, depth_multiplier=2)(x))
+    x = L.Conv1DTranspose(4, 3, strides=2)(x)
+    x = L.Cropping1D((1, 2))(L.ZeroPadding1D(2)(L.UpSampling1D(2)(x)))
+    x = L.LayerNormalization(center=False)(L.AveragePooling1D(3, strides=2, padding="same")(x))
+    x = L.EinsumDense("abc,cd->abd", output_shape=(None, 7), bias_axes="d")(x)
+    x = L.EinsumDense("...b,bc->...c", output_shape=5, bias_axes="c")(x)
+    x = L.Permute((2, 1))(L.RepeatVector(3)(L.GlobalAveragePooling1D()(x)))
+    yield "sequences", keras.Model(e, L.Dense(2, lora_rank=2)(L.Flatten()(x)))
+    i = keras.Input((16, 16, 3))
+    x = L.SeparableConv2D(8, 3, depth_multiplier=2, padding="same")(i)
+    x = L.DepthwiseConv2D((3, 2), strides=(2, 1), depth_multiplier=2)(x)
+    x = L.Conv2DTranspose(5, 3, strides=2, padding="same", output_padding=1)(x)
+    x = L.BatchNormalization(renorm=True, center=False)(L.Conv2D(6, 3, dilation_rate=2)(x))
+    x = L.PReLU(shared_axes=[1, 2])(L.GroupNormalization(groups=2, scale=False)(x))
+    x = L.ZeroPadding2D(((1, 0), (2, 1)))(L.Cropping2D(((1, 1), (0, 2)))(L.UpSampling2D((2, 1))(x)))
+    x = L.PReLU()(L.MaxPooling2D((3, 3), strides=2)(x))
+    y = L.Dense(4)(L.Flatten()(x))
+    z = L.Flatten()(L.Dense(4)(L.GlobalAveragePooling2D(keepdims=True)(x)))
+    yield "images", keras.Model(i, L.Dot(axes=1)([y, z]))
+    i = keras.Input((8, 8, 8, 2))
+    x = L.Conv3DTranspose(2, 2, strides=2)(L.Conv3D(3, 3, padding="same")(i))
+    x = L.AveragePooling3D(2)(L.UpSampling3D(1)(L.ZeroPadding3D(1)(L.Cropping3D(1)(x))))
+    yield "volumes", keras.Model(i, L.Dense(2)(L.GlobalMaxPooling3D()(L.MaxPooling3D(2)(x))))
+    inner, shared = keras.Sequential([keras.Input((4,)), L.Dense(3)]), L.Dense(5)
+    i1, i2 = keras.Input((4,)), keras.Input((4,))
+    out = L.Concatenate()([shared(inner(i1)), shared(inner(i2))])
+    yield "nested-and-shared", keras.Model([i1, i2], L.Dense(2)(out))
+    yield "channels-first", keras.Sequential([
+        keras.Input((3, 10, 10)), L.Conv2D(4, 3, data_format="channels_first"),
+        L.BatchNormalization(axis=1), L.MaxPooling2D(data_format="channels_first"), L.Flatten(),
+        L.Dense(2)])
+    yield "axes", keras.Sequential([keras.Input((4, 5, 6)), L.LayerNormalization(axis=[1, 2]),
+                                    L.Normalization(axis=(1, 3)), L.Reshape((-1, 6)), L.Dense(2)])
+
+
+def _conv_functional(keras):
+    L = keras.layers  # noqa: N806
+    inp = keras.Input((28, 28, 1))
+    x = L.LeakyReLU()(L.BatchNormalization()(L.Conv2D(8, 3, padding="same")(inp)))
+    x = L.Dropout(0.2)(L.MaxPooling2D()(L.Add()([x, L.Conv2D(8, 1)(inp)])))
+    return keras.Model(inp, L.Dense(10, activation="softmax")(L.Flatten()(x)))
+
+
+@pytest.mark.slow
+def test_parameter_counts_equal_keras_count_params():
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    keras = pytest.importorskip("keras")
+    for name in MODELS:
+        config = model_config(name)
+        model = keras.saving.deserialize_keras_object(json.loads(config), safe_mode=True)
+        assert check_model(config).params == model.count_params(), name
+    for name, model in _keras_models(keras):
+        config = model.to_json()
+        assert check_model(config).params == model.count_params(), name
+        # a config without build_config: shapes followed from the model's input instead
+        bare = json.dumps(_without_build_configs(json.loads(config)))
+        assert check_model(bare).params == model.count_params(), f"{name} without build_config"

@@ -7,38 +7,61 @@ For people who already run ``ipfs daemon``. Every call is an HTTP POST to
 and refuses Kubo newer than 0.8, so it is not used. Pubsub needs the daemon to
 run with ``--enable-pubsub-experiment`` (or ``Pubsub.Enabled = true``).
 
-The daemon's own configuration decides whether it is private (DESIGN.md,
-"Private swarms only"): learnae does not change it.
+Privacy: the daemon's own configuration decides whether it is private, and learnae does not
+change it. So :meth:`RpcNode.open` checks what the RPC API shows of it
+(:func:`find_exposures`: ``config/show``, ``swarm/addrs/listen``, ``swarm/peers``) and refuses,
+with a :class:`~learnae.errors.ConfigError` listing each failing setting and the ``ipfs``
+command that fixes it, a daemon that:
+
+- has public bootstrap peers (``Bootstrap``, ``"auto"`` included), mDNS on, a ``Routing.Type``
+  other than ``none``, AutoConf on (Kubo 0.37 and later) or NAT port mapping on;
+- listens on QUIC, WebTransport or WebRTC-Direct, which Kubo never runs in a private network
+  (so such a daemon has no swarm key);
+- is connected to peers at public addresses (not private, loopback or link-local; names and
+  relayed addresses count as public).
+
+Kubo's RPC API does not tell whether the daemon has a swarm key (``swarm.key``; only the
+daemon's startup banner says so), so that part cannot be checked: a daemon that passes is used
+with a warning saying so. ``allow_shared=True`` (``learnae node run --allow-shared-daemon``)
+uses a daemon as it is and logs what is shared: every file the node adds can be fetched by any
+IPFS peer, and the swarm's pubsub topics are open to any peer.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import json
 import logging
 import re
 import weakref
 from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
 
 import aiohttp
 from multiformats import multibase
 
 from learnae.content import file_cid, parse_cid, to_v1
-from learnae.errors import IpfsError, IpfsTimeout, NodeClosed, OversizeError
+from learnae.errors import ConfigError, IpfsError, IpfsTimeout, NodeClosed, OversizeError
 from learnae.ipfs.addr import check_multiaddr
-from learnae.ipfs.base import IpfsNode, PubsubMessage
+from learnae.ipfs.base import SUBSCRIPTION_BUFFER_BYTES, IpfsNode, PubsubMessage, SubscriptionBuffer
 
-__all__ = ["RpcNode", "encode_topic", "decode_message", "CALL_TIMEOUT", "SUBSCRIPTION_BUFFER"]
+__all__ = ["RpcNode", "Exposure", "find_exposures", "encode_topic", "decode_message",
+           "CALL_TIMEOUT", "SUBSCRIPTION_BUFFER_BYTES", "ALLOW_SHARED_OPTION"]
 
 log = logging.getLogger(__name__)
 
 #: seconds an RPC call (other than ``cat`` and pubsub streams) may take
 CALL_TIMEOUT = 60.0
-#: messages a subscription buffers before it drops the oldest
-SUBSCRIPTION_BUFFER = 10_000
 _MIN_KUBO = (0, 11)  # multibase pubsub topics
 _CONNECT_S = 10.0  # seconds to open the TCP connection to the API
+#: the ``learnae node run`` option that uses a daemon which is not private as it is
+ALLOW_SHARED_OPTION = "--allow-shared-daemon"
+_AUTOCONF_KUBO = (0, 37)  # the first Kubo with AutoConf, on by default
+_PUBLIC_TRANSPORTS = frozenset({"quic", "quic-v1", "webtransport", "webrtc-direct"})
+_SHARED = ("every checkpoint and data chunk the node adds can be fetched by any IPFS peer, and the"
+           " swarm's pubsub topics are open to any peer that subscribes")
 
 
 def encode_topic(topic: str) -> str:
@@ -74,6 +97,113 @@ def _flag(value: bool) -> str:
     return "true" if value else "false"
 
 
+# -- privacy ------------------------------------------------------------------
+@dataclass(frozen=True)
+class Exposure:
+    """One way a Kubo daemon reaches beyond a private swarm.
+
+    Attributes:
+        setting: the config key (``"Routing.Type"``), or ``"connected peers"``.
+        found: what the daemon has, and what that does.
+        fix: the command(s) that change it.
+    """
+
+    setting: str
+    found: str
+    fix: str
+
+    def __str__(self) -> str:
+        return f"{self.setting}: {self.found}; fix: {self.fix}"
+
+
+def find_exposures(config: dict, listen: Iterable[str], peers: Iterable[str],
+                   version: tuple[int, ...]) -> list[Exposure]:
+    """What in a daemon's state reaches beyond a private swarm (the module docstring's list).
+
+    Args:
+        config: the daemon's config (``config/show``); a missing key has Kubo's default.
+        listen: its listen addresses (``swarm/addrs/listen``).
+        peers: the addresses of its connected peers (``swarm/peers``).
+        version: its Kubo version as numbers, e.g. ``(0, 38)``.
+
+    Returns:
+        One :class:`Exposure` per failing check, in a fixed order; empty for a daemon that
+        passes them all.
+    """
+    def get(path: str, default):
+        value = config
+        for key in path.split("."):
+            value = value.get(key) if isinstance(value, dict) else None
+        return default if value is None else value
+
+    found = []
+    bootstrap = [a for a in get("Bootstrap", []) if a == "auto" or _public(a)]
+    if bootstrap:
+        found.append(Exposure("Bootstrap", f"{_few(bootstrap)}: it dials the public IPFS network"
+                              " at start", "ipfs bootstrap rm --all"))
+    if get("Discovery.MDNS.Enabled", True) is not False:
+        found.append(Exposure("Discovery.MDNS.Enabled", "true: it announces itself to every host"
+                              " of the local network (mDNS)",
+                              "ipfs config --json Discovery.MDNS.Enabled false"))
+    routing = get("Routing.Type", "auto")
+    if routing != "none":
+        found.append(Exposure("Routing.Type", f"{routing!r}: it announces and looks up content in"
+                              " the public DHT or HTTP routers", "ipfs config Routing.Type none"))
+    if version >= _AUTOCONF_KUBO and get("AutoConf.Enabled", True) is not False:
+        found.append(Exposure("AutoConf.Enabled", "true: it fetches bootstrap peers and routers"
+                              " from conf.ipfs-mainnet.org", "ipfs config profile apply"
+                              " autoconf-off (AutoConf off, and the fields it filled emptied)"))
+    if get("Swarm.DisableNatPortMap", False) is not True:
+        found.append(Exposure("Swarm.DisableNatPortMap", "false: it asks the router (UPnP,"
+                              " NAT-PMP) to open its port to the internet",
+                              "ipfs config --json Swarm.DisableNatPortMap true"))
+    foreign = [a for a in listen if _PUBLIC_TRANSPORTS & set(a.split("/"))]
+    if foreign:
+        kinds = sorted({p for a in foreign for p in a.split("/") if p in _PUBLIC_TRANSPORTS})
+        found.append(Exposure(
+            "Swarm.Transports.Network",
+            f"it listens on {', '.join(kinds)} ({_few(foreign)}), which Kubo never runs in a"
+            " private network: it has no swarm key",
+            "ipfs config --json Swarm.Transports.Network.QUIC false, the same for WebTransport"
+            " and WebRTCDirect, and the swarm key in $IPFS_PATH/swarm.key"))
+    outside = [a for a in peers if _public(a)]
+    if outside:
+        found.append(Exposure(
+            "connected peers",
+            f"{len(outside)} peers at public addresses ({_few(outside)}): a private swarm's"
+            " daemon reaches only its members",
+            "the swarm key in $IPFS_PATH/swarm.key and a restart (if these are members across"
+            f" the internet, {ALLOW_SHARED_OPTION})"))
+    return found
+
+
+def _public(multiaddr: str) -> bool:
+    """Is ``multiaddr`` outside private, loopback and link-local networks? A name (``/dns4``,
+    ``/dnsaddr``) or a relayed address (``/p2p-circuit``) counts as public."""
+    parts = multiaddr.split("/")
+    if len(parts) < 3 or parts[1] not in ("ip4", "ip6") or "p2p-circuit" in parts:
+        return True
+    try:
+        return ipaddress.ip_address(parts[2]).is_global
+    except ValueError:
+        return True
+
+
+def _few(items: list[str]) -> str:
+    shown = ", ".join(repr(a) for a in items[:2])
+    return shown + (f" and {len(items) - 2} more" if len(items) > 2 else "")
+
+
+def _refusal(url: str, found: list[Exposure]) -> str:
+    lines = "".join(f"\n  - {e}" for e in found)
+    return (f"the Kubo daemon at {url} is not set up for a private swarm (learnae leaves its config"
+            f" as it is):{lines}\nThen restart it with the swarm's key: copy the invite's swarm key"
+            " to $IPFS_PATH/swarm.key and run `LIBP2P_FORCE_PNET=1 ipfs daemon"
+            " --enable-pubsub-experiment` (Kubo's RPC API does not tell whether a daemon has a"
+            " swarm key, so learnae cannot check that). To use the daemon as it is, pass"
+            f" {ALLOW_SHARED_OPTION}: then {_SHARED}.")
+
+
 class RpcNode(IpfsNode):
     """A Kubo daemon seen through its RPC API. Create with :meth:`open`.
 
@@ -92,17 +222,24 @@ class RpcNode(IpfsNode):
 
     @classmethod
     async def open(cls, url: str = "http://127.0.0.1:5001", *,
-                   session: aiohttp.ClientSession | None = None) -> RpcNode:
-        """Connect to the daemon at ``url`` and learn its peer id (``/api/v0/id``).
+                   session: aiohttp.ClientSession | None = None,
+                   allow_shared: bool = False) -> RpcNode:
+        """Connect to the daemon at ``url``, learn its peer id (``/api/v0/id``) and check that
+        it is private (see the module docstring).
 
         Args:
             url: the RPC API's address (Kubo's ``Addresses.API``, as http://host:port).
             session: an aiohttp session to use; by default the node makes its own and
                 closes it in :meth:`close`.
+            allow_shared: use a daemon that is not set up for a private swarm, or whose config
+                cannot be read, as it is (a warning says what is shared).
 
         Raises:
             IpfsError: nothing answers at ``url``, it is not a Kubo RPC API, or the Kubo
                 is older than 0.11. The reason names the URL.
+            ConfigError: unless ``allow_shared``: the daemon is not set up for a private swarm
+                (the reason lists each failing setting and the command that fixes it), or its
+                config cannot be read.
         """
         node = cls(url, session or aiohttp.ClientSession(), owns_session=session is None)
         try:
@@ -110,15 +247,54 @@ class RpcNode(IpfsNode):
             if not node.id:
                 raise IpfsError(f"{node.url} answered id without a peer id: is it a Kubo RPC API?")
             version = await node.version()
+            numbers = tuple(int(n) for n in re.findall(r"\d+", version)[:2])
+            if len(numbers) == 2 and numbers < _MIN_KUBO:
+                raise IpfsError(f"the Kubo at {node.url} is version {version}; learnae needs 0.11"
+                                " or newer (multibase pubsub topics)")
+            await node._check_private(allow_shared)
         except BaseException:
             await node.close()
             raise
-        numbers = tuple(int(n) for n in re.findall(r"\d+", version)[:2])
-        if len(numbers) == 2 and numbers < _MIN_KUBO:
-            await node.close()
-            raise IpfsError(f"the Kubo at {node.url} is version {version}; learnae needs 0.11 or "
-                            "newer (multibase pubsub topics)")
         return node
+
+    async def exposures(self) -> list[Exposure]:
+        """What makes the daemon reach beyond a private swarm (:func:`find_exposures`), read
+        from its ``config/show``, ``swarm/addrs/listen``, ``swarm/peers`` and ``version``.
+
+        Raises:
+            IpfsError: the daemon does not answer one of them (its ``API.Authorizations`` may
+                not allow it).
+        """
+        config = await self._json("config/show")
+        listen = (await self._json("swarm/addrs/listen")).get("Strings") or []
+        peers = (await self._json("swarm/peers")).get("Peers") or []
+        version = tuple(int(n) for n in re.findall(r"\d+", await self.version())[:2])
+        addrs = [str(p.get("Addr", "")) for p in peers if isinstance(p, dict)]
+        return find_exposures(config, [a for a in listen if isinstance(a, str)], addrs, version)
+
+    async def _check_private(self, allow_shared: bool) -> None:
+        try:
+            found = await self.exposures()
+        except IpfsError as exc:
+            if not allow_shared:
+                raise ConfigError(
+                    f"cannot read the config of the Kubo at {self.url} to check that it is private"
+                    f" ({exc.reason}); let its API.Authorizations allow config/show,"
+                    f" swarm/addrs/listen and swarm/peers, or pass {ALLOW_SHARED_OPTION} to use it"
+                    " unchecked") from None
+            log.warning("using the Kubo at %s unchecked (%s): if it is not private, %s", self.url,
+                        exc.reason, _SHARED)
+            return
+        if found and not allow_shared:
+            raise ConfigError(_refusal(self.url, found))
+        if found:
+            log.warning("using the Kubo at %s as it is, shared beyond the swarm (%s): %s", self.url,
+                        "; ".join(str(e) for e in found), _SHARED)
+        else:
+            log.warning("the Kubo at %s has no public bootstrap peers, mDNS, routing, AutoConf,"
+                        " port mapping, QUIC or WebRTC listeners or public peers, but its RPC API"
+                        " does not tell whether the daemon has the swarm's key: start it with"
+                        " LIBP2P_FORCE_PNET=1 and the swarm key in $IPFS_PATH/swarm.key", self.url)
 
     def __repr__(self) -> str:
         return f"<RpcNode {self.id or '?'} at {self.url}{' closed' if self._closed else ''}>"
@@ -336,13 +512,10 @@ class _Stream:
     """What a subscription's background reader fills: the reader holds this, never the
     subscription, so a subscription nobody holds is collected (and its reader cancelled)."""
 
-    END = object()
-
     def __init__(self, loop: asyncio.AbstractEventLoop):
-        self.queue: asyncio.Queue = asyncio.Queue()
+        self.buffer = SubscriptionBuffer()  # bounded in bytes (SUBSCRIPTION_BUFFER_BYTES)
         self.ready: asyncio.Future[None] = loop.create_future()
-        self.ended = False
-        self.dropped = self.skipped = 0
+        self.skipped = 0
 
     def opened(self) -> None:
         if not self.ready.done():
@@ -355,16 +528,11 @@ class _Stream:
             self.skipped += 1
             log.warning("subscription to %r: %s", topic, exc.reason)
             return
-        if self.queue.qsize() >= SUBSCRIPTION_BUFFER:
-            self.queue.get_nowait()
-            self.dropped += 1
-        self.queue.put_nowait(msg)
+        self.buffer.put(msg)
 
     def finish(self, error: Exception | None) -> None:
         self.opened()
-        if not self.ended:
-            self.ended = True
-            self.queue.put_nowait(self.END if error is None else error)
+        self.buffer.end(error)
 
 
 async def _read(node: RpcNode, topic: str, stream: _Stream) -> None:
@@ -392,7 +560,8 @@ class _Subscription(AsyncIterator[PubsubMessage]):
 
     Attributes:
         ready: a future done once the daemon opened the subscription (or it failed).
-        dropped: messages discarded because :data:`SUBSCRIPTION_BUFFER` were waiting.
+        dropped: messages discarded because they did not fit in the buffer (bounded in bytes,
+            :data:`SUBSCRIPTION_BUFFER_BYTES`; the oldest are dropped).
         skipped: lines of the stream that were not pubsub messages (logged).
     """
 
@@ -403,7 +572,7 @@ class _Subscription(AsyncIterator[PubsubMessage]):
         self._task = loop.create_task(_read(node, topic, self._stream))
 
     ready = property(lambda self: self._stream.ready)
-    dropped = property(lambda self: self._stream.dropped)
+    dropped = property(lambda self: self._stream.buffer.dropped)
     skipped = property(lambda self: self._stream.skipped)
 
     def _stop(self) -> None:
@@ -420,13 +589,7 @@ class _Subscription(AsyncIterator[PubsubMessage]):
         return self
 
     async def __anext__(self) -> PubsubMessage:
-        item = await self._stream.queue.get()
-        if item is _Stream.END or isinstance(item, Exception):
-            self._stream.queue.put_nowait(_Stream.END)
-            if item is _Stream.END:
-                raise StopAsyncIteration
-            raise item
-        return item
+        return await self._stream.buffer.get()
 
     async def aclose(self) -> None:
         self.node._subs.discard(self)

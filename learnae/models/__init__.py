@@ -25,6 +25,9 @@ Dense(c, "softmax", name="output")], name=...)``; layer names are fixed so that 
 paths (checkpoint tensor names, e.g. ``dense_0/kernel``) are the same on every node. The dicts
 are built by :func:`_mlp` rather than spelled out; ``tests/test_manifest.py`` checks them
 against Keras itself (slow test).
+
+:func:`learnae.models.params.count_params` counts a config's parameters without Keras (the
+table's last column); the manifest refuses a model with more than its checkpoint limit holds.
 """
 
 from __future__ import annotations
