@@ -4,8 +4,8 @@ A sensor (a Raspberry Pi next to a probe) reads values from a :class:`Source`, t
 reading into one row of the swarm's data schema (:class:`RowParser`), keeps the rows in an
 on-disk queue (:class:`SensorQueue`, SQLite), cuts them into data chunk files
 (:func:`learnae.formats.encode_chunk`) by count or age, and publishes every chunk with a
-``data`` transaction signed by the sensor's own key, with a per-sensor ``seq`` (DESIGN.md,
-"Wire formats"). Nothing here imports TensorFlow, Keras, scikit-learn or
+``data`` transaction signed by the sensor's own key, with a per-sensor ``seq``
+(docs/design.md, "Content and wire formats"). Nothing here imports TensorFlow, Keras, scikit-learn or
 :mod:`learnae.training`.
 
 Sources (:func:`parse_source`):
@@ -55,17 +55,31 @@ The ``POST /ingest`` contract (``--via http://NODE:PORT``):
 * request: ``Content-Type: application/json``, body ``{"chunk": BASE64, "tx": BASE64}``:
   the chunk file bytes and the raw signed ``data`` transaction (standard base64);
 * ``200``: ``{"tx": TX_ID, "cid": CHUNK_CID, "tips": [{"id": ..., "time": MS}, ...]}``; the
-  node has checked, added, pinned and published (or already held) the transaction;
-  ``tips`` are the node's current tips, which the sensor approves in its next transaction;
-* ``GET /ingest`` (optional): ``200 {"tips": [...]}``, so that a new sensor's first
-  transaction approves the node's tips rather than the genesis alone (without it, the
-  first one approves the genesis, which is valid);
+  node has checked, added, pinned and published (or already held) the transaction. ``tx``
+  must be the id of the transaction posted and ``cid`` its chunk's CID: only such an answer
+  acknowledges a chunk. Any other ``2xx`` answer (``{}``, a proxy's page, another id) leaves
+  the chunk queued; the sensor counts it (``bad_answers`` in its stats and ``learnae sensor
+  status``), logs a warning and retries later. ``tips`` are the node's current tips, which
+  the sensor approves in its next transaction;
+* ``GET /ingest[?author=AUTHOR_ID]`` (optional): ``200 {"tips": [...], "next_seq": N}``, so
+  that a new sensor's first transaction approves the node's tips rather than the genesis
+  alone (without it, the first one approves the genesis, which is valid). ``next_seq`` (only
+  with ``author``, a ``z6Mk...`` id) is that author's next free ``seq`` as the node knows it:
+  one more than its highest data ``seq``, 0 if none;
 * ``4xx``: ``{"error": CODE, "reason": TEXT}`` (plus ``tips`` on ``409``): ``400`` bad request
   or transaction (``bad-request``, the :class:`~learnae.errors.TxRejected` codes, ``wrong-kind``,
   ``mismatch``, ``cid-mismatch``, chunk codes ``corrupt``/``format``/``non-finite``),
-  ``403`` ``not-admitted``/``wrong-swarm``, ``409`` ``unknown-parent``/``before-parent``/
-  ``duplicate-seq`` (re-sign on the returned tips), ``413`` ``too-large``/``oversize``,
-  ``422`` ``schema``; ``5xx``: the node failed, try again later (same bytes).
+  ``403`` ``not-admitted``/``wrong-swarm``, ``409`` ``unknown-parent``/``before-parent``
+  (re-sign on the returned tips) or ``duplicate-seq`` (another transaction of this author
+  holds this ``seq``, stored or being ingested; the answer carries ``next_seq`` as above),
+  ``413`` ``too-large``/``oversize``, ``422`` ``schema``; ``5xx``: the node failed, try again
+  later (same bytes).
+
+A sensor whose state directory was lost but whose key was kept starts again at ``seq`` 0. On
+``duplicate-seq`` (or a ``next_seq`` above its first queued chunk's in ``GET /ingest``) it
+renumbers its queued chunks from ``next_seq`` (each chunk file is re-encoded with its new
+``seq``, so its CID changes, and signed again), logs a warning and goes on
+(:meth:`SensorQueue.renumber`). The embedded way out reads ``next_seq`` from its own ledger.
 """
 
 from __future__ import annotations
@@ -75,6 +89,7 @@ import base64
 import binascii
 import contextlib
 import csv
+import dataclasses
 import importlib
 import io
 import json
@@ -90,7 +105,9 @@ import sys
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
+import weakref
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -103,16 +120,17 @@ import numpy as np
 from learnae.content import content_id
 from learnae.errors import ConfigError, FormatError, LearnaeError, TxRejected
 from learnae.formats import Chunk, Schema, decode_chunk, encode_chunk
-from learnae.identity import Identity
-from learnae.ledger.tx import Tx, data_payload, decode_tx, make_tx, validate_tx
+from learnae.identity import Identity, parse_author_id
+from learnae.ledger.tx import Tx, data_payload, decode_tx, make_tx, tx_link, validate_tx
 
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "REJECT_CODES", "EmbeddedOutlet", "Feeder", "IngestRejected", "QueuedChunk", "Reading",
-    "Rejected", "Row", "RowParser", "SensorQueue", "Signer", "Source", "ViaOutlet", "check_ingest",
-    "encode_ingest_request", "handle_ingest", "ingest_info", "ingest_reply", "load_identity",
-    "parse_ingest_request", "parse_rate", "parse_source", "sensor_schema",
+    "REJECT_CODES", "BadAnswer", "EmbeddedOutlet", "Feeder", "IngestRejected", "QueuedChunk",
+    "Reading", "Rejected", "Row", "RowParser", "SensorQueue", "SeqTaken", "Signer", "Source",
+    "ViaOutlet", "check_ingest", "encode_ingest_request", "handle_ingest", "ingest_info",
+    "ingest_reply", "load_identity", "next_free_seq", "parse_ingest_request", "parse_rate",
+    "parse_source", "sensor_schema",
 ]
 
 REJECT_CODES = ("malformed", "feature-count", "non-numeric", "non-finite", "out-of-range",
@@ -699,13 +717,19 @@ class SensorQueue:
         """Store a setting (committed at once)."""
         self._set(key, value)
 
+    def count(self, key: str, n: int = 1) -> None:
+        """Add ``n`` to counter ``key`` (committed at once), e.g. ``"bad_answers"``."""
+        self._add(key, n)
+
     @property
     def stats(self) -> dict[str, int]:
         """Counters: ``stored``, ``chunked``, ``published``, ``published_rows``,
-        ``dropped_rows``, ``dropped_chunks``, ``rejected_chunks``, and the current
-        ``queued_readings``, ``queued_chunks``, ``queued_bytes``, ``next_seq``."""
+        ``dropped_rows``, ``dropped_chunks``, ``rejected_chunks``, ``bad_answers`` (2xx
+        answers that acknowledged nothing), ``renumbered`` (times the queued chunks were
+        moved to a later seq), and the current ``queued_readings``, ``queued_chunks``,
+        ``queued_bytes``, ``next_seq``."""
         keys = ("stored", "chunked", "published", "published_rows", "dropped_rows",
-                "dropped_chunks", "rejected_chunks", "next_seq")
+                "dropped_chunks", "rejected_chunks", "bad_answers", "renumbered", "next_seq")
         d = {k: int(self._meta(k, 0)) for k in keys}
         d["queued_readings"] = self.readings
         d["queued_chunks"] = self._db.execute(
@@ -841,6 +865,38 @@ class SensorQueue:
             self._set("last_tx", tx_id)
         self.bytes -= row[1]
 
+    def renumber(self, first: int, to: int) -> int:
+        """Move the pending chunks from ``first`` on to ``to`` on (each ``seq`` up by
+        ``to - first``, gaps kept), for a ledger that already holds this key's seqs below
+        ``to``. Each chunk file is re-encoded with its new seq (its CID changes) and its
+        transaction forgotten (signed again); readings not yet cut follow. One commit.
+
+        Returns:
+            The number of chunks moved.
+
+        Raises:
+            ValueError: ``to <= first``.
+        """
+        if to <= first:
+            raise ValueError(f"renumber moves chunks up: {first} -> {to}")
+        shift, grown = to - first, 0
+        seqs = [r[0] for r in self._db.execute(
+            "SELECT seq FROM chunks WHERE state = 'pending' AND seq >= ? ORDER BY seq DESC",
+            (first,))]
+        with self._tx():
+            for seq in seqs:  # highest first: a new seq is never one still in use
+                (data,) = self._db.execute("SELECT data FROM chunks WHERE seq = ?",
+                                           (seq,)).fetchone()
+                chunk = decode_chunk(data, max_bytes=len(data), schema=self.schema)
+                new = encode_chunk(dataclasses.replace(chunk, seq=seq + shift))
+                self._db.execute("UPDATE chunks SET seq = ?, cid = ?, data = ?, tx = NULL"
+                                 " WHERE seq = ?", (seq + shift, content_id(new), new, seq))
+                grown += len(new) - len(data)
+            self._set("next_seq", int(self._meta("next_seq", 0)) + shift)
+            self._add("renumbered", 1)
+        self.bytes += grown
+        return len(seqs)
+
     def reject(self, seq: int, reason: str) -> None:
         """The swarm refused chunk ``seq`` for good: keep it aside (not sent again; it still
         counts toward the limit and ``drop-oldest`` drops it first)."""
@@ -853,7 +909,8 @@ class SensorQueue:
 # --------------------------------------------------------------------------- the node side
 class IngestRejected(LearnaeError):
     """``POST /ingest`` refused a chunk; ``code`` names the rule, ``status`` the HTTP status,
-    ``tips`` (on 409) the node's tips to re-sign on."""
+    ``tips`` (on 409) the node's tips to re-sign on, ``next_seq`` (on ``duplicate-seq``) the
+    author's next free seq."""
 
     code = "bad-request"
 
@@ -861,13 +918,34 @@ class IngestRejected(LearnaeError):
         super().__init__(reason, code=code)
         self.status = status
         self.tips: list[dict] | None = None
+        self.next_seq: int | None = None
 
     def body(self) -> dict[str, Any]:
-        """The JSON answer: ``{"error": code, "reason": ...}`` (plus ``tips``)."""
+        """The JSON answer: ``{"error": code, "reason": ...}`` (plus ``tips``, ``next_seq``)."""
         d: dict[str, Any] = {"error": self.code, "reason": self.reason}
         if self.tips is not None:
             d["tips"] = self.tips
+        if self.next_seq is not None:
+            d["next_seq"] = self.next_seq
         return d
+
+
+class BadAnswer(LearnaeError):
+    """A ``2xx`` answer to ``POST /ingest`` that does not name the transaction and chunk
+    posted: nothing is acknowledged, the chunk stays queued (retried later)."""
+
+    code = "bad-answer"
+
+
+class SeqTaken(LearnaeError):
+    """The ledger already holds another ``data`` transaction of this sensor's key at the
+    chunk's ``seq``; ``next_seq`` is the key's next free seq there (None if not known)."""
+
+    code = "duplicate-seq"
+
+    def __init__(self, reason: str, *, next_seq: int | None = None):
+        super().__init__(reason)
+        self.next_seq = next_seq
 
 
 _TX_STATUS = {"not-admitted": 403, "wrong-swarm": 403, "too-large": 413, "before-parent": 409}
@@ -889,7 +967,7 @@ def parse_ingest_request(body: bytes) -> tuple[bytes, bytes]:
         d = json.loads(body)
         chunk, tx = d["chunk"], d["tx"]
         return base64.b64decode(chunk, validate=True), base64.b64decode(tx, validate=True)
-    except (ValueError, KeyError, TypeError, binascii.Error):
+    except (ValueError, KeyError, TypeError, binascii.Error, RecursionError):
         raise IngestRejected('the body must be JSON {"chunk": BASE64, "tx": BASE64}',
                              code="bad-request") from None
 
@@ -908,7 +986,8 @@ def ingest_tips(tangle: Any, n: int = 8) -> list[dict[str, Any]]:
 
 
 def check_ingest(manifest: Any, tangle: Any, chunk_bytes: bytes, tx_raw: bytes, *,
-                 now_ms: int | None = None) -> tuple[Tx, Chunk]:
+                 now_ms: int | None = None,
+                 claimed: dict[tuple[bytes, int], str] | None = None) -> tuple[Tx, Chunk]:
     """Check a chunk and its signed ``data`` transaction posted by a sensor, before the node
     adds, pins and publishes them. Pure: reads ``tangle``, changes nothing.
 
@@ -919,8 +998,9 @@ def check_ingest(manifest: Any, tangle: Any, chunk_bytes: bytes, tx_raw: bytes, 
     (:func:`~learnae.content.content_id`) against the payload's ``cid``; the file itself
     (:func:`~learnae.formats.decode_chunk`); its schema (the swarm's, or the swarm's features
     without labels); ``rows``, ``seq`` and ``schema`` against the payload; and that the author
-    has no other transaction with the same ``seq``. A transaction already stored passes (a
-    sensor resending after a lost answer).
+    has no other transaction with the same ``seq``, stored or in ``claimed`` (one index
+    lookup: the cost does not grow with the author's history). A transaction already stored
+    passes (a sensor resending after a lost answer).
 
     Args:
         manifest: the swarm's :class:`~learnae.manifest.Manifest`.
@@ -928,6 +1008,9 @@ def check_ingest(manifest: Any, tangle: Any, chunk_bytes: bytes, tx_raw: bytes, 
         chunk_bytes: the chunk file.
         tx_raw: the signed transaction's bytes.
         now_ms: the node's clock (ms), default now.
+        claimed: ``(author key, seq) -> tx id`` of the ingests under way (checked, not yet
+            stored), as :func:`handle_ingest` keeps them; another transaction at one of
+            these is a ``duplicate-seq`` too.
 
     Returns:
         ``(tx, chunk)``: the decoded transaction and chunk.
@@ -993,23 +1076,61 @@ def check_ingest(manifest: Any, tangle: Any, chunk_bytes: bytes, tx_raw: bytes, 
         raise IngestRejected("the transaction's rows, seq or schema differ from the chunk's",
                              code="mismatch")
     if tx.id not in tangle:
-        for other in tangle.data_by_author(tx.author):
-            if other.payload.get("seq") == payload["seq"]:
-                exc = IngestRejected(f"this sensor already published seq {payload['seq']}"
-                                     f" as {other.id}", code="duplicate-seq", status=409)
-                exc.tips = ingest_tips(tangle)
-                raise exc
+        seq = payload["seq"]
+        other = tangle.data_tx_at_seq(tx.author, seq)
+        if other is None and claimed and claimed.get((tx.author, seq), tx.id) != tx.id:
+            other = f"{claimed[tx.author, seq]} (being ingested)"
+        if other is not None:
+            exc = IngestRejected(
+                f"this sensor already published seq {seq} as {other}", code="duplicate-seq",
+                status=409)
+            exc.tips = ingest_tips(tangle)
+            exc.next_seq = next_free_seq(tangle, tx.author, claimed)
+            raise exc
     return tx, chunk
 
 
-def ingest_info(tangle: Any) -> dict[str, Any]:
-    """The answer of ``GET /ingest``: ``{"tips": [{"id", "time"}, ...]}``."""
-    return {"tips": ingest_tips(tangle)}
+def next_free_seq(tangle: Any, author: bytes,
+                  claimed: dict[tuple[bytes, int], str] | None = None) -> int:
+    """``author``'s next free data ``seq``: one more than the highest in ``tangle`` or
+    ``claimed`` (see :func:`check_ingest`), 0 if none. One index lookup."""
+    top = max((seq for who, seq in claimed or () if who == author), default=-1)
+    return max(tangle.next_data_seq(author), top + 1)
+
+
+def ingest_info(tangle: Any, author: str | None = None) -> dict[str, Any]:
+    """The answer of ``GET /ingest``: ``{"tips": [{"id", "time"}, ...]}``, plus ``next_seq``
+    (:func:`next_free_seq`) when ``author`` is an author id (``z6Mk...``; anything else is
+    ignored)."""
+    info: dict[str, Any] = {"tips": ingest_tips(tangle)}
+    if author is not None:
+        with contextlib.suppress(LearnaeError):
+            key = parse_author_id(author)
+            info["next_seq"] = next_free_seq(tangle, key, _in_flight(tangle).seqs)
+    return info
 
 
 def ingest_reply(tangle: Any, tx: Tx) -> dict[str, Any]:
     """The 200 answer: ``{"tx", "cid", "tips"}``."""
     return {"tx": tx.id, "cid": tx.payload["cid"], "tips": ingest_tips(tangle)}
+
+
+class _InFlight:
+    """The ingests under way on one tangle, between their check and their insert."""
+
+    def __init__(self) -> None:
+        self.seqs: dict[tuple[bytes, int], str] = {}  # (author key, seq) -> tx id
+        self.done: dict[str, asyncio.Event] = {}  # tx id -> set when its ingest ends
+
+
+_IN_FLIGHT: weakref.WeakKeyDictionary[Any, _InFlight] = weakref.WeakKeyDictionary()
+
+
+def _in_flight(tangle: Any) -> _InFlight:
+    flight = _IN_FLIGHT.get(tangle)
+    if flight is None:
+        flight = _IN_FLIGHT[tangle] = _InFlight()
+    return flight
 
 
 async def handle_ingest(body: bytes, *, manifest: Any, tangle: Any, ipfs: Any,
@@ -1023,25 +1144,47 @@ async def handle_ingest(body: bytes, *, manifest: Any, tangle: Any, ipfs: Any,
         status, body = await handle_ingest(await request.read(), manifest=..., tangle=...,
                                            ipfs=..., publish=sync.publish)
         return web.json_response(body, status=status)
+
+    The check and the claim of the author's ``seq`` are one step (no ``await`` between
+    them): while a transaction is being added and stored, another transaction of its author
+    at the same ``seq`` gets ``409 duplicate-seq``; the same transaction posted again waits
+    for the first post's outcome, then is answered as a resend (``200``), or takes over if
+    the first one failed.
     """
+    flight = _in_flight(tangle)
     try:
         chunk_bytes, tx_raw = parse_ingest_request(body)
-        tx, _ = check_ingest(manifest, tangle, chunk_bytes, tx_raw, now_ms=now_ms)
+        while True:
+            tx, _ = check_ingest(manifest, tangle, chunk_bytes, tx_raw, now_ms=now_ms,
+                                 claimed=flight.seqs)
+            key = (tx.author, tx.payload["seq"])
+            if tx.id in tangle or key not in flight.seqs:
+                break
+            await flight.done[tx.id].wait()  # this very transaction is under way
     except IngestRejected as exc:
         return exc.status, exc.body()
+    claim = tx.id not in tangle
+    if claim:
+        flight.seqs[key], done = tx.id, asyncio.Event()
+        flight.done[tx.id] = done
     try:
-        cid = await ipfs.add(chunk_bytes)
-    except LearnaeError as exc:
-        return 503, {"error": "ipfs", "reason": f"could not add the chunk: {exc.reason}"}
-    if cid != tx.payload["cid"]:
-        return 500, {"error": "ipfs", "reason": f"IPFS named the chunk {cid}"}
-    if tx.id not in tangle:
-        result = tangle.insert(tx)
-        if result.error is not None:
-            return 400, {"error": result.error.code, "reason": result.error.reason}
-        if publish is not None:
-            await publish(tx)
-    return 200, ingest_reply(tangle, tx)
+        try:
+            cid = await ipfs.add(chunk_bytes)
+        except LearnaeError as exc:
+            return 503, {"error": "ipfs", "reason": f"could not add the chunk: {exc.reason}"}
+        if cid != tx.payload["cid"]:
+            return 500, {"error": "ipfs", "reason": f"IPFS named the chunk {cid}"}
+        if tx.id not in tangle:
+            result = tangle.insert(tx)
+            if result.error is not None:
+                return 400, {"error": result.error.code, "reason": result.error.reason}
+            if publish is not None:
+                await publish(tx)
+        return 200, ingest_reply(tangle, tx)
+    finally:
+        if claim:
+            del flight.seqs[key], flight.done[tx.id]
+            done.set()
 
 
 # --------------------------------------------------------------------------- the ways out
@@ -1090,6 +1233,10 @@ class ViaOutlet(Outlet):
     """Posts each chunk and its signed transaction to ``URL/ingest`` (stdlib HTTP only).
 
     Parents: the tips the node returned last (stored in the queue), the genesis at first.
+    A chunk is acknowledged only by a ``2xx`` answer naming its transaction and CID
+    (else :class:`BadAnswer`); a ``duplicate-seq`` answer raises :class:`SeqTaken` with the
+    node's ``next_seq``, and so does a ``GET /ingest?author=`` answer whose ``next_seq`` is
+    above the chunk's (asked when no tips are stored yet: a new queue).
     """
 
     def __init__(self, url: str, signer: Signer, schema: Schema, *, timeout: float = 30.0):
@@ -1112,41 +1259,88 @@ class ViaOutlet(Outlet):
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
     def _post(self, body: bytes | None) -> tuple[int, dict]:
-        req = urllib.request.Request(self.url, data=body, method="GET" if body is None else "POST",
+        """POST ``body`` (GET ``?author=`` if None); ``(status, JSON object or {})``."""
+        url = self.url
+        if body is None:
+            url += "?" + urllib.parse.urlencode({"author": self.signer.identity.author_id})
+        req = urllib.request.Request(url, data=body, method="GET" if body is None else "POST",
                                      headers={"Content-Type": "application/json"})
         try:
             with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                return resp.status, json.loads(resp.read() or b"{}")
+                return resp.status, _json_object(resp.read())
         except urllib.error.HTTPError as exc:
-            try:
-                answer = json.loads(exc.read() or b"{}")
-            except ValueError:
-                answer = {}
-            return exc.code, answer if isinstance(answer, dict) else {}
+            return exc.code, _json_object(exc.read())
 
     async def send(self, item: QueuedChunk, queue: SensorQueue) -> str:
         raw = item.tx
         if raw is None:
             tips = json.loads(queue.get("tips", "[]"))
-            if not tips:  # a new sensor: ask for the node's tips (optional route)
+            if not tips:  # a new queue: ask for the node's tips and seq (optional route)
                 status, answer = await self._in_pool(self._post, None)
-                if status == 200 and isinstance(answer.get("tips"), list):
-                    tips = answer["tips"]
+                if status == 200:
+                    tips = _tips(answer) or []
+                    if tips:
+                        queue.put("tips", json.dumps(tips))
+                    free = _seq(answer.get("next_seq"))
+                    if free is not None and free > item.seq:
+                        raise SeqTaken(f"the node holds this key's data up to seq {free - 1}",
+                                       next_seq=free)
             tx = await self._in_pool(self.signer.data_tx, item, self.schema, tips)
             raw = tx.raw
             queue.set_tx(item.seq, raw)
+        tx_id = decode_tx(raw).id
         status, answer = await self._in_pool(self._post, encode_ingest_request(item.data, raw))
-        if isinstance(answer.get("tips"), list):
-            queue.put("tips", json.dumps(answer["tips"]))
         if 200 <= status < 300:
-            return str(answer.get("tx", ""))
+            if answer.get("tx") != tx_id or answer.get("cid") != item.cid:
+                shown = json.dumps(answer)[:160] if answer else "{} or no JSON object"
+                raise BadAnswer(f"{self.url} answered HTTP {status} with {shown}, not naming"
+                                f" transaction {tx_id} and chunk {item.cid}; is --via the"
+                                " address of a learnae trainer node's API?")
+        tips = _tips(answer)
+        if tips:
+            queue.put("tips", json.dumps(tips))
+        if 200 <= status < 300:
+            return tx_id
         code, reason = str(answer.get("error", status)), str(answer.get("reason", ""))
+        if status == 409 and code == "duplicate-seq":
+            queue.set_tx(item.seq, None)
+            raise SeqTaken(f"the node says: {reason or code}",
+                           next_seq=_seq(answer.get("next_seq")))
         if status == 409 or code in ("bad-signature", "low-pow", "future-time"):
             queue.set_tx(item.seq, None)  # sign again (on fresh tips, or a fixed clock)
             raise RuntimeError(f"node asked to sign again: {code} {reason}")
         if 400 <= status < 500:
             raise IngestRejected(reason or f"HTTP {status}", code=code, status=status)
         raise RuntimeError(f"node answered HTTP {status}: {code} {reason}")
+
+
+def _json_object(data: bytes) -> dict:
+    """``data`` as a JSON object, or ``{}`` (not JSON, or not an object)."""
+    try:
+        value = json.loads(data or b"{}")
+    except (ValueError, RecursionError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _tips(answer: dict) -> list[dict] | None:
+    """The well-formed ``tips`` of a node's answer (``[{"id", "time"}]``), or None."""
+    tips = answer.get("tips")
+    if not isinstance(tips, list):
+        return None
+    out = []
+    for tip in tips[:16]:
+        if isinstance(tip, dict) and isinstance(tip.get("id"), str) and _seq(tip.get("time")) \
+                is not None:
+            with contextlib.suppress(LearnaeError):
+                tx_link(tip["id"])
+                out.append({"id": tip["id"], "time": tip["time"]})
+    return out
+
+
+def _seq(value: Any) -> int | None:
+    """``value`` if it is a non-negative integer (not a bool), else None."""
+    return value if type(value) is int and value >= 0 else None
 
 
 class EmbeddedOutlet(Outlet):
@@ -1188,14 +1382,17 @@ class EmbeddedOutlet(Outlet):
             self.tangle.close()
 
     async def send(self, item: QueuedChunk, queue: SensorQueue) -> str:
+        me = self.identity.public_key
+        held = self.tangle.data_tx_at_seq(me, item.seq)
+        tx = None if held is None else self.tangle.get(held)
+        if tx is not None and tx.payload["cid"] != item.cid:
+            raise SeqTaken(f"this sensor's ledger holds another transaction of its key at seq"
+                           f" {item.seq}: {held}", next_seq=self.tangle.next_data_seq(me))
         cid = await self.node.add(item.data)
         if cid != item.cid:
             raise IngestRejected(f"IPFS named the chunk {cid}, expected {item.cid}",
                                  code="cid-mismatch")
-        for tx in self.tangle.data_by_author(self.identity.public_key):  # after a crash
-            if tx.payload.get("seq") == item.seq and tx.payload.get("cid") == item.cid:
-                break
-        else:
+        if tx is None:  # else: appended before a crash, not yet acknowledged
             payload = data_payload(cid=cid, size=len(item.data), rows=item.rows,
                                    schema=self.schema.to_dict(), source=self.source,
                                    seq=item.seq)
@@ -1368,15 +1565,51 @@ class Feeder:
                 self.queue.reject(item.seq, f"{exc.code}: {exc.reason}")
                 log.error("chunk %d refused for good (%s): %s", item.seq, exc.code, exc.reason)
                 continue
-            except Exception as exc:  # offline, node down: keep it, try again later
+            except SeqTaken as exc:
+                if exc.next_seq is not None and exc.next_seq > item.seq:
+                    if self._renumber(item, exc):
+                        delay = first
+                        continue
+                else:
+                    self.last_error = exc.reason
+                    log.warning("chunk %d stays queued: %s, and the ledger did not tell the next"
+                                " free seq; retrying in %.1f s", item.seq, exc.reason, delay)
+                delay = await self._back_off(delay)
+                continue
+            except Exception as exc:  # offline, node down, a bad answer: keep it, retry later
                 self.last_error = str(exc)
-                log.info("chunk %d not delivered (%s); retrying in %.1f s", item.seq, exc, delay)
-                await self._sleep(delay * random.uniform(0.8, 1.2))
-                delay = min(delay * 2, self.retry_max)
+                if isinstance(exc, BadAnswer):
+                    self.queue.count("bad_answers")
+                    log.warning("chunk %d stays queued: %s; retrying in %.1f s", item.seq,
+                                exc.reason, delay)
+                else:
+                    log.info("chunk %d not delivered (%s); retrying in %.1f s", item.seq, exc,
+                             delay)
+                delay = await self._back_off(delay)
                 continue
             delay = first
             self.queue.acknowledged(item.seq, tx_id)
             log.info("chunk %d (%d rows) published as %s", item.seq, item.rows, tx_id)
+
+    def _renumber(self, item: QueuedChunk, exc: SeqTaken) -> bool:
+        """The ledger holds this key's seqs below ``exc.next_seq`` (the state directory was
+        lost or restored from an old copy): move the queued chunks there, and say so. False
+        if the queue could not be rewritten (logged; retried later)."""
+        try:
+            moved = self.queue.renumber(item.seq, exc.next_seq)
+        except (sqlite3.Error, FormatError) as err:
+            self.last_error = f"cannot renumber the queued chunks: {err}"
+            log.error("%s: %s; retrying later", exc.reason, self.last_error)
+            return False
+        log.warning("%s (was this sensor's state directory lost or restored from an old copy?):"
+                    " renumbered %d queued chunk(s) from seq %d to seq %d and carrying on",
+                    exc.reason, moved, item.seq, exc.next_seq)
+        return True
+
+    async def _back_off(self, delay: float) -> float:
+        """Sleep about ``delay`` seconds (jittered); returns the next delay."""
+        await self._sleep(delay * random.uniform(0.8, 1.2))
+        return min(delay * 2, self.retry_max)
 
     async def _sleep(self, seconds: float) -> None:
         end = time.monotonic() + seconds

@@ -12,6 +12,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from types import SimpleNamespace
+from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
 import pytest
@@ -491,8 +492,9 @@ class IngestServer:
     """A stand-in trainer node: ``POST /ingest`` over :func:`handle_ingest`, in a thread that
     owns the tangle. ``outage`` requests are answered 503 first."""
 
-    def __init__(self, directory: Path, outage: int = 0):
+    def __init__(self, directory: Path, outage: int = 0, author_query: bool = True):
         self.directory, self.outage, self.ipfs, self.published = directory, outage, ingest_ipfs(), []
+        self.author_query = author_query  # GET /ingest?author=ID answers next_seq
         self.ready = threading.Event()
         self.answers: list[int] = []
         self.thread = threading.Thread(target=self._serve, daemon=True)
@@ -512,7 +514,11 @@ class IngestServer:
 
             def do_GET(self):
                 server.answers.append("GET")
-                out = json.dumps(ingest_info(tangle)).encode()
+                author = parse_qs(urlsplit(self.path).query).get("author", [None])[0]
+                if server.author_query and author:
+                    out = json.dumps(ingest_info(tangle, author=author)).encode()
+                else:
+                    out = json.dumps(ingest_info(tangle)).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(out)))
@@ -884,3 +890,284 @@ async def test_ingest_refuses_a_sensor_not_admitted(node_api):
     made, node, url = node_api
     data, tx = chunk_and_tx(made, node.tangle, who=STRANGER)
     await _refused(url, encode_ingest_request(data, tx.raw), 403, "not-admitted")
+
+
+# --------------------------------------------------------------------------- answers and seq
+class FakeNode:
+    """An HTTP server on 127.0.0.1 answering every request with ``answer(method, body)`` ->
+    ``(status, body bytes)``; counts the POSTs it got."""
+
+    def __init__(self, answer):
+        self.answer, self.posts = answer, 0
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def _reply(self, method, body):
+                status, out = server.answer(method, body)
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(out)))
+                self.end_headers()
+                self.wfile.write(out)
+
+            def do_GET(self):
+                self._reply("GET", b"")
+
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                server.posts += 1
+                self._reply("POST", body)
+
+        self.httpd = HTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_port}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join(5)
+
+
+def _posted_tx(body: bytes):
+    from learnae.ledger.tx import decode_tx
+
+    return decode_tx(parse_ingest_request(body)[1])
+
+
+_BOGUS_ANSWERS = {
+    "empty-object": lambda m, body: (200, b"{}"),
+    "not-json": lambda m, body: (200, b"<html>welcome to the router</html>"),
+    "a-list": lambda m, body: (200, b"[]"),
+    "another-tx": lambda m, body: (200, json.dumps(
+        {"tx": "bafyreigh2akiscaildcqabsyg3dfr6chu3fgpregiymsck7e7aqa4s52zy",
+         "cid": _posted_tx(body).payload["cid"] if body else "", "tips": []}).encode()),
+    "another-cid": lambda m, body: (200, json.dumps(
+        {"tx": _posted_tx(body).id if body else "", "cid": "bafkqaaa", "tips": []}).encode()),
+}
+
+
+@pytest.mark.parametrize("answer", sorted(_BOGUS_ANSWERS))
+def test_via_mode_keeps_chunks_an_answer_does_not_name(swarm, tmp_path, caplog, answer):
+    """A 2xx answer that does not name the exact transaction and chunk sent acknowledges
+    nothing: the chunks stay queued, the answers are counted and logged as warnings."""
+    fake = FakeNode(_BOGUS_ANSWERS[answer])
+    try:
+        csv_path = write_csv(tmp_path / "series.csv", 25)
+        q = queue_for(tmp_path / "q.sqlite", swarm)
+        outlet = ViaOutlet(fake.url, signer(swarm), swarm.manifest.schema)
+        with caplog.at_level("WARNING", logger="learnae.sensor"):
+            stats = run_feeder(parse_source(f"csv:{csv_path}"), q, outlet, swarm.manifest.schema,
+                               retry_max=0.05, drain_timeout=0.5)
+        assert fake.posts >= 2
+        assert stats["published"] == 0 and stats["queued_chunks"] == 3, stats
+        assert stats["bad_answers"] == fake.posts, stats
+        warned = [r for r in caplog.records if r.levelname == "WARNING"
+                  and "stays queued" in r.message]
+        assert warned, caplog.text
+        q.close()
+        q = queue_for(tmp_path / "q.sqlite", swarm)  # on disk, after a restart
+        assert q.next_chunk().seq == 0 and q.stats["queued_chunks"] == 3
+        assert q.stats["bad_answers"] == stats["bad_answers"]
+        q.close()
+    finally:
+        fake.close()
+
+
+def test_a_queue_renumbers_its_pending_chunks(swarm, tmp_path):
+    q = queue_for(tmp_path / "q.sqlite", swarm)
+    parser = RowParser(swarm.manifest.schema)
+    q.add(parser.row(Reading([i, 0, 0, 0], i % 3, 1000 + i)) for i in range(45))
+    assert q.cut() == [0, 1, 2, 3]
+    q.acknowledged(0, "tx0")
+    q.reject(1, "schema: refused")
+    q.set_tx(2, b"signed")
+    before = q.stats["queued_bytes"]
+    with pytest.raises(ValueError):
+        q.renumber(2, 2)
+    assert q.renumber(2, 40) == 2  # chunks 2, 3 -> 40, 41
+    item = q.next_chunk()
+    assert (item.seq, item.tx) == (40, None) and item.cid == content_id(item.data)
+    chunk = decode_chunk(item.data, max_bytes=1 << 20, schema=swarm.manifest.schema)
+    assert chunk.seq == 40 and chunk.x[:, 0].tolist() == list(range(20, 30))
+    q.acknowledged(40, "tx40")
+    assert decode_chunk(q.next_chunk().data, max_bytes=1 << 20).seq == 41
+    assert q.cut(force=True) == [42]  # readings not yet cut follow
+    stats = q.stats
+    assert stats["renumbered"] == 1 and stats["next_seq"] == 43 and stats["rejected_chunks"] == 1
+    assert abs(stats["queued_bytes"] - before) < 2048
+    q.close()
+
+
+def _published_seqs(tangle, who=SENSOR) -> list[int]:
+    return sorted(tx.payload["seq"] for tx in tangle.data_by_author(who.public_key))
+
+
+@pytest.mark.parametrize("learns_by", ["get-ingest", "duplicate-seq"])
+def test_a_sensor_that_lost_its_state_carries_on_after_the_nodes_seq(swarm, tmp_path, caplog,
+                                                                      learns_by):
+    """Same key, empty state directory: the node already holds seq 0..2 of this sensor. The
+    sensor learns the next free seq (from GET /ingest?author=, or the 409 duplicate-seq
+    answer), renumbers its queued chunks, warns, and its chunks are accepted."""
+    node = IngestServer(swarm.directory, author_query=learns_by == "get-ingest")
+    try:
+        first = write_csv(tmp_path / "first.csv", 30)
+        q = queue_for(tmp_path / "old.sqlite", swarm)
+        outlet = ViaOutlet(node.url, signer(swarm), swarm.manifest.schema)
+        assert run_feeder(parse_source(f"csv:{first}"), q, outlet,
+                          swarm.manifest.schema)["published"] == 3
+        q.close()
+        second = tmp_path / "second.jsonl"
+        second.write_text("".join(json.dumps({"x": [100 + i, 0, 0, 0], "y": 1}) + "\n"
+                                  for i in range(25)))
+        q = queue_for(tmp_path / "new.sqlite", swarm)  # the state directory was lost
+        outlet = ViaOutlet(node.url, signer(swarm), swarm.manifest.schema)
+        with caplog.at_level("WARNING", logger="learnae.sensor"):
+            stats = run_feeder(parse_source(f"jsonl:{second}"), q, outlet, swarm.manifest.schema,
+                               drain_timeout=30)
+        assert stats["published"] == 3 and stats["queued_chunks"] == 0, stats
+        assert stats["renumbered"] == 1 and stats["next_seq"] == 6, stats
+        warned = [r for r in caplog.records if r.levelname == "WARNING"
+                  and "renumbered" in r.message]
+        assert len(warned) == 1, caplog.text
+        assert "seq 3" in warned[0].message
+        q.close()
+    finally:
+        node.close()
+    tangle, _ = open_tangle(swarm.directory)
+    with tangle:
+        assert _published_seqs(tangle) == list(range(6))
+        txs = sorted(tangle.data_by_author(SENSOR.public_key), key=lambda t: t.payload["seq"])
+        chunks = [decode_chunk(node.ipfs._blocks[t.payload["cid"]], max_bytes=1 << 20) for t in txs]
+        assert [c.seq for c in chunks] == list(range(6))  # each file re-encoded with its new seq
+        assert chunks[3].x[:, 0].tolist() == list(range(100, 110))
+
+
+def test_duplicate_seq_answers_name_the_next_seq_without_scanning_history(swarm):
+    tangle, manifest = open_tangle(swarm.directory)
+    with tangle:
+        for seq in range(3):
+            tangle.insert(chunk_and_tx(swarm, tangle, seq=seq)[1])
+
+        def scan(_author):
+            raise AssertionError("check_ingest must not scan the author's history")
+
+        tangle.data_by_author = scan
+        data, tx = chunk_and_tx(swarm, tangle, seq=1, rows=7)
+        err = _expect("duplicate-seq", 409, lambda: check_ingest(manifest, tangle, data, tx.raw))
+        assert err.body()["next_seq"] == 3 and err.body()["tips"]
+        data, tx = chunk_and_tx(swarm, tangle, seq=3)
+        assert check_ingest(manifest, tangle, data, tx.raw)[0].id == tx.id
+        assert ingest_info(tangle, author=SENSOR.author_id)["next_seq"] == 3
+        assert ingest_info(tangle, author=STRANGER.author_id)["next_seq"] == 0
+        assert "next_seq" not in ingest_info(tangle)
+        assert "next_seq" not in ingest_info(tangle, author="not-an-author")
+
+
+def test_an_embedded_sensor_that_lost_its_state_carries_on_after_its_ledgers_seq(swarm, tmp_path,
+                                                                                caplog):
+    """EmbeddedOutlet reads the next free seq from its own ledger instead of publishing a
+    second transaction at a seq its key already used."""
+    from learnae.sensor import EmbeddedOutlet
+
+    class Published:
+        def __init__(self):
+            self.txs = []
+
+        async def publish(self, tx):
+            self.txs.append(tx.id)
+
+    class Outlet(EmbeddedOutlet):  # the ledger and IPFS node are set below, not started
+        async def start(self):
+            pass
+
+        async def close(self):
+            pass
+
+    tangle, _ = open_tangle(swarm.directory)
+    with tangle:
+        for seq in range(3):  # synced from the swarm: what this key published before
+            tangle.insert(chunk_and_tx(swarm, tangle, seq=seq)[1])
+        outlet = Outlet(tmp_path / "pi", swarm.invite, SENSOR, swarm.manifest.schema,
+                        {"kind": "csv"})
+        outlet.tangle, outlet.node, outlet.sync = tangle, ingest_ipfs(), Published()
+        q = queue_for(tmp_path / "q.sqlite", swarm)
+        with caplog.at_level("WARNING", logger="learnae.sensor"):
+            stats = run_feeder(parse_source(f"csv:{write_csv(tmp_path / 's.csv', 25)}"), q,
+                               outlet, swarm.manifest.schema, drain_timeout=30)
+        assert _published_seqs(tangle) == list(range(6))  # no seq used twice
+        assert stats["published"] == 3 and stats["renumbered"] == 1, stats
+        assert len(outlet.sync.txs) == 3
+        assert any("renumbered" in r.message for r in caplog.records if r.levelname == "WARNING")
+        q.close()
+
+
+def test_a_deeply_nested_json_body_is_a_bad_request(swarm):
+    tangle, manifest = open_tangle(swarm.directory)
+    with tangle:
+        for body in (b"[" * 100_000 + b"]" * 100_000, b'{"chunk": ' * 50_000):
+            status, answer = asyncio.run(handle_ingest(body, manifest=manifest, tangle=tangle,
+                                                       ipfs=ingest_ipfs()))
+            assert (status, answer["error"]) == (400, "bad-request") and answer["reason"]
+
+
+async def test_ingest_answers_a_deeply_nested_body_with_bad_request(node_api):
+    _made, _node, url = node_api
+    await _refused(url, b"[" * 100_000, 400, "bad-request")
+
+
+class HeldAdd:
+    """An IPFS node whose ``add`` counts its calls and waits for :attr:`release`; ``fail``
+    makes the next released add raise (the node's IPFS failed)."""
+
+    def __init__(self):
+        self.node, self.calls, self.release, self.fail = ingest_ipfs(), 0, asyncio.Event(), False
+
+    async def add(self, data):
+        from learnae.errors import IpfsError
+
+        self.calls += 1
+        await self.release.wait()
+        if self.fail:
+            self.fail = False
+            raise IpfsError("the repo is locked")
+        return await self.node.add(data)
+
+
+async def test_handle_ingest_claims_a_seq_between_its_check_and_its_insert(swarm):
+    """One loop, no timing: a task runs up to its first suspension when the test yields once."""
+    tangle, manifest = open_tangle(swarm.directory)
+    ipfs = HeldAdd()
+
+    def post(data, tx):
+        return asyncio.create_task(handle_ingest(encode_ingest_request(data, tx.raw),
+                                                 manifest=manifest, tangle=tangle, ipfs=ipfs))
+
+    tasks = []
+    with tangle:
+        try:
+            data_a, tx_a = chunk_and_tx(swarm, tangle, seq=0, rows=5)
+            data_b, tx_b = chunk_and_tx(swarm, tangle, seq=0, rows=6)
+            tasks.append(a := post(data_a, tx_a))
+            await asyncio.sleep(0)
+            assert ipfs.calls == 1  # A is checked and inside ipfs.add
+            tasks.append(b := post(data_b, tx_b))  # another tx at the same seq
+            await asyncio.sleep(0)
+            assert b.done() and ipfs.calls == 1, "B was not refused before ipfs.add"
+            status, answer = b.result()
+            assert (status, answer["error"], answer["next_seq"]) == (409, "duplicate-seq", 1)
+            tasks.append(again := post(data_a, tx_a))  # A again: waits for the first's outcome
+            await asyncio.sleep(0)
+            assert ipfs.calls == 1 and not again.done()
+            ipfs.fail = True  # the first post fails: the waiting one takes over
+            ipfs.release.set()
+            assert (await a)[0] == 503
+            status, answer = await again
+            assert (status, answer["tx"]) == (200, tx_a.id) and ipfs.calls == 2
+            assert [t.id for t in tangle.data_by_author(SENSOR.public_key)] == [tx_a.id]
+        finally:
+            ipfs.release.set()
+            await asyncio.gather(*tasks, return_exceptions=True)
