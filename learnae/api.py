@@ -11,20 +11,65 @@ Routes:
   ``{"chunk": base64, "tx": base64}``. The node checks signature, admission, schema and
   limits (:func:`learnae.sensor.check_ingest`), then adds and pins the chunk, stores the
   transaction and gossips it. 200 ``{"tx", "cid", "tips"}``, or 4xx/5xx
-  ``{"error": code, "reason": text}``. ``GET /ingest``: the tips a sensor should approve.
+  ``{"error": code, "reason": text}``. ``GET /ingest``: the tips a sensor should approve
+  (and with ``?author=ID``, that sensor's next free ``seq``).
 
 It runs on the node's network loop, the loop that owns the tangle.
+
+The API may face a LAN (sensors post to it), so it bounds what a client can hold:
+
+- a connection must deliver a whole request head (request line and headers) within
+  ``header_timeout`` (:data:`HEADER_TIMEOUT`) of opening or of the previous answer, else
+  the server closes it; an idle keep-alive connection is closed after the same time;
+- a ``POST /ingest`` body must arrive whole within ``body_timeout`` (:data:`BODY_TIMEOUT`)
+  of its head (else 408) and may not exceed ``max_body`` bytes (else 413, from the
+  Content-Length at once, or as soon as more arrived); at most ``max_bodies``
+  (:data:`MAX_BODIES`) bodies are read at once, so bodies in memory stay under
+  ``max_bodies * max_body``; others wait for a turn within their deadline (else 503);
+- a body the server did not read (a 413, a 408, a body sent to a GET) is read and thrown
+  away for at most :data:`LINGER_TIME` s (so the client can see the answer), then the
+  connection is closed;
+- at most ``max_connections`` (:data:`MAX_CONNECTIONS`) connections are open at once; a
+  further one makes the server close the connection that has been open longest. A real
+  request is answered in milliseconds, so under a flood of connections that never finish
+  it is the flood's own that give way, and ``/status`` or a sensor's post still get in (a
+  refusal at the cap would let 64 stalled connections lock everyone out).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import ctypes
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
 
 from learnae.sensor import handle_ingest, ingest_info
 
-__all__ = ["make_app", "prometheus_text", "start_api"]
+__all__ = ["BODY_TIMEOUT", "HEADER_TIMEOUT", "LINGER_TIME", "MAX_BODIES", "MAX_CONNECTIONS",
+           "body_limit", "make_app", "prometheus_text", "read_body", "start_api"]
+
+HEADER_TIMEOUT = 10.0
+"""Seconds a connection gets to deliver a whole request head, from opening or from the
+previous answer (so also how long an idle keep-alive connection stays open)."""
+BODY_TIMEOUT = 30.0
+"""Seconds a ``POST /ingest`` body gets to arrive whole once its head is in: the default
+limit's 11 MB at 3 Mbit/s."""
+LINGER_TIME = 2.0
+"""Seconds the server reads (and throws away) a body it answered without reading, so the
+client can see the answer before the connection closes (at most ``body_timeout``)."""
+MAX_CONNECTIONS = 64
+"""Connections open at once; a further one closes the one open longest."""
+MAX_BODIES = 4
+"""``POST /ingest`` bodies read at once (bodies in memory: at most this times the limit)."""
+TRIM_AFTER = 1 << 20
+"""Bytes a connection must have received for its close to trigger :class:`_GiveBack`."""
+
+_malloc_trim: Callable[[int], int] | None = None
+with contextlib.suppress(OSError, AttributeError, TypeError):  # glibc only, not musl or macOS
+    _malloc_trim = ctypes.CDLL(None).malloc_trim
 
 
 def _escape(value: str) -> str:
@@ -49,6 +94,8 @@ def prometheus_text(status: dict[str, Any]) -> str:
     metric("checkpoints_published", "counter", "Checkpoints published by this run.",
            [({}, status.get("published", 0))])
     metric("merges", "counter", "Merges that used at least one peer checkpoint.", [({}, status.get("merges", 0))])
+    metric("peers_passed_over", "gauge", "Peer authors skipped in merges after a checkpoint of theirs"
+           " could not be used.", [({}, status.get("peers_passed_over", 0))])
     metric("rejections", "counter", "Peer checkpoints refused, by reason.",
            [({"reason": k}, v) for k, v in sorted(status.get("rejections", {}).items())])
     adopt = status.get("adopt") or {}
@@ -67,6 +114,77 @@ def prometheus_text(status: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def body_limit(manifest: Any) -> int:
+    """The largest ``POST /ingest`` body, in bytes, for a swarm's manifest (``None``: 1 MiB).
+
+    A chunk travels base64-encoded: the swarm's chunk limit plus a third, plus 64 KiB for
+    the transaction and the JSON around them (8 MiB chunks: 11,250,346 bytes).
+    """
+    return manifest.limits.chunk_bytes * 4 // 3 + (64 << 10) if manifest else 1 << 20
+
+
+async def read_body(request: web.BaseRequest, limit: int, timeout: float,
+                    turns: asyncio.Semaphore | None = None) -> bytes:
+    """Read ``request``'s whole body as it streams in, bounded in size and time.
+
+    Unlike ``request.read()`` this refuses a too-large Content-Length before reading, keeps
+    aiohttp's per-connection buffer at its default (``read()`` raises it to the limit) and
+    copies the body once.
+
+    Args:
+        request: the request whose body to read.
+        limit: the largest body accepted, in bytes.
+        timeout: seconds for the whole body (and the wait for a turn) to arrive.
+        turns: if given, held while reading: bounds the bodies read at once.
+
+    Returns:
+        The body, at most ``limit`` bytes.
+
+    Raises:
+        web.HTTPRequestEntityTooLarge: (413) Content-Length, or the bytes that arrived,
+            over ``limit``.
+        web.HTTPRequestTimeout: (408) the body did not arrive whole within ``timeout`` s.
+        web.HTTPServiceUnavailable: (503) no turn came within ``timeout`` s.
+        web.HTTPBadRequest: (400) the client closed the connection mid-body, or the body's
+            transfer encoding is broken.
+    """
+    def too_large() -> web.HTTPRequestEntityTooLarge:
+        return web.HTTPRequestEntityTooLarge(
+            max_size=limit, actual_size=request.content_length or limit + 1,
+            text=f"the body is over this node's limit of {limit} bytes; send smaller chunks"
+                 " (the swarm manifest's limits.chunk_bytes)")
+
+    if request.content_length is not None and request.content_length > limit:
+        raise too_large()
+    chunks: list[bytes] = []
+    size = 0
+    turn = False
+    try:
+        async with asyncio.timeout(timeout):
+            if turns is not None:
+                await turns.acquire()
+            turn = True
+            while chunk := await request.content.readany():
+                size += len(chunk)
+                if size > limit:
+                    raise too_large()
+                chunks.append(chunk)
+    except TimeoutError:
+        if not turn:
+            raise web.HTTPServiceUnavailable(
+                text=f"the node is receiving other bodies; none finished in {timeout:g} s:"
+                     " retry later") from None
+        raise web.HTTPRequestTimeout(
+            text=f"the body did not arrive whole within {timeout:g} s ({size} bytes came)"
+                 "; retry on a faster link") from None
+    except (ConnectionResetError, web.RequestPayloadError) as exc:
+        raise web.HTTPBadRequest(text=f"the body could not be read: {exc}") from None
+    finally:
+        if turn and turns is not None:
+            turns.release()
+    return b"".join(chunks)
+
+
 @web.middleware
 async def _json_errors(request: web.Request, handler) -> web.StreamResponse:
     """Answer HTTP errors (404, 405, a body over the size limit, ...) as JSON too."""
@@ -79,9 +197,17 @@ async def _json_errors(request: web.Request, handler) -> web.StreamResponse:
                                   "reason": exc.text or exc.reason}, status=exc.status)
 
 
-def make_app(node: Any) -> web.Application:
+def make_app(node: Any, *, body_timeout: float = BODY_TIMEOUT, max_bodies: int = MAX_BODIES,
+             max_body: int | None = None) -> web.Application:
     """The aiohttp application for ``node``: anything with ``status()``, ``tangle``,
-    ``manifest``, ``ipfs`` and (optionally) ``sync``, as :class:`learnae.node.TrainerNode`."""
+    ``manifest``, ``ipfs`` and (optionally) ``sync``, as :class:`learnae.node.TrainerNode`.
+
+    ``POST /ingest`` bodies are read with :func:`read_body`: at most ``max_body`` bytes
+    (default :func:`body_limit` of the node's manifest), within ``body_timeout`` s, at most
+    ``max_bodies`` at once.
+    """
+    limit = body_limit(getattr(node, "manifest", None)) if max_body is None else max_body
+    turns = asyncio.Semaphore(max_bodies)
 
     async def status(_request: web.Request) -> web.Response:
         return web.json_response(node.status())
@@ -102,19 +228,17 @@ def make_app(node: Any) -> web.Application:
         return node.tangle
 
     async def ingest(request: web.Request) -> web.Response:
-        tangle = ledger()
+        ledger()  # refuse before reading the body if the node cannot take it
+        body = await read_body(request, limit, body_timeout, turns)
         sync = getattr(node, "sync", None)
-        code, body = await handle_ingest(await request.read(), manifest=node.manifest, tangle=tangle,
-                                         ipfs=node.ipfs, publish=sync.publish if sync else None)
-        return web.json_response(body, status=code)
+        code, answer = await handle_ingest(body, manifest=node.manifest, tangle=ledger(),
+                                           ipfs=node.ipfs, publish=sync.publish if sync else None)
+        return web.json_response(answer, status=code)
 
-    async def ingest_tips(_request: web.Request) -> web.Response:
-        return web.json_response(ingest_info(ledger()))
+    async def ingest_tips(request: web.Request) -> web.Response:
+        return web.json_response(ingest_info(ledger(), request.query.get("author")))
 
-    # A chunk travels base64-encoded: allow the swarm's chunk limit plus a third, plus the tx.
-    manifest = getattr(node, "manifest", None)
-    body_limit = manifest.limits.chunk_bytes * 4 // 3 + (64 << 10) if manifest else 1 << 20
-    app = web.Application(client_max_size=body_limit, middlewares=[_json_errors])
+    app = web.Application(client_max_size=limit, middlewares=[_json_errors])
     app.router.add_post("/ingest", ingest)
     app.router.add_get("/ingest", ingest_tips)
     app.router.add_get("/status", status)
@@ -123,16 +247,143 @@ def make_app(node: Any) -> web.Application:
     return app
 
 
-async def start_api(node: Any, host: str = "127.0.0.1", port: int = 0) -> tuple[web.AppRunner, str]:
+class _GiveBack:
+    """Gives the heap memory freed by closed connections back to the OS.
+
+    Bodies arrive in pieces of up to 256 KiB that glibc's allocator keeps once freed (its
+    heap shrinks only from the top), so the RSS of a node that received large bodies would
+    stay up. :meth:`soon` runs glibc's ``malloc_trim(0)`` in a worker thread one second
+    later (a burst of closes: once); without glibc it does nothing.
+    """
+
+    def __init__(self) -> None:
+        self._pending = False
+
+    def soon(self) -> None:
+        if _malloc_trim is None or self._pending:
+            return
+        self._pending = True
+        loop = asyncio.get_running_loop()
+        loop.call_later(1.0, lambda: loop.run_in_executor(None, self._trim))
+
+    def _trim(self) -> None:
+        self._pending = False
+        _malloc_trim(0)  # type: ignore[misc]
+
+
+class _Admit(asyncio.Protocol):
+    """One accepted connection, passed on to aiohttp's protocol. ``live`` holds the open
+    ones, oldest first; when ``cap`` are open, a new one closes the oldest. When one that
+    received at least :data:`TRIM_AFTER` bytes closes, ``give_back.soon()``."""
+
+    def __init__(self, make_handler: Any, live: dict[_Admit, None], cap: int,
+                 give_back: _GiveBack) -> None:
+        self._make_handler, self._live, self._cap = make_handler, live, cap
+        self._give_back = give_back
+        self._inner: asyncio.Protocol | None = None
+        self._transport: asyncio.BaseTransport | None = None
+        self._received = 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        while len(self._live) >= self._cap:
+            next(iter(self._live))._evict()
+        self._live[self] = None
+        self._transport = transport
+        self._inner = self._make_handler()
+        self._inner.connection_made(transport)
+
+    def _evict(self) -> None:
+        self._live.pop(self, None)
+        if self._transport is not None:
+            self._transport.abort()  # type: ignore[attr-defined]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._live.pop(self, None)
+        if self._inner is not None:
+            self._inner.connection_lost(exc)
+            if self._received >= TRIM_AFTER:
+                self._give_back.soon()
+
+    def data_received(self, data: bytes) -> None:
+        if self._inner is not None:
+            self._received += len(data)
+            self._inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self._inner.eof_received() if self._inner is not None else None
+
+    def pause_writing(self) -> None:
+        if self._inner is not None:
+            self._inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self._inner is not None:
+            self._inner.resume_writing()
+
+
+class _CappedSite(web.BaseSite):
+    """Like :class:`aiohttp.web.TCPSite`, with at most ``max_connections`` open at once."""
+
+    __slots__ = ("_host", "_port", "_cap")
+
+    def __init__(self, runner: web.BaseRunner, host: str, port: int, max_connections: int):
+        super().__init__(runner)
+        self._host, self._port, self._cap = host, port, max_connections
+
+    @property
+    def name(self) -> str:
+        return f"http://{self._host}:{self._port}"
+
+    async def start(self) -> None:
+        await super().start()
+        make_handler = self._runner.server
+        live: dict[_Admit, None] = {}  # insertion order: oldest first
+        give_back = _GiveBack()
+        self._server = await asyncio.get_running_loop().create_server(
+            lambda: _Admit(make_handler, live, self._cap, give_back), self._host, self._port)
+
+
+async def start_api(node: Any, host: str = "127.0.0.1", port: int = 0, *,
+                    header_timeout: float = HEADER_TIMEOUT, body_timeout: float = BODY_TIMEOUT,
+                    max_connections: int = MAX_CONNECTIONS, max_bodies: int = MAX_BODIES,
+                    max_body: int | None = None) -> tuple[web.AppRunner, str]:
     """Serve :func:`make_app` on ``host:port`` (0: a free port) on the running loop.
+
+    Args:
+        node: the node to serve (see :func:`make_app`).
+        host: the address to listen on (a LAN address lets sensors post).
+        port: the TCP port; 0 picks a free one.
+        header_timeout: seconds a connection gets to send a whole request head, from
+            opening or from the previous answer; then the server closes it.
+        body_timeout: seconds a ``POST /ingest`` body gets to arrive whole (else 408).
+        max_connections: connections open at once; a further one closes the oldest.
+        max_bodies: ``POST /ingest`` bodies read at once; others wait their turn.
+        max_body: the largest ``POST /ingest`` body in bytes (default
+            :func:`body_limit` of ``node.manifest``); a larger one gets 413.
 
     Returns:
         ``(runner, url)``; ``await runner.cleanup()`` stops it.
+
+    Raises:
+        ValueError: a timeout or count is not positive.
+        OSError: ``host:port`` cannot be bound.
     """
-    runner = web.AppRunner(make_app(node), access_log=None)
+    for name, value in (("header_timeout", header_timeout), ("body_timeout", body_timeout),
+                        ("max_connections", max_connections), ("max_bodies", max_bodies),
+                        ("max_body", 1 if max_body is None else max_body)):
+        if not value > 0:
+            raise ValueError(f"start_api: {name} must be positive, not {value!r}")
+    app = make_app(node, body_timeout=body_timeout, max_bodies=max_bodies, max_body=max_body)
+    # aiohttp's keep-alive timer also runs from the connection's start and closes it if no
+    # whole request head came by then: that is the header timeout.
+    runner = web.AppRunner(app, access_log=None, keepalive_timeout=header_timeout,
+                           lingering_time=min(LINGER_TIME, body_timeout))
     await runner.setup()
-    site = web.TCPSite(runner, host, port)
-    await site.start()
-    bound = site._server.sockets[0].getsockname()  # the real port when 0 was asked
+    try:
+        await _CappedSite(runner, host, port, max_connections).start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    bound = runner.addresses[0]  # the real port when 0 was asked
     shown = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
     return runner, f"http://{shown}:{bound[1]}"
