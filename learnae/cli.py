@@ -686,6 +686,10 @@ def _node_config_file(ctx: click.Context, _param: click.Parameter, path: str | N
                    "bootstrap peers are always dialled.")
 @click.option("--ipfs", default="embedded", show_default=True, metavar="embedded|rpc:URL",
               help="IPFS backend: Kubo inside this process, or a Kubo daemon's RPC API.")
+@click.option("--allow-shared-daemon", is_flag=True,
+              help="With --ipfs rpc:URL, use a Kubo daemon that is not set up for a private swarm as it"
+                   " is: anyone on the IPFS network can then fetch what the node adds (without this"
+                   " flag the node refuses it and lists the `ipfs config` commands that fix it).")
 @click.option("--api", default="127.0.0.1:0", show_default=True, metavar="HOST:PORT|off",
               help="HTTP API address (GET /status, /metrics, /ledger/tips); the URL goes to STATE/api.json.")
 @click.option("--threads", type=click.IntRange(1, 256), default=1, show_default=True,
@@ -710,13 +714,22 @@ def _node_config_file(ctx: click.Context, _param: click.Parameter, path: str | N
 @click.option("--adopt", default="all", show_default=True, metavar="all|AUTHORS.txt|none",
               help="Sensors' data chunks to train on: all, none, or those by the authors listed in a file"
                    " (one author key, hex, or author id z6Mk... a line).")
+@click.option("--adopt-max-rows", type=click.IntRange(1), default=50_000, show_default=True,
+              help="Adopted sensor rows the training pool keeps at most: a uniform random sample of every"
+                   " row adopted (reservoir sampling); all adopted chunks stay on disk in"
+                   " STATE/adopted.sqlite, so a restart refills the pool without fetching them again.")
 @click.option("--quiet", is_flag=True, help="No progress line.")
+@click.option("--new-identity", is_flag=True,
+              help="Make a new author key although STATE ran a node before and lost identity.key (the"
+                   " node refuses to start otherwise: restore the key from a backup if you can; the"
+                   " ledger credits the old key's work to it).")
 @click.option("--fault-control", type=click.Path(dir_okay=False, path_type=Path), default=None, hidden=True,
               help="Fault harness only: apply the fault layer's rules from this control file.")
 def node_run(invite_path: Path, state: Path, data_spec: str, listen: str | None, peers: tuple[str, ...], ipfs: str,
              api: str, threads: int, keep: int, k: int, fetch_timeout: float, sync_every: str | None,
              epochs: int | None, seed: int | None, wait_peers: int, network_nice: int, adopt: str,
-             quiet: bool, fault_control: Path | None) -> None:
+             adopt_max_rows: int, quiet: bool, new_identity: bool, fault_control: Path | None,
+             allow_shared_daemon: bool) -> None:
     """Train with the swarm until stopped (Ctrl-C or SIGTERM publishes a final checkpoint).
 
     Progress is one line per epoch: step, loss, accuracy (own held-out data and the
@@ -742,7 +755,9 @@ def node_run(invite_path: Path, state: Path, data_spec: str, listen: str | None,
                             listen=listen, peers=peers, ipfs=ipfs, api=None if api == "off" else api,
                             threads=threads, keep=keep, k=k, fetch_timeout=fetch_timeout, epochs=epochs,
                             seed=seed, sync_every=sync_every, wait_peers=wait_peers, network_nice=network_nice,
-                            adopt=adopt, progress=None if quiet else progress, fault_control=fault_control)
+                            adopt=adopt, adopt_max_rows=adopt_max_rows,
+                            progress=None if quiet else progress, fault_control=fault_control,
+                            new_identity=new_identity, allow_shared_daemon=allow_shared_daemon)
         node = TrainerNode(config)
         click.echo(f"learnae node: swarm {config.invite.name} ({config.invite.genesis[:16]}…), state {state}")
         raise SystemExit(node.run())

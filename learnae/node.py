@@ -2,7 +2,7 @@
 
 A node composes an identity, an IPFS node (embedded Kubo by default, or a Kubo daemon
 through its RPC API), the swarm's tangle and its syncer, and a Keras training loop
-(DESIGN.md "Node loop"):
+(docs/design.md "Node loop"):
 
 - Keras trains in the main thread with a :class:`~learnae.training.callback.SwarmCallback`,
   which offers a snapshot every ``sync_every`` batches and loads merged weights at batch
@@ -11,23 +11,29 @@ through its RPC API), the swarm's tangle and its syncer, and a Keras training lo
   a checkpoint (safetensors -> ``ipfs.add`` pinned -> ``checkpoint`` tx whose ``base``
   names the peer checkpoints merged since the previous one -> gossip), then merges: up to
   ``k`` of the freshest peer checkpoints announced since the last merge (one per author,
-  not stale), each fetched by CID with a timeout and a size bound, decoded against the
-  model's names, shapes and dtypes, and merged with the manifest's rule; the training side
+  not stale, none by an author backing off after a checkpoint of theirs could not be used:
+  :class:`PeerChoice`), each fetched by CID with a timeout and a size bound, decoded against
+  the model's names, shapes and dtypes, and merged with the manifest's rule; the training side
   adds the merge's displacement from the offered snapshot to its current weights
   (:attr:`~learnae.training.bridge.Merged.delta`), keeping the batches trained meanwhile.
   Every failure is counted by code (:attr:`TrainerNode.rejections`) and never stops the node.
 - Data adoption (``--adopt all|AUTHORS.txt|none``): the network side watches the tangle for
-  ``data`` txs by admitted authors, fetches each chunk by CID (timeout, the manifest's chunk
-  size limit), decodes it against the swarm's schema and hands the rows to the training side
-  through a queue; refusals are counted as ``data:<code>``. The training side adds them,
-  scaled with the node's scaler, to its training pool between ``fit`` calls (an epoch's end
-  ends ``fit`` when rows wait), and the next checkpoint's ``data`` names their tx ids. A
-  restart adopts every chunk again but names only those no published checkpoint named.
+  ``data`` txs by admitted authors, fetches each chunk it does not hold yet by CID (timeout,
+  the manifest's chunk size limit), decodes it against the swarm's schema and stores it on
+  disk (``STATE/adopted.sqlite``, :class:`~learnae.training.pool.AdoptedStore`); refusals are
+  counted as ``data:<code>``. The training side adds the stored chunks, scaled with the
+  node's scaler, to its training pool between ``fit`` calls (an epoch's end ends ``fit`` when
+  chunks wait): the node's own rows and a uniform sample (reservoir) of at most
+  ``adopt_max_rows`` adopted rows (:class:`~learnae.training.pool.TrainingPool`). The next
+  checkpoint's ``data`` names their tx ids. A restart refills the pool from disk, fetches
+  only chunks not stored yet, and names only those no published checkpoint named.
 
 The state directory holds everything a restart needs (:func:`state_paths`): the author
 key, the tangle, the IPFS repo, the last published checkpoint and its step/sample counts.
-SIGINT or SIGTERM stops training after the current batch, publishes a final checkpoint and
-closes everything in order. Resources are bounded: TensorFlow threads
+A directory that ran a node before and lost its ``identity.key`` is refused (the key is the
+identity the ledger credits) unless ``new_identity`` asks for a new key. SIGINT or SIGTERM
+stops training after the current batch, wherever it arrives (also between two ``fit``
+calls), publishes a final checkpoint and closes everything in order. Resources are bounded: TensorFlow threads
 (:func:`~learnae.training.model.configure_threads`); CPU: on Linux the network side runs
 ``network_nice`` steps nicer than training (:func:`lower_thread_priority`), so where the
 CPU is short, training comes first and the network side publishes and merges less often;
@@ -42,12 +48,11 @@ import contextlib
 import json
 import logging
 import os
-import queue
 import signal
 import sys
 import threading
 import time
-from collections import Counter, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,10 +71,18 @@ from learnae.manifest import Invite, Manifest, open_tangle, parse_listen
 from learnae.merge import Contribution, MergeResult, merge
 from learnae.training.bridge import Merged, Offer, QueueBridge
 from learnae.training.data import DataSpec
+from learnae.training.pool import (
+    ADOPTED_FILE,
+    DEFAULT_MAX_ROWS,
+    AdoptedStore,
+    StoreError,
+    TrainingPool,
+    seed_from,
+)
 
 log = logging.getLogger("learnae.node")
 
-__all__ = ["NodeConfig", "TrainerNode", "fetch_peer_checkpoint", "lower_thread_priority",
+__all__ = ["NodeConfig", "PeerChoice", "TrainerNode", "fetch_peer_checkpoint", "lower_thread_priority",
            "merge_contributions", "parse_adopt", "publish_checkpoint", "state_paths"]
 
 DEFAULT_KEEP = 3
@@ -82,6 +95,9 @@ FIT_EPOCHS = 100  # epochs per model.fit call
 ADOPT_TRIES = 3  # fetch attempts for a data chunk before it is refused
 ADOPT_INTERVAL = 1.0  # seconds between looks at the tangle for new data transactions
 MAX_DATA_LINKS = 256  # data tx ids named in one checkpoint (the rest go in the next ones)
+BACKOFF = 30.0  # seconds an author whose checkpoint could not be used is passed over (doubling)
+MAX_BACKOFF = 1800.0  # the longest pass-over, seconds
+MAX_PEER_AUTHORS = 4096  # authors the peer choice remembers (pending checkpoints; backoffs)
 
 
 def parse_adopt(policy: str) -> frozenset[bytes] | None:
@@ -238,6 +254,115 @@ def merge_contributions(manifest: Manifest, own: Contribution,
     return merge(manifest.merge, own, peers, **manifest.merge_params)
 
 
+# --------------------------------------------------------------------------- peer choice
+class PeerChoice:
+    """Which peer checkpoints a merge fetches: up to ``k`` of the freshest, one per author,
+    none stale, none by an author backing off. Bookkeeping only (no I/O, no clock: the caller
+    gives the times, in ms since the epoch).
+
+    Freshness is ``min(tx.time, arrival)``, ``arrival`` being when :meth:`add` saw the
+    transaction. A transaction's ``time`` is what its author wrote, and validation accepts
+    one up to :data:`~learnae.ledger.tx.MAX_FUTURE_MS` (10 minutes) ahead of the receiver's
+    clock: ranked by it, checkpoints dated in the future would take the ``k`` places of every
+    merge for minutes. Capped by arrival, they rank as if published when they arrived. Being
+    ``stale`` is judged on freshness too.
+
+    Backoff: an author whose checkpoint could not be used (:meth:`failed`: a fetch timeout or
+    error, refused content) is passed over for ``backoff`` seconds, twice as long after each
+    further failure, at most ``max_backoff``; its checkpoints stay pending meanwhile. A
+    checkpoint of theirs that is merged (:meth:`succeeded`) clears it, as does a failure more
+    than ``max_backoff`` after the previous pass-over ended. So an author announcing
+    checkpoints nobody can fetch costs one fetch timeout, then ever rarer ones, instead of a
+    place in every merge.
+
+    Memory: at most ``max_authors`` pending checkpoints (the least fresh is dropped first) and
+    ``max_authors`` backoff entries (the least recently failed is dropped first).
+
+    Args:
+        stale: seconds after which a checkpoint is too old to merge.
+        backoff, max_backoff: seconds (see Backoff), ``0 < backoff <= max_backoff``.
+        max_authors: authors remembered (>= 1).
+
+    Raises:
+        ConfigError: the bounds are out of range.
+    """
+
+    def __init__(self, *, stale: float, backoff: float = BACKOFF, max_backoff: float = MAX_BACKOFF,
+                 max_authors: int = MAX_PEER_AUTHORS):
+        if not 0 < backoff <= max_backoff or max_authors < 1:
+            raise ConfigError(f"peer choice: need 0 < backoff ({backoff}) <= max_backoff ({max_backoff})"
+                              f" and max_authors ({max_authors}) >= 1")
+        self.stale_ms = stale * 1000
+        self.backoff_ms = backoff * 1000
+        self.max_backoff_ms = max_backoff * 1000
+        self.max_authors = max_authors
+        self._pending: dict[bytes, tuple[float, Tx]] = {}  # author -> (freshness, tx)
+        self._backoff: OrderedDict[bytes, tuple[int, float]] = OrderedDict()  # author -> (failures, until)
+
+    def __len__(self) -> int:
+        """Pending checkpoints (one per author), backing off or not."""
+        return len(self._pending)
+
+    def add(self, tx: Tx, now_ms: float) -> None:
+        """A peer's checkpoint ``tx`` seen at ``now_ms``: it becomes its author's pending one
+        unless that one is at least as fresh (then by ``step``)."""
+        fresh = min(tx.time, now_ms)
+        old = self._pending.get(tx.author)
+        if old is not None and (old[0], old[1].payload.get("step", 0)) >= (fresh, tx.payload.get("step", 0)):
+            return
+        self._pending[tx.author] = (fresh, tx)
+        if len(self._pending) > self.max_authors:
+            del self._pending[min(self._pending, key=lambda a: self._pending[a][0])]
+
+    def drop_stale(self, now_ms: float) -> int:
+        """Forget the pending checkpoints older than ``stale``; returns how many."""
+        old = [a for a, (fresh, _) in self._pending.items() if now_ms - fresh > self.stale_ms]
+        for author in old:
+            del self._pending[author]
+        return len(old)
+
+    def backing_off(self, author: bytes, now_ms: float) -> bool:
+        """Whether ``author`` is passed over at ``now_ms``."""
+        entry = self._backoff.get(author)
+        return entry is not None and now_ms < entry[1]
+
+    def backing_off_count(self, now_ms: float) -> int:
+        """Authors passed over at ``now_ms``."""
+        return sum(now_ms < until for _, until in self._backoff.values())
+
+    def choose(self, k: int, now_ms: float, *, at_least: int = 1) -> list[Tx]:
+        """Take up to ``k`` pending checkpoints, freshest first, by authors not backing off
+        (those stay pending); none if fewer than ``at_least`` are eligible."""
+        ready = sorted(((fresh, tx) for a, (fresh, tx) in self._pending.items() if not self.backing_off(a, now_ms)),
+                       key=lambda ft: ft[0], reverse=True)
+        if len(ready) < at_least:
+            return []
+        chosen = [tx for _, tx in ready[:k]]
+        for tx in chosen:
+            del self._pending[tx.author]
+        return chosen
+
+    def failed(self, author: bytes, now_ms: float) -> float:
+        """``author``'s checkpoint could not be used at ``now_ms``: pass it over for longer.
+
+        Returns:
+            Seconds it is passed over from ``now_ms``.
+        """
+        failures, until = self._backoff.pop(author, (0, float("-inf")))
+        if now_ms > until + self.max_backoff_ms:  # long ago: start over
+            failures = 0
+        failures += 1
+        wait = min(self.backoff_ms * 2 ** min(failures - 1, 30), self.max_backoff_ms)
+        self._backoff[author] = (failures, now_ms + wait)
+        while len(self._backoff) > self.max_authors:
+            self._backoff.popitem(last=False)
+        return wait / 1000
+
+    def succeeded(self, author: bytes) -> None:
+        """A checkpoint of ``author`` was merged: clear its backoff."""
+        self._backoff.pop(author, None)
+
+
 # ------------------------------------------------------------------------------- config
 @dataclass
 class NodeConfig:
@@ -251,6 +376,8 @@ class NodeConfig:
         listen: ``HOST:PORT`` the embedded Kubo node listens on (port 0: any free port).
         peers: multiaddrs (``.../p2p/<id>``) kept connected, with the invite's bootstrap.
         ipfs: ``embedded``, or ``rpc:URL`` for a running Kubo daemon.
+        allow_shared_daemon: with ``rpc:URL``, use a daemon that is not set up for a private
+            swarm as it is (:meth:`~learnae.ipfs.rpc.RpcNode.open` refuses it otherwise).
         api: ``HOST:PORT`` of the HTTP API (port 0: any free port), or None for none.
         threads: TensorFlow intra-op threads.
         keep: own checkpoints kept pinned (older ones are unpinned).
@@ -269,8 +396,15 @@ class NodeConfig:
         progress: called with a one-line progress text (on the training thread).
         adopt: which sensors' ``data`` chunks join the training pool: ``all``, ``none``, or
             the path of a file of admitted authors (:func:`parse_adopt`).
+        adopt_max_rows: adopted rows the training pool keeps at most (a uniform sample of all
+            adopted rows, :class:`~learnae.training.pool.TrainingPool`); every adopted chunk
+            stays on disk in ``STATE/adopted.sqlite``.
         fault_control: for the fault harness: wrap the IPFS node in the fault layer
             (:class:`~learnae.ipfs.faults.FaultyNode`) steered by this control file.
+        new_identity: make a new author key although the state directory ran a node before
+            and its ``identity.key`` is missing (without it the node refuses to start, so
+            that a lost key is restored rather than silently replaced). An existing
+            ``identity.key`` is never replaced: then the flag only logs a warning.
     """
 
     invite: Invite
@@ -293,7 +427,10 @@ class NodeConfig:
     callbacks: tuple[Any, ...] = ()
     progress: Callable[[str], None] | None = None
     adopt: str = "all"
+    adopt_max_rows: int = DEFAULT_MAX_ROWS
     fault_control: Path | None = None
+    new_identity: bool = False
+    allow_shared_daemon: bool = False
 
 
 # --------------------------------------------------------------------------------- node
@@ -305,7 +442,8 @@ class TrainerNode:
     ``timeout``, ``ipfs``, ``oversize``, ``corrupt``, ``format``, ``schema``, ``non-finite``,
     and the merge codes ``names``, ``shape``, ``dtype``, ``norm``, ``meta``, ...; for sensor
     chunks ``data:<code>``, e.g. ``data:timeout``, ``data:corrupt``, ``data:schema``,
-    ``data:not-admitted``), ``adopt`` (chunks and rows adopted, chunks named in checkpoints).
+    ``data:not-admitted``), ``adopt`` (chunks and rows adopted, chunks named in checkpoints,
+    the pool's rows and bound, the chunks and rows on disk).
     """
 
     def __init__(self, config: NodeConfig):
@@ -342,8 +480,9 @@ class TrainerNode:
         self.sync: TangleSync | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self._pinned: deque[str] = deque()
-        self._pending: dict[bytes, Tx] = {}  # author -> freshest unmerged checkpoint tx
+        self._choice = PeerChoice(stale=config.stale)  # unmerged peer checkpoints, backoffs
         self._cursor = 0
+        self._ran_before = False  # the state directory held a node's files (set at start)
         self._stopping = threading.Event()
         self._ready = threading.Event()
         self._net_done = threading.Event()
@@ -352,24 +491,58 @@ class TrainerNode:
         self.splits = None
         self._cb = None
         self._offer_lock: asyncio.Lock | None = None
-        # data adoption (DESIGN.md "Node loop" step 4): network side -> queue -> training side
+        # data adoption: network side -> disk (STATE/adopted.sqlite) -> training side's pool
         self.adopt_authors = parse_adopt(config.adopt)
-        self._adopt_queue: queue.Queue[tuple[str, np.ndarray, np.ndarray]] = queue.Queue()
+        max_rows = config.adopt_max_rows
+        if not isinstance(max_rows, int) or isinstance(max_rows, bool) or max_rows < 1:
+            raise ConfigError(f"adopt_max_rows is {max_rows!r}; give an integer >= 1"
+                              " (--adopt-max-rows), or --adopt none to adopt nothing")
         self._adopt_lock = threading.Lock()
+        self._adopt_store: AdoptedStore | None = None  # opened at first use (either side)
+        self._adopt_store_failed = False
+        self._pool: TrainingPool | None = None  # made by the first _take_adopted
+        self._pool_seq = 0  # the store's seq of the last chunk read into the pool
+        self._pool_chunks = 0  # chunks read from the store into the pool (or skipped)
         self._unnamed: list[str] = []  # adopted, not yet named in a published checkpoint
         self._named: set[str] = set()  # named in a published checkpoint (kept across restarts)
         self._data_cursor = 0
-        self.data_accepted = 0  # chunks fetched and checked (network side)
+        self.data_accepted = 0  # chunks fetched, checked and stored this run (network side)
+        self.data_held = 0  # admitted chunks found on disk, not fetched again (network side)
         self.adopted_chunks = 0  # chunks added to the training pool (training side)
-        self.adopted_rows = 0
+        self.adopted_rows = 0  # their rows (offered to the pool; it keeps a sample)
 
     # ------------------------------------------------------------------ identity and state
     def _load_identity(self) -> Identity:
-        path = self.paths["identity"]
+        """Load ``identity.key``; make one in a new state directory.
+
+        Raises:
+            ConfigError: ``identity.key`` is missing but the directory ran a node before
+                (``progress.json``, the checkpoint or the ledger is there), and
+                ``new_identity`` was not asked for.
+        """
+        path, p = self.paths["identity"], self.paths
+        traces = [f.name for f in (p["progress"], p["checkpoint"], p["tangle"]) if f.exists()]
+        self._ran_before = bool(traces) or path.exists()
         if path.exists():
+            if self.config.new_identity:
+                log.warning("--new-identity: %s exists and is kept (the flag only makes a key where"
+                            " none is); to start over as a new author, move it out of the state"
+                            " directory first, and keep it: the ledger credits it", path)
             return Identity.load(path)
+        if traces and not self.config.new_identity:
+            raise ConfigError(
+                f"{path} is missing, but {self.state} ran a node before ({', '.join(traces)}): that"
+                " key is the identity the ledger credits for this node's work. Restore identity.key"
+                f" from your backup into {self.state}, or start with --new-identity to make a new"
+                " one deliberately (the ledger then credits a new author)")
         identity = Identity.generate()
         identity.save(path)
+        if traces:
+            log.warning("new author key %s in %s (--new-identity); the previous identity's work stays"
+                        " credited to it", identity.author_id, path)
+        else:
+            log.info("new state directory %s: made the author key %s (%s); back it up", self.state,
+                     identity.author_id, path)
         return identity
 
     def _load_progress(self) -> dict[str, Any]:
@@ -427,14 +600,11 @@ class TrainerNode:
         net = self._start_network()
         stop = self._stopping
 
-        def on_signal(signum, frame):  # main thread
-            if stop.is_set():
-                log.warning("signal %d: already stopping", signum)
-                return
-            log.warning("signal %d: stopping after this batch", signum)
-            stop.set()
-            if self._model is not None:
-                self._model.stop_training = True
+        def on_signal(signum, frame):  # main thread, between two of its bytecodes
+            again = stop.is_set()
+            self.stop()  # the SwarmCallback ends fit within a batch, even a fit() not begun yet
+            self._log_soon(logging.WARNING, "signal %d: already stopping" if again else
+                           "signal %d: stopping after this batch", signum)
 
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(ValueError):  # not in the main thread: no handlers
@@ -465,7 +635,7 @@ class TrainerNode:
                 sync_every = -(-len(splits.train) // m.batch_size)
             cb = SwarmCallback(self.bridge, batch_size=m.batch_size, sync_every=sync_every, k=cfg.k,
                                samples_per_epoch=len(splits.train), initial_step=self.step,
-                               initial_samples=self.samples)
+                               initial_samples=self.samples, stop=stop)
             self._cb = cb
             while len(self.peers) < cfg.wait_peers and not stop.wait(0.2):
                 pass
@@ -489,7 +659,7 @@ class TrainerNode:
                         node._report(evaluate, loss)
                     if cfg.epochs is not None and node.epoch - epoch0 >= cfg.epochs:
                         self.model.stop_training = True
-                    if not node._adopt_queue.empty():  # new rows: end this fit() to add them
+                    if node._adopt_waiting():  # new chunks stored: end this fit() to add them
                         self.model.stop_training = True
 
             watch = EpochWatch()
@@ -497,7 +667,7 @@ class TrainerNode:
             while not stop.is_set() and (cfg.epochs is None or self.epoch - epoch0 < cfg.epochs):
                 # adopted sensor rows join the pool between fit() calls (an epoch's end stops fit
                 # when some are waiting)
-                train_x, train_y = self._take_adopted(train_x, train_y)
+                train_x, train_y = self._take_adopted(splits.train.x, splits.train.y)
                 cb.samples_per_epoch = len(train_x)
                 # one fit() for many epochs: a fit() call costs as much as dozens of small batches
                 chunk = FIT_EPOCHS if cfg.epochs is None else min(FIT_EPOCHS, cfg.epochs - (self.epoch - epoch0))
@@ -553,7 +723,7 @@ class TrainerNode:
             self.step_published, self.samples_published = self.step, self.samples
             cb = SwarmCallback(self.bridge, batch_size=batch_size, sync_every=sync_every or m.sync_every,
                                k=self.config.k, samples_per_epoch=samples_per_epoch, initial_step=self.step,
-                               initial_samples=self.samples)
+                               initial_samples=self.samples, stop=self._stopping)
             self._cb = cb
             yield cb
             self._finish(model, cb)
@@ -607,35 +777,78 @@ class TrainerNode:
         net.join(timeout=60)
 
     def _take_adopted(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Append the rows the network side accepted to the training pool ``(x, y)``, scaled
-        with the node's scaler (training thread); their tx ids wait to be named in the next
-        checkpoint."""
-        xs, ys, ids = [], [], []
-        scaler = self.splits.train.scaler
-        while True:
-            try:
-                tx_id, cx, cy = self._adopt_queue.get_nowait()
-            except queue.Empty:
-                break
-            try:
-                cx = np.asarray(cx).reshape((len(cx), *x.shape[1:]))
-            except ValueError:
-                self.rejections["data:shape"] += 1
-                log.info("data %s refused: rows of shape %s do not fit the training pool's %s",
-                         tx_id[:16], np.shape(cx)[1:], x.shape[1:])
-                continue
-            xs.append((scaler.transform(cx) if scaler is not None else cx).astype(x.dtype))
-            ys.append(np.asarray(cy).astype(y.dtype))
-            ids.append(tx_id)
-        if not ids:
+        """The training pool, with the chunks stored since the last call added (training
+        thread, between ``fit`` calls): the node's own rows, then a uniform sample of at most
+        ``adopt_max_rows`` adopted rows, scaled with the node's scaler. The first call makes
+        the pool and reads every chunk on disk (a restart refills it from there, in the
+        store's order); only one chunk's rows are read at a time. The chunks' tx ids wait to
+        be named in the next checkpoint.
+
+        Args:
+            x: the node's own features ``(n, *features)``; y: its labels ``(n,)``. Read at
+                the first call only (copied into the pool).
+
+        Returns:
+            ``(x, y)``: the pool's rows, views valid until the next call; ``x, y`` themselves
+            when the node adopts nothing.
+        """
+        if self.adopt_authors == frozenset() or (store := self._adopted_store()) is None:
             return x, y
+        if self._pool is None:
+            key = self.identity.public_key if self.identity is not None else b""
+            self._pool = TrainingPool(x, y, self.config.adopt_max_rows, seed=seed_from(key))
+        pool = self._pool
+        if store.last_seq <= self._pool_seq:
+            return pool.x, pool.y
+        scaler = self.splits.train.scaler
+        ids, rows = [], 0
+        try:
+            for chunk in store.after(self._pool_seq):
+                self._pool_seq = chunk.seq
+                self._pool_chunks += 1
+                if self.adopt_authors is not None and chunk.author not in self.adopt_authors:
+                    continue  # stored under an earlier --adopt policy
+                try:
+                    cx = chunk.x.reshape((len(chunk.x), *pool.features))
+                    pool.add(scaler.transform(cx) if scaler is not None else cx, chunk.y)
+                except ValueError:
+                    self.rejections["data:shape"] += 1
+                    log.info("data %s refused: rows of shape %s do not fit the training pool's %s",
+                             chunk.tx[:16], chunk.x.shape[1:], pool.features)
+                    continue
+                ids.append(chunk.tx)
+                rows += len(chunk.x)
+        except StoreError as exc:  # the rest is read at the next call
+            self.errors["adopt:store"] += 1
+            log.warning("reading adopted data: %s", exc.reason)
+        if ids:
+            with self._adopt_lock:
+                unnamed = set(self._unnamed)
+                self._unnamed.extend(i for i in ids if i not in self._named and i not in unnamed)
+                self.adopted_chunks += len(ids)
+                self.adopted_rows += rows
+            log.info("adopted %d chunk(s), %d row(s); training pool: %d own rows, %d of %d adopted"
+                     " rows seen (at most %d kept)", len(ids), rows, pool.own, pool.held, pool.seen,
+                     pool.max_rows)
+        return pool.x, pool.y
+
+    def _adopted_store(self) -> AdoptedStore | None:
+        """The adopted-data store, opened at first use (either thread); None if it cannot be
+        opened (logged, counted as ``adopt:store``): the node then trains on its own rows."""
         with self._adopt_lock:
-            self._unnamed.extend(i for i in ids if i not in self._named and i not in self._unnamed)
-            self.adopted_chunks += len(ids)
-            self.adopted_rows += sum(len(a) for a in ys)
-        log.info("adopted %d chunk(s), %d row(s); training pool %d rows", len(ids),
-                 sum(len(a) for a in ys), len(x) + sum(len(a) for a in ys))
-        return np.concatenate([x, *xs]), np.concatenate([y, *ys])
+            if self._adopt_store is None and not self._adopt_store_failed:
+                try:
+                    self._adopt_store = AdoptedStore(self.state / ADOPTED_FILE)
+                except StoreError as exc:
+                    self._adopt_store_failed = True
+                    self.errors["adopt:store"] += 1
+                    log.error("data adoption is off: %s", exc.reason)
+            return self._adopt_store
+
+    def _adopt_waiting(self) -> bool:
+        """Whether chunks stored on disk wait to join the training pool (two integers read)."""
+        store = self._adopt_store
+        return store is not None and store.last_seq > self._pool_seq
 
     def _report(self, evaluate, loss: float) -> None:
         """Metrics (before training, then at an epoch's end), and the progress line (training
@@ -659,10 +872,23 @@ class TrainerNode:
     _loss = float("nan")
 
     def stop(self) -> None:
-        """Ask the node to stop (thread-safe): training ends after the current batch."""
+        """Ask the node to stop (thread-safe; the signal handler calls it): training ends
+        after the current batch, or after the first batch of a ``fit`` not begun yet (the
+        :class:`~learnae.training.callback.SwarmCallback` watches the stop event)."""
         self._stopping.set()
         if self._model is not None:
             self._model.stop_training = True
+
+    def _log_soon(self, level: int, msg: str, *args: Any) -> None:
+        """Log from the network thread. For a signal handler: it runs in the main thread at
+        any point, perhaps in the middle of that thread's write to the log's stream, and a
+        nested write to a buffered stream raises ``RuntimeError`` (reentrant call)."""
+        loop = self.loop
+        if loop is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                loop.call_soon_threadsafe(log.log, level, msg, *args)
+                return
+        log.log(level, msg, *args)
 
     # --------------------------------------------------------------- network thread
     def _network_thread(self) -> None:
@@ -691,6 +917,10 @@ class TrainerNode:
         self._closed = asyncio.Event()
         self._offer_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task] = []
+        if self._ran_before and not self.paths["tangle"].exists():
+            log.warning("%s is missing, though %s ran a node before: the ledger is rebuilt from the"
+                        " invite's genesis and the peers' gossip (this node's own transactions come"
+                        " back only from peers that hold them)", self.paths["tangle"], self.state)
         self.tangle, _ = open_tangle(self.state, invite=cfg.invite)
         self._cursor = 0
         if cfg.ipfs == "embedded":
@@ -702,7 +932,7 @@ class TrainerNode:
         elif cfg.ipfs.startswith("rpc:"):
             from learnae.ipfs.rpc import RpcNode
 
-            self.ipfs = await RpcNode.open(cfg.ipfs[4:])
+            self.ipfs = await RpcNode.open(cfg.ipfs[4:], allow_shared=cfg.allow_shared_daemon)
             with contextlib.suppress(LearnaeError, AttributeError):
                 self.addrs = await self.ipfs.addrs()
         else:
@@ -757,18 +987,33 @@ class TrainerNode:
                     log.exception("merge failed: %r", exc)
 
     async def _adopt_loop(self) -> None:
-        """Watch the tangle for ``data`` txs by admitted authors; fetch, check and queue each
-        chunk for the training side. Refusals are counted as ``data:<code>``."""
-        self._data_cursor = 0  # a restart adopts again what the pool held (not named again)
+        """Watch the tangle for ``data`` txs by admitted authors; fetch and check each chunk
+        the store does not hold yet and store it on disk, whence the training side adds it
+        to its pool. Refusals are counted as ``data:<code>``, store failures as
+        ``adopt:store``. A restart fetches only the chunks not stored before."""
+        store = await asyncio.to_thread(self._adopted_store)
+        if store is None:
+            return
+        self._data_cursor = 0
         tries: dict[str, int] = {}
         waiting: list[Tx] = []
         while not self._stopping.is_set():
             txs, self._data_cursor = self.tangle.data_since(self._data_cursor)
+            admitted: list[Tx] = []
             for tx in txs:
                 if self.adopt_authors is None or tx.author in self.adopt_authors:
-                    waiting.append(tx)
+                    admitted.append(tx)
                 else:
                     self.rejections["data:not-admitted"] += 1
+            if admitted:
+                try:
+                    held = await asyncio.to_thread(store.held, [tx.id for tx in admitted])
+                except StoreError as exc:  # fetch them: storing a held chunk again is a no-op
+                    self.errors["adopt:store"] += 1
+                    log.warning("reading adopted data: %s", exc.reason)
+                    held = set()
+                self.data_held += len(held)
+                waiting += [tx for tx in admitted if tx.id not in held]
             later: list[Tx] = []
             for tx in waiting:
                 if self._stopping.is_set():
@@ -788,8 +1033,13 @@ class TrainerNode:
                     log.info("data chunk %s by %s refused: %r", tx.id[:16], tx.author.hex()[:12], exc)
                     continue
                 tries.pop(tx.id, None)
+                try:
+                    await asyncio.to_thread(store.add, tx.id, tx.author, chunk.x, chunk.y)
+                except (StoreError, ValueError) as exc:  # e.g. disk full: fetched at a restart
+                    self.errors["adopt:store"] += 1
+                    log.warning("data chunk %s not stored: %s", tx.id[:16], exc)
+                    continue
                 self.data_accepted += 1
-                self._adopt_queue.put((tx.id, chunk.x, chunk.y))
             waiting = later
             await asyncio.sleep(ADOPT_INTERVAL)
 
@@ -841,28 +1091,28 @@ class TrainerNode:
         await asyncio.to_thread(self._save_progress, data)
 
     def _collect(self) -> None:
-        """Move checkpoint txs stored since the cursor into the per-author pending set."""
+        """Hand the peers' checkpoint txs stored since the cursor to the peer choice (their
+        arrival: now, at most one merge round after they were stored)."""
         txs, self._cursor = self.tangle.checkpoints_since(self._cursor)
-        me = self.identity.public_key
+        me, now_ms = self.identity.public_key, time.time() * 1000
         for tx in txs:
-            if tx.author == me:
-                continue
-            old = self._pending.get(tx.author)
-            if old is None or (tx.time, tx.payload.get("step", 0)) > (old.time, old.payload.get("step", 0)):
-                self._pending[tx.author] = tx
+            if tx.author != me:
+                self._choice.add(tx, now_ms)
+
+    def _pass_over(self, author: bytes) -> None:
+        """A checkpoint of ``author`` could not be used: back off from the author."""
+        wait = self._choice.failed(author, time.time() * 1000)
+        log.info("passing over checkpoints by %s for %.0f s", author.hex()[:12], wait)
 
     async def _merge(self, offer: Offer, *, k: int | None = None, put: bool = True) -> Merged | None:
         self._collect()
         now_ms = time.time() * 1000
-        for author, tx in list(self._pending.items()):
-            if now_ms - tx.time > self.config.stale * 1000:
-                del self._pending[author]
-                self.rejections["stale"] += 1
-        if len(self._pending) < max(offer.min_peers, 1):
+        stale = self._choice.drop_stale(now_ms)
+        if stale:
+            self.rejections["stale"] += stale
+        chosen = self._choice.choose(k or offer.k, now_ms, at_least=max(offer.min_peers, 1))
+        if not chosen:
             return None
-        chosen = sorted(self._pending.values(), key=lambda t: t.time, reverse=True)[:k or offer.k]
-        for tx in chosen:
-            del self._pending[tx.author]
         results = await asyncio.gather(*(
             fetch_peer_checkpoint(self.ipfs, tx, self.manifest, self.expect, genesis=self.tangle.swarm,
                                   timeout=self.config.fetch_timeout) for tx in chosen), return_exceptions=True)
@@ -871,9 +1121,11 @@ class TrainerNode:
             if isinstance(result, LearnaeError):
                 self.rejections[result.code] += 1
                 log.info("peer checkpoint %s by %s refused: %s", tx.id[:16], tx.author.hex()[:12], result.reason)
+                self._pass_over(tx.author)
             elif isinstance(result, (ValueError, KeyError, TypeError, OSError)):
                 self.rejections["bad-checkpoint"] += 1
                 log.info("peer checkpoint %s by %s refused: %r", tx.id[:16], tx.author.hex()[:12], result)
+                self._pass_over(tx.author)
             elif isinstance(result, BaseException):
                 raise result
             else:
@@ -888,6 +1140,9 @@ class TrainerNode:
             self.rejections[code] += 1
             used_tx.pop(author, None)
             log.info("peer checkpoint by %s refused (%s): %s", author[:12], code, reason)
+            self._pass_over(bytes.fromhex(author))
+        for author in used_tx:
+            self._choice.succeeded(bytes.fromhex(author))
         if not used_tx:
             return None
         merged = Merged(result.weights, tuple(used_tx.values()), delta=delta)
@@ -904,14 +1159,15 @@ class TrainerNode:
                         for k, w in result.weights.items()}
 
     async def _final_merge(self, final: Offer) -> Merged | None:
-        """Merge ``final`` with the freshest checkpoint of every peer (not stale), waiting for
-        a merge in progress to end; None if no peer checkpoint was usable."""
+        """Merge ``final`` with the freshest checkpoint of every peer (not stale, not backing
+        off), waiting for a merge in progress to end; None if no peer checkpoint was usable."""
         async with self._offer_lock:
             self._collect()
+            now_ms = time.time() * 1000
             for author, tx in self.tangle.latest_checkpoint_per_author().items():
                 if author != self.identity.public_key:
-                    self._pending[author] = tx
-            return await self._merge(final, k=len(self._pending), put=False)
+                    self._choice.add(tx, now_ms)
+            return await self._merge(final, k=len(self._choice), put=False)
 
     async def _shutdown(self, final: Offer | None) -> None:
         if self._closed.is_set():
@@ -951,6 +1207,24 @@ class TrainerNode:
             self.tangle = None
 
     # ------------------------------------------------------------------------ status
+    def _adopt_status(self) -> dict[str, Any]:
+        """``/status``'s ``adopt``: ``chunks``/``rows`` added to the pool this run (from disk or
+        new); ``accepted``: chunks fetched and stored this run; ``held``: admitted chunks
+        found on disk, not fetched again; ``queued``: stored chunks not yet in the pool;
+        ``pool_rows``: adopted rows in the training pool, at most ``max_rows``;
+        ``disk_chunks``/``disk_rows``: what ``STATE/adopted.sqlite`` holds;
+        ``unnamed``/``named``: chunks not yet / already named by a checkpoint."""
+        store, pool = self._adopt_store, self._pool
+        stored = store.chunks - store.unreadable if store is not None else 0
+        return {"policy": self.config.adopt, "chunks": self.adopted_chunks,
+                "rows": self.adopted_rows, "accepted": self.data_accepted, "held": self.data_held,
+                "queued": max(0, stored - self._pool_chunks),
+                "pool_rows": pool.held if pool is not None else 0,
+                "max_rows": self.config.adopt_max_rows,
+                "disk_chunks": store.chunks if store is not None else 0,
+                "disk_rows": store.rows if store is not None else 0,
+                "unnamed": len(self._unnamed), "named": len(self._named)}
+
     def status(self) -> dict[str, Any]:
         """What ``GET /status`` returns (JSON-ready). Call on the network loop."""
         ledger: dict[str, Any] = {}
@@ -973,9 +1247,8 @@ class TrainerNode:
             "last_checkpoint": self.last_checkpoint, "metrics": self.metrics, "test": self.test_metrics,
             "merges": self.merges, "merged_loaded": cb.applied if cb is not None else 0,
             "rejections": dict(self.rejections), "errors": dict(self.errors),
-            "adopt": {"policy": self.config.adopt, "chunks": self.adopted_chunks, "rows": self.adopted_rows,
-                      "accepted": self.data_accepted, "queued": self._adopt_queue.qsize(),
-                      "unnamed": len(self._unnamed), "named": len(self._named)},
+            "peers_passed_over": self._choice.backing_off_count(time.time() * 1000),
+            "adopt": self._adopt_status(),
             "ledger": ledger, "uptime": time.time() - self.started,
             "stopping": self._stopping.is_set(),
         }

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 
 import pytest
 from click.testing import CliRunner
 
 from learnae.cli import main
 from learnae.errors import ConfigError
+from learnae.identity import Identity
 from learnae.manifest import Manifest, init_swarm
 from learnae.models import model_config
 from learnae.node import NodeConfig, TrainerNode, _lock_state, state_paths
@@ -27,7 +29,7 @@ def test_help_lists_the_options():
     result = CliRunner().invoke(main, ["node", "run", "--help"])
     assert result.exit_code == 0
     for option in ("--invite", "--state", "--data", "--listen", "--peer", "--ipfs", "--api", "--threads",
-                   "--keep", "--sync-every", "--config"):
+                   "--keep", "--sync-every", "--config", "--new-identity"):
         assert option in result.output
 
 
@@ -72,3 +74,74 @@ def test_state_paths_name_every_file(tmp_path):
     paths = state_paths(tmp_path)
     assert paths["identity"].name == "identity.key" and paths["tangle"].name == "tangle.sqlite"
     assert {"ipfs", "checkpoint", "progress", "addrs", "api", "status"} <= set(paths)
+
+
+# ------------------------------------------------------------------ identity and ledger of a state
+def _node(invite, state, **kw) -> TrainerNode:
+    return TrainerNode(NodeConfig(invite=invite[0], state=state, data=DataSpec.parse("digits"), api=None, **kw))
+
+
+@pytest.mark.parametrize("trace", ["progress", "checkpoint", "tangle"])
+def test_a_lost_identity_key_is_refused_not_replaced(invite, tmp_path, trace):
+    state = tmp_path / "s"
+    state.mkdir()
+    state_paths(state)[trace].write_bytes(b"{}")  # the directory ran a node before
+    result = CliRunner().invoke(main, ["node", "run", "--invite", str(invite[1]), "--state", str(state),
+                                       "--data", "digits", "--api", "off", "--epochs", "1"])
+    assert result.exit_code == 2, result.output
+    out = " ".join(result.output.split())
+    assert "identity.key is missing" in out and state_paths(state)[trace].name in out
+    assert "Restore identity.key from your backup" in out and "--new-identity" in out
+    assert not state_paths(state)["identity"].exists()
+
+
+def test_new_identity_replaces_a_lost_key_deliberately_and_says_so(invite, tmp_path, caplog):
+    state = tmp_path / "s"
+    state.mkdir()
+    state_paths(state)["progress"].write_text("{}")
+    caplog.set_level("INFO", logger="learnae.node")
+    identity = _node(invite, state, new_identity=True)._load_identity()
+    assert Identity.load(state_paths(state)["identity"]).public_key == identity.public_key
+    assert [r for r in caplog.records if r.levelname == "WARNING" and "--new-identity" in r.getMessage()]
+    # the flag never replaces a key that is there (left in a config file, it only warns)
+    caplog.clear()
+    assert _node(invite, state, new_identity=True)._load_identity().public_key == identity.public_key
+    assert [r for r in caplog.records if r.levelname == "WARNING" and "is kept" in r.getMessage()]
+    assert _node(invite, state)._load_identity().public_key == identity.public_key
+
+
+def test_a_new_state_directory_gets_a_key_at_info(invite, tmp_path, caplog):
+    state = tmp_path / "s"
+    state.mkdir()
+    (state / "ipfs").mkdir()  # a Kubo repo made beforehand is no sign of a previous run
+    caplog.set_level("INFO", logger="learnae.node")
+    identity = _node(invite, state)._load_identity()
+    assert state_paths(state)["identity"].exists()
+    infos = [r for r in caplog.records if r.levelname == "INFO" and "author key" in r.getMessage()]
+    assert infos and identity.author_id in infos[0].getMessage()
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+@pytest.mark.slow
+def test_a_lost_ledger_is_rebuilt_with_a_warning(invite, tmp_path, caplog):
+    """A state directory that ran before (author key, progress) but lost tangle.sqlite: the
+    network side starts (embedded Kubo) on a ledger made anew from the invite, and says so."""
+    state = tmp_path / "s"
+    state.mkdir()
+    Identity.generate().save(state_paths(state)["identity"])
+    state_paths(state)["progress"].write_text("{}")
+    caplog.set_level("INFO", logger="learnae.node")
+    node = _node(invite, state)
+    net = node._start_network()
+    try:
+        assert node.tangle is not None and node.tangle.count() == 1  # the invite's genesis
+    finally:
+        node._stop_network(net)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("tangle.sqlite is missing" in w and "rebuilt from the invite" in w for w in warnings), warnings
+    # a directory that never ran a node creates its ledger without a warning
+    caplog.clear()
+    fresh = _node(invite, tmp_path / "fresh")
+    net = fresh._start_network()
+    fresh._stop_network(net)
+    assert not [r for r in caplog.records if "rebuilt from the invite" in r.getMessage()]

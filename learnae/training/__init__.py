@@ -10,6 +10,9 @@ is used. Modules:
 - :mod:`learnae.training.model` (TensorFlow, imported inside its functions): building a model
   from its Keras JSON config in safe mode, weights by path, threads, evaluation.
 - :mod:`learnae.training.callback` (imports Keras): :class:`SwarmCallback`.
+- :mod:`learnae.training.pool` (numpy and SQLite only): adopted sensor chunks on disk
+  (:class:`~learnae.training.pool.AdoptedStore`) and the bounded training pool
+  (:class:`~learnae.training.pool.TrainingPool`, reservoir sampling).
 
 The names below are re-exported lazily (PEP 562): ``from learnae.training import
 SwarmCallback`` imports Keras, ``from learnae.training import DataSpec`` does not.

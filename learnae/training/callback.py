@@ -16,6 +16,9 @@ At every batch boundary it does two things, both without waiting for the network
    (:class:`~learnae.training.bridge.Merged`); an offer made at the same boundary is taken
    first, and the next offer names the merged set in ``Offer.merged``.
 
+Given a ``stop`` event, it also ends ``fit`` within one batch once the event is set, even when
+it was set between two ``fit`` calls (``fit`` clears ``model.stop_training`` when it starts).
+
 Importing this module imports Keras (the callback subclasses ``keras.callbacks.Callback``).
 """
 
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -64,6 +68,12 @@ class SwarmCallback(keras.callbacks.Callback):
     ``samples_per_epoch`` is given (the number of training rows when ``fit`` gets arrays),
     the last, partial batch of each epoch counts exactly what it holds.
 
+    Stopping: ``fit`` clears ``model.stop_training`` when it starts, so a stop requested
+    between two ``fit`` calls by setting it would be lost and the next ``fit`` would run all its
+    epochs. With ``stop`` given, the callback sets ``model.stop_training`` whenever the event is
+    set, at the start of training, of each epoch and after each batch: ``fit`` then ends after
+    at most one more batch, wherever the stop arrived.
+
     Args:
         bridge: the node's end, e.g. a :class:`QueueBridge`.
         batch_size: the ``batch_size`` given to ``fit`` (Keras does not tell callbacks).
@@ -73,6 +83,8 @@ class SwarmCallback(keras.callbacks.Callback):
         samples_per_epoch: training rows per epoch, or None (see Counting).
         initial_step, initial_samples: where the counts start (a restarted node continues
             from its last checkpoint's step).
+        stop: a :class:`threading.Event` (anything with ``is_set()``) that asks training to
+            stop, or None (see Stopping).
 
     Attributes:
         step: local steps (batches) so far; ``samples``: examples so far (both cumulative,
@@ -96,6 +108,7 @@ class SwarmCallback(keras.callbacks.Callback):
         samples_per_epoch: int | None = None,
         initial_step: int = 0,
         initial_samples: int = 0,
+        stop: threading.Event | None = None,
     ) -> None:
         super().__init__()
         for what, value, low in (
@@ -115,6 +128,7 @@ class SwarmCallback(keras.callbacks.Callback):
         self.k = k
         self.min_peers = min_peers
         self.samples_per_epoch = samples_per_epoch
+        self.stop = stop
         self.step = initial_step
         self.samples = initial_samples
         self.offers = self.declined = self.applied = self.rejected = self.errors = 0
@@ -126,9 +140,13 @@ class SwarmCallback(keras.callbacks.Callback):
         self._epoch_samples = 0
 
     # Keras hooks ---------------------------------------------------------------------
+    def on_train_begin(self, logs: Mapping[str, Any] | None = None) -> None:
+        self._check_stop()  # a stop asked between two fit() calls, which fit() forgot
+
     def on_epoch_begin(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
         self._last_batch = -1
         self._epoch_samples = 0
+        self._check_stop()
 
     def on_train_batch_end(self, batch: int, logs: Mapping[str, Any] | None = None) -> None:
         steps = (self.params or {}).get("steps")
@@ -155,8 +173,13 @@ class SwarmCallback(keras.callbacks.Callback):
         start = time.perf_counter()
         self._take_merged()
         self.load_seconds += time.perf_counter() - start
+        self._check_stop()
 
     # internals -----------------------------------------------------------------------
+    def _check_stop(self) -> None:
+        if self.stop is not None and self.stop.is_set() and self.model is not None:
+            self.model.stop_training = True
+
     def _offer(self) -> None:
         offer = Offer(
             weights=get_weights(self.model),

@@ -1,0 +1,165 @@
+"""Which peer checkpoints a trainer node merges (:class:`learnae.node.PeerChoice`): freshness
+that an author cannot date into the future, backoff from authors whose checkpoints cannot
+be used, bounded memory; and, with the memory IPFS network, an honest checkpoint merged
+while throw-away keys announce future-dated checkpoints nobody can fetch."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from learnae.content import content_id
+from learnae.errors import ConfigError
+from learnae.formats import Checkpoint, encode_checkpoint
+from learnae.identity import Identity
+from learnae.ipfs.memory import MemoryNetwork
+from learnae.ledger.tx import MAX_FUTURE_MS, checkpoint_payload
+from learnae.manifest import Manifest, init_swarm, open_tangle
+from learnae.models import model_config
+from learnae.node import NodeConfig, PeerChoice, TrainerNode
+from learnae.training.bridge import Offer
+
+S = 1000.0  # ms
+
+
+@dataclass
+class T:
+    """What the peer choice reads of a checkpoint tx."""
+
+    author: bytes
+    time: float
+    payload: dict = field(default_factory=lambda: {"step": 1})
+
+
+def test_a_future_date_does_not_outrank_later_checkpoints():
+    choice = PeerChoice(stale=600)
+    liar = T(b"liar", 9 * 60 * S)  # seen at 0, dated 9 minutes ahead
+    choice.add(liar, now_ms=0)
+    honest = T(b"honest", 5 * S)
+    choice.add(honest, now_ms=5 * S)
+    assert choice.choose(1, now_ms=6 * S) == [honest]
+    assert choice.choose(1, now_ms=6 * S) == [liar] and len(choice) == 0
+
+
+def test_staleness_counts_from_arrival_for_future_dates():
+    choice = PeerChoice(stale=60)
+    choice.add(T(b"liar", 9 * 60 * S), now_ms=0)
+    assert choice.drop_stale(now_ms=60 * S) == 0
+    assert choice.drop_stale(now_ms=61 * S) == 1 and len(choice) == 0
+
+
+def test_an_author_keeps_its_freshest_checkpoint():
+    choice = PeerChoice(stale=600)
+    new, old = T(b"a", 10 * S, {"step": 20}), T(b"a", 5 * S, {"step": 10})
+    choice.add(new, now_ms=10 * S)
+    choice.add(old, now_ms=11 * S)
+    later = T(b"a", 10 * S, {"step": 21})  # same time, more steps
+    choice.add(later, now_ms=12 * S)
+    assert len(choice) == 1 and choice.choose(4, now_ms=12 * S) == [later]
+
+
+def test_backoff_doubles_is_bounded_and_clears():
+    choice = PeerChoice(stale=10_000, backoff=30, max_backoff=100)
+    a = b"a"
+    assert choice.failed(a, now_ms=0) == 30
+    choice.add(T(a, 1 * S), now_ms=1 * S)
+    assert choice.choose(4, now_ms=29 * S) == [] and len(choice) == 1  # passed over, still pending
+    assert choice.backing_off_count(29 * S) == 1
+    assert choice.choose(4, now_ms=30 * S) == [T(a, 1 * S)]
+    assert choice.failed(a, now_ms=40 * S) == 60  # doubles
+    assert choice.failed(a, now_ms=100 * S) == 100  # at most max_backoff
+    assert choice.failed(a, now_ms=200 * S) == 100
+    choice.succeeded(a)
+    assert not choice.backing_off(a, 201 * S) and choice.failed(a, now_ms=201 * S) == 30
+    # a failure long (> max_backoff) after the last pass-over ended starts over
+    choice.failed(a, now_ms=240 * S)  # 60 s, until 300 s
+    assert choice.failed(a, now_ms=401 * S) == 30
+
+
+def test_backed_off_authors_do_not_count_towards_at_least():
+    choice = PeerChoice(stale=600)
+    for name in (b"a", b"b"):
+        choice.add(T(name, 0), now_ms=0)
+    choice.failed(b"a", now_ms=0)
+    assert choice.choose(4, now_ms=1 * S, at_least=2) == [] and len(choice) == 2
+    assert choice.choose(4, now_ms=1 * S, at_least=1) == [T(b"b", 0)]
+
+
+def test_memory_is_bounded():
+    choice = PeerChoice(stale=600, max_authors=3)
+    for i in range(10):
+        choice.add(T(bytes([i]), i * S), now_ms=i * S)
+        choice.failed(bytes([i]), now_ms=i * S)
+    assert len(choice) == 3 and len(choice._backoff) == 3
+    assert {tx.author for tx in choice.choose(10, now_ms=10 * 60 * S)} == {b"\x07", b"\x08", b"\x09"}
+    assert choice.backing_off_count(10 * S) == 3
+    with pytest.raises(ConfigError):
+        PeerChoice(stale=600, backoff=0)
+
+
+# ---------------------------------------------------------------------- a node's merge rounds
+def identity(n: int) -> Identity:
+    return Identity(Ed25519PrivateKey.from_private_bytes(bytes([n]) * 32))
+
+
+WEIGHTS = {"dense/kernel": np.full((4, 3), 0.5, np.float32), "dense/bias": np.full((3,), 0.1, np.float32)}
+
+
+async def test_future_dated_unfetchable_checkpoints_do_not_starve_an_honest_one(tmp_path):
+    """Four throw-away keys announce, every round, checkpoints dated 9 minutes ahead whose
+    CIDs nobody serves; one honest peer announces a checkpoint it serves. The honest one is
+    merged by the second round; each liar costs one fetch timeout, then is passed over."""
+    manifest = Manifest(name="peers", model=model_config("iris-mlp"), pow_bits=2, merge="mean")
+    swarm = init_swarm(tmp_path / "swarm", manifest, founder=identity(1))
+    node = TrainerNode(NodeConfig(invite=swarm.invite, state=tmp_path / "node", adopt="none", k=4,
+                                  fetch_timeout=0.2))
+    node.tangle, _ = open_tangle(swarm.directory)
+    net = MemoryNetwork(seed=0)
+    node.ipfs, server = net.node("node"), net.node("honest")
+    await server.connect((await node.ipfs.addrs())[0])
+    node.identity = identity(2)
+    node.expect = {k: (v.shape, v.dtype.name) for k, v in WEIGHTS.items()}
+    liars, honest = [identity(10 + i) for i in range(4)], identity(9)
+    offer = Offer(weights={k: v + 0.01 for k, v in WEIGHTS.items()}, step=5, samples=50, total_samples=50, k=4)
+    assert 9 * 60 * S < MAX_FUTURE_MS  # the ledger accepts such dates
+
+    def lie() -> None:
+        for liar in liars:
+            cid = content_id(os.urandom(64))  # nobody has it
+            node.tangle.append(liar, "checkpoint", checkpoint_payload(
+                cid=cid, size=64, step=10**6, samples=10**6, base=[], data=[], metrics={}),
+                time_ms=int(time.time() * 1000 + 9 * 60 * S))
+
+    async def publish_honest(step: int) -> str:
+        data = encode_checkpoint(Checkpoint(dict(WEIGHTS), node.tangle.swarm, step, 100))
+        cid = await server.add(data)
+        return node.tangle.append(honest, "checkpoint", checkpoint_payload(
+            cid=cid, size=len(data), step=step, samples=100, base=[], data=[], metrics={})).id
+
+    honest_tx = await publish_honest(10)
+    merged, rounds = None, 0
+    try:
+        while merged is None and rounds < 6:
+            rounds += 1
+            lie()
+            merged = await node._merge(offer, put=False)
+        assert merged is not None, f"the honest checkpoint was never merged: {dict(node.rejections)}"
+        assert rounds <= 2 and merged.tag == (honest_tx,)
+        assert node.rejections["timeout"] == 4  # each liar fetched once
+        # the liars keep lying; they are passed over while the honest peer keeps being merged
+        for step in (20, 30, 40):
+            lie()
+            tx_id = await publish_honest(step)
+            again = await node._merge(offer, put=False)
+            assert again is not None and again.tag == (tx_id,)
+        assert node.rejections["timeout"] == 4
+        assert node.status()["peers_passed_over"] == 4
+    finally:
+        await node.ipfs.close()
+        await server.close()
+        node.tangle.close()
