@@ -122,7 +122,7 @@ class LedgerError(LearnaeError):
 class TxRejected(LedgerError):
     """A transaction failed validation; ``code`` names the rule it broke.
 
-    Codes (DESIGN.md "Wire formats"): ``undecodable``, ``not-canonical``, ``bad-version``,
+    Codes (docs/design.md "Content and wire formats"): ``undecodable``, ``not-canonical``, ``bad-version``,
     ``bad-fields``, ``bad-type``, ``bad-signature``, ``low-pow``, ``too-large``, ``bad-parents``,
     ``future-time``, ``before-parent``, ``wrong-swarm``, ``not-admitted``, ``bad-payload``.
     """

@@ -1,6 +1,6 @@
 """Merge rules: combine the node's own weights with peers' checkpoints.
 
-DESIGN.md "Node loop", step 3: a node takes up to ``k`` peer checkpoints, checks
+docs/design.md "Node loop", step 3: a node takes up to ``k`` peer checkpoints, checks
 each one (:func:`check_update`: names, shapes, dtypes, finiteness, norm), then
 merges the survivors with its own weights under the manifest's merge rule and
 continues training from the result. :func:`merge` does all of that in one call.
@@ -921,7 +921,7 @@ def merge(
 ) -> MergeResult:
     """Check each peer contribution, drop the bad ones, and merge the rest with own.
 
-    DESIGN.md "Node loop", step 3. Each contribution goes through, in order: its
+    docs/design.md "Node loop", step 3. Each contribution goes through, in order: its
     ``samples``/``age`` (integers >= 0, else code ``meta``), its author (a second
     contribution by the same author, or one by ``own.author``, is code ``duplicate``:
     the caller should pass only the freshest per author), then :func:`check_update`

@@ -10,7 +10,7 @@ implements is left as it is.
 
 The library refuses a protocol that appears twice, so circuit-relay addresses
 (``.../p2p/<relay>/p2p-circuit/p2p/<peer>``) do not pass; learnae's private
-swarms run without relays (DESIGN.md, "Private swarms only").
+swarms run without relays (docs/design.md, "IPFS and private swarms").
 """
 
 from __future__ import annotations

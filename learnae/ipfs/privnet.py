@@ -1,4 +1,4 @@
-"""Private-swarm settings for Kubo repos (DESIGN.md, "Private swarms only").
+"""Private-swarm settings for Kubo repos (docs/design.md, "IPFS and private swarms").
 
 A Kubo node with its default config dials public bootstrap peers, announces
 itself over mDNS and listens on every interface with QUIC and WebTransport.

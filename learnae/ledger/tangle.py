@@ -3,7 +3,7 @@ a deterministic order, and the queries the node, sync and CLI need.
 
 Sources: S. Popov, "The Tangle" (IOTA whitepaper, v1.4.3, 2018): section 2 for tips, approvers
 and cumulative weight, section 4.1 for the MCMC tip selection and confirmation confidence;
-DESIGN.md "Tangle".
+docs/design.md "The tangle".
 
 Design choices:
 

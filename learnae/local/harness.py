@@ -102,7 +102,7 @@ MAX_CHECKPOINT_BYTES = 1 << 20
 MAX_CHUNK_BYTES = 1 << 20
 MAX_TX_BYTES = 4096
 _DATA_PER_MERGE = 8  # sensor chunks a trainer adopts per round at most
-_STALE_ROUNDS = 2  # peer checkpoints older than this many rounds are not merged (DESIGN: "not stale")
+_STALE_ROUNDS = 2  # peer checkpoints older than this many rounds are not merged (docs/design.md "Node loop": not stale)
 
 
 # ------------------------------------------------------------------------ virtual clock

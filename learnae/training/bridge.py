@@ -1,7 +1,7 @@
 """Where Keras meets the network: the bridge between :class:`SwarmCallback` and the node.
 
 Keras trains in the main thread; the node's network runs on an asyncio loop in its own
-thread (DESIGN.md "Node loop"). They exchange two things, at batch boundaries only:
+thread (docs/design.md "Node loop"). They exchange two things, at batch boundaries only:
 
 - out (Keras -> node): an :class:`Offer`, a snapshot of the model's weights with the local
   step and sample counts, every ``sync_every`` batches. The node publishes it as a checkpoint

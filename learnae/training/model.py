@@ -8,7 +8,7 @@ Weights are named by their Keras 3 ``Variable.path``: for a model rebuilt from a
 that is ``"<layer name>/<weight name>"`` (``"dense_0/kernel"``) — the model's own name is not
 part of it (a model built directly in Python, before ``to_json``, prefixes its name:
 ``"sequential/dense/kernel"``). These names are the tensor names of checkpoint files
-(DESIGN.md "Wire formats"), so every node must build the model from the same config.
+(docs/design.md "Content and wire formats"), so every node must build the model from the same config.
 """
 
 from __future__ import annotations
