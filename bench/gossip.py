@@ -126,6 +126,24 @@ async def run(args) -> None:
                     if msg.t == "txs":
                         answered += sum(map(len, msg.txs))
 
+        async def measured_flood(messages, n: int, pause: float = 0.0) -> tuple[int, int, float]:
+            """Deliver ``n`` (sender, data) messages to the victim: (peak heap growth, heap
+            growth kept after ``pause`` s, seconds), in bytes and seconds."""
+            gc.collect()
+            tracemalloc.start()
+            base = tracemalloc.get_traced_memory()[0]
+            start = syncer.stats["received"]
+            t0 = time.perf_counter()
+            await flood(victim, topic, messages)
+            await settle(syncer, start + n)
+            took = time.perf_counter() - t0
+            peak = tracemalloc.get_traced_memory()[1] - base
+            await asyncio.sleep(pause)
+            gc.collect()
+            kept = tracemalloc.get_traced_memory()[0] - base
+            tracemalloc.stop()
+            return peak, kept, took
+
         counter = asyncio.create_task(count_answers())
         await syncer.start()
         try:
@@ -154,44 +172,22 @@ async def run(args) -> None:
                   f"{answered / 2**20:.1f} MiB answered in all ({answered / 2**20 / took:.1f} MiB/s)")
 
             # 2. Wants flood
-            gc.collect()
-            tracemalloc.start()
-            base = tracemalloc.get_traced_memory()[0]
             wants = ((f"minted-w{k}", sync.encode_message("want", ids=random_ids(512, f"w{k}"), n=8))
                      for k in range(args.wants))
-            start = syncer.stats["received"]
-            t0 = time.perf_counter()
-            await flood(victim, topic, wants)
-            await settle(syncer, start + args.wants)
-            peak = tracemalloc.get_traced_memory()[1] - base
-            await asyncio.sleep(1.0)
-            gc.collect()
-            kept = tracemalloc.get_traced_memory()[0] - base
-            tracemalloc.stop()
+            peak, kept, took = await measured_flood(wants, args.wants, pause=1.0)
             shown = {k: syncer.stats[k] for k in ("wants-received", "rate-limited", "over-budget")}
             print(f"2. {args.wants} minted ids, one 512-id want each ({len(want)} bytes): heap grew "
                   f"{peak / 2**20:.1f} MiB at peak, {kept / 2**20:.1f} MiB kept "
-                  f"({time.perf_counter() - t0:.1f} s); peers tracked {len(syncer.peer_stats())}; "
-                  f"{shown}")
+                  f"({took:.1f} s); peers tracked {len(syncer.peer_stats())}; {shown}")
 
             # 3. Minted ids
-            gc.collect()
-            tracemalloc.start()
-            base = tracemalloc.get_traced_memory()[0]
             tips = ((f"minted-t{k}", sync.encode_message("tips", ids=random_ids(64, f"t{k}"), n=10**6))
                     for k in range(args.ids))
-            start = syncer.stats["received"]
-            t0 = time.perf_counter()
-            await flood(victim, topic, tips)
-            await settle(syncer, start + args.ids)
-            peak = tracemalloc.get_traced_memory()[1] - base
-            gc.collect()
-            kept = tracemalloc.get_traced_memory()[0] - base
-            tracemalloc.stop()
+            peak, kept, took = await measured_flood(tips, args.ids)
             shown = {k: syncer.stats[k] for k in ("received", "rate-limited", "over-budget")}
             print(f"3. {args.ids} minted ids, one tips message each: peers tracked "
                   f"{len(syncer.peer_stats())}, heap grew {peak / 2**20:.1f} MiB at peak, "
-                  f"{kept / 2**20:.1f} MiB kept ({time.perf_counter() - t0:.1f} s); {shown}")
+                  f"{kept / 2**20:.1f} MiB kept ({took:.1f} s); {shown}")
         finally:
             await syncer.stop()
             await spy_sub.aclose()

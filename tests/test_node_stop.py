@@ -69,6 +69,9 @@ def test_sigterm_between_two_fit_calls_stops_within_a_batch(invite, tmp_path, mo
     from learnae.training import model as model_module
 
     monkeypatch.setattr(learnae.node, "FIT_EPOCHS", 5)  # fit() calls of 5 epochs (4 batches each)
+    # TensorFlow's thread pools are fixed once it runs, and earlier tests in this process may
+    # have started it: the threads are not what this test is about
+    monkeypatch.setattr(model_module, "configure_threads", lambda n, **kw: (n, 1))
     fit_passes = model_module.fit_passes
     node = TrainerNode(NodeConfig(invite=invite, state=tmp_path / "node", data=DataSpec.parse("iris"),
                                   api=None, seed=0, adopt="none", sync_every=3))
