@@ -171,3 +171,32 @@ async def test_a_reader_that_falls_behind_holds_a_bounded_number_of_bytes(embedd
         assert len(got) * size <= SUBSCRIPTION_BUFFER_BYTES and len(got) + sub.dropped == count
     finally:
         await sub.aclose()
+
+
+async def test_a_call_given_up_on_leaves_no_thread_exception(tmp_path):
+    """A Kubo call that outlives its timeout: the caller gets IpfsTimeout, and the worker
+    thread that finishes later must not die on the cancelled future (InvalidStateError)."""
+    from learnae.ipfs.embedded import EmbeddedNode
+
+    node = EmbeddedNode(tmp_path / "repo")  # not started: only its worker threads are used
+    release = threading.Event()
+    errors: list[threading.ExceptHookArgs] = []
+    saved, threading.excepthook = threading.excepthook, errors.append
+    try:
+        for outcome in ("value", "error"):
+            def blocked(outcome=outcome):
+                release.wait(10)
+                if outcome == "error":
+                    raise OSError("late failure")
+                return outcome
+
+            release.clear()
+            with pytest.raises(IpfsTimeout):
+                await node._call(blocked, timeout=0.05)
+            (thread,) = node._threads
+            release.set()
+            await asyncio.to_thread(thread.join, 10)
+            assert not thread.is_alive()
+        assert errors == []
+    finally:
+        threading.excepthook = saved

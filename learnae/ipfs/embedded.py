@@ -35,7 +35,7 @@ import shutil
 import threading
 import uuid
 from collections.abc import AsyncIterator
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from pathlib import Path
 
 from learnae.content import parse_cid, to_v1
@@ -116,14 +116,19 @@ class EmbeddedNode(IpfsNode):
             raise NodeClosed(f"the IPFS node at {self.repo} is closed")
 
     def _spawn(self, fn, *args) -> Future:
-        """Run blocking ``fn(*args)`` in a daemon thread of its own; return its future."""
+        """Run blocking ``fn(*args)`` in a daemon thread of its own; return its future. A caller
+        that gave up (a timeout cancels the future) leaves the outcome unread."""
         fut: Future = Future()
 
         def run() -> None:
             try:
-                fut.set_result(fn(*args))
+                result = fn(*args)
             except BaseException as exc:  # handed to whoever awaits the future
-                fut.set_exception(exc)
+                with contextlib.suppress(InvalidStateError):  # cancelled meanwhile
+                    fut.set_exception(exc)
+            else:
+                with contextlib.suppress(InvalidStateError):
+                    fut.set_result(result)
             finally:
                 with self._threads_lock:
                     self._threads.discard(thread)
