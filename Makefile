@@ -29,6 +29,7 @@ demo: install
 
 lint: install
 	$(BIN)/ruff check learnae tests bench
+	$(BIN)/lint-imports --no-cache --no-logo setup.cfg
 
 ## bench: every benchmark in bench/, printing its figures
 bench: install

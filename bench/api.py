@@ -47,7 +47,7 @@ class StandInNode:
         self.ipfs = object()
 
     def status(self) -> dict:
-        return {"id": "QmBench", "step": 1, "peers": 0}
+        return {"id": "QmBench", "step": 1, "peer_count": 0}
 
 
 def rss_mb() -> float:

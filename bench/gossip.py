@@ -57,6 +57,11 @@ def load_sync(path: str | None):
     return module
 
 
+def stat(syncer, key: str) -> int:
+    """``syncer.stats[key]``; also from a ``--sync-file`` whose keys were kebab-case."""
+    return syncer.stats[key] or syncer.stats[key.replace("_", "-")]
+
+
 def make_chain(n: int):
     author = Identity.generate()
     genesis = make_tx(author, kind="genesis", payload={"name": "gossip"}, parents=[], swarm=None,
@@ -175,7 +180,7 @@ async def run(args) -> None:
             wants = ((f"minted-w{k}", sync.encode_message("want", ids=random_ids(512, f"w{k}"), n=8))
                      for k in range(args.wants))
             peak, kept, took = await measured_flood(wants, args.wants, pause=1.0)
-            shown = {k: syncer.stats[k] for k in ("wants-received", "rate-limited", "over-budget")}
+            shown = {k: stat(syncer, k) for k in ("wants_received", "rate_limited", "over_budget")}
             print(f"2. {args.wants} minted ids, one 512-id want each ({len(want)} bytes): heap grew "
                   f"{peak / 2**20:.1f} MiB at peak, {kept / 2**20:.1f} MiB kept "
                   f"({took:.1f} s); peers tracked {len(syncer.peer_stats())}; {shown}")
@@ -184,7 +189,7 @@ async def run(args) -> None:
             tips = ((f"minted-t{k}", sync.encode_message("tips", ids=random_ids(64, f"t{k}"), n=10**6))
                     for k in range(args.ids))
             peak, kept, took = await measured_flood(tips, args.ids)
-            shown = {k: syncer.stats[k] for k in ("received", "rate-limited", "over-budget")}
+            shown = {k: stat(syncer, k) for k in ("received", "rate_limited", "over_budget")}
             print(f"3. {args.ids} minted ids, one tips message each: peers tracked "
                   f"{len(syncer.peer_stats())}, heap grew {peak / 2**20:.1f} MiB at peak, "
                   f"{kept / 2**20:.1f} MiB kept ({took:.1f} s); {shown}")

@@ -30,11 +30,11 @@ import numpy as np
 from learnae.content import content_id
 from learnae.formats import Chunk, encode_chunk
 from learnae.identity import Identity
+from learnae.ingest import check_ingest
 from learnae.ledger.tx import checkpoint_payload, data_payload, make_tx
 from learnae.manifest import Manifest, init_swarm, open_tangle
 from learnae.models import model_config
 from learnae.node import NodeConfig, TrainerNode
-from learnae.sensor import check_ingest
 
 AUTHORS = 8
 CKPT_CID = "bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku"

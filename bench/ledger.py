@@ -91,7 +91,7 @@ def bench_verify(tangle: Tangle) -> None:
 
 
 def bench_convergence(n: int, pow_bits: int) -> None:
-    from learnae.ledger.sync import partition_benchmark
+    from learnae.local.converge import partition_benchmark
 
     seconds = asyncio.run(partition_benchmark(n_each=n, pow_bits=pow_bits))["convergence_s"]
     print(f"convergence after heal  {seconds:8.2f} s      ({n} + {n} txs issued while partitioned, "

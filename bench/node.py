@@ -12,8 +12,8 @@ Usage: python bench/node.py [--digits-epochs 100] [--big-epochs 30] [--peers 4] 
 
    - in batches: a timer callback's ``on_train_batch_begin`` -> ``on_train_batch_end``
      (it runs before the swarm callback, so the swarm's work is outside);
-   - swarm: the training thread's time in the swarm callback (snapshots and offers, loading
-     merged weights: ``SwarmCallback.offer_seconds`` and ``load_seconds``); publishing,
+   - swarm: the training thread's time in the swarm callback (snapshots and offers, applying
+     merged weights: ``SwarmCallback.offer_seconds`` and ``apply_seconds``); publishing,
      fetching and merging run on the network thread and show only as CPU taken from
      training (the thread never waits for the network);
    - metrics: the node's holdout/test evaluations (every 2 s);
@@ -177,14 +177,14 @@ def overhead(model: str, epochs: int, tmp: Path, network_nice: int = DEFAULT_NET
     wall = timer.last - timer.first
     metrics = sum(d for t, d in reports if timer.first <= t < timer.last)  # not the final one
     cb = node._cb
-    swarm = cb.offer_seconds + cb.load_seconds
+    swarm = cb.offer_seconds + cb.apply_seconds
     return {"model": model, "network_nice": network_nice, "epochs": epochs,
             "batches": timer.batches, "wall_s": wall,
             "compute_s": timer.compute, "outside_share": 1 - timer.compute / wall,
-            "swarm_share": swarm / wall, "offer_s": cb.offer_seconds, "load_s": cb.load_seconds,
+            "swarm_share": swarm / wall, "offer_s": cb.offer_seconds, "apply_s": cb.apply_seconds,
             "metrics_share": metrics / wall,
             "published": node.published, "merges": node.merges, "offers": cb.offers,
-            "loaded": cb.applied, "rejections": dict(node.rejections),
+            "merges_applied": cb.merges_applied, "rejections": dict(node.rejections),
             "baselines": baselines(model, epochs, spec.format(0), manifest) if with_baselines else []}
 
 
@@ -270,9 +270,9 @@ def main() -> int:
         print(f"{r['model']}, network side {r['network_nice']} nice steps below training:"
               f" {r['batches']} batches in {r['wall_s']:.2f} s; outside batches"
               f" {r['outside_share'] * 100:.1f}% of wall time (target <= 10%) = swarm {r['swarm_share'] * 100:.1f}%"
-              f" (offers {r['offer_s'] * 1e3:.0f} ms, loads {r['load_s'] * 1e3:.0f} ms)"
+              f" (offers {r['offer_s'] * 1e3:.0f} ms, applies {r['apply_s'] * 1e3:.0f} ms)"
               f" + metrics {r['metrics_share'] * 100:.1f}% + rest {rest * 100:.1f}%;"
-              f" {r['offers']} offers, {r['published']} checkpoints, {r['merges']} merges ({r['loaded']} loaded),"
+              f" {r['offers']} offers, {r['published']} checkpoints, {r['merges']} merges ({r['merges_applied']} applied),"
               f" rejections {r['rejections'] or 'none'}")
         for b in r["baselines"]:
             print(f"  without the swarm, {b['how']} x{b['per_call']} ({b['steps']} batches/epoch):"

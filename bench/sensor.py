@@ -5,7 +5,7 @@ Usage: python bench/sensor.py [--readings 100000] [--rows 1000] [--rate max]
 1. Makes a swarm (iris-mlp schema: 4 float32 features, 3 classes; default pow_bits 12) and a
    CSV of ``--readings`` rows.
 2. Starts a stand-in trainer node in a subprocess: ``POST /ingest`` over
-   ``learnae.sensor.handle_ingest`` with the swarm's real tangle (every chunk and signed
+   ``learnae.ingest.handle_ingest`` with the swarm's real tangle (every chunk and signed
    transaction is fully checked and stored; the chunk is not added to IPFS).
 3. Runs ``python -m learnae.sensor_cli run --via URL --source csv:...`` in another
    subprocess, as a Pi would, and measures its wall time (start to last acknowledgement,
@@ -32,8 +32,8 @@ def serve(directory: str, port_file: str) -> None:
     from http.server import BaseHTTPRequestHandler, HTTPServer
 
     from learnae.content import content_id
+    from learnae.ingest import handle_ingest
     from learnae.manifest import open_tangle
-    from learnae.sensor import handle_ingest
 
     tangle, manifest = open_tangle(directory)
 

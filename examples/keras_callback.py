@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.datasets import load_digits
 
+from learnae.api import start_api
 from learnae.manifest import Invite
 from learnae.node import NodeConfig, TrainerNode
 from learnae.training.model import build_model
@@ -40,7 +41,9 @@ def main() -> None:
     x, y = (x[mine] / 16.0).astype(np.float32), y[mine].astype(np.int64)
 
     # 2. The swarm's model, as its manifest defines it (your own layers must match it).
-    node = TrainerNode(NodeConfig(invite=Invite.load(args.invite), state=args.state, peers=tuple(args.peer)))
+    # (the HTTP API, GET /status etc., is served by learnae.api, wired in by the script)
+    node = TrainerNode(NodeConfig(invite=Invite.load(args.invite), state=args.state, peers=tuple(args.peer),
+                                  api="127.0.0.1:0", serve=start_api))
     m = node.manifest
     model = build_model(m.model, optimizer=m.optimizer, learning_rate=m.learning_rate)
 

@@ -9,7 +9,7 @@ Routes:
 - ``/ledger/tips``: JSON: the tangle's tips and transaction count.
 - ``POST /ingest``: a sensor's data chunk and its signed ``data`` transaction, as JSON
   ``{"chunk": base64, "tx": base64}``. The node checks signature, admission, schema and
-  limits (:func:`learnae.sensor.check_ingest`), then adds and pins the chunk, stores the
+  limits (:func:`learnae.ingest.check_ingest`), then adds and pins the chunk, stores the
   transaction and gossips it. 200 ``{"tx", "cid", "tips"}``, or 4xx/5xx
   ``{"error": code, "reason": text}``. ``GET /ingest``: the tips a sensor should approve
   (and with ``?author=ID``, that sensor's next free ``seq``).
@@ -46,7 +46,7 @@ from typing import Any
 
 from aiohttp import web
 
-from learnae.sensor import handle_ingest, ingest_info
+from learnae.ingest import handle_ingest, ingest_info
 
 __all__ = ["BODY_TIMEOUT", "HEADER_TIMEOUT", "LINGER_TIME", "MAX_BODIES", "MAX_CONNECTIONS",
            "body_limit", "make_app", "prometheus_text", "read_body", "start_api"]
@@ -77,7 +77,13 @@ def _escape(value: str) -> str:
 
 
 def prometheus_text(status: dict[str, Any]) -> str:
-    """Render a node status (as :meth:`TrainerNode.status` returns) as Prometheus text."""
+    """Render a node status (as :meth:`TrainerNode.status` returns) as Prometheus text.
+
+    Counts keyed by reason code (``rejections``, ``errors``) become one series per code with
+    the code in a ``reason`` label (``learnae_rejections{reason="stale"}``); ``peer_count``
+    is the gauge ``learnae_peers`` (a ``_count`` suffix is reserved for histograms) and
+    ``uptime_s`` is ``learnae_uptime_seconds``.
+    """
     lines: list[str] = []
 
     def metric(name: str, kind: str, help_text: str, samples: list[tuple[dict[str, str], float]]) -> None:
@@ -90,14 +96,19 @@ def prometheus_text(status: dict[str, Any]) -> str:
 
     metric("step", "counter", "Local training steps (batches) so far.", [({}, status.get("step", 0))])
     metric("samples", "counter", "Examples trained on so far.", [({}, status.get("samples", 0))])
-    metric("peers", "gauge", "Connected IPFS peers.", [({}, status.get("peers", 0))])
+    metric("peers", "gauge", "Connected IPFS peers.", [({}, status.get("peer_count", 0))])
     metric("checkpoints_published", "counter", "Checkpoints published by this run.",
            [({}, status.get("published", 0))])
     metric("merges", "counter", "Merges that used at least one peer checkpoint.", [({}, status.get("merges", 0))])
+    metric("merges_applied", "counter", "Merged weights the training side applied.",
+           [({}, status.get("merges_applied", 0))])
     metric("peers_passed_over", "gauge", "Peer authors skipped in merges after a checkpoint of theirs"
            " could not be used.", [({}, status.get("peers_passed_over", 0))])
     metric("rejections", "counter", "Peer checkpoints refused, by reason.",
            [({"reason": k}, v) for k, v in sorted(status.get("rejections", {}).items())])
+    metric("errors", "counter", "Errors in this node's own work (publish, merge, adopt), by reason.",
+           [({"reason": k}, v) for k, v in sorted(status.get("errors", {}).items())])
+    metric("uptime_seconds", "gauge", "Seconds since the node started.", [({}, status.get("uptime_s", 0))])
     adopt = status.get("adopt") or {}
     if adopt:
         metric("data_adopted_chunks", "counter", "Sensor data chunks added to the training pool.",

@@ -149,7 +149,7 @@ def init_command(directory: Path, name: str, model: str, pow_bits: int | None, a
         }
         fields = {k: v for k, v in fields.items() if v is not None}
         if merge_param:
-            fields["merge_params"] = dict(_key_value(p) for p in merge_param)
+            fields["merge_params"] = dict(_key_value(p, merge) for p in merge_param)
         if admission != "open":
             fields["admission"] = read_admission_file(admission)
         manifest = Manifest(name=name, model=model_config(model), **fields)
@@ -177,12 +177,27 @@ def init_command(directory: Path, name: str, model: str, pow_bits: int | None, a
     )
 
 
-def _key_value(text: str) -> tuple[str, Any]:
+def _key_value(text: str, rule: str | None) -> tuple[str, Any]:
+    """Parse one ``--merge-param KEY=VALUE`` of merge rule ``rule`` (None: the default).
+
+    Raises:
+        ConfigError: ``text`` is not KEY=VALUE; the message names the rule's parameters
+            (as :func:`learnae.merge.check_params` knows them).
+    """
     from learnae.errors import ConfigError
+    from learnae.manifest import DEFAULT_MERGE
+    from learnae.merge import MergeError, check_params
 
     key, sep, value = text.partition("=")
     if not sep or not key:
-        raise ConfigError(f"--merge-param {text!r} must be KEY=VALUE, e.g. trim=0.2")
+        rule = rule or DEFAULT_MERGE
+        try:  # check_params names the rule's parameters when given one it does not take
+            check_params(rule, {text: None})
+            hint = ""
+        except MergeError as exc:
+            hint = f" ({exc.reason})"
+        raise ConfigError(f"--merge-param {text!r} must be KEY=VALUE, KEY a parameter of merge"
+                          f" rule {rule!r}{hint}")
     try:
         return key, json.loads(value)
     except ValueError:
@@ -736,6 +751,7 @@ def node_run(invite_path: Path, state: Path, data_spec: str, listen: str | None,
     common test split), peers, merges. Restarting with the same --state resumes from
     the last checkpoint.
     """
+    from learnae.api import start_api
     from learnae.manifest import Invite, node_listen
     from learnae.node import NodeConfig, TrainerNode
     from learnae.training.data import DataSpec
@@ -753,6 +769,7 @@ def node_run(invite_path: Path, state: Path, data_spec: str, listen: str | None,
             listen = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         config = NodeConfig(invite=Invite.load(invite_path), state=state, data=DataSpec.parse(data_spec),
                             listen=listen, peers=peers, ipfs=ipfs, api=None if api == "off" else api,
+                            serve=start_api,
                             threads=threads, keep=keep, k=k, fetch_timeout=fetch_timeout, epochs=epochs,
                             seed=seed, sync_every=sync_every, wait_peers=wait_peers, network_nice=network_nice,
                             adopt=adopt, adopt_max_rows=adopt_max_rows,

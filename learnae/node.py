@@ -53,7 +53,7 @@ import sys
 import threading
 import time
 from collections import Counter, OrderedDict, deque
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -378,7 +378,12 @@ class NodeConfig:
         ipfs: ``embedded``, or ``rpc:URL`` for a running Kubo daemon.
         allow_shared_daemon: with ``rpc:URL``, use a daemon that is not set up for a private
             swarm as it is (:meth:`~learnae.ipfs.rpc.RpcNode.open` refuses it otherwise).
-        api: ``HOST:PORT`` of the HTTP API (port 0: any free port), or None for none.
+        api: ``HOST:PORT`` of the HTTP API (port 0: any free port), or None for none (the
+            default). Needs ``serve``.
+        serve: the HTTP server a surface wires in (``learnae node run`` passes
+            :func:`learnae.api.start_api`): an async callable ``serve(node, host, port)``
+            returning ``(runner, url)``, where ``runner.cleanup()`` stops it. Required when
+            ``api`` is set: :class:`TrainerNode` raises :class:`ConfigError` without it.
         threads: TensorFlow intra-op threads.
         keep: own checkpoints kept pinned (older ones are unpinned).
         k: merge with up to ``k`` peer checkpoints at a time.
@@ -413,7 +418,8 @@ class NodeConfig:
     listen: str = "127.0.0.1:0"
     peers: tuple[str, ...] = ()
     ipfs: str = "embedded"
-    api: str | None = "127.0.0.1:0"
+    api: str | None = None
+    serve: Callable[[Any, str, int], Awaitable[tuple[Any, str]]] | None = None
     threads: int = 1
     keep: int = DEFAULT_KEEP
     k: int = DEFAULT_K
@@ -455,6 +461,9 @@ class TrainerNode:
         parse_listen(config.listen)
         if config.api is not None:
             parse_listen(config.api)
+            if config.serve is None:
+                raise ConfigError(f"api={config.api!r} needs a server: pass serve="
+                                  "learnae.api.start_api (as `learnae node run` does), or api=None")
         self.config = config
         self.manifest = config.invite.manifest()
         self.state = Path(config.state)
@@ -951,10 +960,8 @@ class TrainerNode:
         if dial:
             self._tasks.append(asyncio.create_task(keep_connected(self.ipfs, dial, interval=2.0, dial_timeout=5)))
         if cfg.api is not None:
-            from learnae.api import start_api
-
             host, port = parse_listen(cfg.api)
-            self._api_runner, self.api_url = await start_api(self, host, port)
+            self._api_runner, self.api_url = await cfg.serve(self, host, port)
             _write_json(self.paths["api"], {"url": self.api_url})
         self._tasks.append(asyncio.create_task(self._offer_loop()))
         self._tasks.append(asyncio.create_task(self._status_loop()))
@@ -1226,7 +1233,14 @@ class TrainerNode:
                 "unnamed": len(self._unnamed), "named": len(self._named)}
 
     def status(self) -> dict[str, Any]:
-        """What ``GET /status`` returns (JSON-ready). Call on the network loop."""
+        """What ``GET /status`` returns (JSON-ready). Call on the network loop.
+
+        Keys are snake_case and a quantity with a unit names it (``uptime_s``, the
+        checkpoint's ``time_ms``). ``peer_count``: connected IPFS peers (``peer_ids``);
+        ``merges``: merges that used a peer checkpoint; ``merges_applied``: merged sets the
+        training side applied (as displacements); ``rejections``/``errors``: counts keyed by
+        reason code (``data:bad-chunk``, ``merge:internal``, ...).
+        """
         ledger: dict[str, Any] = {}
         if self.tangle is not None:
             ledger = {"transactions": self.tangle.count(), "by_kind": self.tangle.counts(),
@@ -1234,21 +1248,24 @@ class TrainerNode:
                       "checkpoints_by_author": {a.hex(): {"tx": tx.id, "step": tx.payload.get("step")}
                                                 for a, tx in self.tangle.latest_checkpoint_per_author().items()}}
         cb = self._cb
+        last = self.last_checkpoint
+        if last is not None:  # tx time in ms (the name progress.json keeps is "time")
+            last = {("time_ms" if k == "time" else k): v for k, v in last.items()}
         return {
             "id": self.ipfs.id if self.ipfs is not None else None,
             "author": self.identity.author_id if self.identity is not None else None,
             "author_key": self.identity.public_key.hex() if self.identity is not None else None,
             "addrs": self.addrs, "api": self.api_url, "swarm": self.config.invite.genesis,
-            "peers": len(self.peers), "peer_ids": self.peers,
+            "peer_count": len(self.peers), "peer_ids": self.peers,
             "step": cb.step if cb is not None else self.step,
             "samples": cb.samples if cb is not None else self.samples,
             "resumed_from": getattr(self, "resumed_from", 0),
             "epoch": self.epoch, "published": self.published,
-            "last_checkpoint": self.last_checkpoint, "metrics": self.metrics, "test": self.test_metrics,
-            "merges": self.merges, "merged_loaded": cb.applied if cb is not None else 0,
+            "last_checkpoint": last, "metrics": self.metrics, "test": self.test_metrics,
+            "merges": self.merges, "merges_applied": cb.merges_applied if cb is not None else 0,
             "rejections": dict(self.rejections), "errors": dict(self.errors),
             "peers_passed_over": self._choice.backing_off_count(time.time() * 1000),
             "adopt": self._adopt_status(),
-            "ledger": ledger, "uptime": time.time() - self.started,
+            "ledger": ledger, "uptime_s": time.time() - self.started,
             "stopping": self._stopping.is_set(),
         }

@@ -114,6 +114,7 @@ async def _run(feeder):
 
 def _build(invite_path, state, source, via, name, rows, max_age, max_queue_mb, on_full,
            unlabelled, listen, drain_timeout):
+    from learnae.ingest import sensor_schema
     from learnae.manifest import Invite, parse_listen
     from learnae.sensor import (
         EmbeddedOutlet,
@@ -124,7 +125,6 @@ def _build(invite_path, state, source, via, name, rows, max_age, max_queue_mb, o
         ViaOutlet,
         load_identity,
         parse_source,
-        sensor_schema,
     )
 
     invite = Invite.load(invite_path)

@@ -19,10 +19,11 @@ from learnae.ledger.tangle import Tangle
 from learnae.ledger.tx import make_tx
 
 STATUS = {
-    "id": "QmPeer", "author": "author-id", "peers": 2, "step": 120, "samples": 3840, "published": 4,
+    "id": "QmPeer", "author": "author-id", "peer_count": 2, "peer_ids": ["QmA", "QmB"], "step": 120, "samples": 3840, "published": 4,
     "last_checkpoint": {"tx": "bafy...", "cid": "bafy...", "step": 120},
     "metrics": {"loss": 0.25, "accuracy": 0.9}, "test": {"loss": 0.3, "accuracy": 0.88},
-    "merges": 3, "rejections": {"norm": 2, "timeout": 1},
+    "merges": 3, "merges_applied": 2, "rejections": {"norm": 2, "timeout": 1},
+    "errors": {"publish:internal": 1, "adopt:store": 2}, "uptime_s": 12.5,
     "ledger": {"transactions": 9, "by_kind": {"genesis": 1, "checkpoint": 8}, "tips": 2},
 }
 
@@ -54,12 +55,23 @@ def test_prometheus_text_has_typed_counters_and_labels():
     assert "learnae_test_accuracy 0.88" in text
     assert 'learnae_ledger_transactions{kind="checkpoint"} 8.0' in text
     assert "# TYPE learnae_peers_passed_over gauge\nlearnae_peers_passed_over 0.0\n" in text
+    assert "# TYPE learnae_peers gauge\nlearnae_peers 2.0\n" in text
+    assert "learnae_merges_applied 2.0" in text and "learnae_uptime_seconds 12.5" in text
     assert text.endswith("\n")
     for line in text.splitlines():  # every sample line is NAME[{labels}] VALUE
         if not line.startswith("#"):
             name, value = line.rsplit(" ", 1)
             float(value)
             assert name.startswith("learnae_")
+
+
+def test_prometheus_text_exports_reason_codes_as_labels():
+    text = prometheus_text(STATUS)
+    assert "# TYPE learnae_errors counter" in text
+    assert 'learnae_errors{reason="adopt:store"} 2.0' in text
+    assert 'learnae_errors{reason="publish:internal"} 1.0' in text
+    names = {line.split("{")[0].split(" ")[0] for line in text.splitlines() if not line.startswith("#")}
+    assert all(":" not in n and "-" not in n for n in names), names  # codes only in labels
 
 
 async def test_routes_serve_status_metrics_and_tips(tangle):

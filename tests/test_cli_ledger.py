@@ -154,6 +154,18 @@ def test_init_refuses_bad_options_with_a_reason(tmp_path, args, reason):
     assert not (tmp_path / "s").exists()
 
 
+@pytest.mark.parametrize(("rule", "params"), [
+    (["--merge", "trimmed"], "its parameters: beta"),
+    (["--merge", "multikrum"], "its parameters: f, m"),
+    ([], "its parameters: none"),  # the default rule, mean
+])
+def test_init_bad_merge_param_names_the_rules_real_parameters(tmp_path, rule, params):
+    result = run("init", tmp_path / "s", "--name", "n", "--model", "digits-mlp", *rule,
+                 "--merge-param", "trim0.2", ok=False)
+    assert result.exit_code == 2 and "KEY=VALUE" in result.output, result.output
+    assert params in result.output and "trim=" not in result.output, result.output
+
+
 def test_init_help_shows_the_real_defaults_and_rules():
     from learnae.merge import RULES
 

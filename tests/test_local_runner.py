@@ -16,7 +16,7 @@ def test_two_nodes_train_merge_and_stop_cleanly(tmp_path):
     try:
         swarm.start()
         swarm.wait(swarm.all_training, 120, "both nodes training")
-        statuses = swarm.wait(lambda ss: all(s and s["merges"] > 0 and s["peers"] >= 1 for s in ss) and ss,
+        statuses = swarm.wait(lambda ss: all(s and s["merges"] > 0 and s["peer_count"] >= 1 for s in ss) and ss,
                               120, "both nodes merged a peer's checkpoint")
         assert len({s["author_key"] for s in statuses}) == 2
         pids = swarm.pids()

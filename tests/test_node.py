@@ -12,6 +12,7 @@ one private swarm on 127.0.0.1, training on digits with Dirichlet(0.5) shards.
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -96,7 +97,7 @@ class Nodes:
                 return value
             time.sleep(0.2)
         pytest.fail(f"not within {timeout} s: {what}; statuses "
-                    f"{[{k: (s or {}).get(k) for k in ('step', 'peers', 'merges', 'rejections')} for s in map(self.status, range(self.n))]}")
+                    f"{[{k: (s or {}).get(k) for k in ('step', 'peer_count', 'merges', 'rejections')} for s in map(self.status, range(self.n))]}")
 
     def terminate(self, i: int, timeout: float = 60, *, signal_sent: bool = False) -> int:
         """SIGTERM process i (once: a second one may land while Python finalizes) and wait."""
@@ -132,6 +133,27 @@ def _alone_accuracy(i: int, n: int, epochs: int) -> float:
     model = build_model(manifest.model, optimizer=manifest.optimizer, learning_rate=manifest.learning_rate, seed=0)
     model.fit(splits.train.x, splits.train.y, batch_size=manifest.batch_size, epochs=epochs, verbose=0)
     return evaluate(model, splits.test.x, splits.test.y)["accuracy"]
+
+
+KEYED_BY_DATA = {"rejections", "errors", "by_kind", "checkpoints_by_author"}
+"""``/status`` maps whose keys are data (reason codes, tx kinds, author ids), not names."""
+UNIT_WORDS = ("time", "uptime", "seconds", "duration", "elapsed", "bytes", "size")
+UNIT_SUFFIXES = ("_s", "_ms", "_bytes")
+
+
+def _check_status_names(status: dict, where: str = "") -> None:
+    """Every key of a node's ``/status`` (at any depth) is snake_case, and a key naming a
+    quantity with a unit (a time, a size) ends with the unit."""
+    for key, value in status.items():
+        path = f"{where}.{key}" if where else key
+        assert re.fullmatch(r"[a-z][a-z0-9]*(_[a-z0-9]+)*", key), f"/status key {path!r} is not snake_case"
+        words = key.split("_")
+        assert not any(w in words for w in UNIT_WORDS) or key.endswith(UNIT_SUFFIXES), \
+            f"/status key {path!r} names a quantity without its unit"
+        if isinstance(value, dict):
+            for sub_key, sub in (value.items() if key in KEYED_BY_DATA else [("", value)]):
+                if isinstance(sub, dict):
+                    _check_status_names(sub, f"{path}.{sub_key}" if sub_key else path)
 
 
 def _thread_nice(pid: int) -> dict[int, int]:
@@ -170,12 +192,12 @@ def test_three_nodes_share_merge_and_beat_training_alone(tmp_path):
     alone = [_alone_accuracy(i, 3, s["epoch"]) for i, s in enumerate(statuses)]
     for i, s in enumerate(statuses):
         print(f"node{i}: step {s['step']} published {s['published']} merges {s['merges']} "
-              f"loaded {s['merged_loaded']} epochs {s['epoch']} test {s['test']['accuracy']:.3f} alone {alone[i]:.3f} "
+              f"applied {s['merges_applied']} epochs {s['epoch']} test {s['test']['accuracy']:.3f} alone {alone[i]:.3f} "
               f"rejections {s['rejections']} ledger {s['ledger']['by_kind']}")
     for i, s in enumerate(statuses):
         assert codes[i] == 0, f"node{i} exited with {codes[i]}:\n{nodes.log(i)}"
         assert set(s["ledger"]["checkpoints_by_author"]) == authors, f"node{i} lacks a peer's checkpoints"
-        assert s["merges"] > 0 and s["merged_loaded"] > 0
+        assert s["merges"] > 0 and s["merges_applied"] > 0
         # No honest checkpoint may be refused for its content. A fetch timeout is not such a
         # refusal: each node's final merge on stop fetches from peers stopping at the same moment.
         refused = {code: n for code, n in s["rejections"].items() if code != "timeout"}
@@ -195,6 +217,13 @@ def test_sigterm_publishes_final_checkpoint_and_restart_resumes_and_rejoins(tmp_
             nodes.start(i, "--wait-peers", "1")
         keys = nodes.wait(lambda: all(nodes.status(i) and nodes.status(i)["step"] >= 60 for i in range(2))
                           and [nodes.status(i)["author_key"] for i in range(2)], 60, "both nodes training")
+        live = nodes.wait(lambda: (s := json.loads(nodes.api(0, "/status"))).get("last_checkpoint")
+                          and s["peer_count"] >= 1 and s, 30, "node 0 with a checkpoint and a peer")
+        _check_status_names(live)
+        assert live["uptime_s"] > 0 and live["peer_count"] == len(live["peer_ids"])
+        assert live["last_checkpoint"]["time_ms"] > 1e12  # ms since the epoch
+        metrics = nodes.api(0, "/metrics").decode()
+        assert "\nlearnae_uptime_seconds " in metrics and "\nlearnae_peers " in metrics
         assert nodes.terminate(1) == 0, nodes.log(1)
         stopped = nodes.status(1)
         progress = json.loads((nodes.states[1] / "progress.json").read_text())
@@ -207,7 +236,7 @@ def test_sigterm_publishes_final_checkpoint_and_restart_resumes_and_rejoins(tmp_
 
         nodes.start(1, "--wait-peers", "1")
         resumed = nodes.wait(lambda: (s := nodes.status(1)) and s.get("resumed_from") == stopped["step"]
-                             and s["step"] > stopped["step"] + 20 and s["peers"] >= 1 and s, 60,
+                             and s["step"] > stopped["step"] + 20 and s["peer_count"] >= 1 and s, 60,
                              "the restarted node resuming")
         assert resumed["ledger"]["transactions"] >= len(before)
         # node 0 gets the restarted node's new checkpoints: it rejoined

@@ -383,7 +383,7 @@ class NodeProcess:
 @pytest.mark.slow
 def test_a_node_process_bounds_its_pool_and_restarts_without_fetching(tmp_path):
     from learnae.content import content_id
-    from learnae.sensor import encode_ingest_request
+    from learnae.ingest import encode_ingest_request
 
     manifest = Manifest(name="adopt-proc", model=model_config("iris-mlp"), pow_bits=2, sync_every=5)
     swarm = init_swarm(tmp_path / "founder", manifest)

@@ -23,13 +23,21 @@ from learnae.content import content_id
 from learnae.errors import ConfigError
 from learnae.formats import decode_chunk
 from learnae.identity import Identity
+from learnae.ingest import (
+    IngestRejected,
+    check_ingest,
+    encode_ingest_request,
+    handle_ingest,
+    ingest_info,
+    parse_ingest_request,
+    sensor_schema,
+)
 from learnae.ipfs.memory import MemoryNetwork
 from learnae.ledger.tx import data_payload, make_tx
 from learnae.manifest import Invite, Manifest, init_swarm, open_tangle
 from learnae.models import model_config
 from learnae.sensor import (
     Feeder,
-    IngestRejected,
     Outlet,
     Reading,
     Rejected,
@@ -37,14 +45,8 @@ from learnae.sensor import (
     SensorQueue,
     Signer,
     ViaOutlet,
-    check_ingest,
-    encode_ingest_request,
-    handle_ingest,
-    ingest_info,
-    parse_ingest_request,
     parse_rate,
     parse_source,
-    sensor_schema,
 )
 from learnae.sensor_cli import sensor_group
 

@@ -29,8 +29,8 @@ from test_sensor import SENSOR, FakeNode, chunk_and_tx, make_swarm, queue_for
 
 from learnae.formats import decode_chunk
 from learnae.identity import Identity
+from learnae.ingest import encode_ingest_request
 from learnae.manifest import open_tangle
-from learnae.sensor import encode_ingest_request
 
 pytestmark = pytest.mark.slow
 

@@ -10,9 +10,10 @@ from conftest import eventually
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from learnae.identity import Identity
-from learnae.ledger.sync import TangleSync, wait_in_step
+from learnae.ledger.sync import TangleSync
 from learnae.ledger.tangle import Tangle
 from learnae.ledger.tx import data_payload, make_tx
+from learnae.local.converge import wait_in_step
 
 pytestmark = pytest.mark.slow
 
@@ -77,7 +78,7 @@ async def test_three_embedded_nodes_converge(tmp_path, swarm_key):
         for syncer, tangle in zip(syncers, tangles, strict=True):
             assert not tangle.rejections and tangle.verify() == []
             assert syncer.stats["own"] > 0 and syncer.stats["stored"] > 0
-        assert syncers[2].stats["wants-sent"] > 0  # C asked for what it missed
+        assert syncers[2].stats["wants_sent"] > 0  # C asked for what it missed
     finally:
         for syncer in syncers:
             await syncer.stop()

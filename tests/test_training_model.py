@@ -329,7 +329,7 @@ def test_offers_every_sync_every_batches(digits):
         assert offer.merged == ()
     first, last = taken[0][1].weights, taken[-1][1].weights
     assert not all(np.array_equal(first[n], last[n]) for n in first)  # snapshots, not views
-    assert swarm.offers == 6 and swarm.applied == 0
+    assert swarm.offers == 6 and swarm.merges_applied == 0
 
 
 def test_merged_weights_are_loaded_at_the_next_batch_boundary(digits):
@@ -352,7 +352,7 @@ def test_merged_weights_are_loaded_at_the_next_batch_boundary(digits):
 
     model.fit(train.x, train.y, batch_size=32, epochs=1, steps_per_epoch=8, verbose=0,
               callbacks=[Every(node), swarm, Every(record)])
-    assert swarm.applied == 1 and swarm.rejected == 0
+    assert swarm.merges_applied == 1 and swarm.merges_rejected == 0
     assert any(w.any() for w in seen[3].values())
     assert not any(w.any() for w in seen[4].values())  # loaded at batch 4's boundary
     assert any(w.any() for w in seen[5].values())  # and training went on from them
@@ -381,7 +381,7 @@ def test_a_merge_delta_keeps_what_was_trained_since_the_snapshot(digits):
 
     model.fit(train.x, train.y, batch_size=32, epochs=1, steps_per_epoch=6, verbose=0,
               callbacks=[Every(node), swarm, Every(record)])
-    assert swarm.applied == 1
+    assert swarm.merges_applied == 1
     after, current, snap = seen["after"], seen["current"], seen["snapshot"]
     assert all(np.allclose(after[k], current[k] + 1) for k in after)  # the two batches are kept
     assert not all(np.allclose(after[k], snap[k] + 1) for k in after)  # not the merged weights
@@ -394,7 +394,7 @@ def test_bad_merged_weights_are_rejected_and_training_goes_on(digits):
     bridge.put_merged({"not/a/weight": np.zeros(3, np.float32)})
     model.fit(digits.train.x, digits.train.y, batch_size=32, epochs=1, verbose=0,
               callbacks=[swarm])
-    assert swarm.rejected == 1 and swarm.applied == 0
+    assert swarm.merges_rejected == 1 and swarm.merges_applied == 0
     assert swarm.step == -(-len(digits.train) // 32)
 
 
@@ -538,7 +538,7 @@ def test_merged_as_plain_mapping_is_accepted(digits):
     swarm = SwarmCallback(Plain(zeros), batch_size=32, sync_every=1000)
     model.fit(digits.train.x[:32], digits.train.y[:32], batch_size=32, epochs=1, verbose=0,
               callbacks=[swarm])
-    assert swarm.applied == 1 and not any(w.any() for w in get_weights(model).values())
+    assert swarm.merges_applied == 1 and not any(w.any() for w in get_weights(model).values())
     assert isinstance(Merged(zeros).weights, dict)
 
 
@@ -565,7 +565,7 @@ def test_swarm_callback_counts_every_batch_of_a_built_model_with_steps_per_execu
     assert swarm.step == 20 and swarm.samples == 190
     assert int(model.optimizer.iterations.numpy()) == 20
     assert bridge.offers == 5  # boundaries 4, 8, 10 | 14, 18, 20: all but 18 -> 20 cross a 3
-    assert swarm.offer_seconds > 0 and swarm.load_seconds > 0
+    assert swarm.offer_seconds > 0 and swarm.apply_seconds > 0
 
 
 def test_fit_passes_runs_whole_passes_through_one_pipeline():

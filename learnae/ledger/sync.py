@@ -40,11 +40,12 @@ How it behaves
 --------------
 - **Gossip.** :meth:`TangleSync.publish` sends a node's own new transactions as ``tx``. Every
   received transaction is validated in full by :meth:`Tangle.insert_many` before it is stored;
-  a rejected one is counted with its reason (``stats["rejected:<code>"]`` and the tangle's
-  ``rejections``) and dropped. The syncer never re-publishes what it receives (the pubsub
-  router relays; answers to ``want`` come from the store, which only holds valid
-  transactions), so nothing invalid is passed on by an honest node. A node's own messages come
-  back from pubsub: they are recognised by sender id and dropped before decoding.
+  a rejected one is counted (``stats["rejected"]``; by reason code in
+  :attr:`TangleSync.rejections` and the tangle's ``rejections``) and dropped. The syncer never
+  re-publishes what it receives (the pubsub router relays; answers to ``want`` come from the
+  store, which only holds valid transactions), so nothing invalid is passed on by an honest
+  node. A node's own messages come back from pubsub: they are recognised by sender id and
+  dropped before decoding.
 - **Gap repair.** A transaction whose parents are missing is held by the tangle (pending).
   After a short random delay (``want_delay``: the parent may be in flight) the syncer asks for
   :meth:`Tangle.missing_parents` in one ``want``. Any node holding them answers after its own
@@ -74,7 +75,7 @@ How it behaves
 
   * **A global budget** on everything received from others (``global_msg_rate`` messages/s
     and ``global_byte_rate`` bytes/s, with bursts): the stand-in for a per-connection limit,
-    however many ids the messages claim. A message over it is dropped as ``over-budget``
+    however many ids the messages claim. A message over it is dropped as ``over_budget``
     before any per-id state is made for its sender.
   * **Bounded per-id state.** The table of senders holds at most ``max_peers`` entries
     (least recently heard evicted). Each has buckets for messages/s and bytes/s and the bytes
@@ -87,7 +88,7 @@ How it behaves
   lookup). Each rejected transaction costs its sender ``reject_cost`` message tokens, and
   queued messages of a sender in debt are dropped. **Answers** are paid before the work is
   done: a ``want`` reserves ``min(max_answer_bytes, the asker's answer tokens)`` bytes from the
-  asker's bucket (none left, or the queue of ids to answer full: ``wants-throttled``); the
+  asker's bucket (none left, or the queue of ids to answer full: ``wants_throttled``); the
   wants heard within one ``answer_delay`` share one answer of at most ``max_answer_bytes`` and
   at most the sum of their reservations, and what an answer did not use is given back. So the
   bytes answered to one ``want`` are at most ``max_answer_bytes`` (2 MiB by default) and, from
@@ -95,21 +96,21 @@ How it behaves
   are bounded by the global ``answer_rate`` bytes/s (the answer loop waits while that bucket
   is in debt). Only ids this node itself misses are remembered from overheard ``want`` s. The
   inbox of transactions waiting for validation is bounded (``max_inbox_bytes``, counting
-  :data:`TX_OVERHEAD` bytes per transaction; excess dropped as ``inbox-full``, anti-entropy
+  :data:`TX_OVERHEAD` bytes per transaction; excess dropped as ``inbox_full``, anti-entropy
   recovers it). Messages larger than :data:`MAX_MESSAGE_BYTES` (gossipsub's limit) are dropped
   unread; this node's own messages are at most ``max_message_bytes``. The IPFS backends bound
   a subscription's buffer in bytes too (:data:`learnae.ipfs.base.SUBSCRIPTION_BUFFER_BYTES`).
   Nothing a peer sends blocks or stops the syncer.
 
-``stats`` counters: ``received`` (messages from others), ``own``, ``oversize``, ``over-budget``
-(the global budget), ``bad-message``, ``unknown-type``, ``rate-limited`` (a sender's budget),
-``inbox-full``, ``txs-received``, ``stored`` (including pending ones released), ``duplicates``,
-``pending``, ``rejected:<code>``, ``tx-sent`` (messages), ``txs-published``, ``tips-sent``,
-``tips-received``, ``wants-sent``, ``want-ids-sent``, ``wants-received``, ``wants-throttled``
-(the asker's answer budget is spent, or too many ids wait for an answer), ``answers-sent``
-(messages), ``answer-bytes-sent`` (transaction bytes), ``wants-answered`` (ids),
-``answer-txs-sent``, ``answers-suppressed`` (wanted ids not sent because another node's answer
-carried them first or just before), ``publish-failed``,
+``stats`` counters: ``received`` (messages from others), ``own``, ``oversize``, ``over_budget``
+(the global budget), ``bad_message``, ``unknown_type``, ``rate_limited`` (a sender's budget),
+``inbox_full``, ``txs_received``, ``stored`` (including pending ones released), ``duplicates``,
+``pending``, ``rejected`` (by code in :attr:`TangleSync.rejections`), ``tx_sent`` (messages),
+``txs_published``, ``tips_sent``, ``tips_received``, ``wants_sent``, ``want_ids_sent``,
+``wants_received``, ``wants_throttled`` (the asker's answer budget is spent, or too many ids
+wait for an answer), ``answers_sent`` (messages), ``answer_bytes_sent`` (transaction bytes),
+``wants_answered`` (ids), ``answer_txs_sent``, ``answers_suppressed`` (wanted ids not sent
+because another node's answer carried them first or just before), ``publish_failed``,
 ``errors`` (logged with their traceback).
 
 Everything runs on the asyncio loop that called :meth:`TangleSync.start`; the tangle must be
@@ -124,11 +125,9 @@ import hashlib
 import heapq
 import logging
 import random
-import tempfile
 from collections import Counter, OrderedDict, deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import NamedTuple
 
 import libipld
@@ -148,10 +147,7 @@ __all__ = [
     "TangleSync",
     "decode_message",
     "encode_message",
-    "in_step",
-    "partition_benchmark",
     "tx_topic",
-    "wait_in_step",
 ]
 
 log = logging.getLogger(__name__)
@@ -432,7 +428,10 @@ class TangleSync:
         self._rng = rng or random.Random()
 
         self.stats: Counter[str] = Counter()
-        """Event counters (see the module docstring)."""
+        """Event counters, snake_case names (see the module docstring)."""
+        self.rejections: Counter[str] = Counter()
+        """Transactions refused on validation, by :attr:`TxRejected.code` (``bad-signature``,
+        ...); their sum is ``stats["rejected"]``."""
         self._peers: OrderedDict[str, _Peer] = OrderedDict()
         self._inbox: deque[tuple[str, list[bytes], int]] = deque()  # (sender, raws, bytes)
         self._inbox_bytes = 0
@@ -515,7 +514,7 @@ class TangleSync:
         """Gossip this node's new transactions (already stored in its tangle) as ``tx`` messages.
 
         Several transactions share a message while they fit in ``max_message_bytes``. Failures
-        of the IPFS node are logged and counted (``publish-failed``), not raised: anti-entropy
+        of the IPFS node are logged and counted (``publish_failed``), not raised: anti-entropy
         delivers the transactions later.
 
         Raises:
@@ -528,8 +527,8 @@ class TangleSync:
                 raise LedgerError(f"transaction {tx.id} is not in this node's tangle: append it first")
         for chunk in self._chunks([tx.raw for tx in txs]):
             if await self._send(encode_message("tx", txs=chunk)):
-                self.stats["tx-sent"] += 1
-                self.stats["txs-published"] += len(chunk)
+                self.stats["tx_sent"] += 1
+                self.stats["txs_published"] += len(chunk)
 
     async def append(self, identity: Identity, kind: str, payload: dict, **kw) -> Tx:
         """:meth:`Tangle.append` a new transaction, then :meth:`publish` it; returns it.
@@ -548,7 +547,7 @@ class TangleSync:
             tips = sorted(self._rng.sample(tips, MAX_TIP_IDS))
         self._last_announce = self._now()
         if await self._send(encode_message("tips", ids=tips, n=self._tx_count(fresh=True))):
-            self.stats["tips-sent"] += 1
+            self.stats["tips_sent"] += 1
 
     def _tx_count(self, fresh: bool = False) -> int:
         """``tangle.count()``, cached for 0.25 s unless ``fresh`` (it scans the table)."""
@@ -580,7 +579,7 @@ class TangleSync:
             await self.ipfs.publish(self.topic, data)
             return True
         except IpfsError as exc:
-            self.stats["publish-failed"] += 1
+            self.stats["publish_failed"] += 1
             log.warning("could not publish on %s: %s", self.topic, exc.reason)
             return False
 
@@ -626,14 +625,14 @@ class TangleSync:
             return
         # The global budget first: a message over it makes no per-id state.
         if self._in_msgs.level(now) < 1 or self._in_bytes.level(now) < len(data):
-            self.stats["over-budget"] += 1
+            self.stats["over_budget"] += 1
             return
         peer = self._peer(sender, now)
         peer.counters["received"] += 1
         # Check every bucket before taking from any, so a refused message costs nothing.
         if peer.msgs.level(now) < 1 or peer.data.level(now) < len(data):
-            self.stats["rate-limited"] += 1
-            peer.counters["rate-limited"] += 1
+            self.stats["rate_limited"] += 1
+            peer.counters["rate_limited"] += 1
             return
         for bucket, cost in ((peer.msgs, 1), (peer.data, len(data)), (self._in_msgs, 1),
                              (self._in_bytes, len(data))):
@@ -641,8 +640,8 @@ class TangleSync:
         try:
             msg = decode_message(data)
         except LedgerError:
-            self.stats["bad-message"] += 1
-            peer.counters["bad-message"] += 1
+            self.stats["bad_message"] += 1
+            peer.counters["bad_message"] += 1
             return
         extra = len(msg.ids) // _IDS_PER_TOKEN  # each id costs a lookup
         if extra:
@@ -655,20 +654,20 @@ class TangleSync:
         elif msg.t == "tips":
             self._on_tips(peer, msg)
         else:
-            self.stats["unknown-type"] += 1
+            self.stats["unknown_type"] += 1
 
     def _on_txs(self, sender: str, msg: SyncMessage, now: float) -> None:
         if msg.t == "txs":  # an answer: whoever else meant to send these need not
             for raw in msg.txs:
                 i = _raw_id(raw)
                 if self._to_answer.pop(i, None) is not None:
-                    self.stats["answers-suppressed"] += 1
+                    self.stats["answers_suppressed"] += 1
                 self._mark_answered(i, now)
         size = sum(map(len, msg.txs)) + TX_OVERHEAD * len(msg.txs)
         if self._inbox_bytes + size > self.max_inbox_bytes:
-            self.stats["inbox-full"] += 1
+            self.stats["inbox_full"] += 1
             return
-        self.stats["txs-received"] += len(msg.txs)
+        self.stats["txs_received"] += len(msg.txs)
         for start in range(0, len(msg.txs), self.ingest_batch):
             chunk = msg.txs[start : start + self.ingest_batch]
             chunk_size = sum(map(len, chunk)) + TX_OVERHEAD * len(chunk)
@@ -677,7 +676,7 @@ class TangleSync:
         self._inbox_event.set()
 
     def _on_want(self, sender: str, peer: _Peer, msg: SyncMessage, now: float) -> None:
-        self.stats["wants-received"] += 1
+        self.stats["wants_received"] += 1
         ids = msg.ids[:MAX_WANT_IDS]
         wants, wish, missing = self._wants, self._wish, self._missing
         for i in ids:  # whoever misses these too will get this want's answer: do not ask now
@@ -688,7 +687,7 @@ class TangleSync:
         for i in ids:
             sent = self._answered.get(i)
             if sent is not None and now - sent < self.answer_holdoff:
-                self.stats["answers-suppressed"] += 1
+                self.stats["answers_suppressed"] += 1
             else:
                 todo.append(i)
         if not todo:
@@ -698,7 +697,7 @@ class TangleSync:
         if new:
             grant = min(self.max_answer_bytes, peer.answers.level(now))
             if grant < self.tangle.max_tx_bytes or len(self._to_answer) >= _MAX_TO_ANSWER:
-                self.stats["wants-throttled"] += 1
+                self.stats["wants_throttled"] += 1
                 return
             peer.answers.take(grant, now)
             self._reserved[sender] = grant
@@ -718,7 +717,7 @@ class TangleSync:
             peer.answers.refund(self._reserved.pop(sender), now)
 
     def _on_tips(self, peer: _Peer, msg: SyncMessage) -> None:
-        self.stats["tips-received"] += 1
+        self.stats["tips_received"] += 1
         ids = msg.ids[:MAX_TIP_IDS]
         peer.tips = (msg.n or 0, ids)
         unknown = [i for i in ids if i not in self._held and i not in self.tangle]
@@ -756,8 +755,8 @@ class TangleSync:
                     self._inbox_bytes -= size
                     peer = self._peers.get(sender)
                     if peer is not None and peer.msgs.level(now) < 0:  # in debt for rejects
-                        self.stats["rate-limited"] += 1
-                        peer.counters["rate-limited"] += 1
+                        self.stats["rate_limited"] += 1
+                        peer.counters["rate_limited"] += 1
                         continue
                     batch.extend(raws)
                     owners.extend([sender] * len(raws))
@@ -787,7 +786,8 @@ class TangleSync:
                 self._held.add(result.id)
                 self._new_pending += 1
             else:
-                stats[f"rejected:{result.error.code}"] += 1
+                stats["rejected"] += 1
+                self.rejections[result.error.code] += 1
                 peer = self._peers.get(sender)
                 if peer is not None:
                     peer.counters["rejected"] += 1
@@ -841,8 +841,8 @@ class TangleSync:
         self._new_pending = 0
         if not await self._send(encode_message("want", ids=ready, n=depth)):
             return
-        self.stats["wants-sent"] += 1
-        self.stats["want-ids-sent"] += len(ready)
+        self.stats["wants_sent"] += 1
+        self.stats["want_ids_sent"] += len(ready)
         for i in ready:
             state = self._wants.setdefault(i, _Want())
             backoff = self.want_retry * 2 ** min(state.tries, 5)
@@ -918,10 +918,10 @@ class TangleSync:
             self._mark_answered(_raw_id(raw), now)
         for chunk in self._chunks(raws):
             if await self._send(encode_message("txs", txs=chunk)):
-                self.stats["answers-sent"] += 1
-                self.stats["answer-txs-sent"] += len(chunk)
-                self.stats["answer-bytes-sent"] += sum(map(len, chunk))
-        self.stats["wants-answered"] += len(todo)
+                self.stats["answers_sent"] += 1
+                self.stats["answer_txs_sent"] += len(chunk)
+                self.stats["answer_bytes_sent"] += sum(map(len, chunk))
+        self.stats["wants_answered"] += len(todo)
 
     def _refund(self, reserved: dict[str, float], used: int) -> None:
         """Give each asker back what of its reservation an answer of ``used`` bytes left over
@@ -963,90 +963,10 @@ class TangleSync:
 
     # Introspection ----------------------------------------------------------------------------------
     def peer_stats(self) -> dict[str, dict]:
-        """Per sender heard from: its counters (``received``, ``rate-limited``, ``rejected``,
-        ``bad-message``, ``oversize``) and its last announced ``count`` and ``tips``."""
+        """Per sender heard from: its counters (``received``, ``rate_limited``, ``rejected``,
+        ``bad_message``, ``oversize``) and its last announced ``count`` and ``tips``."""
         return {
             sender: {**peer.counters, "count": peer.tips[0] if peer.tips else None,
                      "tips": peer.tips[1] if peer.tips else None}
             for sender, peer in self._peers.items()
         }
-
-
-# Helpers for tests and benchmarks ----------------------------------------------------------------
-def in_step(tangles: Sequence[Tangle]) -> bool:
-    """Whether the tangles hold the same transactions: same tips, same count, nothing pending.
-
-    Same tips imply the same set: every stored transaction is a tip or an ancestor of one.
-    """
-    first = tangles[0]
-    tips, count = first.tips(), first.count()
-    return all(t.pending == 0 and t.count() == count and t.tips() == tips for t in tangles)
-
-
-async def wait_in_step(tangles: Sequence[Tangle], timeout: float, interval: float = 0.02) -> float:
-    """Wait until :func:`in_step`; return the seconds waited (loop clock).
-
-    Raises:
-        TimeoutError: not in step within ``timeout`` seconds.
-    """
-    loop = asyncio.get_running_loop()
-    start = loop.time()
-    while not in_step(tangles):
-        if loop.time() - start > timeout:
-            raise TimeoutError(f"tangles not in step within {timeout} s: counts "
-                               f"{[t.count() for t in tangles]}, pending {[t.pending for t in tangles]}")
-        await asyncio.sleep(interval)
-    return loop.time() - start
-
-
-async def partition_benchmark(
-    n_each: int = 5000, *, pow_bits: int = 4, timeout: float = 120.0, directory: str | Path | None = None,
-    seed: int = 0, **sync_options,
-) -> dict:
-    """Two nodes on a memory network, partitioned while each appends ``n_each`` transactions
-    (and publishes them, reaching nobody); then healed. Returns ``{"n_each", "total",
-    "convergence_s", "stats": [per node]}``: the loop seconds from ``heal()`` until both
-    tangles are :func:`in_step`.
-
-    Each side's transactions form a chain (a single node's tangle has one tip), the deepest
-    case for gap repair. ``directory`` holds the SQLite files (default: a temporary one).
-
-    Raises:
-        TimeoutError: not converged within ``timeout`` seconds.
-    """
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
-    from learnae.ipfs.memory import MemoryNetwork
-    from learnae.ledger.tx import data_payload, make_tx
-
-    ids = [Identity(Ed25519PrivateKey.from_private_bytes(bytes([n]) * 32)) for n in (1, 2)]
-    genesis = make_tx(ids[0], kind="genesis", payload={"name": "bench"}, parents=[], swarm=None,
-                      pow_bits=pow_bits)
-    cid = "bafkreifzjut3te2nhyekklss27nh3k72ysco7y32koao5eei66wof36n5e"
-    with tempfile.TemporaryDirectory(dir=directory) as tmp:
-        tangles = [Tangle(Path(tmp) / f"{name}.db", genesis_raw=genesis.raw, pow_bits=pow_bits,
-                          max_tx_bytes=4096) for name in "ab"]
-        net = MemoryNetwork(seed=seed)
-        nodes = [net.node(name) for name in "ab"]
-        await nodes[1].connect((await nodes[0].addrs())[0])
-        syncers = [TangleSync(t, n, rng=random.Random(seed + k), **sync_options)
-                   for k, (t, n) in enumerate(zip(tangles, nodes, strict=True))]
-        try:
-            for s in syncers:
-                await s.start()
-            net.partition(["a"], ["b"])
-            for identity, s in zip(ids, syncers, strict=True):
-                for seq in range(n_each):
-                    payload = data_payload(cid=cid, size=1, rows=1, schema={"x": [2]}, source="bench", seq=seq)
-                    await s.append(identity, "data", payload)
-            net.heal()
-            elapsed = await wait_in_step(tangles, timeout)
-            return {"n_each": n_each, "total": tangles[0].count(), "convergence_s": elapsed,
-                    "stats": [dict(s.stats) for s in syncers]}
-        finally:
-            for s in syncers:
-                await s.stop()
-            for node in nodes:
-                await node.close()
-            for t in tangles:
-                t.close()

@@ -29,8 +29,9 @@ from pathlib import Path
 
 from learnae.identity import Identity
 from learnae.ipfs.embedded import EmbeddedNode
-from learnae.ledger.sync import TangleSync, wait_in_step
+from learnae.ledger.sync import TangleSync
 from learnae.ledger.tangle import Tangle
+from learnae.local.converge import wait_in_step
 from learnae.manifest import Invite, Manifest, init_swarm, open_tangle
 from learnae.merge import Contribution
 from learnae.models import model_config

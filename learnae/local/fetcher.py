@@ -8,7 +8,7 @@ network the nodes use, from a peer that held none of the content::
         --peer MULTIADDR ... --cids CIDS.txt --timeout 10 --out RESULT.json
 
 ``CIDS.txt`` holds one CID per line. ``RESULT.json``: ``{"fetched": N, "missing": [CID, ...],
-"peers": N, "seconds": S}``. Fetches run 30 at a time (the embedded node takes 32), each with ``--timeout`` seconds.
+"peer_count": N, "elapsed_s": S}``. Fetches run 30 at a time (the embedded node takes 32), each with ``--timeout`` seconds.
 Exit status 0 when every CID came, 1 otherwise.
 """
 
@@ -50,8 +50,8 @@ async def fetch_all(args: argparse.Namespace) -> dict:
                     missing.append(cid)
 
         await asyncio.gather(*(one(c) for c in cids))
-        return {"fetched": len(cids) - len(missing), "missing": sorted(missing), "peers": len(await node.peers()),
-                "seconds": round(time.monotonic() - started, 2)}
+        return {"fetched": len(cids) - len(missing), "missing": sorted(missing),
+                "peer_count": len(await node.peers()), "elapsed_s": round(time.monotonic() - started, 2)}
     finally:
         await node.close()
 

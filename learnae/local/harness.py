@@ -86,9 +86,11 @@ from learnae.formats import (
 )
 from learnae.identity import Identity
 from learnae.ipfs.memory import MemoryNetwork, MemoryNode
-from learnae.ledger.sync import TangleSync, encode_message, in_step
+from learnae.ledger.sync import TangleSync, encode_message
 from learnae.ledger.tangle import Tangle
 from learnae.ledger.tx import checkpoint_payload, data_payload, make_tx
+from learnae.local.converge import in_step
+from learnae.local.results import SimResult
 from learnae.local.scenario import Fault, Scenario
 from learnae.merge import Contribution, merge
 
@@ -212,32 +214,6 @@ def _load_data(scn: Scenario):
 
 
 # ---------------------------------------------------------------------------- simulation
-@dataclass
-class SimResult:
-    """What one simulated run produced (see :func:`simulate`)."""
-
-    accuracy: dict[str, dict[int, float]]
-    ledger_size: list[float]
-    honest: list[str]
-    live_at_end: list[str]
-    converge_seconds: float | None
-    final_in_step: bool
-    recovery_time: float
-    acked_missing: list[str]
-    acked_checked: int
-    restart_missing: list[str]
-    fetch_checked: int
-    fetch_missing: list[str]
-    fetch_excluded: int
-    verify_problems: list[str]
-    counters: dict[str, int]
-    rejections: dict[str, int]
-    simulated_seconds: float
-    merges: dict[str, dict[int, int]] | None = None  # node -> round -> its merge counter (processes)
-    converge_unit: str = ("simulated seconds from the recovery point until every live node holds the same"
-                          " transactions and tips")
-
-
 class _Sim:
     def __init__(self, scn: Scenario, workdir: Path, with_faults: bool):
         self.scn = scn

@@ -37,7 +37,7 @@ def _table(swarm: LocalSwarm, statuses: list[dict | None], elapsed: float) -> st
             continue
         acc = (s.get("test") or {}).get("accuracy")
         rows.append(f"          {m.name:7} {s.get('step', 0):5d} {s.get('epoch', 0):6d}  "
-                    f"{'  -  ' if acc is None else f'{acc:.3f}'}  {s.get('peers', 0):5d} {s.get('merges', 0):6d}"
+                    f"{'  -  ' if acc is None else f'{acc:.3f}'}  {s.get('peer_count', 0):5d} {s.get('merges', 0):6d}"
                     f" {_adopted(s):7d}")
         ledger = max(ledger, (s.get("ledger") or {}).get("transactions", 0))
     for sensor, c in zip(swarm.sensors, swarm.sensor_counters(), strict=True):
@@ -95,7 +95,7 @@ def run_process_demo(out: Path, *, nodes: int = 4, sensors: int = 2, dataset: st
         s = s or {}
         per_node[m.name] = {"accuracy": (s.get("test") or {}).get("accuracy"), "local_only": base["local_only"][i],
                             "epochs": epochs[i], "step": s.get("step"), "merges": s.get("merges"),
-                            "peers": m.peers_max, "rejections": s.get("rejections"), "exit_code": codes[m.name],
+                            "peers_max": m.peers_max, "rejections": s.get("rejections"), "exit_code": codes[m.name],
                             "sensor_chunks_adopted": _adopted(s), "sensor_rows_adopted": (s.get("adopt") or {}).get("rows"),
                             "history": m.history}
     by_kind = max((((s or {}).get("ledger") or {}).get("by_kind", {}) for s in statuses),

@@ -57,7 +57,7 @@ from learnae.errors import ConfigError
 from learnae.ipfs import libkubo
 from learnae.ipfs.faults import write_control
 from learnae.local import netns
-from learnae.local.harness import SimResult
+from learnae.local.results import SimResult
 from learnae.local.runner import LocalSwarm, free_port
 from learnae.local.scenario import Fault, Scenario
 
@@ -368,7 +368,7 @@ class _Run:
             result = json.loads((work / "result.json").read_text())
         except (OSError, ValueError):
             return {"checked": len(cids), "missing": cids}
-        return {"checked": len(cids), "missing": result["missing"], "seconds": result["seconds"]}
+        return {"checked": len(cids), "missing": result["missing"], "seconds": result["elapsed_s"]}
 
     def verify(self, i: int) -> list[str]:
         """``learnae ledger verify`` of node ``i``'s tangle (after the nodes stopped)."""

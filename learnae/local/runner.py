@@ -304,7 +304,7 @@ class LocalSwarm:
         for m in self.members:
             st = None if m.down else m.status()
             self._check_alive(m)
-            m.peers_max = max(m.peers_max, int((st or {}).get("peers") or 0))
+            m.peers_max = max(m.peers_max, int((st or {}).get("peer_count") or 0))
             acc = ((st or {}).get("test") or {}).get("accuracy")
             if acc is not None and (not m.history or m.history[-1][1] != acc or now - m.history[-1][0] > 5):
                 m.history.append((round(now, 1), acc))

@@ -6,8 +6,8 @@ thread (docs/design.md "Node loop"). They exchange two things, at batch boundari
 - out (Keras -> node): an :class:`Offer`, a snapshot of the model's weights with the local
   step and sample counts, every ``sync_every`` batches. The node publishes it as a checkpoint
   and merges peers' checkpoints with it.
-- in (node -> Keras): a :class:`Merged` set of weights, which the callback loads into the
-  model at the next batch boundary.
+- in (node -> Keras): a :class:`Merged` set of weights, which the callback applies at the
+  next batch boundary (adding its ``delta``, the displacement, to the current weights).
 
 Neither side ever waits for the other: the Keras side calls only non-blocking methods
 (:meth:`SwarmBridge.offer_checkpoint`, :meth:`SwarmBridge.take_merged`). This module does not
@@ -42,7 +42,7 @@ class Offer:
             sample-weighted merge).
         total_samples: examples trained on since the callback started (plus its
             ``initial_samples``).
-        merged: the ``tag`` of every :class:`Merged` set loaded into the model since the
+        merged: the ``tag`` of every :class:`Merged` set applied to the model since the
             previous accepted offer, oldest first: these weights descend from them (the node
             puts in a tag what it needs for the checkpoint's ``base``, e.g. the checkpoint tx
             CIDs it merged).
@@ -71,7 +71,7 @@ class Merged:
     Attributes:
         weights: weight path -> array, the same names, shapes and dtypes as the model's.
         tag: anything the node wants back in the next :attr:`Offer.merged` once these weights
-            are loaded (e.g. the checkpoint tx CIDs merged into them); opaque to Keras.
+            are applied (e.g. the checkpoint tx CIDs merged into them); opaque to Keras.
         delta: None, or ``weights`` minus the snapshot they were merged from
             (:attr:`Offer.weights`), by path. When given, the callback adds it to the model's
             current weights instead of replacing them, so the batches trained while the node
@@ -107,7 +107,7 @@ class SwarmBridge(ABC):
 
     @abstractmethod
     def take_merged(self) -> Merged | None:
-        """Return merged weights ready to load, or None at once if there are none."""
+        """Return merged weights ready to apply, or None at once if there are none."""
 
     def wants_offer(self) -> bool:
         """Whether the node would take an offer now (must return at once).
@@ -130,7 +130,7 @@ class QueueBridge(SwarmBridge):
     - :meth:`offer_checkpoint` (Keras side) replaces an offer the node has not taken yet with
       the new one, folding the old one's sample count and merged tags into it
       (:meth:`Offer.after`), so nothing is lost from the counts; it always returns True.
-    - :meth:`put_merged` (node side) replaces merged weights the model has not loaded yet;
+    - :meth:`put_merged` (node side) replaces merged weights the model has not applied yet;
       the replaced set's tag is dropped (its weights were never used).
 
     Node side: :meth:`take_offer` (non-blocking by default; give a timeout to wait in a worker
@@ -202,10 +202,10 @@ class QueueBridge(SwarmBridge):
             return None
 
     def put_merged(self, weights: Mapping[str, np.ndarray] | Merged, tag: Any = None) -> bool:
-        """Queue weights for the model to load at its next batch boundary.
+        """Queue weights for the model to apply at its next batch boundary.
 
         ``weights`` is a path -> array map (tagged with ``tag``) or a :class:`Merged`.
-        Returns True if it replaced a set the model had not loaded yet.
+        Returns True if it replaced a set the model had not applied yet.
         """
         merged = weights if isinstance(weights, Merged) else Merged(dict(weights), tag)
         with self._in_lock:

@@ -11,8 +11,9 @@ At every batch boundary it does two things, both without waiting for the network
 1. every ``sync_every`` batches, as soon as ``bridge.wants_offer()`` (at once with the
    default bridge), it hands a snapshot of the weights (copies, by path) and the local
    step/sample counts to ``bridge.offer_checkpoint`` (:class:`~learnae.training.bridge.Offer`);
-2. it asks ``bridge.take_merged()`` for merged weights and, when there are some, loads them
-   into the model before the next batch, or adds their ``delta`` when the node sends one
+2. it asks ``bridge.take_merged()`` for merged weights and, when there are some, applies
+   them before the next batch: it adds their ``delta`` (merged minus the snapshot they came
+   from) to the current weights when the node sends one, else sets the weights
    (:class:`~learnae.training.bridge.Merged`); an offer made at the same boundary is taken
    first, and the next offer names the merged set in ``Offer.merged``.
 
@@ -46,7 +47,7 @@ log = logging.getLogger("learnae.training")
 
 
 class SwarmCallback(keras.callbacks.Callback):
-    """Offers checkpoints to a :class:`SwarmBridge` and loads merged weights from it.
+    """Offers checkpoints to a :class:`SwarmBridge` and applies merged weights from it.
 
     It never blocks training: it only calls the bridge's non-blocking methods, and an error
     from the bridge or a merged set that does not fit the model is logged, counted and
@@ -89,11 +90,12 @@ class SwarmCallback(keras.callbacks.Callback):
     Attributes:
         step: local steps (batches) so far; ``samples``: examples so far (both cumulative,
             from the initial values); ``offers``/``declined``: offers accepted/declined by
-            the bridge; ``applied``: merged sets loaded; ``rejected``: merged sets refused
-            (wrong names, shapes, NaN); ``errors``: exceptions raised by the bridge.
+            the bridge; ``merges_applied``: merged sets applied (their displacement added,
+            or their weights set); ``merges_rejected``: merged sets refused (wrong names,
+            shapes, NaN); ``errors``: exceptions raised by the bridge.
         offer_seconds: wall time, in seconds, the training thread spent offering (snapshots
-            and ``offer_checkpoint``); ``load_seconds``: spent in ``take_merged`` and
-            loading merged weights. Together: the swarm's whole cost inside ``fit`` on the
+            and ``offer_checkpoint``); ``apply_seconds``: spent in ``take_merged`` and
+            applying merged weights. Together: the swarm's whole cost inside ``fit`` on the
             training thread (it never waits for the network).
     """
 
@@ -131,8 +133,9 @@ class SwarmCallback(keras.callbacks.Callback):
         self.stop = stop
         self.step = initial_step
         self.samples = initial_samples
-        self.offers = self.declined = self.applied = self.rejected = self.errors = 0
-        self.offer_seconds = self.load_seconds = 0.0
+        self.offers = self.declined = self.merges_applied = self.merges_rejected = 0
+        self.errors = 0
+        self.offer_seconds = self.apply_seconds = 0.0
         self._pending_samples = 0  # since the last accepted offer
         self._pending_tags: list[Any] = []
         self._due = False  # an offer is due and waits for the bridge to want one
@@ -172,7 +175,7 @@ class SwarmCallback(keras.callbacks.Callback):
             self.offer_seconds += time.perf_counter() - start
         start = time.perf_counter()
         self._take_merged()
-        self.load_seconds += time.perf_counter() - start
+        self.apply_seconds += time.perf_counter() - start
         self._check_stop()
 
     # internals -----------------------------------------------------------------------
@@ -220,11 +223,11 @@ class SwarmCallback(keras.callbacks.Callback):
             else:
                 set_weights(self.model, merged.weights)
         except (LearnaeError, TypeError, ValueError) as e:
-            self.rejected += 1
+            self.merges_rejected += 1
             reason = getattr(e, "reason", None) or repr(e)
-            _log_every(self.rejected, "merged weights refused (%d so far): %s", reason)
+            _log_every(self.merges_rejected, "merged weights refused (%d so far): %s", reason)
             return
-        self.applied += 1
+        self.merges_applied += 1
         self._pending_tags.append(merged.tag)
 
 

@@ -1,0 +1,40 @@
+"""What a run of the fault harness produced, whichever driver ran it.
+
+:func:`learnae.local.harness.simulate` (the ``memory`` driver) and
+:func:`learnae.local.procdriver.simulate_processes` (the ``processes`` driver) both return a
+:class:`SimResult`; :func:`learnae.local.harness.run_scenario` dispatches between them and
+checks the invariants on it. Kept apart so that neither driver imports the other.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["SimResult"]
+
+
+@dataclass
+class SimResult:
+    """What one run produced (:func:`~learnae.local.harness.simulate` or
+    :func:`~learnae.local.procdriver.simulate_processes`)."""
+
+    accuracy: dict[str, dict[int, float]]
+    ledger_size: list[float]
+    honest: list[str]
+    live_at_end: list[str]
+    converge_seconds: float | None
+    final_in_step: bool
+    recovery_time: float
+    acked_missing: list[str]
+    acked_checked: int
+    restart_missing: list[str]
+    fetch_checked: int
+    fetch_missing: list[str]
+    fetch_excluded: int
+    verify_problems: list[str]
+    counters: dict[str, int]
+    rejections: dict[str, int]
+    simulated_seconds: float
+    merges: dict[str, dict[int, int]] | None = None  # node -> round -> its merge counter (processes)
+    converge_unit: str = ("simulated seconds from the recovery point until every live node holds the same"
+                          " transactions and tips")
