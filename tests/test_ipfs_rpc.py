@@ -174,15 +174,16 @@ async def test_daemon_pubsub_delivers_binary_payloads_on_odd_topics(kubo):
 
 # -- is the daemon private? (a fake Kubo RPC API on 127.0.0.1) --------------------------------
 PEER = "12D3KooWD3eckifWpRn9wQpMG9R9hX3sD158z7EqHWmweQAJU5SA"
+# addresses of Kubo's shape only: a name and a global address that no learnae node dials
 PUBLIC_BOOTSTRAP = [
-    "/dnsaddr/bootstrap.libp2p.io/p2p/QmNnooDu7bfjPFoTZYxMNLWUQJyrVwtbZg5gBMjTezGAJN",
-    "/ip4/104.131.131.82/tcp/4001/p2p/QmaCpDMGvV2BGHeYERUEnRQAwe3N8SzbUtfsmvsqQLuvuJ",
+    f"/dns4/bootstrap.example.net/tcp/4001/p2p/{PEER}",
+    f"/ip4/5.6.7.8/tcp/4001/p2p/{PEER}",
 ]
 DEFAULT_LISTEN = ["/ip4/127.0.0.1/tcp/4001", "/ip4/127.0.0.1/udp/4001/quic-v1",
                   "/ip4/127.0.0.1/udp/4001/quic-v1/webtransport/certhash/uEiDD/certhash/uEiAA",
                   "/ip4/127.0.0.1/udp/4001/webrtc-direct/certhash/uEiBB"]
 PRIVATE_LISTEN = ["/ip4/127.0.0.1/tcp/4001", "/ip4/192.168.1.5/tcp/4001"]
-PUBLIC_PEERS = ["/ip4/147.75.87.27/tcp/4001", "/ip6/2604:1380:4642:6600::3/tcp/4001",
+PUBLIC_PEERS = ["/ip4/5.6.7.9/tcp/4001", "/ip6/2a00:1::3/tcp/4001",
                 "/ip4/192.168.1.20/tcp/4001"]
 PRIVATE_PEERS = ["/ip4/127.0.0.1/tcp/4002", "/ip4/10.1.2.3/tcp/4001", "/ip6/fd00::7/tcp/4001"]
 
@@ -304,7 +305,7 @@ async def test_a_daemon_with_kubos_defaults_is_refused_with_each_fix():
         "Swarm.DisableNatPortMap", "ipfs config --json Swarm.DisableNatPortMap true",
         "quic-v1", "webtransport", "webrtc-direct",
         "ipfs config --json Swarm.Transports.Network.QUIC false",
-        "2 peers at public addresses", "/ip4/147.75.87.27/tcp/4001",
+        "2 peers at public addresses", "/ip4/5.6.7.9/tcp/4001",
         "swarm.key", "LIBP2P_FORCE_PNET=1", "--allow-shared-daemon",
     ):
         assert expected in reason, expected
