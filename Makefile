@@ -27,8 +27,10 @@ test-fast: install
 demo: install
 	$(BIN)/learnae demo
 
+## lint: ruff (style, docstrings of public names), mypy (types) and import-linter (layers)
 lint: install
 	$(BIN)/ruff check learnae tests bench
+	$(BIN)/mypy
 	$(BIN)/lint-imports --no-cache --no-logo setup.cfg
 
 ## bench: every benchmark in bench/, printing its figures
@@ -36,4 +38,4 @@ bench: install
 	@for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis *.egg-info
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache .hypothesis *.egg-info

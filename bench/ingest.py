@@ -32,9 +32,10 @@ from learnae.formats import Chunk, encode_chunk
 from learnae.identity import Identity
 from learnae.ingest import check_ingest
 from learnae.ledger.tx import checkpoint_payload, data_payload, make_tx
-from learnae.manifest import Manifest, init_swarm, open_tangle
+from learnae.manifest import Manifest
 from learnae.models import model_config
 from learnae.node import NodeConfig, TrainerNode
+from learnae.state import init_swarm, open_tangle
 
 AUTHORS = 8
 CKPT_CID = "bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku"

@@ -49,10 +49,11 @@ import numpy as np
 from learnae.formats import Checkpoint, decode_checkpoint, encode_checkpoint
 from learnae.ipfs import libkubo
 from learnae.local.runner import free_port
-from learnae.manifest import Manifest, init_swarm
+from learnae.manifest import Manifest
 from learnae.merge import RULES, Contribution, merge
 from learnae.models import MODELS, model_config
 from learnae.node import DEFAULT_NETWORK_NICE
+from learnae.state import init_swarm
 
 
 def timer_callback():
@@ -112,9 +113,9 @@ def baselines(model: str, epochs: int, spec: str, manifest: Manifest) -> list[di
 
 def _wait_for_checkpoint(peer: subprocess.Popen, state: Path, timeout: float = 300.0) -> None:
     """Wait until the peer node has published a checkpoint (its ``status.json``)."""
-    from learnae.node import state_paths
+    from learnae.state import StateDir
 
-    status, deadline = state_paths(state)["status"], time.monotonic() + timeout
+    status, deadline = StateDir(state).status, time.monotonic() + timeout
     while time.monotonic() < deadline:
         if peer.poll() is not None:
             raise SystemExit(f"the peer node exited with status {peer.returncode} before publishing")
@@ -129,7 +130,7 @@ def _wait_for_checkpoint(peer: subprocess.Popen, state: Path, timeout: float = 3
 
 def overhead(model: str, epochs: int, tmp: Path, network_nice: int = DEFAULT_NETWORK_NICE,
              with_baselines: bool = True) -> dict:
-    from learnae.manifest import Invite
+    from learnae.invite import Invite
     from learnae.node import NodeConfig, TrainerNode
     from learnae.training.data import DataSpec
 

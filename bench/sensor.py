@@ -33,7 +33,7 @@ def serve(directory: str, port_file: str) -> None:
 
     from learnae.content import content_id
     from learnae.ingest import handle_ingest
-    from learnae.manifest import open_tangle
+    from learnae.state import open_tangle
 
     tangle, manifest = open_tangle(directory)
 
@@ -74,8 +74,9 @@ def main() -> int:
         serve(*args.serve)
         return 0
 
-    from learnae.manifest import Manifest, init_swarm
+    from learnae.manifest import Manifest
     from learnae.models import model_config
+    from learnae.state import init_swarm
 
     with tempfile.TemporaryDirectory() as tmp:
         t = Path(tmp)

@@ -22,7 +22,7 @@ import numpy as np
 from sklearn.datasets import load_digits
 
 from learnae.api import start_api
-from learnae.manifest import Invite
+from learnae.invite import Invite
 from learnae.node import NodeConfig, TrainerNode
 from learnae.training.model import build_model
 

@@ -41,15 +41,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from aiohttp import web
 
 from learnae.ingest import handle_ingest, ingest_info
 
+if TYPE_CHECKING:
+    from learnae.ipfs.base import IpfsNode
+    from learnae.ledger.tangle import Tangle
+    from learnae.manifest import Manifest
+
 __all__ = ["BODY_TIMEOUT", "HEADER_TIMEOUT", "LINGER_TIME", "MAX_BODIES", "MAX_CONNECTIONS",
-           "body_limit", "make_app", "prometheus_text", "read_body", "start_api"]
+           "ApiNode", "body_limit", "make_app", "prometheus_text", "read_body", "start_api"]
 
 HEADER_TIMEOUT = 10.0
 """Seconds a connection gets to deliver a whole request head, from opening or from the
@@ -70,6 +75,34 @@ TRIM_AFTER = 1 << 20
 _malloc_trim: Callable[[int], int] | None = None
 with contextlib.suppress(OSError, AttributeError, TypeError):  # glibc only, not musl or macOS
     _malloc_trim = ctypes.CDLL(None).malloc_trim
+
+
+class ApiNode(Protocol):
+    """What the API serves: a :class:`learnae.node.TrainerNode`, or anything with these.
+
+    ``tangle`` and ``ipfs`` are ``None`` while the node starts or stops (the ledger routes then
+    answer 503). An optional ``sync`` attribute (a :class:`~learnae.ledger.sync.TangleSync`, or
+    ``None``) gossips the transactions ``POST /ingest`` stores.
+    """
+
+    @property
+    def manifest(self) -> Manifest:
+        """The swarm's manifest (limits, schema, admission)."""
+        ...
+
+    @property
+    def tangle(self) -> Tangle | None:
+        """The node's ledger, ``None`` while it is closed."""
+        ...
+
+    @property
+    def ipfs(self) -> IpfsNode | None:
+        """The node's IPFS node, ``None`` while it is not running."""
+        ...
+
+    def status(self) -> dict[str, Any]:
+        """What ``GET /status`` returns (JSON-ready)."""
+        ...
 
 
 def _escape(value: str) -> str:
@@ -125,7 +158,7 @@ def prometheus_text(status: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def body_limit(manifest: Any) -> int:
+def body_limit(manifest: Manifest | None) -> int:
     """The largest ``POST /ingest`` body, in bytes, for a swarm's manifest (``None``: 1 MiB).
 
     A chunk travels base64-encoded: the swarm's chunk limit plus a third, plus 64 KiB for
@@ -197,7 +230,9 @@ async def read_body(request: web.BaseRequest, limit: int, timeout: float,
 
 
 @web.middleware
-async def _json_errors(request: web.Request, handler) -> web.StreamResponse:
+async def _json_errors(request: web.Request,
+                       handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+                       ) -> web.StreamResponse:
     """Answer HTTP errors (404, 405, a body over the size limit, ...) as JSON too."""
     try:
         return await handler(request)
@@ -208,10 +243,9 @@ async def _json_errors(request: web.Request, handler) -> web.StreamResponse:
                                   "reason": exc.text or exc.reason}, status=exc.status)
 
 
-def make_app(node: Any, *, body_timeout: float = BODY_TIMEOUT, max_bodies: int = MAX_BODIES,
-             max_body: int | None = None) -> web.Application:
-    """The aiohttp application for ``node``: anything with ``status()``, ``tangle``,
-    ``manifest``, ``ipfs`` and (optionally) ``sync``, as :class:`learnae.node.TrainerNode`.
+def make_app(node: ApiNode, *, body_timeout: float = BODY_TIMEOUT,
+             max_bodies: int = MAX_BODIES, max_body: int | None = None) -> web.Application:
+    """The aiohttp application for ``node`` (see :class:`ApiNode`).
 
     ``POST /ingest`` bodies are read with :func:`read_body`: at most ``max_body`` bytes
     (default :func:`body_limit` of the node's manifest), within ``body_timeout`` s, at most
@@ -233,21 +267,22 @@ def make_app(node: Any, *, body_timeout: float = BODY_TIMEOUT, max_bodies: int =
             raise web.HTTPServiceUnavailable(text="the ledger is closed")
         return web.json_response({"tips": sorted(tangle.tips()), "count": tangle.count()})
 
-    def ledger():
+    def ledger() -> tuple[Tangle, IpfsNode]:
         if node.tangle is None or node.ipfs is None:
             raise web.HTTPServiceUnavailable(text="the node is starting or stopping")
-        return node.tangle
+        return node.tangle, node.ipfs
 
     async def ingest(request: web.Request) -> web.Response:
         ledger()  # refuse before reading the body if the node cannot take it
         body = await read_body(request, limit, body_timeout, turns)
         sync = getattr(node, "sync", None)
-        code, answer = await handle_ingest(body, manifest=node.manifest, tangle=ledger(),
-                                           ipfs=node.ipfs, publish=sync.publish if sync else None)
+        tangle, ipfs = ledger()
+        code, answer = await handle_ingest(body, manifest=node.manifest, tangle=tangle,
+                                           ipfs=ipfs, publish=sync.publish if sync else None)
         return web.json_response(answer, status=code)
 
     async def ingest_tips(request: web.Request) -> web.Response:
-        return web.json_response(ingest_info(ledger(), request.query.get("author")))
+        return web.json_response(ingest_info(ledger()[0], request.query.get("author")))
 
     app = web.Application(client_max_size=limit, middlewares=[_json_errors])
     app.router.add_post("/ingest", ingest)
@@ -279,34 +314,38 @@ class _GiveBack:
 
     def _trim(self) -> None:
         self._pending = False
-        _malloc_trim(0)  # type: ignore[misc]
+        if _malloc_trim is not None:
+            _malloc_trim(0)
 
 
 class _Admit(asyncio.Protocol):
-    """One accepted connection, passed on to aiohttp's protocol. ``live`` holds the open
-    ones, oldest first; when ``cap`` are open, a new one closes the oldest. When one that
-    received at least :data:`TRIM_AFTER` bytes closes, ``give_back.soon()``."""
+    """One accepted connection, passed on to aiohttp's protocol.
 
-    def __init__(self, make_handler: Any, live: dict[_Admit, None], cap: int,
-                 give_back: _GiveBack) -> None:
+    ``live`` holds the open ones, oldest first; when ``cap`` are open, a new one closes the
+    oldest. When one that received at least :data:`TRIM_AFTER` bytes closes,
+    ``give_back.soon()``.
+    """
+
+    def __init__(self, make_handler: Callable[[], asyncio.Protocol], live: dict[_Admit, None],
+                 cap: int, give_back: _GiveBack) -> None:
         self._make_handler, self._live, self._cap = make_handler, live, cap
         self._give_back = give_back
         self._inner: asyncio.Protocol | None = None
-        self._transport: asyncio.BaseTransport | None = None
+        self._transport: asyncio.Transport | None = None
         self._received = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         while len(self._live) >= self._cap:
             next(iter(self._live))._evict()
         self._live[self] = None
-        self._transport = transport
+        self._transport = cast(asyncio.Transport, transport)  # create_server: a TCP transport
         self._inner = self._make_handler()
         self._inner.connection_made(transport)
 
     def _evict(self) -> None:
         self._live.pop(self, None)
         if self._transport is not None:
-            self._transport.abort()  # type: ignore[attr-defined]
+            self._transport.abort()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._live.pop(self, None)
@@ -348,13 +387,14 @@ class _CappedSite(web.BaseSite):
     async def start(self) -> None:
         await super().start()
         make_handler = self._runner.server
+        assert make_handler is not None  # BaseSite.__init__ refused a runner not set up
         live: dict[_Admit, None] = {}  # insertion order: oldest first
         give_back = _GiveBack()
         self._server = await asyncio.get_running_loop().create_server(
             lambda: _Admit(make_handler, live, self._cap, give_back), self._host, self._port)
 
 
-async def start_api(node: Any, host: str = "127.0.0.1", port: int = 0, *,
+async def start_api(node: ApiNode, host: str = "127.0.0.1", port: int = 0, *,
                     header_timeout: float = HEADER_TIMEOUT, body_timeout: float = BODY_TIMEOUT,
                     max_connections: int = MAX_CONNECTIONS, max_bodies: int = MAX_BODIES,
                     max_body: int | None = None) -> tuple[web.AppRunner, str]:

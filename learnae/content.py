@@ -40,7 +40,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Iterator
-from typing import BinaryIO, NamedTuple
+from typing import NamedTuple, Protocol
 
 from multiformats import CID
 
@@ -51,7 +51,17 @@ CHUNK_SIZE = 262144
 MAX_LINKS = 174
 """Most children of one inner node (Kubo's default for the balanced layout)."""
 
-Source = bytes | bytearray | memoryview | BinaryIO | str | os.PathLike
+
+class BinaryReader(Protocol):
+    """A binary file object (``open(path, "rb")``, ``sys.stdin.buffer``, ``io.BytesIO``)."""
+
+    def readinto(self, buffer: memoryview, /) -> int | None:
+        """Read up to ``len(buffer)`` bytes into ``buffer``; return how many (0 at EOF)."""
+        ...
+
+
+Source = bytes | bytearray | memoryview | BinaryReader | str | os.PathLike
+"""What :func:`file_cid` reads: bytes, a binary file object, or a path."""
 
 _SHA256 = b"\x12\x20"  # multihash prefix: sha2-256, 32-byte digest
 _V1_RAW = b"\x01\x55" + _SHA256  # binary CIDv1 prefix of a raw block
@@ -144,7 +154,7 @@ class _DagBuilder:
         return CID("base32", 1, "raw" if root.cid.startswith(_V1_RAW) else "dag-pb", root.cid[2:])
 
 
-def _read_full(stream: BinaryIO, view: memoryview) -> int:
+def _read_full(stream: BinaryReader, view: memoryview) -> int:
     """Fill ``view`` from ``stream`` (short reads of pipes are retried); return the bytes read."""
     filled = 0
     while filled < len(view):

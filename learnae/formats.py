@@ -41,6 +41,7 @@ from typing import Any
 
 import numpy as np
 import safetensors.numpy
+from numpy.typing import ArrayLike
 
 from learnae.errors import (
     CorruptFile,
@@ -309,7 +310,7 @@ def decode_checkpoint(
     return Checkpoint(weights=weights, genesis=file_genesis, step=step, samples=samples)
 
 
-def pack(arrays: Mapping[str, Any]) -> dict[str, np.ndarray]:
+def pack(arrays: Mapping[str, ArrayLike]) -> dict[str, np.ndarray]:
     """Copies of ``arrays`` laid out back to back in one fresh buffer, in the mapping's order.
 
     Each copy is C-ordered, in native byte order, and starts at the first multiple of its
@@ -385,9 +386,11 @@ def check_names(
     Args:
         found: the names held (a mapping's keys, in its order).
         expected: the names wanted, in ``model.weights`` order.
-        subject, reference: words of the message ``"<subject> differ from <reference>:
+        subject: the first words of the message ``"<subject> differ from <reference>:
             missing [...], unexpected [...]"`` (at most 5 names of each are shown).
-        error: the error class raised; ``code``: its code (None: the class's own).
+        reference: what ``subject`` is compared with, in that message.
+        error: the error class raised.
+        code: the error's code (None: the class's own).
         ordered_by: if given, the order must match too, and a reordering is reported as
             ``"<ordered_by> holds <reference> weights in another order: weight #i is 'x',
             <reference> is 'y'"``.

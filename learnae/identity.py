@@ -10,13 +10,16 @@ base58btc (prefix ``z``), so every author id starts with ``z6Mk``.
 Key files hold the private key as unencrypted PKCS#8 PEM, readable by their owner
 only (mode 0600): :meth:`Identity.save` creates them that way and :meth:`Identity.load`
 refuses any other key file, like ssh does.
+
+Author files (:func:`read_author_file`) list authors one a line, by author id or public key:
+a swarm's admission list, the authors whose data a node adopts.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import stat
-import tempfile
 from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -25,9 +28,10 @@ from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, rsa, x448,
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from multiformats import multibase
 
-from learnae.errors import BadSignature, IdentityError
+from learnae.errors import BadSignature, ConfigError, IdentityError
+from learnae.files import read_bounded, write_atomic, write_new
 
-__all__ = ["Identity", "author_id", "parse_author_id", "verify"]
+__all__ = ["Identity", "author_id", "parse_author_id", "read_author_file", "verify"]
 
 _ED25519_PUB = b"\xed\x01"  # multicodec 'ed25519-pub' (0xed) as an unsigned varint
 _MAX_KEY_FILE = 64 * 1024
@@ -40,6 +44,8 @@ _OTHER_KEYS = [
     (x448.X448PrivateKey, "an X448"),
 ]
 _MAX_AUTHOR_ID = 64  # base58 of 34 bytes is at most 47 characters, plus 'z'
+_HEX_KEY = re.compile(r"[0-9a-fA-F]{64}")
+_MAX_AUTHOR_FILE = 4 * 2**20  # 10,000 author ids with comments take well under 1 MiB
 
 
 class Identity:
@@ -115,8 +121,9 @@ class Identity:
         """Write the private key to ``path`` as unencrypted PKCS#8 PEM, mode 0600.
 
         Parent directories are created (mode 0700). The key is written to a temporary
-        file created with mode 0600 in the same directory, synced, then moved into place,
-        so ``path`` is never partly written nor readable by others, even briefly.
+        file created with mode 0600 in the same directory, synced, then moved into place and
+        the directory synced (:mod:`learnae.files`), so ``path`` is never partly written nor
+        readable by others, even briefly, and survives a power cut once this returns.
 
         Raises:
             IdentityError: ``path`` exists and ``overwrite`` is false, or the write failed.
@@ -132,30 +139,17 @@ class Identity:
         )
         if not overwrite and path.exists():
             raise exists
-        tmp = None
         try:
             path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-            tmp = Path(name)  # mkstemp creates the file with mode 0600, atomically
-            try:
-                os.fchmod(fd, 0o600)  # the umask can only remove bits; make it exact
-                os.write(fd, pem)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
             if overwrite:
-                os.replace(tmp, path)
+                write_atomic(path, pem, mode=0o600)
             else:
                 try:
-                    os.link(tmp, path)  # atomic, and fails if path appeared meanwhile
+                    write_new(path, pem, mode=0o600)
                 except FileExistsError:
-                    raise exists from None
-            _fsync_dir(path.parent)
+                    raise exists from None  # it appeared meanwhile
         except OSError as e:
             raise IdentityError(f"cannot write key file {path}: {e.strerror or e}") from None
-        finally:
-            if tmp is not None:
-                tmp.unlink(missing_ok=True)
 
     @property
     def public_key(self) -> bytes:
@@ -220,6 +214,50 @@ def parse_author_id(text: str) -> bytes:
     return key
 
 
+def read_author_file(path: str | os.PathLike[str], what: str = "author file") -> tuple[bytes, ...]:
+    """The authors a text file lists, one a line (an admission list, an ``--adopt`` file).
+
+    A line names an author by author id (``z6Mk...``, see :func:`author_id`) or by Ed25519
+    public key in 64 hex digits; ``#`` starts a comment; blank lines are skipped. A file that
+    lists nobody gives an empty tuple: whether that is allowed is the caller's rule.
+
+    Args:
+        path: the file.
+        what: what the file is, for error messages (``"admission file"``).
+
+    Returns:
+        The 32-byte public keys, in file order.
+
+    Raises:
+        ConfigError: the file is unreadable, over 4 MiB or not UTF-8 text, or a line names no
+            author or one listed before; the reason gives ``path:line`` and the accepted forms.
+    """
+    path = Path(path)
+    data = read_bounded(path, what, _MAX_AUTHOR_FILE)
+    try:
+        text = data.decode()
+    except UnicodeDecodeError:
+        raise ConfigError(f"{what} {path} is not UTF-8 text") from None
+    first_line: dict[bytes, int] = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        entry = line.split("#", 1)[0].strip()
+        if not entry:
+            continue
+        if _HEX_KEY.fullmatch(entry):
+            key = bytes.fromhex(entry)
+        else:
+            try:
+                key = parse_author_id(entry)
+            except IdentityError as e:
+                raise ConfigError(f"{path}:{number}: {e.reason}; name an author by author id"
+                                  " (z6Mk...) or by public key (64 hex digits)") from None
+        if key in first_line:
+            raise ConfigError(f"{path}:{number}: author {author_id(key)} is listed twice (first"
+                              f" on line {first_line[key]})")
+        first_line[key] = number
+    return tuple(first_line)
+
+
 def verify(public_key: bytes, message: bytes, signature: bytes) -> None:
     """Check an Ed25519 signature (RFC 8032) of ``message`` by ``public_key``.
 
@@ -249,10 +287,3 @@ def _describe(value: object) -> str:
         return f"{len(value)} bytes"
     return f"a {type(value).__name__}"
 
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -42,13 +42,18 @@ import random
 import time
 import weakref
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from learnae.content import content_id
 from learnae.errors import FormatError, LearnaeError, TxRejected
 from learnae.formats import Chunk, Schema, decode_chunk
 from learnae.identity import parse_author_id
 from learnae.ledger.tx import Tx, decode_tx, validate_tx
+
+if TYPE_CHECKING:  # for annotations only: the sensor imports this module, keep it light
+    from learnae.ipfs.base import IpfsNode
+    from learnae.ledger.tangle import Tangle
+    from learnae.manifest import Manifest
 
 __all__ = [
     "TX_STATUS", "IngestRejected", "check_ingest", "encode_ingest_request", "handle_ingest",
@@ -62,17 +67,22 @@ def _now_ms() -> int:
 
 
 def sensor_schema(swarm_schema: Schema, labelled: bool = True) -> Schema:
-    """The schema a sensor writes: the swarm's (labelled), or the swarm's features without
-    labels (``label_dtype`` and ``classes`` None) for a sensor whose readings carry none."""
+    """The schema a sensor writes.
+
+    The swarm's (``labelled``), or the swarm's features without labels (``label_dtype`` and
+    ``classes`` None) for a sensor whose readings carry none.
+    """
     if labelled:
         return swarm_schema
     return Schema(swarm_schema.features, swarm_schema.dtype, None, None)
 
 
 class IngestRejected(LearnaeError):
-    """``POST /ingest`` refused a chunk; ``code`` names the rule, ``status`` the HTTP status,
-    ``tips`` (on 409) the node's tips to re-sign on, ``next_seq`` (on ``duplicate-seq``) the
-    author's next free seq."""
+    """``POST /ingest`` refused a chunk.
+
+    ``code`` names the rule, ``status`` the HTTP status, ``tips`` (on 409) the node's tips to
+    re-sign on, ``next_seq`` (on ``duplicate-seq``) the author's next free seq.
+    """
 
     code = "bad-request"
 
@@ -117,7 +127,7 @@ def parse_ingest_request(body: bytes) -> tuple[bytes, bytes]:
                              code="bad-request") from None
 
 
-def ingest_tips(tangle: Any, n: int = 8) -> list[dict[str, Any]]:
+def ingest_tips(tangle: Tangle, n: int = 8) -> list[dict[str, Any]]:
     """Up to ``n`` of the tangle's tips as ``[{"id", "time"}]`` (what a sensor approves)."""
     tips = tangle.tips()
     if len(tips) > n:
@@ -130,11 +140,13 @@ def ingest_tips(tangle: Any, n: int = 8) -> list[dict[str, Any]]:
     return out
 
 
-def check_ingest(manifest: Any, tangle: Any, chunk_bytes: bytes, tx_raw: bytes, *,
+def check_ingest(manifest: Manifest, tangle: Tangle, chunk_bytes: bytes, tx_raw: bytes, *,
                  now_ms: int | None = None,
                  claimed: dict[tuple[bytes, int], str] | None = None) -> tuple[Tx, Chunk]:
-    """Check a chunk and its signed ``data`` transaction posted by a sensor, before the node
-    adds, pins and publishes them. Pure: reads ``tangle``, changes nothing.
+    """Check a chunk and its signed ``data`` transaction posted by a sensor.
+
+    The node runs this before it adds, pins and publishes them. Pure: reads ``tangle``,
+    changes nothing.
 
     Checks, cheap first: the transaction's size, form, kind, swarm, parents (stored in
     ``tangle``), time, admission, payload, proof-of-work and signature
@@ -182,14 +194,14 @@ def check_ingest(manifest: Any, tangle: Any, chunk_bytes: bytes, tx_raw: bytes, 
         parents = {p: tangle.get(p) for p in tx.parents}
         missing = [p for p, t in parents.items() if t is None]
         if missing:
-            exc = IngestRejected(f"this node does not hold parent {missing[0]}; sign again on"
-                                 " the returned tips", code="unknown-parent", status=409)
-            exc.tips = ingest_tips(tangle)
-            raise exc
+            unknown = IngestRejected(f"this node does not hold parent {missing[0]}; sign again"
+                                     " on the returned tips", code="unknown-parent", status=409)
+            unknown.tips = ingest_tips(tangle)
+            raise unknown
         try:
             validate_tx(tx, swarm=tangle.swarm, pow_bits=manifest.pow_bits,
                         max_bytes=limits.tx_bytes, now_ms=now, admitted=manifest.admitted,
-                        parent_times={p: t.time for p, t in parents.items()})
+                        parent_times={p: t.time for p, t in parents.items() if t is not None})
         except TxRejected as exc:
             err = IngestRejected(exc.reason, code=exc.code, status=TX_STATUS.get(exc.code, 400))
             if err.status == 409:
@@ -226,27 +238,32 @@ def check_ingest(manifest: Any, tangle: Any, chunk_bytes: bytes, tx_raw: bytes, 
         if other is None and claimed and claimed.get((tx.author, seq), tx.id) != tx.id:
             other = f"{claimed[tx.author, seq]} (being ingested)"
         if other is not None:
-            exc = IngestRejected(
+            duplicate = IngestRejected(
                 f"this sensor already published seq {seq} as {other}", code="duplicate-seq",
                 status=409)
-            exc.tips = ingest_tips(tangle)
-            exc.next_seq = next_free_seq(tangle, tx.author, claimed)
-            raise exc
+            duplicate.tips = ingest_tips(tangle)
+            duplicate.next_seq = next_free_seq(tangle, tx.author, claimed)
+            raise duplicate
     return tx, chunk
 
 
-def next_free_seq(tangle: Any, author: bytes,
+def next_free_seq(tangle: Tangle, author: bytes,
                   claimed: dict[tuple[bytes, int], str] | None = None) -> int:
-    """``author``'s next free data ``seq``: one more than the highest in ``tangle`` or
-    ``claimed`` (see :func:`check_ingest`), 0 if none. One index lookup."""
+    """``author``'s next free data ``seq``.
+
+    One more than the highest in ``tangle`` or ``claimed`` (see :func:`check_ingest`), 0 if
+    none. One index lookup.
+    """
     top = max((seq for who, seq in claimed or () if who == author), default=-1)
     return max(tangle.next_data_seq(author), top + 1)
 
 
-def ingest_info(tangle: Any, author: str | None = None) -> dict[str, Any]:
-    """The answer of ``GET /ingest``: ``{"tips": [{"id", "time"}, ...]}``, plus ``next_seq``
-    (:func:`next_free_seq`) when ``author`` is an author id (``z6Mk...``; anything else is
-    ignored)."""
+def ingest_info(tangle: Tangle, author: str | None = None) -> dict[str, Any]:
+    """The answer of ``GET /ingest``.
+
+    ``{"tips": [{"id", "time"}, ...]}``, plus ``next_seq`` (:func:`next_free_seq`) when
+    ``author`` is an author id (``z6Mk...``; anything else is ignored).
+    """
     info: dict[str, Any] = {"tips": ingest_tips(tangle)}
     if author is not None:
         with contextlib.suppress(LearnaeError):
@@ -255,7 +272,7 @@ def ingest_info(tangle: Any, author: str | None = None) -> dict[str, Any]:
     return info
 
 
-def ingest_reply(tangle: Any, tx: Tx) -> dict[str, Any]:
+def ingest_reply(tangle: Tangle, tx: Tx) -> dict[str, Any]:
     """The 200 answer: ``{"tx", "cid", "tips"}``."""
     return {"tx": tx.id, "cid": tx.payload["cid"], "tips": ingest_tips(tangle)}
 
@@ -268,23 +285,24 @@ class _InFlight:
         self.done: dict[str, asyncio.Event] = {}  # tx id -> set when its ingest ends
 
 
-_IN_FLIGHT: weakref.WeakKeyDictionary[Any, _InFlight] = weakref.WeakKeyDictionary()
+_IN_FLIGHT: weakref.WeakKeyDictionary[Tangle, _InFlight] = weakref.WeakKeyDictionary()
 
 
-def _in_flight(tangle: Any) -> _InFlight:
+def _in_flight(tangle: Tangle) -> _InFlight:
     flight = _IN_FLIGHT.get(tangle)
     if flight is None:
         flight = _IN_FLIGHT[tangle] = _InFlight()
     return flight
 
 
-async def handle_ingest(body: bytes, *, manifest: Any, tangle: Any, ipfs: Any,
+async def handle_ingest(body: bytes, *, manifest: Manifest, tangle: Tangle, ipfs: IpfsNode,
                         publish: Callable[[Tx], Awaitable[Any]] | None = None,
                         now_ms: int | None = None) -> tuple[int, dict[str, Any]]:
-    """The whole ``POST /ingest`` for a node's HTTP API: parse, :func:`check_ingest`, add and
-    pin the chunk (``ipfs.add``), store the transaction (``tangle.insert``) and gossip it
-    (``publish(tx)``, e.g. ``TangleSync.publish``). Returns ``(status, json_body)``; never
-    raises for bad input. Use on the loop that owns ``tangle``::
+    """The whole ``POST /ingest`` for a node's HTTP API.
+
+    Parse, :func:`check_ingest`, add and pin the chunk (``ipfs.add``), store the transaction
+    (``tangle.insert``) and gossip it (``publish(tx)``, e.g. ``TangleSync.publish``). Returns
+    ``(status, json_body)``; never raises for bad input. Use on the loop that owns ``tangle``::
 
         status, body = await handle_ingest(await request.read(), manifest=..., tangle=...,
                                            ipfs=..., publish=sync.publish)

@@ -257,8 +257,11 @@ def _owner(a: np.ndarray) -> np.ndarray:
 
 
 def _run_view(arrays: Sequence[np.ndarray], dtype: np.dtype, size: int) -> np.ndarray | None:
-    """``arrays`` as one read-only vector of ``size`` values, if they are C-contiguous views
-    of ``dtype`` that follow each other without gaps inside one array's buffer; else None."""
+    """``arrays`` as one read-only vector of ``size`` values, or None.
+
+    A vector if they are C-contiguous views of ``dtype`` that follow each other without gaps
+    inside one array's buffer; else None.
+    """
     owner = _owner(arrays[0])
     if not owner.flags.c_contiguous:
         return None
@@ -523,7 +526,10 @@ def _affine(base: np.ndarray, terms: Sequence[tuple[np.ndarray, float]]) -> np.n
 
 
 def _weighted(flats: Sequence[np.ndarray], counts: Sequence[int], what: str) -> _Outcome:
-    """own + sum_i c_i (x_i - own), c_i = counts_i / sum(counts); equal c_i if the sum is 0."""
+    """Weighted mean ``own + sum_i c_i (x_i - own)``, ``c_i = counts_i / sum(counts)``.
+
+    Equal ``c_i`` if the sum is 0.
+    """
     n = len(flats)
     total = sum(counts)
     notes = []
@@ -732,13 +738,12 @@ def _run(
     inputs: list[Contribution],
     peer_arrays: list[list[np.ndarray]],
     params: Mapping[str, Any],
-) -> _Outcome:
+) -> tuple[np.ndarray, _Outcome]:
+    """Run ``rule``'s engine; return the merged flat vector (P,) and the engine's outcome."""
     arrays = [own_arrays, *peer_arrays]
     flats = [layout.flatten(a) for a in arrays]
     out = _ENGINES[rule](flats, inputs, params)
-    if out.flat is None:
-        out.flat = flats[out.copy_of]
-    return out
+    return (flats[out.copy_of] if out.flat is None else out.flat), out
 
 
 def _apply(rule: str, own: Contribution, peers: Iterable[Contribution], **params: Any) -> dict:
@@ -753,8 +758,8 @@ def _apply(rule: str, own: Contribution, peers: Iterable[Contribution], **params
     layout = _Layout.of(own.weights)
     own_arrays = [np.asarray(w) for w in own.weights.values()]
     peer_arrays = [layout.check_structure(c.weights) for c in peers]
-    out = _run(rule, layout, own_arrays, [own, *peers], peer_arrays, params)
-    return layout.unflatten(out.flat, own_arrays)
+    flat, _ = _run(rule, layout, own_arrays, [own, *peers], peer_arrays, params)
+    return layout.unflatten(flat, own_arrays)
 
 
 # --------------------------------------------------------------------------- rules
@@ -845,9 +850,10 @@ def trimmed(
     min and max. ``samples`` and ``age`` are ignored.
 
     Args:
+        own: as :func:`mean`.
+        peers: as :func:`mean`.
         beta: fraction trimmed from each end, ``0 <= beta < 0.5`` (at least the
             expected fraction of Byzantine inputs).
-        Others as :func:`mean`.
 
     Returns, raises: as :func:`mean`; MergeError ``bad-params`` for beta out of range.
 
@@ -874,8 +880,9 @@ def krum(own: Contribution, peers: Iterable[Contribution], *, f: int = 1) -> dic
     in ``MergeResult.notes``.
 
     Args:
+        own: as :func:`mean`.
+        peers: as :func:`mean`.
         f: number of Byzantine inputs tolerated, an integer >= 0.
-        Others as :func:`mean`.
 
     Returns, raises: as :func:`mean`; MergeError ``bad-params`` for a bad f.
 
@@ -898,9 +905,10 @@ def multikrum(
     to n. Fallbacks for small n as :func:`krum`.
 
     Args:
+        own: as :func:`mean`.
+        peers: as :func:`mean`.
         f: number of Byzantine inputs tolerated, an integer >= 0.
         m: how many inputs to average, an integer >= 1, or None for ``n - f``.
-        Others as :func:`mean`.
 
     Returns, raises: as :func:`mean`; MergeError ``bad-params`` for a bad f or m.
 
@@ -935,7 +943,9 @@ def merge(
         own: the node's own weights, samples since its last merge, age (local steps)
             and author id.
         contributions: peers' checkpoints, decoded.
-        max_norm_ratio, min_norm: the norm bound of :func:`check_update`.
+        max_norm_ratio: bound on ``norm(peer) / max(norm(own), min_norm)``
+            (:func:`check_update`).
+        min_norm: the floor of own's norm in that bound (:func:`check_update`).
         **params: the rule's parameters (:func:`check_params`).
 
     Returns:
@@ -978,14 +988,14 @@ def merge(
         except RejectedUpdate as e:
             rejected.append((str(author), e.code, e.reason))
             continue
-        seen.add(author)
+        seen.add(c.author)
         accepted.append(c)
         peer_arrays.append(arrays)
 
     inputs = [own, *accepted]
-    out = _run(rule, ref.layout, ref.arrays, inputs, peer_arrays, params)
+    flat, out = _run(rule, ref.layout, ref.arrays, inputs, peer_arrays, params)
     return MergeResult(
-        weights=ref.layout.unflatten(out.flat, ref.arrays),
+        weights=ref.layout.unflatten(flat, ref.arrays),
         used=[c.author for c in inputs],
         rejected=rejected,
         selected=[inputs[i].author for i in out.selected],

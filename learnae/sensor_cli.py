@@ -1,5 +1,8 @@
-"""``learnae sensor ...``: the sensor feeder's commands (a click group registered by
-:mod:`learnae.cli`). Imports nothing heavy at import time; never TensorFlow."""
+"""``learnae sensor ...``: the sensor feeder's commands.
+
+A click group that :mod:`learnae.cli` registers. Imports nothing heavy at import time; never
+TensorFlow.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +12,12 @@ import json
 import logging
 import signal
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
+
+if TYPE_CHECKING:
+    from learnae.sensor import Feeder, Outlet
 
 log = logging.getLogger(__name__)
 
@@ -27,11 +34,10 @@ def sensor_group() -> None:
     buffers them on disk while offline and publishes them as data chunks. See
     sensors/README.md.
 
-    Example:
-
     \b
-        learnae sensor run --invite invite.json --state ~/.learnae-sensor \\
-            --source "cmd:python probe.py" --via http://192.168.1.20:8470
+    Example:
+      learnae sensor run --invite invite.json --state ~/.learnae-sensor \\
+          --source "cmd:python probe.py" --via http://192.168.1.20:8470
     """
 
 
@@ -76,11 +82,10 @@ def run_command(invite_path, state, source, via, name, rows, max_age, max_queue_
     sensor's own embedded Kubo node. Every option can also be set by an
     environment variable LEARNAE_SENSOR_<OPTION> (e.g. LEARNAE_SENSOR_SOURCE).
 
-    Example:
-
     \b
-        learnae sensor run --invite invite.json --state ~/.learnae-sensor \\
-            --source "csv:co2.csv,rate=10/s" --via http://192.168.1.20:8470
+    Example:
+      learnae sensor run --invite invite.json --state ~/.learnae-sensor \\
+          --source "csv:co2.csv,rate=10/s" --via http://192.168.1.20:8470
     """
     from learnae.errors import LearnaeError
 
@@ -88,12 +93,11 @@ def run_command(invite_path, state, source, via, name, rows, max_age, max_queue_
         logging.basicConfig(level=logging.INFO,
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        feeder, mode = _build(Path(invite_path), Path(state), source, via, name, rows, max_age,
-                              max_queue_mb, on_full, unlabelled, listen, drain_timeout)
+        feeder, feeding = _build(Path(invite_path), Path(state), source, via, name, rows, max_age,
+                                 max_queue_mb, on_full, unlabelled, listen, drain_timeout)
     except LearnaeError as exc:
         raise _Refused(exc.reason) from None
-    click.echo(f"sensor {feeder.author} feeding swarm {feeder.swarm_name} ({mode});"
-               f" queue {feeder.queue.path}", err=True)
+    click.echo(f"{feeding}; queue {feeder.queue.path}", err=True)
     try:
         stats = asyncio.run(_run(feeder))
     except LearnaeError as exc:  # e.g. the embedded node cannot start; systemd restarts us
@@ -101,7 +105,7 @@ def run_command(invite_path, state, source, via, name, rows, max_age, max_queue_
     click.echo(json.dumps(stats, sort_keys=True))
 
 
-async def _run(feeder):
+async def _run(feeder: Feeder) -> dict[str, Any]:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
@@ -112,10 +116,21 @@ async def _run(feeder):
         feeder.queue.close()
 
 
-def _build(invite_path, state, source, via, name, rows, max_age, max_queue_mb, on_full,
-           unlabelled, listen, drain_timeout):
+def _build(invite_path: Path, state: Path, source: str, via: str | None, name: str | None,
+           rows: int, max_age: float, max_queue_mb: float, on_full: str, unlabelled: bool,
+           listen: str, drain_timeout: float | None) -> tuple[Feeder, str]:
+    """Make the feeder ``learnae sensor run``'s options ask for.
+
+    Returns:
+        ``(feeder, line)``, the line saying which sensor feeds which swarm, and how.
+
+    Raises:
+        LearnaeError: the invite, the source or the state directory is unusable.
+    """
+    from learnae.errors import ConfigError
     from learnae.ingest import sensor_schema
-    from learnae.manifest import Invite, parse_listen
+    from learnae.invite import Invite
+    from learnae.manifest import manifest_of
     from learnae.sensor import (
         EmbeddedOutlet,
         Feeder,
@@ -126,10 +141,14 @@ def _build(invite_path, state, source, via, name, rows, max_age, max_queue_mb, o
         load_identity,
         parse_source,
     )
+    from learnae.state import parse_listen
 
     invite = Invite.load(invite_path)
-    manifest = invite.manifest()
     genesis = invite.genesis_transaction()
+    if genesis is None:
+        raise ConfigError(f"{invite_path} carries no genesis transaction (genesis_tx): ask the"
+                          " swarm for a full invite (learnae init writes one)")
+    manifest = manifest_of(genesis)
     src = parse_source(source)
     identity = load_identity(state)
     schema = sensor_schema(manifest.schema, labelled=not unlabelled)
@@ -138,6 +157,7 @@ def _build(invite_path, state, source, via, name, rows, max_age, max_queue_mb, o
                         policy=on_full, chunk_rows=rows,
                         max_chunk_bytes=manifest.limits.chunk_bytes)
     described = src.describe()
+    outlet: Outlet
     if via:
         outlet = ViaOutlet(via, Signer(identity, genesis, manifest.pow_bits, described), schema)
         mode = f"via {via}"
@@ -147,21 +167,18 @@ def _build(invite_path, state, source, via, name, rows, max_age, max_queue_mb, o
         mode = "embedded Kubo node"
     feeder = Feeder(src, RowParser(schema), queue, outlet, max_age=max_age,
                     drain_timeout=drain_timeout)
-    feeder.author = identity.author_id
-    feeder.swarm_name = manifest.name
-    return feeder, mode
+    return feeder, f"sensor {identity.author_id} feeding swarm {manifest.name} ({mode})"
 
 
 @sensor_group.command("status")
 @click.option("--state", "state", required=True, envvar="LEARNAE_SENSOR_STATE",
               type=click.Path(exists=True, file_okay=False), help="The sensor's state directory.")
-def status_command(state) -> None:
+def status_command(state: str) -> None:
     """Print the sensor's author id and queue counters as JSON.
 
-    Example:
-
     \b
-        learnae sensor status --state ~/.learnae-sensor
+    Example:
+      learnae sensor status --state ~/.learnae-sensor
     """
     import sqlite3
 

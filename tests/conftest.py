@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 
 import hypothesis  # noqa: F401  (see below)
@@ -28,6 +29,42 @@ async def eventually(predicate, timeout: float = 20.0, interval: float = 0.05):
         if loop.time() > deadline:
             pytest.fail(f"condition not met within {timeout} s: {predicate}")
         await asyncio.sleep(interval)
+
+
+def virtual_clock(test):
+    """Run the async test function ``test`` on a virtual clock instead of pytest-asyncio's loop.
+
+    ``loop.time()`` starts at 0 and jumps to the next timer whenever nothing is ready, so
+    ``asyncio.sleep(0.3)`` takes no real time and returns only after every callback due within
+    those 0.3 s has run: "nothing arrived within 0.3 s" is then exact, never a slow machine's
+    accident. Only for code that waits on the loop alone (the memory network, the syncer, the
+    fault layer): no threads, sockets or processes. The test may use sync fixtures only.
+    """
+    @functools.wraps(test)
+    def run(*args, **kwargs):
+        from learnae.local.clock import VirtualClockLoop
+
+        loop = VirtualClockLoop()
+        try:
+            return loop.run_until_complete(test(*args, **kwargs))
+        finally:
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.close()
+
+    return run
+
+
+@pytest.fixture
+def launch(tmp_path):
+    """A :class:`procs.launch.Launcher` with its logs in ``tmp_path``: start processes, wait for
+    what they do; every one it started is stopped at teardown, whatever the test did."""
+    from procs.launch import Launcher
+
+    launcher = Launcher(tmp_path)
+    try:
+        yield launcher
+    finally:
+        launcher.stop_all()
 
 
 @pytest.fixture

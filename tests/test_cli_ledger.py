@@ -16,9 +16,11 @@ from learnae import manifest as manifest_module
 from learnae.cli import main
 from learnae.content import content_id
 from learnae.identity import Identity
+from learnae.invite import Invite
 from learnae.ledger.tx import checkpoint_payload, data_payload
-from learnae.manifest import Invite, Manifest, open_tangle, short_id
+from learnae.manifest import Manifest, short_id
 from learnae.models import MODELS
+from learnae.state import node_listen, open_tangle
 
 PEER = "12D3KooWD3eckifWpRn9wQpMG9R9hX3sD158z7EqHWmweQAJU5SA"
 FILES = {"genesis.tx": 0o644, "manifest.json": 0o644, "swarm.key": 0o600, "identity.key": 0o600,
@@ -136,7 +138,7 @@ def test_init_options_reach_the_manifest_and_invite(tmp_path):
     assert (m.optimizer, m.learning_rate, m.batch_size, m.sync_every, m.sync_interval) == ("sgd", 0.01, 16, 5, 2.5)
     assert Invite.load(d / "invite.json").bootstrap == (f"/ip4/10.0.0.1/tcp/4001/p2p/{PEER}",)
     assert json.loads((d / "node.json").read_text()) == {"listen": "127.0.0.1:4123"}
-    assert manifest_module.node_listen(d) == ("127.0.0.1", 4123)
+    assert node_listen(d) == ("127.0.0.1", 4123)
 
 
 @pytest.mark.parametrize(("args", "reason"), [
@@ -169,7 +171,7 @@ def test_init_bad_merge_param_names_the_rules_real_parameters(tmp_path, rule, pa
 def test_init_help_shows_the_real_defaults_and_rules():
     from learnae.merge import RULES
 
-    init = next(c for c in main.commands.values() if c.name == "init")
+    init = main.get_command(None, "init")  # loaded on first use
     merge = next(p for p in init.params if p.name == "merge")
     assert tuple(merge.type.choices) == RULES
     text = run("init", "--help").output

@@ -11,9 +11,11 @@ from click.testing import CliRunner
 from learnae.cli import main
 from learnae.errors import ConfigError
 from learnae.identity import Identity
-from learnae.manifest import Manifest, init_swarm
+from learnae.manifest import Manifest
 from learnae.models import model_config
-from learnae.node import NodeConfig, TrainerNode, _lock_state, state_paths
+from learnae.node import NodeConfig, TrainerNode
+from learnae.node.trainer import _lock_state
+from learnae.state import StateDir, init_swarm
 from learnae.training.data import DataSpec
 
 
@@ -61,19 +63,13 @@ def test_invite_without_genesis_is_refused(invite, tmp_path):
 
 
 def test_state_lock_is_exclusive(tmp_path):
-    held = _lock_state(tmp_path)
+    held = _lock_state(StateDir(tmp_path))
     try:
         with pytest.raises(ConfigError, match="another learnae node is running"):
-            _lock_state(tmp_path)
+            _lock_state(StateDir(tmp_path))
     finally:
         held.close()
-    _lock_state(tmp_path).close()
-
-
-def test_state_paths_name_every_file(tmp_path):
-    paths = state_paths(tmp_path)
-    assert paths["identity"].name == "identity.key" and paths["tangle"].name == "tangle.sqlite"
-    assert {"ipfs", "checkpoint", "progress", "addrs", "api", "status"} <= set(paths)
+    _lock_state(StateDir(tmp_path)).close()
 
 
 # ------------------------------------------------------------------ identity and ledger of a state
@@ -85,23 +81,23 @@ def _node(invite, state, **kw) -> TrainerNode:
 def test_a_lost_identity_key_is_refused_not_replaced(invite, tmp_path, trace):
     state = tmp_path / "s"
     state.mkdir()
-    state_paths(state)[trace].write_bytes(b"{}")  # the directory ran a node before
+    getattr(StateDir(state), trace).write_bytes(b"{}")  # the directory ran a node before
     result = CliRunner().invoke(main, ["node", "run", "--invite", str(invite[1]), "--state", str(state),
                                        "--data", "digits", "--api", "off", "--epochs", "1"])
     assert result.exit_code == 2, result.output
     out = " ".join(result.output.split())
-    assert "identity.key is missing" in out and state_paths(state)[trace].name in out
+    assert "identity.key is missing" in out and getattr(StateDir(state), trace).name in out
     assert "Restore identity.key from your backup" in out and "--new-identity" in out
-    assert not state_paths(state)["identity"].exists()
+    assert not StateDir(state).identity.exists()
 
 
 def test_new_identity_replaces_a_lost_key_deliberately_and_says_so(invite, tmp_path, caplog):
     state = tmp_path / "s"
     state.mkdir()
-    state_paths(state)["progress"].write_text("{}")
+    StateDir(state).progress.write_text("{}")
     caplog.set_level("INFO", logger="learnae.node")
     identity = _node(invite, state, new_identity=True)._load_identity()
-    assert Identity.load(state_paths(state)["identity"]).public_key == identity.public_key
+    assert Identity.load(StateDir(state).identity).public_key == identity.public_key
     assert [r for r in caplog.records if r.levelname == "WARNING" and "--new-identity" in r.getMessage()]
     # the flag never replaces a key that is there (left in a config file, it only warns)
     caplog.clear()
@@ -116,7 +112,7 @@ def test_a_new_state_directory_gets_a_key_at_info(invite, tmp_path, caplog):
     (state / "ipfs").mkdir()  # a Kubo repo made beforehand is no sign of a previous run
     caplog.set_level("INFO", logger="learnae.node")
     identity = _node(invite, state)._load_identity()
-    assert state_paths(state)["identity"].exists()
+    assert StateDir(state).identity.exists()
     infos = [r for r in caplog.records if r.levelname == "INFO" and "author key" in r.getMessage()]
     assert infos and identity.author_id in infos[0].getMessage()
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
@@ -128,8 +124,8 @@ def test_a_lost_ledger_is_rebuilt_with_a_warning(invite, tmp_path, caplog):
     network side starts (embedded Kubo) on a ledger made anew from the invite, and says so."""
     state = tmp_path / "s"
     state.mkdir()
-    Identity.generate().save(state_paths(state)["identity"])
-    state_paths(state)["progress"].write_text("{}")
+    Identity.generate().save(StateDir(state).identity)
+    StateDir(state).progress.write_text("{}")
     caplog.set_level("INFO", logger="learnae.node")
     node = _node(invite, state)
     net = node._start_network()

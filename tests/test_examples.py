@@ -36,9 +36,10 @@ def test_joined_refuses_a_model_that_is_not_the_swarm_s(tmp_path):
     import keras
 
     from learnae.errors import ConfigError
-    from learnae.manifest import Manifest, init_swarm
+    from learnae.manifest import Manifest
     from learnae.models import model_config
     from learnae.node import NodeConfig, TrainerNode
+    from learnae.state import init_swarm
 
     invite = init_swarm(tmp_path / "founder", Manifest(name="t", model=model_config("digits-mlp"), pow_bits=4)).invite
     node = TrainerNode(NodeConfig(invite=invite, state=tmp_path / "mine"))

@@ -13,8 +13,10 @@ from click.testing import CliRunner
 
 from learnae.errors import ConfigError
 from learnae.faults_cli import faults_group
-from learnae.local.harness import VirtualClockLoop, check_invariants, simulate
+from learnae.local.clock import VirtualClockLoop
+from learnae.local.invariants import check_invariants
 from learnae.local.scenario import BEHAVIOURS, load_scenario, parse_scenario
+from learnae.local.simulation import simulate
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "faults"
 PASSING = ["partition-heal", "crash-restart", "lossy-links", "byzantine-25pct", "sensor-outage"]
@@ -191,6 +193,19 @@ def test_each_byzantine_behaviour_runs_and_honest_ledgers_stay_valid(behaviour):
         assert run.fetch_excluded >= 3  # its announcements are not held against the swarm
 
 
+def test_the_memory_driver_runs_the_nodes_network_side_backoff_included():
+    """The simulated trainers merge through :class:`~learnae.node.network.NetworkSide`, the
+    class ``learnae node run`` uses: an author whose checkpoints cannot be fetched costs each
+    honest node a fetch timeout, then is passed over (30 s, then 60 s: the node's backoff),
+    instead of a timeout in each of the 16 rounds (64 simulated seconds)."""
+    scn = parse_scenario(small(nodes=5, rounds=16, round_seconds=4.0, faults=[
+        {"kind": "byzantine", "nodes": ["n4"], "behaviour": "fake-cid"}]))
+    run = simulate(scn)
+    honest = 4
+    assert honest <= run.rejections["timeout"] <= honest * 3, run.rejections
+    assert min(run.accuracy[n][15] for n in run.honest) > 0.8
+
+
 def test_sensor_offline_chunks_arrive_after_it_comes_back():
     scn = parse_scenario(small(nodes=3, sensors=1, rounds=6, faults=[
         {"kind": "sensor-offline", "sensor": "s0", "at": 1, "until": 4}]))
@@ -222,7 +237,7 @@ def test_same_seed_same_run_across_processes():
     import sys
 
     code = ("import json; from learnae.local.scenario import parse_scenario; "
-            "from learnae.local.harness import simulate; "
+            "from learnae.local.simulation import simulate; "
             "r = simulate(parse_scenario({'nodes': 4, 'rounds': 3, 'round_seconds': 2.0, 'faults': "
             "[{'kind': 'loss', 'p': 0.3, 'at': 1}]})); "
             "print(json.dumps([r.accuracy, r.ledger_size, r.counters], sort_keys=True))")

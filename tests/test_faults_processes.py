@@ -46,13 +46,14 @@ def _namespaces() -> set[str]:
 
 
 @pytest.mark.parametrize("name", ["partition-heal", "crash-restart"])
-def test_example_scenario_passes_with_processes_driver(name, tmp_path):
+def test_example_scenario_passes_with_processes_driver(name, tmp_path, launch):
     out = tmp_path / name
     before = _namespaces()
-    proc = subprocess.run([sys.executable, "-c", CLI, "faults", "run", str(EXAMPLES / f"{name}.toml"),
-                           "--driver", "processes", "--out", str(out)], capture_output=True, text=True, timeout=1200)
+    proc = launch.start(name, [sys.executable, "-c", CLI, "faults", "run", str(EXAMPLES / f"{name}.toml"),
+                               "--driver", "processes", "--out", str(out)])
+    code = launch.wait_exit(proc, 1200)
     report = json.loads((out / "report.json").read_text())
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    assert code == 0, proc.tail()
     assert report["driver"] == "processes" and report["pass"] is True
     assert set(report["invariants"]) == INVARIANTS
     assert all(inv["pass"] for inv in report["invariants"].values())

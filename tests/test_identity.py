@@ -12,8 +12,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given
 from hypothesis import strategies as st
 
-from learnae.errors import BadSignature, IdentityError
-from learnae.identity import Identity, author_id, parse_author_id, verify
+from learnae.errors import BadSignature, ConfigError, IdentityError
+from learnae.identity import Identity, author_id, parse_author_id, read_author_file, verify
 
 # RFC 8032 section 7.1, TEST 1 (empty message).
 RFC8032_SECRET = bytes.fromhex("9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60")
@@ -301,3 +301,49 @@ def test_author_id_needs_32_bytes():
 def test_parse_author_id_rejects(text, match):
     with pytest.raises(IdentityError, match=match):
         parse_author_id(text)
+
+
+# ------------------------------------------------------------------ author files
+def test_author_file_takes_ids_and_hex_keys_in_file_order(tmp_path):
+    a, b, c = (Identity.generate() for _ in range(3))
+    path = tmp_path / "authors.txt"
+    path.write_text(f"# the lab\n{a.author_id}  # alice\n\n   {b.public_key.hex().upper()}\n"
+                    f"{c.public_key.hex()}#carol\n")
+    assert read_author_file(path) == (a.public_key, b.public_key, c.public_key)
+    path.write_text("# nobody yet\n\n")
+    assert read_author_file(path) == ()  # empty is the caller's policy
+
+
+@pytest.mark.parametrize(("lines", "line", "reason"), [
+    (["z6Mk0OIl"], 1, "not valid base58btc"),
+    ([ZERO_KEY_ID, "  ", "ab" * 31], 3, "not a base58btc multibase string"),  # 62 hex digits
+    (["# x", "g" * 64], 2, "not a base58btc"),
+    (["ab " * 32], 1, "not a base58btc"),  # hex digits, but spaced
+    ([ZERO_KEY_ID, "did:key:" + ZERO_KEY_ID], 2, "not a base58btc"),
+])
+def test_author_file_names_the_bad_line_and_the_accepted_forms(tmp_path, lines, line, reason):
+    path = tmp_path / "authors.txt"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ConfigError, match=f"{path}:{line}: .*{reason}.*; name an author by"
+                                          r" author id \(z6Mk...\) or by public key \(64 hex"):
+        read_author_file(path)
+
+
+def test_author_file_refuses_an_author_listed_twice_in_either_form(tmp_path):
+    path = tmp_path / "authors.txt"
+    path.write_text(f"{ZERO_KEY_ID}\n# again, as a key:\n{bytes(32).hex()}\n")
+    with pytest.raises(ConfigError, match=f"{path}:3: author {ZERO_KEY_ID} is listed twice"
+                                          r" \(first on line 1\)"):
+        read_author_file(path)
+
+
+def test_author_file_unreadable_or_not_text(tmp_path):
+    with pytest.raises(ConfigError, match="no author file at .*missing.txt"):
+        read_author_file(tmp_path / "missing.txt")
+    with pytest.raises(ConfigError, match="cannot read author file"):
+        read_author_file(tmp_path)  # a directory
+    (tmp_path / "bin").write_bytes(b"\xff\xfe\n")
+    with pytest.raises(ConfigError, match="is not UTF-8 text"):
+        read_author_file(tmp_path / "bin")
+    with pytest.raises(ConfigError, match="no --adopt file at .*missing.txt"):
+        read_author_file(tmp_path / "missing.txt", "--adopt file")

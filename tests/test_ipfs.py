@@ -12,7 +12,7 @@ import os
 import pytest
 from conftest import eventually
 
-from learnae.content import content_id
+from learnae.content import content_id, parse_cid
 from learnae.errors import InvalidCID, InvalidMultiaddr, IpfsTimeout, NodeClosed
 
 BACKENDS = [
@@ -127,11 +127,20 @@ async def test_peers_and_addrs(pair):
 
 
 async def test_pin_and_unpin(pair):
-    a, _ = pair
-    cid = await a.add(b"pin me")
-    await a.pin(cid)
-    await a.unpin(cid)
+    a, b = pair
+    cid = await a.add(b"pin me " + os.urandom(8))
+    assert cid in await a.pins()  # add pins
+    await a.unpin(cid)  # Kubo pinned the CIDv0: unpinning by the CIDv1 removes it
+    assert cid not in await a.pins()
     await a.unpin(cid)  # unpinning what is not pinned is not an error
+    await a.pin(cid)
+    await a.pin(str(parse_cid(cid).set(version=0, base="base58btc")))  # a second pin in Kubo
+    assert cid in await a.pins()
+    await a.unpin(cid)  # removes both
+    assert cid not in await a.pins()
+    if a.id != b.id:  # pin fetches what the node lacks (A still holds it, unpinned)
+        await b.pin(cid, timeout=20)
+        assert cid in await b.pins()
 
 
 @pytest.mark.parametrize("bad", ["not-a-cid", "Qm123", ""])

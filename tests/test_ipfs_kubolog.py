@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -46,17 +45,10 @@ asyncio.run(main(Path(sys.argv[1]), int(sys.argv[2])))
 """
 
 
-def _child(tmp_path: Path, rounds: int, log_max: str) -> subprocess.Popen:
+def _child(launch, tmp_path: Path, rounds: int, log_max: str):
     env = {**os.environ, "LEARNAE_LOG_DIR": str(tmp_path / "logs"), "LEARNAE_KUBO_LOG_MAX": log_max}
-    return subprocess.Popen([sys.executable, "-c", CHILD, str(tmp_path / "repos"), str(rounds)],
-                            env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            start_new_session=True)
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, 9)
-    proc.communicate(timeout=30)
+    return launch.start("child", [sys.executable, "-c", CHILD, str(tmp_path / "repos"), str(rounds)],
+                        env=env, cwd=tmp_path)
 
 
 def _size(path: Path) -> int:
@@ -66,27 +58,27 @@ def _size(path: Path) -> int:
         return 0
 
 
-def test_kubo_log_stays_under_its_cap_while_nodes_work(tmp_path):
+def test_kubo_log_stays_under_its_cap_while_nodes_work(tmp_path, launch):
     log, rotated = tmp_path / "logs" / "kubo.log", tmp_path / "logs" / "kubo.log.1"
-    proc = _child(tmp_path, 400, str(CAP))  # ~400 KiB of Kubo's DEBUG lines, 25x the cap
+    proc = _child(launch, tmp_path, 400, str(CAP))  # ~400 KiB of Kubo's DEBUG lines, 25x the cap
     biggest, rotations, inode = 0, 0, None
-    try:
-        deadline = time.monotonic() + 240
-        while proc.poll() is None:
-            assert time.monotonic() < deadline, "the child did not finish its rounds in 240 s"
-            biggest = max(biggest, _size(log))
-            assert biggest <= CAP + SLACK, f"kubo.log reached {biggest} bytes; the cap is {CAP}"
-            try:
-                now = rotated.stat().st_ino
-            except FileNotFoundError:
-                now = None
-            if now is not None and now != inode:
-                rotations, inode = rotations + 1, now
-            time.sleep(0.005)
-        _, err = proc.communicate(timeout=30)
-        assert proc.returncode == 0, err.decode(errors="replace")[-2000:]
-    finally:
-        _stop(proc)
+
+    def sample() -> bool:
+        """Measure the log while the child runs; True once it exited."""
+        nonlocal biggest, rotations, inode
+        done = proc.returncode() is not None
+        biggest = max(biggest, _size(log))
+        assert biggest <= CAP + SLACK, f"kubo.log reached {biggest} bytes; the cap is {CAP}"
+        try:
+            now = rotated.stat().st_ino
+        except FileNotFoundError:
+            now = None
+        if now is not None and now != inode:
+            rotations, inode = rotations + 1, now
+        return done
+
+    launch.wait(sample, 240, "the child's rounds", watch=(), interval=0.005)
+    assert proc.returncode() == 0, proc.tail()
     assert _size(log) <= CAP + SLACK
     assert rotations >= 3, f"only {rotations} rotations seen"
     assert 0 < _size(rotated) <= CAP  # the newest CAP bytes before the last rotation
@@ -94,17 +86,13 @@ def test_kubo_log_stays_under_its_cap_while_nodes_work(tmp_path):
     assert not (tmp_path / "kubo.log").exists()  # never in the working directory
 
 
-def test_kubo_log_off(tmp_path):
-    proc = _child(tmp_path, 20, "0")
-    try:
-        _, err = proc.communicate(timeout=120)
-        assert proc.returncode == 0, err.decode(errors="replace")[-2000:]
-    finally:
-        _stop(proc)
+def test_kubo_log_off(tmp_path, launch):
+    proc = _child(launch, tmp_path, 20, "0")
+    assert launch.wait_exit(proc, 120) == 0, proc.tail()
     logs = tmp_path / "logs"
     assert not (logs / "kubo.log").exists() or _size(logs / "kubo.log") == 0
     assert not (tmp_path / "kubo.log").exists()
-    assert b"DEBUG: " not in err  # not sent to stderr instead
+    assert "DEBUG: " not in proc.stderr()  # not sent to stderr instead
 
 
 def test_a_bad_cap_is_refused(tmp_path):

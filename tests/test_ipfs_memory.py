@@ -7,6 +7,7 @@ import gc
 import random
 
 import pytest
+from conftest import virtual_clock
 
 from learnae.errors import InvalidMultiaddr, IpfsError, IpfsTimeout, NodeClosed, OversizeError
 from learnae.ipfs.base import MESSAGE_OVERHEAD, SUBSCRIPTION_BUFFER_BYTES
@@ -28,14 +29,13 @@ async def line(*names, seed=0):
     return net, nodes
 
 
-async def drain(sub, wait: float = 0.01) -> list:
-    """Every message waiting in ``sub`` (zero-delay deliveries are queued by ``publish`` itself)."""
+async def drain(sub) -> list:
+    """Every message delivered to ``sub`` so far, without waiting: a delivery without delay is
+    queued by ``publish`` (or ``receive``) itself, before it returns."""
     out = []
-    while True:
-        try:
-            out.append(await asyncio.wait_for(anext(sub), wait))
-        except TimeoutError:
-            return out
+    while len(sub.buffer):
+        out.append(await anext(sub))
+    return out
 
 
 async def test_ids_addrs_and_connections():
@@ -157,12 +157,13 @@ async def test_nodes_not_listed_in_a_partition_form_one_group():
         net.partition(["a"], ["a", "b"])
 
 
+@virtual_clock
 async def test_cat_waits_and_succeeds_once_the_partition_heals():
     net, (a, b) = await line("a", "b")
     cid = await a.add(b"later")
     net.partition(["a"], ["b"])
     fetch = asyncio.create_task(b.cat(cid, timeout=30))
-    await asyncio.sleep(0)
+    await asyncio.sleep(10)  # on the virtual clock: 10 s of waiting, taking no time
     assert not fetch.done()
     net.heal()
     assert await asyncio.wait_for(fetch, 5) == b"later"
@@ -300,12 +301,13 @@ async def test_down_node_is_cut_off_keeps_its_content_and_comes_back():
 
 
 async def test_message_in_flight_is_lost_when_its_receiver_goes_down():
-    net, (a, b) = await line("a", "b")
-    sub_b = b.subscribe(TOPIC)
+    net, (b, a, c) = await line("b", "a", "c")
+    sub_b, sub_c = b.subscribe(TOPIC), c.subscribe(TOPIC)
     net.set_delay(50)
     await a.publish(TOPIC, b"late")
     net.down("b")
-    await asyncio.sleep(0.1)
+    # c's copy lands when b's would have (the same 50 ms hop, delivered together)
+    assert await asyncio.wait_for(anext(sub_c), 5) == ("a", b"late")
     assert await drain(sub_b) == []
 
 
@@ -319,7 +321,7 @@ async def test_closed_node_refuses_calls_and_leaves_the_network():
     assert [m async for m in sub] == []  # open subscriptions end
     with pytest.raises(NodeClosed):
         await waiting
-    for call in (b.add(b"x"), b.cat(cid), b.publish(TOPIC, b"x"), b.pin(cid), b.unpin(cid),
+    for call in (b.add(b"x"), b.cat(cid), b.publish(TOPIC, b"x"), b.pin(cid), b.unpin(cid), b.pins(),
                  b.connect("/memory/a/p2p/a"), b.peers(), b.addrs()):
         with pytest.raises(NodeClosed, match="memory node b is closed"):
             await call
@@ -337,6 +339,7 @@ async def test_pin_unpin_and_gc():
     kept, dropped = await a.add(b"kept"), await a.add(b"dropped")
     await a.unpin(dropped)
     await a.unpin(dropped)
+    assert await a.pins() == {kept}
     assert a.gc() == [dropped]
     assert a.has(kept) and not a.has(dropped)
     # a fetched copy is unpinned; pin() fetches and pins

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import pytest
 from conftest import eventually
@@ -12,13 +13,16 @@ from learnae.ipfs.memory import MemoryNetwork
 from learnae.ipfs.peering import keep_connected
 
 
-async def test_keeps_dialing_until_the_peer_comes_up():
+async def test_keeps_dialing_until_the_peer_comes_up(caplog):
+    caplog.set_level(logging.DEBUG, logger="learnae.ipfs.peering")
     net = MemoryNetwork(seed=1)
     a, b = net.node("a"), net.node("b")
     net.down("a")
     task = asyncio.create_task(keep_connected(b, await a.addrs(), interval=0.05))
     try:
-        await asyncio.sleep(0.3)  # several failed dials: logged, not raised
+        # several failed dials: logged, not raised
+        await eventually(lambda: sum(r.getMessage().startswith("redial /memory/a")
+                                     for r in caplog.records) >= 3)
         assert not task.done() and b.id not in await a.peers()
         net.up("a")
         await eventually(lambda: _connected(a, b))

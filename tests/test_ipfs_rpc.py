@@ -215,6 +215,8 @@ class FakeKubo:
         self.config, self.listen, self.peers, self.version = config, listen, peers, version
         self.denied = denied  # commands answered 403, as API.Authorizations would
         self.calls: list[str] = []
+        self.pinned: set[str] = set()  # CID strings, one pin each (Kubo keys pins by CID)
+        self.pin_ls_types: list[str] = []
         self._ready = threading.Event()
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._serve, name="fake-kubo", daemon=True)
@@ -238,10 +240,23 @@ class FakeKubo:
         if command in self.denied:
             return web.json_response(
                 {"Message": f"403 - Forbidden: {command}", "Code": 0, "Type": "error"}, status=403)
+        if command.startswith("pin/"):
+            return self._pin(command, request.query)
         body = self.answer(command)
         if body is None:
             return web.Response(status=404, text="404 page not found")
         return web.json_response(body)
+
+    def _pin(self, command: str, query) -> web.Response:
+        """``pin/ls`` and ``pin/rm`` as Kubo answers them, over :attr:`pinned`."""
+        if command == "pin/ls":
+            self.pin_ls_types.append(query.get("type", "all"))
+            return web.json_response({"Keys": {cid: {"Type": "recursive"} for cid in self.pinned}})
+        if command == "pin/rm" and query.get("arg") in self.pinned:
+            self.pinned.remove(query["arg"])
+            return web.json_response({"Pins": [query["arg"]]})
+        return web.json_response({"Message": "not pinned or pinned indirectly", "Code": 0,
+                                  "Type": "error"}, status=500)
 
     def _serve(self) -> None:
         asyncio.set_event_loop(self._loop)
@@ -377,10 +392,29 @@ async def test_a_daemon_that_hides_its_config_is_refused_unless_allowed():
         await node.close()
 
 
+async def test_pins_lists_recursive_pins_and_unpin_removes_the_cidv0_pin():
+    v0, other = file_cid(b"pin me"), to_v1(file_cid(b"keep me", cid_version=1))
+    with private_kubo() as kubo:
+        node = await RpcNode.open(kubo.url)
+        try:
+            kubo.pinned = {v0, other}  # `ipfs add` pinned the CIDv0
+            assert await node.pins() == {to_v1(v0), other}
+            assert kubo.pin_ls_types == ["recursive"]
+            await node.unpin(to_v1(v0))
+            assert kubo.pinned == {other}
+            await node.unpin(v0)  # not pinned any more: not an error
+            kubo.pinned = {"not-a-cid"}
+            with pytest.raises(IpfsError, match="not a list of CIDs"):
+                await node.pins()
+        finally:
+            await node.close()
+
+
 @pytest.fixture
 def invite(tmp_path):
-    from learnae.manifest import Manifest, init_swarm
+    from learnae.manifest import Manifest
     from learnae.models import model_config
+    from learnae.state import init_swarm
 
     manifest = Manifest(name="rpc", model=model_config("digits-mlp"), pow_bits=4)
     made = init_swarm(tmp_path / "founder", manifest)

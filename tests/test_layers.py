@@ -1,4 +1,4 @@
-"""The package's layers (docs/architecture.md), checked by import-linter's contracts in
+"""The package's layers (docs/design.md, "Layers"), checked by import-linter's contracts in
 setup.cfg: each layer imports only from layers below it, sibling modules import each other
 without cycles, and only the sensor's commands import the sensor feeder.
 
@@ -49,7 +49,7 @@ def test_the_package_keeps_its_contracts():
 
 
 def test_an_upward_import_breaks_the_layers(copy):
-    add_import(copy / "learnae" / "node.py", "from learnae.api import start_api")
+    add_import(copy / "learnae" / "node" / "trainer.py", "from learnae.api import start_api")
     done = lint_imports(copy)
     assert done.returncode != 0
     assert "learnae.node is not allowed to import learnae.api" in done.stdout
@@ -80,8 +80,9 @@ def test_a_new_module_must_be_given_a_layer(copy):
 # ------------------------------------------------ the node (a role) gets its HTTP API injected
 @pytest.fixture
 def swarm(tmp_path):
-    from learnae.manifest import Manifest, init_swarm
+    from learnae.manifest import Manifest
     from learnae.models import model_config
+    from learnae.state import init_swarm
 
     return init_swarm(tmp_path / "swarm", Manifest(name="t", model=model_config("digits-mlp"),
                                                    pow_bits=4))

@@ -16,25 +16,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from learnae.errors import ConfigError
 from learnae.identity import Identity
+from learnae.invite import Invite
 from learnae.ipfs.privnet import new_swarm_key
 from learnae.ledger.tx import decode_tx, make_tx, validate_tx
-from learnae.manifest import (
-    ACTIVATIONS,
-    LAYERS,
-    Invite,
-    Limits,
-    Manifest,
-    check_model,
-    init_swarm,
-    make_genesis,
-    manifest_of,
-    node_listen,
-    open_tangle,
-    parse_listen,
-    read_admission_file,
-    state_files,
-)
+from learnae.manifest import Limits, Manifest, make_genesis, manifest_of, read_admission_file
 from learnae.models import MODELS, model_config
+from learnae.models.check import ACTIVATIONS, DEFAULT_MAX_PARAMS, LAYERS, check_model
+from learnae.state import StateDir, init_swarm, node_listen, open_tangle, parse_listen
 
 
 def identity(n: int) -> Identity:
@@ -387,18 +375,18 @@ def test_admission_list_is_author_ids_and_admits_only_them():
 
 def test_admission_file(tmp_path):
     path = tmp_path / "keys.txt"
-    path.write_text(f"# members\n{ALICE.author_id}   # alice\n\n  {BOB.author_id}\n")
-    assert read_admission_file(path) == (ALICE.author_id, BOB.author_id)
+    path.write_text(f"# members\n{ALICE.author_id}   # alice\n\n  {BOB.public_key.hex()}\n")
+    assert read_admission_file(path) == (ALICE.author_id, BOB.author_id)  # ids, either form
     path.write_text(f"{ALICE.author_id}\nnot-a-key\n")
-    with pytest.raises(ConfigError, match="line 2"):
+    with pytest.raises(ConfigError, match=f"{path}:2: .*author id .* or by public key"):
         read_admission_file(path)
-    path.write_text(f"{ALICE.author_id}\n{ALICE.author_id}\n")
-    with pytest.raises(ConfigError, match="line 2: .* twice"):
+    path.write_text(f"{ALICE.author_id}\n{ALICE.public_key.hex()}\n")
+    with pytest.raises(ConfigError, match=f"{path}:2: author {ALICE.author_id} is listed twice"):
         read_admission_file(path)
     path.write_text("# nobody\n")
     with pytest.raises(ConfigError, match="lists no author ids"):
         read_admission_file(path)
-    with pytest.raises(ConfigError, match="cannot read"):
+    with pytest.raises(ConfigError, match="no admission file at"):
         read_admission_file(tmp_path / "missing.txt")
 
 
@@ -450,6 +438,29 @@ def test_invite_round_trip_and_mode(tmp_path):
         bare.manifest()
 
 
+@pytest.fixture
+def synced(monkeypatch) -> list[str]:
+    """The paths ``os.fsync`` syncs (directories end in ``/``), recorded, then synced."""
+    seen: list[str] = []
+    real = os.fsync
+
+    def fsync(fd: int) -> None:
+        path = os.readlink(f"/proc/self/fd/{fd}")
+        seen.append(path + "/" if os.path.isdir(path) else path)
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    return seen
+
+
+def test_invite_save_is_atomic_and_durable(tmp_path, synced):
+    path = tmp_path / "invite.json"
+    make_invite().save(path)
+    assert synced[0].startswith(f"{tmp_path}/.invite.json.")  # a temporary file beside it
+    assert synced[-1] == f"{tmp_path}/"  # then the directory, which makes the rename durable
+    assert os.listdir(tmp_path) == ["invite.json"]
+
+
 @pytest.mark.parametrize(("change", "reason"), [
     ({"genesis": "bafkreifzjut3te2nhyekklss27nh3k72ysco7y32koao5eei66wof36n5e"}, "invite genesis .* is not a transaction id"),
     ({"name": ""}, "invite name"),
@@ -499,11 +510,11 @@ def test_init_swarm_and_open_tangle(tmp_path):
     made = init_swarm(d, digits(pow_bits=1, admission=(BOB.author_id,)), founder=ALICE,
                       listen="127.0.0.1:4001")
     assert made.manifest.admission == (BOB.author_id, ALICE.author_id)  # the founder added
-    files = state_files(d)
-    assert all(p.exists() for p in files.values())
+    assert made.state == StateDir(d) and made.directory == d
+    assert sorted(os.listdir(d)) == sorted(p.name for p in made.state.swarm_files)
     assert stat.S_IMODE(d.stat().st_mode) == 0o700
     assert node_listen(d) == ("127.0.0.1", 4001)
-    assert Identity.load(files["identity"]).public_key == ALICE.public_key
+    assert Identity.load(made.state.identity).public_key == ALICE.public_key
     tangle, manifest = open_tangle(d)
     with tangle:
         assert manifest == made.manifest and tangle.swarm == made.genesis.id
@@ -529,6 +540,38 @@ def test_init_swarm_and_open_tangle(tmp_path):
     assert not (tmp_path / "empty" / "tangle.sqlite").exists()
 
 
+def test_init_swarm_writes_every_file_whole_and_durably(tmp_path, synced):
+    d = tmp_path / "swarm"
+    made = init_swarm(d, digits(pow_bits=1), founder=ALICE)
+    for path in made.state.swarm_files:
+        if path != made.state.tangle:  # SQLite syncs its own files
+            temporary = [p for p in synced if p.startswith(f"{d}/.{path.name}.")]
+            assert temporary and synced[synced.index(temporary[0]) + 1] == f"{d}/", path.name
+    assert not [name for name in os.listdir(d) if name.endswith(".tmp")]
+
+
+def test_state_dir_names_every_file(tmp_path):
+    state = StateDir(str(tmp_path))
+    assert state.root == tmp_path and StateDir(tmp_path) == state
+    names = {attr: getattr(state, attr) for attr in (
+        "genesis", "manifest", "swarm_key", "identity", "tangle", "invite", "node_settings",
+        "ipfs", "checkpoint", "progress", "addrs", "api", "status", "lock", "adopted")}
+    assert {attr: p.name for attr, p in names.items()} == {
+        "genesis": "genesis.tx", "manifest": "manifest.json", "swarm_key": "swarm.key",
+        "identity": "identity.key", "tangle": "tangle.sqlite", "invite": "invite.json",
+        "node_settings": "node.json", "ipfs": "ipfs", "checkpoint": "checkpoint.safetensors",
+        "progress": "progress.json", "addrs": "addrs.json", "api": "api.json",
+        "status": "status.json", "lock": "node.lock", "adopted": "adopted.sqlite"}
+    assert all(p.parent == tmp_path for p in names.values())
+    assert state.swarm_files == tuple(names.values())[:7]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        state.root = tmp_path / "other"
+
+
+def test_the_default_model_limit_is_what_the_default_checkpoint_limit_holds():
+    assert Limits().checkpoint_bytes == 64 * 2**20 == DEFAULT_MAX_PARAMS * 4
+
+
 def test_init_swarm_cleans_up_after_a_failure(tmp_path):
     d = tmp_path / "swarm"
     future = digits(created=4_000_000_000_000)  # the ledger refuses a genesis from the future
@@ -543,7 +586,7 @@ def test_init_swarm_cleans_up_after_a_failure(tmp_path):
 
 
 def test_manifest_module_never_imports_tensorflow():
-    code = ("import sys, learnae.manifest, learnae.models;"
+    code = ("import sys, learnae.manifest, learnae.models, learnae.invite, learnae.state;"
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
@@ -594,7 +637,7 @@ def test_known_models_load_in_keras_safe_mode_and_real_configs_pass():
 
 
 def _keras_models(keras):
-    """Models using most of learnae.manifest.LAYERS, as Keras builds them."""
+    """Models using most of learnae.models.check.LAYERS, as Keras builds them."""
     L = keras.layers  # noqa: N806
     yield "conv-functional", _conv_functional(keras)
     yield "sequential", keras.Sequential([

@@ -14,19 +14,19 @@ from __future__ import annotations
 import json
 import re
 import signal
-import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
 import pytest
+from procs.launch import Launcher, Proc, read_json
 
 from learnae.ipfs import libkubo
 from learnae.ledger.tangle import Tangle
 from learnae.local.runner import free_port
-from learnae.manifest import Manifest, init_swarm
+from learnae.manifest import Manifest
 from learnae.models import model_config
+from learnae.state import init_swarm
 
 pytestmark = pytest.mark.slow
 
@@ -36,10 +36,12 @@ SHARDS = "digits:shard={i}/{n},partition=dirichlet:0.5,seed=3"
 
 
 class Nodes:
-    """Trainer node processes (and an optional bad peer) on loopback, each knowing the others."""
+    """Trainer node processes (and an optional bad peer) on loopback, each knowing the others,
+    started with the test's launcher."""
 
-    def __init__(self, tmp: Path, n: int, *, bad_peer: bool = False, sync_every: int = 5):
-        self.tmp = tmp
+    def __init__(self, tmp: Path, launch: Launcher, n: int, *, bad_peer: bool = False,
+                 sync_every: int = 5):
+        self.launch = launch
         manifest = Manifest(name="node-test", model=model_config("digits-mlp"), pow_bits=4, merge="mean",
                             learning_rate=0.003, sync_every=sync_every)
         self.invite = tmp / "invite.json"
@@ -50,8 +52,7 @@ class Nodes:
         self.ports = [free_port() for _ in range(count)]
         self.addrs = [f"/ip4/127.0.0.1/tcp/{p}/p2p/{i}" for p, i in zip(self.ports, ids, strict=True)]
         self.n = n
-        self.procs: dict[int, subprocess.Popen] = {}
-        self.logs: dict[int, Path] = {}
+        self.procs: dict[int, Proc] = {}  # the latest run of each
 
     def argv(self, i: int, *extra: str) -> list[str]:
         peers = [a for flag_addr in (("--peer", a) for j, a in enumerate(self.addrs) if j != i) for a in flag_addr]
@@ -59,68 +60,41 @@ class Nodes:
                 "--state", str(self.states[i]), "--data", SHARDS.format(i=i, n=self.n),
                 "--listen", f"127.0.0.1:{self.ports[i]}", "--seed", "0", *peers, *extra]
 
-    def start(self, i: int, *extra: str) -> None:
-        self.logs[i] = self.tmp / f"node{i}.{len(list(self.tmp.glob(f'node{i}.*.log')))}.log"
-        self.procs[i] = subprocess.Popen(self.argv(i, *extra), stdout=open(self.logs[i], "w"),
-                                         stderr=subprocess.STDOUT)
+    def start(self, i: int, *extra: str) -> Proc:
+        runs = sum(p.name.startswith(f"node{i}.") for p in self.launch.procs)
+        self.procs[i] = self.launch.start(f"node{i}.{runs}", self.argv(i, *extra),
+                                          tail=lambda: f"status {self._summary(i)}")
+        return self.procs[i]
 
     def start_bad(self) -> None:
         i = self.n
-        self.logs[i] = self.tmp / "bad.log"
         argv = [sys.executable, str(BAD_PEER), "--state", str(self.states[i]), "--invite", str(self.invite),
                 "--port", str(self.ports[i]), "--status", str(self.states[i] / "bad.json"), "--every", "0.5"]
         argv += [a for j in range(self.n) for a in ("--peer", self.addrs[j])]
-        self.procs[i] = subprocess.Popen(argv, stdout=open(self.logs[i], "w"), stderr=subprocess.STDOUT)
-
-    def log(self, i: int) -> str:
-        return self.logs[i].read_text()[-4000:]
+        self.procs[i] = self.launch.start("bad", argv)
 
     def status(self, i: int) -> dict | None:
-        try:
-            return json.loads((self.states[i] / "status.json").read_text())
-        except (OSError, ValueError):
-            return None
+        return read_json(self.states[i] / "status.json")
+
+    def _summary(self, i: int) -> dict:
+        s = self.status(i) or {}
+        return {k: s.get(k) for k in ("step", "peer_count", "merges", "rejections")}
 
     def api(self, i: int, path: str) -> bytes:
         url = json.loads((self.states[i] / "api.json").read_text())["url"]
         with urllib.request.urlopen(url + path, timeout=10) as resp:
             return resp.read()
 
-    def wait(self, predicate, timeout: float, what: str, *, allow_exit: bool = False):
-        start = time.monotonic()
-        while time.monotonic() - start < timeout:
-            for i, proc in self.procs.items():
-                if proc.poll() is not None and not (allow_exit and proc.returncode == 0):
-                    pytest.fail(f"process {i} exited with {proc.returncode} while waiting for {what}:\n{self.log(i)}")
-            value = predicate()
-            if value:
-                return value
-            time.sleep(0.2)
-        pytest.fail(f"not within {timeout} s: {what}; statuses "
-                    f"{[{k: (s or {}).get(k) for k in ('step', 'peer_count', 'merges', 'rejections')} for s in map(self.status, range(self.n))]}")
+    def wait(self, predicate, timeout: float, what: str):
+        """:meth:`Launcher.wait` watching the latest run of each process (earlier ones exited)."""
+        return self.launch.wait(predicate, timeout, what, watch=list(self.procs.values()),
+                                interval=0.2)
 
     def terminate(self, i: int, timeout: float = 60, *, signal_sent: bool = False) -> int:
-        """SIGTERM process i (once: a second one may land while Python finalizes) and wait."""
-        proc = self.procs[i]
-        if proc.poll() is None and not signal_sent:
-            proc.send_signal(signal.SIGTERM)
-        try:
-            return proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-            pytest.fail(f"process {i} did not stop within {timeout} s of SIGTERM:\n{self.log(i)}")
-
-    def stop_all(self) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in self.procs.values():
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        """SIGTERM process i (once: a second one may land while Python finalizes); its exit status."""
+        if not signal_sent:
+            self.procs[i].send_signal(signal.SIGTERM)
+        return self.launch.wait_exit(self.procs[i], timeout)
 
 
 def _alone_accuracy(i: int, n: int, epochs: int) -> float:
@@ -168,25 +142,22 @@ def _thread_nice(pid: int) -> dict[int, int]:
     return out
 
 
-def test_three_nodes_share_merge_and_beat_training_alone(tmp_path):
+def test_three_nodes_share_merge_and_beat_training_alone(tmp_path, launch):
     epochs = 40
-    nodes = Nodes(tmp_path, 3)
-    try:
-        for i in range(3):
-            nodes.start(i, "--wait-peers", "2", "--fetch-timeout", "10", "--sync-every", "epoch")
-        # all train side by side until each has done `epochs`, then all stop together
-        nodes.wait(lambda: all((s := nodes.status(i)) and s["epoch"] >= epochs for i in range(3)), 100,
-                   f"every node past {epochs} epochs")
-        # training (the main thread) keeps the process's priority; the network side runs nicer
-        pid = nodes.procs[0].pid
-        nice = _thread_nice(pid)
-        others = {v for tid, v in nice.items() if tid != pid}
-        assert min(19, nice[pid] + 10) in others, nice
-        for proc in nodes.procs.values():
-            proc.send_signal(signal.SIGTERM)
-        codes = [nodes.terminate(i, signal_sent=True) for i in range(3)]
-    finally:
-        nodes.stop_all()
+    nodes = Nodes(tmp_path, launch, 3)
+    for i in range(3):
+        nodes.start(i, "--wait-peers", "2", "--fetch-timeout", "10", "--sync-every", "epoch")
+    # all train side by side until each has done `epochs`, then all stop together
+    nodes.wait(lambda: all((s := nodes.status(i)) and s["epoch"] >= epochs for i in range(3)), 100,
+               f"every node past {epochs} epochs")
+    # training (the main thread) keeps the process's priority; the network side runs nicer
+    pid = nodes.procs[0].pid
+    nice = _thread_nice(pid)
+    others = {v for tid, v in nice.items() if tid != pid}
+    assert min(19, nice[pid] + 10) in others, nice
+    for proc in nodes.procs.values():
+        proc.send_signal(signal.SIGTERM)
+    codes = [nodes.terminate(i, signal_sent=True) for i in range(3)]
     statuses = [nodes.status(i) for i in range(3)]
     authors = {s["author_key"] for s in statuses}
     alone = [_alone_accuracy(i, 3, s["epoch"]) for i, s in enumerate(statuses)]
@@ -195,7 +166,7 @@ def test_three_nodes_share_merge_and_beat_training_alone(tmp_path):
               f"applied {s['merges_applied']} epochs {s['epoch']} test {s['test']['accuracy']:.3f} alone {alone[i]:.3f} "
               f"rejections {s['rejections']} ledger {s['ledger']['by_kind']}")
     for i, s in enumerate(statuses):
-        assert codes[i] == 0, f"node{i} exited with {codes[i]}:\n{nodes.log(i)}"
+        assert codes[i] == 0, f"node{i} exited with {codes[i]}:\n{nodes.procs[i].tail()}"
         assert set(s["ledger"]["checkpoints_by_author"]) == authors, f"node{i} lacks a peer's checkpoints"
         assert s["merges"] > 0 and s["merges_applied"] > 0
         # No honest checkpoint may be refused for its content. A fetch timeout is not such a
@@ -210,74 +181,66 @@ def test_three_nodes_share_merge_and_beat_training_alone(tmp_path):
         assert s["test"]["accuracy"] > alone[i], f"node{i}: swarm {s['test']['accuracy']} <= alone {alone[i]}"
 
 
-def test_sigterm_publishes_final_checkpoint_and_restart_resumes_and_rejoins(tmp_path):
-    nodes = Nodes(tmp_path, 2)
-    try:
-        for i in range(2):
-            nodes.start(i, "--wait-peers", "1")
-        keys = nodes.wait(lambda: all(nodes.status(i) and nodes.status(i)["step"] >= 60 for i in range(2))
-                          and [nodes.status(i)["author_key"] for i in range(2)], 60, "both nodes training")
-        live = nodes.wait(lambda: (s := json.loads(nodes.api(0, "/status"))).get("last_checkpoint")
-                          and s["peer_count"] >= 1 and s, 30, "node 0 with a checkpoint and a peer")
-        _check_status_names(live)
-        assert live["uptime_s"] > 0 and live["peer_count"] == len(live["peer_ids"])
-        assert live["last_checkpoint"]["time_ms"] > 1e12  # ms since the epoch
-        metrics = nodes.api(0, "/metrics").decode()
-        assert "\nlearnae_uptime_seconds " in metrics and "\nlearnae_peers " in metrics
-        assert nodes.terminate(1) == 0, nodes.log(1)
-        stopped = nodes.status(1)
-        progress = json.loads((nodes.states[1] / "progress.json").read_text())
-        assert stopped["stopping"] and progress["step"] == stopped["step"] >= 60
-        assert progress["last_checkpoint"]["step"] == stopped["step"], "no final checkpoint at the stop"
-        assert 1 <= len(progress["pinned"]) <= 3 and progress["last_checkpoint"]["cid"] in progress["pinned"]
-        with Tangle(nodes.states[1] / "tangle.sqlite") as tangle:
-            before = set(tangle.order())
-            assert progress["last_checkpoint"]["tx"] in before
+def test_sigterm_publishes_final_checkpoint_and_restart_resumes_and_rejoins(tmp_path, launch):
+    nodes = Nodes(tmp_path, launch, 2)
+    for i in range(2):
+        nodes.start(i, "--wait-peers", "1")
+    keys = nodes.wait(lambda: all(nodes.status(i) and nodes.status(i)["step"] >= 60 for i in range(2))
+                      and [nodes.status(i)["author_key"] for i in range(2)], 60, "both nodes training")
+    live = nodes.wait(lambda: (s := json.loads(nodes.api(0, "/status"))).get("last_checkpoint")
+                      and s["peer_count"] >= 1 and s, 30, "node 0 with a checkpoint and a peer")
+    _check_status_names(live)
+    assert live["uptime_s"] > 0 and live["peer_count"] == len(live["peer_ids"])
+    assert live["last_checkpoint"]["time_ms"] > 1e12  # ms since the epoch
+    metrics = nodes.api(0, "/metrics").decode()
+    assert "\nlearnae_uptime_seconds " in metrics and "\nlearnae_peers " in metrics
+    assert nodes.terminate(1) == 0, nodes.procs[1].tail()
+    stopped = nodes.status(1)
+    progress = json.loads((nodes.states[1] / "progress.json").read_text())
+    assert stopped["stopping"] and progress["step"] == stopped["step"] >= 60
+    assert progress["last_checkpoint"]["step"] == stopped["step"], "no final checkpoint at the stop"
+    assert 1 <= len(progress["pinned"]) <= 3 and progress["last_checkpoint"]["cid"] in progress["pinned"]
+    with Tangle(nodes.states[1] / "tangle.sqlite") as tangle:
+        before = set(tangle.order())
+        assert progress["last_checkpoint"]["tx"] in before
 
-        nodes.start(1, "--wait-peers", "1")
-        resumed = nodes.wait(lambda: (s := nodes.status(1)) and s.get("resumed_from") == stopped["step"]
-                             and s["step"] > stopped["step"] + 20 and s["peer_count"] >= 1 and s, 60,
-                             "the restarted node resuming")
-        assert resumed["ledger"]["transactions"] >= len(before)
-        # node 0 gets the restarted node's new checkpoints: it rejoined
-        nodes.wait(lambda: (nodes.status(0)["ledger"]["checkpoints_by_author"].get(keys[1]) or {}).get("step", 0)
-                   > stopped["step"], 30, "node 0 receiving the restarted node's checkpoints")
-        assert nodes.terminate(1) == 0 and nodes.terminate(0) == 0
-        with Tangle(nodes.states[1] / "tangle.sqlite") as tangle:
-            assert before <= set(tangle.order()) and not tangle.verify()
-    finally:
-        nodes.stop_all()
+    nodes.start(1, "--wait-peers", "1")
+    resumed = nodes.wait(lambda: (s := nodes.status(1)) and s.get("resumed_from") == stopped["step"]
+                         and s["step"] > stopped["step"] + 20 and s["peer_count"] >= 1 and s, 60,
+                         "the restarted node resuming")
+    assert resumed["ledger"]["transactions"] >= len(before)
+    # node 0 gets the restarted node's new checkpoints: it rejoined
+    nodes.wait(lambda: (nodes.status(0)["ledger"]["checkpoints_by_author"].get(keys[1]) or {}).get("step", 0)
+               > stopped["step"], 30, "node 0 receiving the restarted node's checkpoints")
+    assert nodes.terminate(1) == 0 and nodes.terminate(0) == 0
+    with Tangle(nodes.states[1] / "tangle.sqlite") as tangle:
+        assert before <= set(tangle.order()) and not tangle.verify()
 
 
-def test_bad_peers_are_rejected_and_counted_while_training_goes_on(tmp_path):
-    nodes = Nodes(tmp_path, 1, bad_peer=True)
+def test_bad_peers_are_rejected_and_counted_while_training_goes_on(tmp_path, launch):
+    nodes = Nodes(tmp_path, launch, 1, bad_peer=True)
     want = {"timeout", "schema", "non-finite", "norm"}
-    try:
-        nodes.start(0, "--fetch-timeout", "2")
-        nodes.start_bad()
-        nodes.wait(lambda: (s := nodes.status(0)) and want <= set(s["rejections"]), 90,
-                   "every kind of bad checkpoint refused")
-        status = json.loads(nodes.api(0, "/status"))
-        assert want <= set(status["rejections"]) and status["merges"] == 0
-        step = status["step"]
-        nodes.wait(lambda: nodes.status(0)["step"] > step + 50, 30, "training going on")
-        metrics = nodes.api(0, "/metrics").decode()
-        assert 'learnae_rejections{reason="norm"}' in metrics
-        tips = json.loads(nodes.api(0, "/ledger/tips"))
-        assert tips["count"] > 1 and tips["tips"]
-        assert nodes.terminate(0) == 0, nodes.log(0)
-    finally:
-        nodes.stop_all()
+    nodes.start(0, "--fetch-timeout", "2")
+    nodes.start_bad()
+    nodes.wait(lambda: (s := nodes.status(0)) and want <= set(s["rejections"]), 90,
+               "every kind of bad checkpoint refused")
+    status = json.loads(nodes.api(0, "/status"))
+    assert want <= set(status["rejections"]) and status["merges"] == 0
+    step = status["step"]
+    nodes.wait(lambda: nodes.status(0)["step"] > step + 50, 30, "training going on")
+    metrics = nodes.api(0, "/metrics").decode()
+    assert 'learnae_rejections{reason="norm"}' in metrics
+    tips = json.loads(nodes.api(0, "/ledger/tips"))
+    assert tips["count"] > 1 and tips["tips"]
+    assert nodes.terminate(0) == 0, nodes.procs[0].tail()
 
 
-def test_a_second_node_on_the_same_state_directory_is_refused(tmp_path):
-    nodes = Nodes(tmp_path, 1)
-    try:
-        nodes.start(0)
-        nodes.wait(lambda: (s := nodes.status(0)) and s["step"] > 0, 60, "the node training")
-        second = subprocess.run(nodes.argv(0), capture_output=True, text=True, timeout=60)
-        assert second.returncode == 2 and "another learnae node is running" in second.stderr
-        assert nodes.procs[0].poll() is None
-        assert nodes.terminate(0) == 0, nodes.log(0)
-    finally:
-        nodes.stop_all()
+def test_a_second_node_on_the_same_state_directory_is_refused(tmp_path, launch):
+    nodes = Nodes(tmp_path, launch, 1)
+    nodes.start(0)
+    nodes.wait(lambda: (s := nodes.status(0)) and s["step"] > 0, 60, "the node training")
+    second = launch.start("second", nodes.argv(0))
+    assert launch.wait_exit(second, 60) == 2
+    assert "another learnae node is running" in second.stderr()
+    assert nodes.procs[0].returncode() is None
+    assert nodes.terminate(0) == 0, nodes.procs[0].tail()

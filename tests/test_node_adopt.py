@@ -11,7 +11,6 @@ import asyncio
 import gc
 import json
 import signal
-import subprocess
 import sys
 import time
 import urllib.request
@@ -21,15 +20,18 @@ import numpy as np
 import pytest
 from conftest import eventually
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from procs.launch import Launcher, get_json, read_json
 
 from learnae.errors import ConfigError
 from learnae.formats import Chunk, encode_chunk
 from learnae.identity import Identity
 from learnae.ipfs.memory import MemoryNetwork
+from learnae.ledger.sync import TangleSync
 from learnae.ledger.tx import data_payload, decode_tx, make_tx
-from learnae.manifest import Manifest, init_swarm, open_tangle
+from learnae.manifest import Manifest
 from learnae.models import model_config
 from learnae.node import NodeConfig, TrainerNode, parse_adopt
+from learnae.state import init_swarm, open_tangle
 from learnae.training.data import DataSpec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,7 +52,7 @@ def test_parse_adopt(tmp_path):
     path.write_text("nobody\n")
     with pytest.raises(ConfigError, match="authors.txt:1"):
         parse_adopt(str(path))
-    with pytest.raises(ConfigError, match="cannot read"):
+    with pytest.raises(ConfigError, match="no --adopt file at"):
         parse_adopt(str(tmp_path / "missing.txt"))
 
 
@@ -93,6 +95,8 @@ class Swarm:
 
         node.ipfs.cat = counted
         node.identity = identity(2)
+        node.sync = TangleSync(node.tangle, node.ipfs)
+        node.net = node._network_side()
         return node
 
 
@@ -149,8 +153,8 @@ async def test_the_network_side_checks_chunks_and_counts_refusals(tmp_path):
         await _announce(node, SENSOR, _chunk(5, 2, schema), 6, 2)  # announces more rows than it holds
         wrong = Schema(features=(3,), dtype="float32", label_dtype="int64", classes=3)
         await _announce(node, SENSOR, _chunk(5, 3, wrong, x=np.zeros((5, 3), np.float32)), 5, 3)
-        await _adopt_until(node, lambda: node.data_accepted + sum(_refused(node).values()) == 4)
-        assert node.data_accepted == 1
+        await _adopt_until(node, lambda: node.net.data_accepted + sum(_refused(node).values()) == 4)
+        assert node.net.data_accepted == 1
         [chunk] = _stored(node)  # on disk, for the training side
         assert chunk.tx == good and chunk.x.shape == (5, 4) and chunk.y.tolist() == [0, 1, 2, 0, 1]
         assert chunk.author == SENSOR.public_key
@@ -169,7 +173,7 @@ async def test_the_policy_admits_listed_authors_only(tmp_path):
     try:
         mine = await _announce(node, SENSOR, _chunk(4, 0, schema), 4, 0)
         await _announce(node, OTHER, _chunk(4, 0, schema), 4, 0)
-        await _adopt_until(node, lambda: node.data_accepted == 1 and node.rejections["data:not-admitted"] == 1)
+        await _adopt_until(node, lambda: node.net.data_accepted == 1 and node.rejections["data:not-admitted"] == 1)
         assert [c.tx for c in _stored(node)] == [mine]
     finally:
         node.tangle.close()
@@ -223,7 +227,7 @@ async def test_the_pool_stays_within_its_bound_while_adopting_many_chunks(tmp_pa
         await _adopt_until(node, take)
         assert max(sizes) <= 50 and sizes[-1] == 50, sizes
         assert len(x) == len(y) == own + 50
-        assert node.adopted_rows == 300 and node.data_accepted == 30
+        assert node.adopted_rows == 300 and node.net.data_accepted == 30
         assert len(np.unique(x[own:], axis=0)) == 50  # 50 distinct rows of the 300
         status = node._adopt_status()
         assert status["pool_rows"] == 50 and status["max_rows"] == 50
@@ -242,7 +246,7 @@ async def test_a_restarted_node_takes_its_chunks_from_disk_not_from_ipfs(tmp_pat
     for seq in range(12):
         await _announce(first, SENSOR, _chunk(10, seq, schema, start=10 * seq), 10, seq)
     try:
-        await _adopt_until(first, lambda: first.data_accepted == 12)
+        await _adopt_until(first, lambda: first.net.data_accepted == 12)
         x1, y1 = (a.copy() for a in first._take_adopted(own_x, own_y))
     finally:
         first.tangle.close()
@@ -253,8 +257,8 @@ async def test_a_restarted_node_takes_its_chunks_from_disk_not_from_ipfs(tmp_pat
     again.splits = again.config.data.load()
     try:
         assert again._adopt_status()["pool_rows"] == 0
-        await _adopt_until(again, lambda: again.data_held == 12)
-        assert s.fetched == [] and again.data_accepted == 0  # nothing fetched again
+        await _adopt_until(again, lambda: again.net.data_held == 12)
+        assert s.fetched == [] and again.net.data_accepted == 0  # nothing fetched again
         x2, y2 = again._take_adopted(own_x, own_y)
         # the same chunks in the same order and the same seed: the pool the node had
         np.testing.assert_array_equal(x2, x1)
@@ -264,7 +268,7 @@ async def test_a_restarted_node_takes_its_chunks_from_disk_not_from_ipfs(tmp_pat
         assert (status["pool_rows"], status["disk_chunks"], status["disk_rows"]) == (40, 12, 120)
         # a chunk announced after the restart is fetched, once
         new = await _announce(again, SENSOR, _chunk(10, 12, schema, start=120), 10, 12)
-        await _adopt_until(again, lambda: again.data_accepted == 1)
+        await _adopt_until(again, lambda: again.net.data_accepted == 1)
         assert len(s.fetched) == 1 and [c.tx for c in _stored(again)][-1] == new
         assert again._adopt_waiting()
         again._take_adopted(own_x, own_y)
@@ -318,36 +322,26 @@ NODE = ("import faulthandler, signal; faulthandler.register(signal.SIGUSR1, all_
 
 
 class NodeProcess:
-    """``learnae node run`` on a state directory, with its API; stopped with SIGTERM."""
+    """``learnae node run`` on a state directory, with its API, started with the test's
+    launcher; stopped with SIGTERM."""
 
-    def __init__(self, tmp: Path, invite: Path, *extra: str):
-        self.tmp, self.invite, self.extra = tmp, invite, extra
-        self.proc: subprocess.Popen | None = None
+    def __init__(self, launch: Launcher, tmp: Path, invite: Path, *extra: str):
+        self.launch, self.state, self.invite, self.extra = launch, tmp / "node", invite, extra
         self.runs = 0
 
     def start(self) -> None:
         self.runs += 1
-        self.log = self.tmp / f"node.{self.runs}.log"
         argv = [sys.executable, "-c", NODE, "node", "run", "--invite", str(self.invite),
-                "--state", str(self.tmp / "node"), "--data", "iris", "--seed", "0", "--quiet", *self.extra]
-        with open(self.log, "w") as out:
-            self.proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
-        self.url = self.wait(lambda: (self.tmp / "node" / "api.json").exists() and self._url(), 90, "the API")
+                "--state", str(self.state), "--data", "iris", "--seed", "0", "--quiet", *self.extra]
+        self.proc = self.launch.start(f"node.{self.runs}", argv, cwd=ROOT, stacks=signal.SIGUSR1)
+        self.url = self.wait(self._url, 90, "the API")
 
     def _url(self) -> str | None:
-        try:
-            url = json.loads((self.tmp / "node" / "api.json").read_text())["url"]
-            with urllib.request.urlopen(url + "/status", timeout=5):
-                return url
-        except (OSError, ValueError, KeyError):
-            return None
+        url = (read_json(self.state / "api.json") or {}).get("url")
+        return url if url and get_json(url + "/status") is not None else None
 
     def status(self) -> dict:
-        try:
-            with urllib.request.urlopen(self.url + "/status", timeout=5) as resp:
-                return json.loads(resp.read())
-        except (OSError, ValueError):
-            return {}
+        return get_json(self.url + "/status") or {}
 
     def post(self, path: str, body: bytes | None = None) -> dict:
         req = urllib.request.Request(self.url + path, data=body, method="GET" if body is None else "POST",
@@ -356,32 +350,16 @@ class NodeProcess:
             return json.loads(resp.read())
 
     def wait(self, predicate, timeout: float, what: str):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                pytest.fail(f"the node exited ({self.proc.returncode}) waiting for {what}:\n"
-                            f"{self.log.read_text()[-4000:]}")
-            value = predicate()
-            if value:
-                return value
-            time.sleep(0.2)
-        pytest.fail(f"not within {timeout} s: {what}\n{self.log.read_text()[-4000:]}")
+        """:meth:`Launcher.wait` watching this run of the node."""
+        return self.launch.wait(predicate, timeout, what, watch=[self.proc], interval=0.2)
 
     def stop(self) -> None:
         self.proc.send_signal(signal.SIGTERM)
-        try:
-            assert self.proc.wait(90) == 0, self.log.read_text()[-4000:]
-        except subprocess.TimeoutExpired:
-            pytest.fail(f"the node did not stop within 90 s of SIGTERM:\n{self.log.read_text()[-4000:]}")
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(30)
+        assert self.launch.wait_exit(self.proc, 90) == 0, self.proc.tail()
 
 
 @pytest.mark.slow
-def test_a_node_process_bounds_its_pool_and_restarts_without_fetching(tmp_path):
+def test_a_node_process_bounds_its_pool_and_restarts_without_fetching(tmp_path, launch):
     from learnae.content import content_id
     from learnae.ingest import encode_ingest_request
 
@@ -390,29 +368,26 @@ def test_a_node_process_bounds_its_pool_and_restarts_without_fetching(tmp_path):
     invite = tmp_path / "invite.json"
     swarm.invite.save(invite)
     genesis, schema = decode_tx(swarm.invite.genesis_tx), manifest.schema
-    node = NodeProcess(tmp_path, invite, "--adopt-max-rows", "25")
+    node = NodeProcess(launch, tmp_path, invite, "--adopt-max-rows", "25")
     n, rows = 8, 10
-    try:
-        node.start()
-        for seq in range(n):  # a sensor posting through the node's API (--via)
-            data = _chunk(rows, seq, schema, start=rows * seq)
-            payload = data_payload(cid=content_id(data), size=len(data), rows=rows, schema=schema.to_dict(),
-                                   source={"kind": "t"}, seq=seq)
-            tx = make_tx(SENSOR, kind="data", payload=payload, parents=[genesis.id], swarm=genesis.id,
-                         pow_bits=manifest.pow_bits, time_ms=max(int(time.time() * 1000), genesis.time))
-            node.post("/ingest", encode_ingest_request(data, tx.raw))
-        adopt = node.wait(lambda: (a := node.status().get("adopt")) and a["chunks"] == n and a, 90,
-                          "every chunk adopted")
-        assert adopt["accepted"] == n and adopt["rows"] == n * rows
-        assert adopt["pool_rows"] == 25 and adopt["max_rows"] == 25
-        assert (adopt["disk_chunks"], adopt["disk_rows"]) == (n, n * rows)
-        node.stop()
+    node.start()
+    for seq in range(n):  # a sensor posting through the node's API (--via)
+        data = _chunk(rows, seq, schema, start=rows * seq)
+        payload = data_payload(cid=content_id(data), size=len(data), rows=rows, schema=schema.to_dict(),
+                               source={"kind": "t"}, seq=seq)
+        tx = make_tx(SENSOR, kind="data", payload=payload, parents=[genesis.id], swarm=genesis.id,
+                     pow_bits=manifest.pow_bits, time_ms=max(int(time.time() * 1000), genesis.time))
+        node.post("/ingest", encode_ingest_request(data, tx.raw))
+    adopt = node.wait(lambda: (a := node.status().get("adopt")) and a["chunks"] == n and a, 90,
+                      "every chunk adopted")
+    assert adopt["accepted"] == n and adopt["rows"] == n * rows
+    assert adopt["pool_rows"] == 25 and adopt["max_rows"] == 25
+    assert (adopt["disk_chunks"], adopt["disk_rows"]) == (n, n * rows)
+    node.stop()
 
-        node.start()  # the same state directory
-        adopt = node.wait(lambda: (a := node.status().get("adopt")) and a["chunks"] == n and a["held"] == n
-                          and a, 90, "the pool refilled from disk")
-        assert adopt["accepted"] == 0 and adopt["held"] == n  # none fetched again
-        assert adopt["pool_rows"] == 25 and adopt["rows"] == n * rows and adopt["disk_chunks"] == n
-        node.stop()
-    finally:
-        node.kill()
+    node.start()  # the same state directory
+    adopt = node.wait(lambda: (a := node.status().get("adopt")) and a["chunks"] == n and a["held"] == n
+                      and a, 90, "the pool refilled from disk")
+    assert adopt["accepted"] == 0 and adopt["held"] == n  # none fetched again
+    assert adopt["pool_rows"] == 25 and adopt["rows"] == n * rows and adopt["disk_chunks"] == n
+    node.stop()

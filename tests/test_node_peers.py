@@ -18,10 +18,12 @@ from learnae.errors import ConfigError
 from learnae.formats import Checkpoint, encode_checkpoint
 from learnae.identity import Identity
 from learnae.ipfs.memory import MemoryNetwork
+from learnae.ledger.sync import TangleSync
 from learnae.ledger.tx import MAX_FUTURE_MS, checkpoint_payload
-from learnae.manifest import Manifest, init_swarm, open_tangle
+from learnae.manifest import Manifest
 from learnae.models import model_config
-from learnae.node import NodeConfig, PeerChoice, TrainerNode
+from learnae.node import NetworkSide, PeerChoice
+from learnae.state import init_swarm, open_tangle
 from learnae.training.bridge import Offer
 
 S = 1000.0  # ms
@@ -116,14 +118,13 @@ async def test_future_dated_unfetchable_checkpoints_do_not_starve_an_honest_one(
     merged by the second round; each liar costs one fetch timeout, then is passed over."""
     manifest = Manifest(name="peers", model=model_config("iris-mlp"), pow_bits=2, merge="mean")
     swarm = init_swarm(tmp_path / "swarm", manifest, founder=identity(1))
-    node = TrainerNode(NodeConfig(invite=swarm.invite, state=tmp_path / "node", adopt="none", k=4,
-                                  fetch_timeout=0.2))
-    node.tangle, _ = open_tangle(swarm.directory)
+    tangle, _ = open_tangle(swarm.directory)
     net = MemoryNetwork(seed=0)
-    node.ipfs, server = net.node("node"), net.node("honest")
-    await server.connect((await node.ipfs.addrs())[0])
-    node.identity = identity(2)
-    node.expect = {k: (v.shape, v.dtype.name) for k, v in WEIGHTS.items()}
+    ipfs, server = net.node("node"), net.node("honest")
+    await server.connect((await ipfs.addrs())[0])
+    node = NetworkSide(ipfs=ipfs, sync=TangleSync(tangle, ipfs), identity=identity(2), manifest=manifest,
+                       expect={k: (v.shape, v.dtype.name) for k, v in WEIGHTS.items()}, k=4,
+                       fetch_timeout=0.2)
     liars, honest = [identity(10 + i) for i in range(4)], identity(9)
     offer = Offer(weights={k: v + 0.01 for k, v in WEIGHTS.items()}, step=5, samples=50, total_samples=50, k=4)
     assert 9 * 60 * S < MAX_FUTURE_MS  # the ledger accepts such dates
@@ -147,7 +148,7 @@ async def test_future_dated_unfetchable_checkpoints_do_not_starve_an_honest_one(
         while merged is None and rounds < 6:
             rounds += 1
             lie()
-            merged = await node._merge(offer, put=False)
+            merged = await node.merge(offer)
         assert merged is not None, f"the honest checkpoint was never merged: {dict(node.rejections)}"
         assert rounds <= 2 and merged.tag == (honest_tx,)
         assert node.rejections["timeout"] == 4  # each liar fetched once
@@ -155,11 +156,11 @@ async def test_future_dated_unfetchable_checkpoints_do_not_starve_an_honest_one(
         for step in (20, 30, 40):
             lie()
             tx_id = await publish_honest(step)
-            again = await node._merge(offer, put=False)
+            again = await node.merge(offer)
             assert again is not None and again.tag == (tx_id,)
         assert node.rejections["timeout"] == 4
-        assert node.status()["peers_passed_over"] == 4
+        assert node.choice.backing_off_count(time.time() * 1000) == 4
     finally:
-        await node.ipfs.close()
+        await ipfs.close()
         await server.close()
-        node.tangle.close()
+        tangle.close()

@@ -32,9 +32,10 @@ from learnae.identity import Identity
 from learnae.ledger.tangle import Tangle
 from learnae.ledger.tx import data_payload, make_tx
 from learnae.local.runner import free_port
-from learnae.manifest import Manifest, init_swarm
+from learnae.manifest import Manifest
 from learnae.models import model_config
 from learnae.node import NodeConfig, TrainerNode
+from learnae.state import init_swarm
 from learnae.training.data import DataSpec
 
 pytestmark = pytest.mark.slow
@@ -65,10 +66,10 @@ def _final_checkpoint(state: Path) -> dict:
 
 
 def test_sigterm_between_two_fit_calls_stops_within_a_batch(invite, tmp_path, monkeypatch, handlers):
-    import learnae.node
+    import learnae.node.trainer
     from learnae.training import model as model_module
 
-    monkeypatch.setattr(learnae.node, "FIT_EPOCHS", 5)  # fit() calls of 5 epochs (4 batches each)
+    monkeypatch.setattr(learnae.node.trainer, "FIT_EPOCHS", 5)  # fit() calls of 5 epochs (4 batches each)
     # TensorFlow's thread pools are fixed once it runs, and earlier tests in this process may
     # have started it: the threads are not what this test is about
     monkeypatch.setattr(model_module, "configure_threads", lambda n, **kw: (n, 1))
@@ -215,7 +216,7 @@ def _ingest_body(invite, sensor: Identity, rows: int) -> bytes:
     return json.dumps({"chunk": base64.b64encode(chunk).decode(), "tx": base64.b64encode(tx.raw).decode()}).encode()
 
 
-def test_sigterm_right_after_an_adoption_stops_the_process_within_seconds(tmp_path):
+def test_sigterm_right_after_an_adoption_stops_the_process_within_seconds(tmp_path, launch):
     """The node adopts a chunk posted to its API: an epoch's end ends ``fit`` and the main
     thread adds the rows and logs "adopted ..." before the next ``fit``. The test has filled
     the node's stderr pipe, so that line blocks the main thread there, between two ``fit``
@@ -230,11 +231,6 @@ def test_sigterm_right_after_an_adoption_stops_the_process_within_seconds(tmp_pa
     state, api_port = tmp_path / "node", free_port()
     url = f"http://127.0.0.1:{api_port}"
     tap = StderrTap(tmp_path / "stderr.fifo")
-    writer = tap.writer()
-    argv = [sys.executable, "-c", NODE, "-v", "node", "run", "--invite", str(invite_path), "--state", str(state),
-            "--data", "digits", "--api", f"127.0.0.1:{api_port}", "--seed", "0", "--quiet"]
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=writer)
-    os.close(writer)
 
     def status() -> dict:
         with contextlib.suppress(OSError, ValueError):
@@ -242,16 +238,20 @@ def test_sigterm_right_after_an_adoption_stops_the_process_within_seconds(tmp_pa
         return {}
 
     def wait(predicate, timeout: float, what: str):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        def check():
             tap.drain()
-            if proc.poll() is not None:
-                pytest.fail(f"the node exited with {proc.returncode} while waiting for {what}:\n{tap.text()[-4000:]}")
-            if value := predicate():
-                return value
-            time.sleep(0.05)
-        pytest.fail(f"not within {timeout} s: {what}; status {status()}\n{tap.text()[-4000:]}")
+            return predicate()
 
+        return launch.wait(check, timeout, what)
+
+    argv = [sys.executable, "-c", NODE, "-v", "node", "run", "--invite", str(invite_path), "--state", str(state),
+            "--data", "digits", "--api", f"127.0.0.1:{api_port}", "--seed", "0", "--quiet"]
+    writer = tap.writer()
+    try:
+        proc = launch.start("node", argv, stdout=subprocess.DEVNULL, stderr=writer,
+                            tail=lambda: f"{tap.text()}\nstatus {status()}")
+    finally:
+        os.close(writer)
     try:
         wait(lambda: status().get("step", 0) >= 30, 90, "the node training")
         mark = tap.fill()
@@ -266,12 +266,10 @@ def test_sigterm_right_after_an_adoption_stops_the_process_within_seconds(tmp_pa
         signalled = time.monotonic()
         wait(lambda: not _sigterm_pending(proc.pid), 10, "SIGTERM delivered")
         tap.follow()
-        code = proc.wait(60)
+        code = launch.wait_exit(proc, 60)
         seconds = time.monotonic() - signalled
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(30)
+        proc.stop()
         tap.close()
     log = tap.text()
     # where the signal landed: the blocked write was the adoption's line (the old handler's own

@@ -9,8 +9,6 @@ which drops the other side's gossip on receipt.
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -33,8 +31,8 @@ POW = 4
 class Swarm:
     """Three peer processes, on namespaces (root) or on loopback with the fault layer."""
 
-    def __init__(self, tmp: Path, lan: netns.Lan | None):
-        self.tmp, self.lan = tmp, lan
+    def __init__(self, tmp: Path, lan: netns.Lan | None, launch):
+        self.tmp, self.lan, self.launch = tmp, lan, launch
         key = tmp / "swarm.key"
         key.write_text(privnet.new_swarm_key())
         genesis = make_tx(Identity.generate(), kind="genesis", payload={"name": "partition"},
@@ -47,7 +45,6 @@ class Swarm:
         else:
             hosts, ports = ["127.0.0.1"] * 3, [free_port() for _ in range(3)]
         addrs = [f"/ip4/{h}/tcp/{p}/p2p/{i}" for h, p, i in zip(hosts, ports, self.ids, strict=True)]
-        self.procs = []
         for i, state in enumerate(self.states):
             argv = [sys.executable, str(PEER), "--state", str(state), "--genesis", str(tmp / "genesis.tx"),
                     "--swarm-key", str(key), "--pow-bits", str(POW), "--host", hosts[i],
@@ -55,8 +52,7 @@ class Swarm:
             argv += [a for flag in ("--peer",) for j, addr in enumerate(addrs) if j != i for a in (flag, addr)]
             if not lan:
                 argv += ["--faults", str(state / "faults.json")]
-            self.procs.append(subprocess.Popen(lan.command(i, argv) if lan else argv,
-                                               stderr=open(state.with_suffix(".log"), "w")))
+            launch.start(f"peer{i}", lan.command(i, argv) if lan else argv)
 
     def status(self, i: int) -> dict | None:
         try:
@@ -64,24 +60,26 @@ class Swarm:
         except (OSError, ValueError):
             return None
 
+    def statuses(self) -> list[dict] | None:
+        """Every peer's latest status, or None while one has not written any yet."""
+        found = [self.status(i) for i in range(3)]
+        return found if all(found) else None
+
     def wait(self, predicate, timeout: float, what: str) -> float:
+        """Wait until ``predicate(statuses)``; the seconds it took."""
         start = time.monotonic()
-        while time.monotonic() - start < timeout:
-            for i, proc in enumerate(self.procs):
-                if proc.poll() is not None:
-                    log = self.states[i].with_suffix(".log").read_text()[-3000:]
-                    pytest.fail(f"peer {i} exited with {proc.returncode} while waiting for {what}:\n{log}")
-            statuses = [self.status(i) for i in range(3)]
-            if all(statuses) and predicate(statuses):
-                return time.monotonic() - start
-            time.sleep(0.2)
-        pytest.fail(f"not within {timeout} s: {what}; counts {[s and s['count'] for s in statuses]}")
+        self.launch.wait(lambda: (st := self.statuses()) is not None and predicate(st), timeout, what)
+        return time.monotonic() - start
 
     def partition(self) -> None:
+        """Cut peer 0 off from peers 1 and 2; returns once the cut is in force everywhere."""
         if self.lan:
             self.lan.cut(0)
         else:
-            self._faults({0: self.ids[1:], 1: self.ids[:1], 2: self.ids[:1]})
+            blocked = {0: self.ids[1:], 1: self.ids[:1], 2: self.ids[:1]}
+            self._faults(blocked)
+            self.wait(lambda st: all(st[i]["blocked"] == sorted(ids) for i, ids in blocked.items()),
+                      30, "every peer's fault layer blocking the other side")
 
     def heal(self) -> None:
         if self.lan:
@@ -96,17 +94,6 @@ class Swarm:
     def quiet(self) -> None:
         for state in self.states:
             (state / "quiet").touch()
-
-    def stop(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in self.procs:
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
 
 
 def _everyone_has(ids_of: list[set], statuses) -> bool:
@@ -131,31 +118,46 @@ def lan(request):
         yield made
 
 
-def test_split_1_2_then_heal_converges(tmp_path, lan):
-    swarm = Swarm(tmp_path, lan)
-    try:
-        # connected: every peer sees transactions issued by every other
-        swarm.wait(lambda st: all(s["issued"] >= 3 for s in st), 60, "peers issuing")
-        issued_early = [set(s["ids"]) for s in [swarm.status(i) for i in range(3)]]
-        swarm.wait(lambda st: _everyone_has(issued_early, st), 60, "first exchange")
+SIDES = ([0], [1, 2])
 
-        swarm.partition()
-        time.sleep(1.0)  # what was in flight lands
-        before = [swarm.status(i) for i in range(3)]
-        time.sleep(4.0)
-        during = [swarm.status(i) for i in range(3)]
-        new = [set(d["ids"]) - set(b["ids"]) for b, d in zip(before, during, strict=True)]
-        # both sides kept issuing, and neither side saw the other's new transactions
-        assert all(during[i]["issued"] > before[i]["issued"] for i in range(3))
-        assert not (new[1] | new[2]) <= set(during[0]["ids"]), "peer 0 was not cut off"
-        assert not new[0] <= set(during[1]["ids"]) | set(during[2]["ids"]), "peers 1 and 2 were not cut off"
 
-        swarm.heal()
-        swarm.quiet()
-        seconds = swarm.wait(_converged, 90, "convergence after the heal")
-        final = swarm.status(0)
-        print(f"converged {seconds:.1f} s after the heal: {final['count']} txs, "
-              f"{len(final['tips'])} tips ({'namespaces' if lan else 'fault layer'})")
-        assert _everyone_has([set(d["ids"]) for d in during], [final])
-    finally:
-        swarm.stop()
+def test_split_1_2_then_heal_converges(tmp_path, lan, launch):
+    swarm = Swarm(tmp_path, lan, launch)
+    # connected: every peer sees transactions issued by every other
+    swarm.wait(lambda st: all(s["issued"] >= 3 for s in st), 60, "peers issuing")
+    early = [set(s["mine"]) for s in swarm.statuses()]
+    swarm.wait(lambda st: _everyone_has(early, st), 60, "first exchange")
+
+    swarm.partition()
+    # every peer issues once more, so that what each issued before the cut is in its status
+    issued = [s["issued"] for s in swarm.statuses()]
+    swarm.wait(lambda st: all(s["issued"] > n for s, n in zip(st, issued, strict=True)), 30,
+               "a transaction from every peer after the cut")
+    before = [set(s["mine"]) for s in swarm.statuses()]
+
+    def made_since(st) -> list[set]:
+        return [set(s["mine"]) - b for s, b in zip(st, before, strict=True)]
+
+    # both sides keep issuing, and each side's peers hold what their own side made since the cut
+    # (so what the other side made would be there too, had it crossed the cut) ...
+    swarm.wait(lambda st: all(len(m) >= 10 for m in made_since(st)), 60,
+               "10 transactions from every peer during the partition")
+    made = made_since(swarm.statuses())
+    for side in SIDES:
+        swarm.wait(lambda st, side=side: all(made[j] <= set(st[i]["ids"]) for i in side for j in side),
+                   60, f"peers {side} holding what they made during the partition")
+    # ... and none of what the other side made since the cut
+    during = swarm.statuses()
+    made = made_since(during)
+    for side, other in (SIDES, SIDES[::-1]):
+        for i in side:
+            leaked = set(during[i]["ids"]) & set().union(*(made[j] for j in other))
+            assert not leaked, f"peer {i} holds {len(leaked)} transactions made across the cut"
+
+    swarm.heal()
+    swarm.quiet()
+    seconds = swarm.wait(_converged, 90, "convergence after the heal")
+    final = swarm.statuses()
+    print(f"converged {seconds:.1f} s after the heal: {final[0]['count']} txs, "
+          f"{len(final[0]['tips'])} tips ({'namespaces' if lan else 'fault layer'})")
+    assert _everyone_has([set(s["mine"]) for s in final], final)

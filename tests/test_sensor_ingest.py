@@ -14,11 +14,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -30,7 +28,7 @@ from test_sensor import SENSOR, FakeNode, chunk_and_tx, make_swarm, queue_for
 from learnae.formats import decode_chunk
 from learnae.identity import Identity
 from learnae.ingest import encode_ingest_request
-from learnae.manifest import open_tangle
+from learnae.state import open_tangle
 
 pytestmark = pytest.mark.slow
 
@@ -50,28 +48,21 @@ def _readings(path: Path, start: int, n: int) -> str:
     return f"jsonl:{path}"
 
 
-def test_a_sensor_process_keeps_what_a_bogus_node_acknowledges(tmp_path):
+def test_a_sensor_process_keeps_what_a_bogus_node_acknowledges(tmp_path, launch):
     swarm = make_swarm(tmp_path / "swarm")
     fake = FakeNode(lambda method, body: (200, b"{}"))
-    state, err = tmp_path / "pi", tmp_path / "sensor.err"
-    proc = None
+    state = tmp_path / "pi"
     try:
-        proc = subprocess.Popen(
-            _sensor_argv(swarm.directory / "invite.json", state,
-                         _readings(tmp_path / "r.jsonl", 0, 25), fake.url),
-            stdout=subprocess.PIPE, stderr=open(err, "w"), cwd=ROOT, start_new_session=True)
-        deadline = time.monotonic() + 60
-        while fake.posts < 2:  # two answers ignored: a first send and a retry
-            assert proc.poll() is None, err.read_text()
-            assert time.monotonic() < deadline, f"no retry within 60 s:\n{err.read_text()}"
-            time.sleep(0.05)
+        proc = launch.start("sensor", _sensor_argv(swarm.directory / "invite.json", state,
+                                                   _readings(tmp_path / "r.jsonl", 0, 25), fake.url),
+                            cwd=ROOT)
+        launch.wait(lambda: fake.posts >= 2, 60, "two answers ignored: a first send and a retry")
         proc.send_signal(signal.SIGTERM)
-        out, _ = proc.communicate(timeout=30)
-        assert proc.returncode == 0, err.read_text()
-        stats = json.loads(out.decode().strip().splitlines()[-1])
+        assert launch.wait_exit(proc, 30) == 0, proc.tail()
+        stats = json.loads(proc.stdout().strip().splitlines()[-1])
         assert stats["published"] == 0 and stats["queued_chunks"] == 3, stats
         assert stats["bad_answers"] >= 2, stats
-        log = err.read_text()
+        log = proc.stderr()
         assert "WARNING" in log and "stays queued" in log, log
         q = queue_for(state / "queue.sqlite", swarm, chunk_rows=10, max_bytes=256 << 20)
         try:  # still on disk after the process is gone
@@ -83,10 +74,6 @@ def test_a_sensor_process_keeps_what_a_bogus_node_acknowledges(tmp_path):
                                  str(state)], capture_output=True, text=True, cwd=ROOT, check=True)
         assert json.loads(status.stdout)["bad_answers"] == stats["bad_answers"]
     finally:
-        if proc is not None and proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(30)
         fake.close()
 
 
@@ -105,21 +92,15 @@ async def _node_api(swarm, ipfs):
         tangle.close()
 
 
-async def _run_sensor(argv: list[str], err: Path) -> dict:
-    proc = await asyncio.create_subprocess_exec(*argv, cwd=ROOT, stdout=asyncio.subprocess.PIPE,
-                                                stderr=open(err, "w"), start_new_session=True)
-    try:
-        out, _ = await asyncio.wait_for(proc.communicate(), 90)
-    finally:
-        if proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            await proc.wait()
-    assert proc.returncode == 0, err.read_text()
-    return json.loads(out.decode().strip().splitlines()[-1])
+async def _run_sensor(launch, name: str, argv: list[str]):
+    """Run a sensor process to its end (in a thread: the node API it posts to runs on this
+    loop); its final stats and the process."""
+    proc = launch.start(name, argv, cwd=ROOT)
+    assert await asyncio.to_thread(launch.wait_exit, proc, 90) == 0, proc.tail()
+    return json.loads(proc.stdout().strip().splitlines()[-1]), proc
 
 
-async def test_a_sensor_process_with_a_lost_state_directory_carries_on(tmp_path, swarm_key):
+async def test_a_sensor_process_with_a_lost_state_directory_carries_on(tmp_path, swarm_key, launch):
     from learnae.ipfs.embedded import EmbeddedNode
 
     swarm = make_swarm(tmp_path / "swarm")
@@ -128,19 +109,18 @@ async def test_a_sensor_process_with_a_lost_state_directory_carries_on(tmp_path,
     try:
         async with _node_api(swarm, ipfs) as (node, url):
             source = _readings(tmp_path / "a.jsonl", 0, 30)
-            stats = await _run_sensor(_sensor_argv(invite, state, source, url),
-                                      tmp_path / "first.err")
+            stats, _ = await _run_sensor(launch, "first", _sensor_argv(invite, state, source, url))
             assert stats["published"] == 3
             key = Identity.load(state / "identity.key")
             for path in state.iterdir():  # the SD card died; the key was kept
                 if path.name != "identity.key":
                     path.unlink()
             source = _readings(tmp_path / "b.jsonl", 100, 20)
-            stats = await _run_sensor(_sensor_argv(invite, state, source, url),
-                                      tmp_path / "second.err")
+            stats, second = await _run_sensor(launch, "second",
+                                              _sensor_argv(invite, state, source, url))
             assert stats["published"] == 2 and stats["queued_chunks"] == 0, stats
             assert stats["renumbered"] == 1 and stats["next_seq"] == 5, stats
-            log = (tmp_path / "second.err").read_text()
+            log = second.stderr()
             warned = [line for line in log.splitlines()
                       if "WARNING" in line and "renumbered" in line]
             assert len(warned) == 1 and "seq 3" in warned[0], log

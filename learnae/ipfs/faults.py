@@ -23,16 +23,24 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import random
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Mapping
 
 from learnae.errors import IpfsError
-from learnae.ipfs.base import IpfsNode, PubsubMessage
+from learnae.files import write_atomic
+from learnae.ipfs.base import IpfsNode, PubsubMessage, Subscription
+
+log = logging.getLogger(__name__)
 
 
 class FaultyNode(IpfsNode):
     """``inner`` with fault rules applied to what it receives.
+
+    Args:
+        inner: the node whose traffic is filtered; it is closed with this one.
+        seed: seed of the random generator that decides which messages are lost.
 
     Attributes:
         blocked: peer ids whose messages are dropped and whose dials are refused.
@@ -51,6 +59,7 @@ class FaultyNode(IpfsNode):
         self._rng = random.Random(seed)
 
     def block(self, peers: Iterable[str]) -> None:
+        """Add ``peers`` (peer ids) to the blocked ones."""
         self.blocked.update(peers)
 
     def unblock(self, peers: Iterable[str] | None = None) -> None:
@@ -60,11 +69,27 @@ class FaultyNode(IpfsNode):
         else:
             self.blocked.difference_update(peers)
 
-    def apply(self, rules: dict) -> None:
-        """Replace the rules with ``rules`` (control-file JSON, see the module doc)."""
-        self.blocked = set(rules.get("blocked", ()))
-        self.loss = float(rules.get("loss", 0.0))
-        self.delay_ms = float(rules.get("delay_ms", 0.0))
+    def apply(self, rules: Mapping[str, object]) -> None:
+        """Replace the rules with ``rules``, a control file's JSON object (see the module doc).
+
+        A key left out takes its default: nothing blocked, no loss, no delay.
+
+        Raises:
+            ValueError: ``blocked`` is not a list of peer id strings, ``loss`` is not a number
+                in [0, 1] or ``delay_ms`` not a non-negative number; the rules are unchanged.
+        """
+        if not isinstance(rules, Mapping):
+            raise ValueError(f"fault rules are a JSON object, not {type(rules).__name__}")
+        blocked = rules.get("blocked", [])
+        if not isinstance(blocked, list) or not all(isinstance(p, str) for p in blocked):
+            raise ValueError(f"'blocked' is a list of peer id strings, not {blocked!r:.100}")
+        loss = _number(rules, "loss")
+        if not 0.0 <= loss <= 1.0:
+            raise ValueError(f"'loss' is a probability between 0 and 1, not {loss}")
+        delay_ms = _number(rules, "delay_ms")
+        if delay_ms < 0:
+            raise ValueError(f"'delay_ms' is a non-negative number of milliseconds, not {delay_ms}")
+        self.blocked, self.loss, self.delay_ms = set(blocked), loss, delay_ms
 
     def _passes(self, msg: PubsubMessage) -> bool:
         if msg.sender in self.blocked or (self.loss and self._rng.random() < self.loss):
@@ -74,42 +99,62 @@ class FaultyNode(IpfsNode):
 
     # -- passed through ---------------------------------------------------
     async def add(self, data: bytes) -> str:
+        """As ``inner``'s :meth:`~learnae.ipfs.base.IpfsNode.add`."""
         return await self.inner.add(data)
 
     async def cat(self, cid: str, timeout: float = 30.0, max_size: int | None = None) -> bytes:
+        """As ``inner``'s :meth:`~learnae.ipfs.base.IpfsNode.cat` (content is not filtered)."""
         return await self.inner.cat(cid, timeout=timeout, max_size=max_size)
 
     async def pin(self, cid: str, timeout: float = 60.0) -> None:
+        """As ``inner``'s :meth:`~learnae.ipfs.base.IpfsNode.pin`."""
         await self.inner.pin(cid, timeout=timeout)
 
     async def unpin(self, cid: str) -> None:
+        """As ``inner``'s :meth:`~learnae.ipfs.base.IpfsNode.unpin`."""
         await self.inner.unpin(cid)
 
+    async def pins(self) -> set[str]:
+        """What ``inner`` pins (content is not filtered)."""
+        return await self.inner.pins()
+
     async def publish(self, topic: str, data: bytes) -> None:
+        """As ``inner``'s :meth:`~learnae.ipfs.base.IpfsNode.publish` (sending is not filtered)."""
         await self.inner.publish(topic, data)
 
     async def addrs(self) -> list[str]:
+        """As ``inner``'s :meth:`~learnae.ipfs.base.IpfsNode.addrs`."""
         return await self.inner.addrs()
 
     async def close(self) -> None:
+        """Close ``inner``."""
         await self.inner.close()
 
     # -- filtered ---------------------------------------------------------
-    def subscribe(self, topic: str) -> AsyncIterator[PubsubMessage]:
+    def subscribe(self, topic: str) -> Subscription:
+        """Subscribe through ``inner``, dropping and delaying messages by the rules."""
         return _FilteredSubscription(self, self.inner.subscribe(topic))
 
     async def connect(self, multiaddr: str, timeout: float = 30.0) -> None:
+        """Connect through ``inner``, unless the peer is blocked.
+
+        Raises:
+            IpfsError: the peer at ``multiaddr`` is blocked; otherwise as ``inner`` raises.
+        """
         peer = multiaddr.rpartition("/p2p/")[2]
         if peer in self.blocked:
             raise IpfsError(f"{peer} is on the other side of a partition (fault rule)")
         await self.inner.connect(multiaddr, timeout=timeout)
 
     async def peers(self) -> list[str]:
+        """``inner``'s peers, without the blocked ones."""
         return [p for p in await self.inner.peers() if p not in self.blocked]
 
 
 class _FilteredSubscription(AsyncIterator[PubsubMessage]):
-    def __init__(self, node: FaultyNode, inner: AsyncIterator[PubsubMessage]):
+    """``inner`` with the node's fault rules applied to each message (a :class:`Subscription`)."""
+
+    def __init__(self, node: FaultyNode, inner: Subscription):
         self.node, self.inner = node, inner
 
     def __aiter__(self) -> _FilteredSubscription:
@@ -127,10 +172,27 @@ class _FilteredSubscription(AsyncIterator[PubsubMessage]):
         await self.inner.aclose()
 
 
-async def follow_control(node: FaultyNode, path: str | os.PathLike[str], interval: float = 0.2) -> None:
-    """Apply the control file at ``path`` to ``node`` whenever it changes (runs until
-    cancelled). A missing or half-written file leaves the rules as they are; write it
-    atomically (temporary file + rename)."""
+def _number(rules: Mapping[str, object], key: str) -> float:
+    """``rules[key]`` as a float (0.0 when absent); ValueError unless it is a JSON number."""
+    value = rules.get(key, 0.0)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{key!r} is a number, not {value!r:.100}")
+    return float(value)
+
+
+async def follow_control(node: FaultyNode, path: str | os.PathLike[str],
+                         interval: float = 0.2) -> None:
+    """Apply the control file at ``path`` to ``node`` whenever it changes; runs until cancelled.
+
+    A missing or half-written file leaves the rules as they are (write it with
+    :func:`write_control`, which replaces it atomically); so does a file of the wrong shape,
+    which is logged once.
+
+    Args:
+        node: the node whose rules the file sets.
+        path: the control file (JSON, see the module docstring).
+        interval: seconds between looks at the file.
+    """
     seen = None
     while True:
         try:
@@ -138,16 +200,30 @@ async def follow_control(node: FaultyNode, path: str | os.PathLike[str], interva
             key = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
             if key != seen:
                 with open(path) as f:
-                    node.apply(json.load(f))
+                    rules = json.load(f)
                 seen = key
-        except (OSError, ValueError):
+                try:
+                    node.apply(rules)
+                except ValueError as exc:  # whole, but of the wrong shape: wait for a new one
+                    log.warning("fault control file %s ignored: %s", path, exc)
+        except (OSError, ValueError):  # missing, or not whole yet
             pass
         await asyncio.sleep(interval)
 
 
-def write_control(path: str | os.PathLike[str], *, blocked=(), loss: float = 0.0, delay_ms: float = 0.0) -> None:
-    """Write a control file for :func:`follow_control` atomically."""
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump({"blocked": sorted(blocked), "loss": loss, "delay_ms": delay_ms}, f)
-    os.replace(tmp, path)
+def write_control(path: str | os.PathLike[str], *, blocked: Iterable[str] = (), loss: float = 0.0,
+                  delay_ms: float = 0.0) -> None:
+    """Write a control file for :func:`follow_control`, replacing it atomically.
+
+    Args:
+        path: the control file; its directory must exist. Written mode 0644.
+        blocked: peer ids whose messages the node drops and whose dials it refuses.
+        loss: probability in [0, 1] that another received message is dropped.
+        delay_ms: milliseconds every delivered message is held.
+
+    Raises:
+        TypeError: ``blocked`` holds something other than strings (nothing is written).
+        OSError: the file could not be written (it is then unchanged).
+    """
+    rules = {"blocked": sorted(blocked), "loss": loss, "delay_ms": delay_ms}
+    write_atomic(path, json.dumps(rules).encode(), mode=0o644)

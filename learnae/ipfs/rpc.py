@@ -36,14 +36,22 @@ import json
 import logging
 import re
 import weakref
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
-from multiformats import multibase
+from multiformats import CID, multibase
 
 from learnae.content import file_cid, parse_cid, to_v1
-from learnae.errors import ConfigError, IpfsError, IpfsTimeout, NodeClosed, OversizeError
+from learnae.errors import (
+    ConfigError,
+    InvalidCID,
+    IpfsError,
+    IpfsTimeout,
+    NodeClosed,
+    OversizeError,
+)
 from learnae.ipfs.addr import check_multiaddr
 from learnae.ipfs.base import SUBSCRIPTION_BUFFER_BYTES, IpfsNode, PubsubMessage, SubscriptionBuffer
 
@@ -93,6 +101,14 @@ def decode_message(line: bytes | str) -> PubsubMessage:
         raise IpfsError(f"not a Kubo pubsub message ({exc}): {str(line)[:200]}") from exc
 
 
+def _cid_forms(cid: CID) -> list[str]:
+    """``cid`` as CIDv1 base32 and, when it has one (dag-pb over sha2-256), as CIDv0."""
+    forms = [to_v1(cid)]
+    with contextlib.suppress(ValueError):
+        forms.append(str(cid.set(version=0, base="base58btc")))
+    return forms
+
+
 def _flag(value: bool) -> str:
     return "true" if value else "false"
 
@@ -116,7 +132,7 @@ class Exposure:
         return f"{self.setting}: {self.found}; fix: {self.fix}"
 
 
-def find_exposures(config: dict, listen: Iterable[str], peers: Iterable[str],
+def find_exposures(config: Mapping[str, Any], listen: Iterable[str], peers: Iterable[str],
                    version: tuple[int, ...]) -> list[Exposure]:
     """What in a daemon's state reaches beyond a private swarm (the module docstring's list).
 
@@ -130,8 +146,9 @@ def find_exposures(config: dict, listen: Iterable[str], peers: Iterable[str],
         One :class:`Exposure` per failing check, in a fixed order; empty for a daemon that
         passes them all.
     """
-    def get(path: str, default):
-        value = config
+    def get(path: str, default: Any) -> Any:
+        """The value at dotted ``path`` in ``config`` (JSON), ``default`` when absent or null."""
+        value: Any = config
         for key in path.split("."):
             value = value.get(key) if isinstance(value, dict) else None
         return default if value is None else value
@@ -178,8 +195,10 @@ def find_exposures(config: dict, listen: Iterable[str], peers: Iterable[str],
 
 
 def _public(multiaddr: str) -> bool:
-    """Is ``multiaddr`` outside private, loopback and link-local networks? A name (``/dns4``,
-    ``/dnsaddr``) or a relayed address (``/p2p-circuit``) counts as public."""
+    """Whether ``multiaddr`` is outside private, loopback and link-local networks.
+
+    A name (``/dns4``, ``/dnsaddr``) or a relayed address (``/p2p-circuit``) counts as public.
+    """
     parts = multiaddr.split("/")
     if len(parts) < 3 or parts[1] not in ("ip4", "ip6") or "p2p-circuit" in parts:
         return True
@@ -224,8 +243,10 @@ class RpcNode(IpfsNode):
     async def open(cls, url: str = "http://127.0.0.1:5001", *,
                    session: aiohttp.ClientSession | None = None,
                    allow_shared: bool = False) -> RpcNode:
-        """Connect to the daemon at ``url``, learn its peer id (``/api/v0/id``) and check that
-        it is private (see the module docstring).
+        """Connect to the daemon at ``url`` and check that it is private.
+
+        Learns the daemon's peer id (``/api/v0/id``) and version, then checks its config (see
+        the module docstring).
 
         Args:
             url: the RPC API's address (Kubo's ``Addresses.API``, as http://host:port).
@@ -258,8 +279,9 @@ class RpcNode(IpfsNode):
         return node
 
     async def exposures(self) -> list[Exposure]:
-        """What makes the daemon reach beyond a private swarm (:func:`find_exposures`), read
-        from its ``config/show``, ``swarm/addrs/listen``, ``swarm/peers`` and ``version``.
+        """What makes the daemon reach beyond a private swarm (:func:`find_exposures`).
+
+        Read from its ``config/show``, ``swarm/addrs/listen``, ``swarm/peers`` and ``version``.
 
         Raises:
             IpfsError: the daemon does not answer one of them (its ``API.Authorizations`` may
@@ -307,7 +329,7 @@ class RpcNode(IpfsNode):
     @contextlib.asynccontextmanager
     async def _post(self, command: str, params: Iterable[tuple[str, str]] = (), *,
                     data: aiohttp.FormData | None = None, timeout: float | None = CALL_TIMEOUT,
-                    timeout_reason: str | None = None):
+                    timeout_reason: str | None = None) -> AsyncIterator[aiohttp.ClientResponse]:
         """POST ``/api/v0/<command>``; yield the response once it answered 200.
 
         Raises IpfsError for other statuses (with Kubo's message) and for connection
@@ -336,8 +358,8 @@ class RpcNode(IpfsNode):
             return f"{self.url} has no Kubo RPC command {command} (HTTP {resp.status}): {text}"
         return f"Kubo {command} failed (HTTP {resp.status}): {text}"
 
-    async def _json(self, command: str, params: Iterable[tuple[str, str]] = (), **kwargs) -> dict:
-        async with self._post(command, params, **kwargs) as resp:
+    async def _json(self, command: str, params: Iterable[tuple[str, str]] = ()) -> dict[str, Any]:
+        async with self._post(command, params) as resp:
             body = await resp.text(errors="replace")
         try:
             value = json.loads(body)
@@ -360,8 +382,10 @@ class RpcNode(IpfsNode):
 
         Args:
             data: the file's bytes.
-            cid_version, raw_leaves: as ``ipfs add --cid-version --raw-leaves``; the defaults
-                give Kubo's default DAG, whose CID :func:`~learnae.content.content_id` predicts.
+            cid_version: as ``ipfs add --cid-version`` (0 or 1); the default, 0, gives the
+                CID :func:`~learnae.content.content_id` predicts.
+            raw_leaves: as ``ipfs add --raw-leaves``; None (the default) for Kubo's default
+                for ``cid_version`` (raw leaves with CIDv1 only).
             pin: pin the file (the default).
 
         Raises:
@@ -427,14 +451,31 @@ class RpcNode(IpfsNode):
             pass
 
     async def unpin(self, cid: str) -> None:
-        """Remove the pin on ``cid`` (``/api/v0/pin/rm``); not pinned is not an error."""
-        key = to_v1(parse_cid(cid))
+        """Remove the pin on ``cid`` (``/api/v0/pin/rm``); not pinned is not an error.
+
+        Removes it under the CIDv1 and the CIDv0: Kubo keeps a pin per CID string, and
+        :meth:`add` pins the CIDv0.
+        """
+        for form in _cid_forms(parse_cid(cid)):
+            try:
+                async with self._post("pin/rm", [("arg", form)]):
+                    pass
+            except IpfsError as exc:
+                if "not pinned" not in exc.reason:
+                    raise
+
+    async def pins(self) -> set[str]:
+        """The recursively pinned CIDs (``/api/v0/pin/ls?type=recursive``), as CIDv1 base32.
+
+        Raises:
+            IpfsError: the daemon failed, or answered something that is not a list of CIDs.
+        """
+        keys = (await self._json("pin/ls", [("type", "recursive")])).get("Keys") or {}
         try:
-            async with self._post("pin/rm", [("arg", key)]):
-                pass
-        except IpfsError as exc:
-            if "not pinned" not in exc.reason:
-                raise
+            return {to_v1(key) for key in keys}
+        except (InvalidCID, TypeError) as exc:
+            raise IpfsError(f"{self.url} answered pin/ls with something that is not a list of"
+                            f" CIDs: {exc}") from None
 
     # -- pubsub -------------------------------------------------------------
     async def publish(self, topic: str, data: bytes) -> None:
@@ -509,8 +550,11 @@ class RpcNode(IpfsNode):
 
 
 class _Stream:
-    """What a subscription's background reader fills: the reader holds this, never the
-    subscription, so a subscription nobody holds is collected (and its reader cancelled)."""
+    """What a subscription's background reader fills.
+
+    The reader holds this, never the subscription, so a subscription nobody holds is collected
+    (and its reader cancelled).
+    """
 
     def __init__(self, loop: asyncio.AbstractEventLoop):
         self.buffer = SubscriptionBuffer()  # bounded in bytes (SUBSCRIPTION_BUFFER_BYTES)
@@ -571,9 +615,20 @@ class _Subscription(AsyncIterator[PubsubMessage]):
         self._stream = _Stream(loop)
         self._task = loop.create_task(_read(node, topic, self._stream))
 
-    ready = property(lambda self: self._stream.ready)
-    dropped = property(lambda self: self._stream.buffer.dropped)
-    skipped = property(lambda self: self._stream.skipped)
+    @property
+    def ready(self) -> asyncio.Future[None]:
+        """Done once the daemon opened the subscription (or it failed)."""
+        return self._stream.ready
+
+    @property
+    def dropped(self) -> int:
+        """Messages discarded because they did not fit in the buffer."""
+        return self._stream.buffer.dropped
+
+    @property
+    def skipped(self) -> int:
+        """Lines of the stream that were not pubsub messages."""
+        return self._stream.skipped
 
     def _stop(self) -> None:
         with contextlib.suppress(RuntimeError):  # the loop is already closed

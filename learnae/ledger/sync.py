@@ -134,7 +134,7 @@ import libipld
 
 from learnae.errors import IpfsError, LedgerError
 from learnae.identity import Identity
-from learnae.ipfs.base import IpfsNode
+from learnae.ipfs.base import IpfsNode, Subscription
 from learnae.ledger.tangle import Tangle
 from learnae.ledger.tx import TX_CID_PREFIX, Tx, cbor_head, cbor_text, tx_id, tx_link
 
@@ -176,8 +176,11 @@ def tx_topic(genesis_id: str) -> str:
 
 # Messages --------------------------------------------------------------------------------------
 class SyncMessage(NamedTuple):
-    """A decoded sync message: type tag ``t``, transaction ``ids`` (base32 strings; invalid
-    ones dropped), transaction bytes ``txs`` and the count or budget ``n`` (``None`` if absent)."""
+    """A decoded sync message.
+
+    Type tag ``t``, transaction ``ids`` (base32 strings; invalid ones dropped), transaction
+    bytes ``txs`` and the count or budget ``n`` (``None`` if absent).
+    """
 
     t: str
     ids: list[str]
@@ -243,8 +246,11 @@ def decode_message(data: bytes) -> SyncMessage:
 
 
 async def _wait(event: asyncio.Event, timeout: float) -> None:
-    """Wait until ``event`` is set or ``timeout`` seconds pass. (Not ``asyncio.wait_for``: on
-    Python 3.11 it can swallow a cancellation that coincides with the event, gh-86296.)"""
+    """Wait until ``event`` is set or ``timeout`` seconds pass.
+
+    Not ``asyncio.wait_for``: on Python 3.11 it can swallow a cancellation that coincides with
+    the event (gh-86296).
+    """
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(timeout):
             await event.wait()
@@ -257,8 +263,10 @@ def _raw_id(raw: bytes) -> str:
 
 # Rate limits -----------------------------------------------------------------------------------
 class _Bucket:
-    """A token bucket: ``rate`` tokens/s up to ``burst``, starting with ``start`` tokens (default
-    ``burst``); :meth:`charge` may run into debt."""
+    """A token bucket: ``rate`` tokens/s up to ``burst``.
+
+    It starts with ``start`` tokens (default ``burst``); :meth:`charge` may run into debt.
+    """
 
     __slots__ = ("rate", "burst", "tokens", "stamp")
 
@@ -445,10 +453,12 @@ class TangleSync:
         self._reserved: dict[str, float] = {}  # asker -> answer bytes reserved for _to_answer
         self._answered: OrderedDict[str, float] = OrderedDict()  # id -> when last sent in an answer
         self._last_announce = float("-inf")
-        self._out: _Bucket | None = None  # answers sent, bytes
-        self._in_msgs: _Bucket | None = None  # messages received from others
-        self._in_bytes: _Bucket | None = None
-        self._sub = None
+        # Full buckets; start() makes them afresh on the loop's clock.
+        mr, mb, br, bb = self._global_limits
+        self._out = _Bucket(*self._answer_limits, 0.0)  # answers sent, bytes
+        self._in_msgs = _Bucket(mr, mb, 0.0)  # messages received from others
+        self._in_bytes = _Bucket(br, bb, 0.0)
+        self._sub: Subscription | None = None
         self._tasks: list[asyncio.Task] = []
         self._stopping = False
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -530,13 +540,14 @@ class TangleSync:
                 self.stats["tx_sent"] += 1
                 self.stats["txs_published"] += len(chunk)
 
-    async def append(self, identity: Identity, kind: str, payload: dict, **kw) -> Tx:
+    async def append(self, identity: Identity, kind: str, payload: dict, *,
+                     time_ms: int | None = None, rng: random.Random | None = None) -> Tx:
         """:meth:`Tangle.append` a new transaction, then :meth:`publish` it; returns it.
 
         Raises:
             TxRejected, LedgerError: as :meth:`Tangle.append`.
         """
-        tx = self.tangle.append(identity, kind, payload, **kw)
+        tx = self.tangle.append(identity, kind, payload, time_ms=time_ms, rng=rng)
         await self.publish(tx)
         return tx
 
@@ -588,8 +599,10 @@ class TangleSync:
 
     # Receiving --------------------------------------------------------------------------------------
     def _peer(self, sender: str, now: float) -> _Peer:
-        """The sender's entry, made with a new id's small burst if absent (evicting the least
-        recently heard beyond ``max_peers``)."""
+        """The sender's entry, made with a new id's small burst if absent.
+
+        Making one evicts the least recently heard beyond ``max_peers``.
+        """
         peer = self._peers.get(sender)
         if peer is None:
             mr, mb, br, bb, ar, ab = self._peer_limits
@@ -603,6 +616,7 @@ class TangleSync:
         return peer
 
     async def _read_loop(self) -> None:
+        assert self._sub is not None  # start() subscribed before starting this task
         async for sender, data in self._sub:
             try:
                 self._on_message(sender, data)
@@ -774,8 +788,16 @@ class TangleSync:
         stats = self.stats
         for result, sender in zip(results, owners, strict=True):
             status = result.status
-            if status != "rejected":  # here now (maybe pending): gap repair takes over
-                self._wish.pop(result.id, None)
+            if result.error is not None:  # status "rejected"
+                stats["rejected"] += 1
+                self.rejections[result.error.code] += 1
+                peer = self._peers.get(sender)
+                if peer is not None:
+                    peer.counters["rejected"] += 1
+                    peer.msgs.charge(self.reject_cost, now)
+                continue
+            assert result.id is not None  # only bytes that did not decode (rejected) have none
+            self._wish.pop(result.id, None)  # here now (maybe pending): gap repair takes over
             if status == "inserted":
                 stats["stored"] += 1 + len(result.released)
                 self._held.difference_update(result.released)
@@ -785,13 +807,6 @@ class TangleSync:
                 stats["pending"] += 1
                 self._held.add(result.id)
                 self._new_pending += 1
-            else:
-                stats["rejected"] += 1
-                self.rejections[result.error.code] += 1
-                peer = self._peers.get(sender)
-                if peer is not None:
-                    peer.counters["rejected"] += 1
-                    peer.msgs.charge(self.reject_cost, now)
         self._gap_check()
 
     def _gap_check(self) -> None:
@@ -875,9 +890,12 @@ class TangleSync:
                 log.exception("answering a want failed")
 
     def _ancestry(self, wanted: Iterable[str], budget: int, max_bytes: float) -> list[bytes]:
-        """The wanted transactions, then their newest ancestors (by time, ties by id), within
-        ``budget`` transactions and ``max_bytes``; returned oldest first (parents before
-        children, as times never decrease along approvals). The genesis is left out."""
+        """The wanted transactions, then their newest ancestors, oldest first.
+
+        Ancestors by time, ties by id, within ``budget`` transactions and ``max_bytes``;
+        returned oldest first (parents before children, as times never decrease along
+        approvals). The genesis is left out.
+        """
         get = self.tangle.get
         heap: list[tuple[int, int, str, Tx]] = []
         seen: set[str] = set()
@@ -924,8 +942,10 @@ class TangleSync:
         self.stats["wants_answered"] += len(todo)
 
     def _refund(self, reserved: dict[str, float], used: int) -> None:
-        """Give each asker back what of its reservation an answer of ``used`` bytes left over
-        (every asker is charged the whole answer, up to its reservation: all of them get it)."""
+        """Give each asker back what of its reservation an answer of ``used`` bytes left over.
+
+        Every asker is charged the whole answer, up to its reservation: all of them get it.
+        """
         now = self._now()
         for asker, grant in reserved.items():
             peer = self._peers.get(asker)
@@ -963,8 +983,11 @@ class TangleSync:
 
     # Introspection ----------------------------------------------------------------------------------
     def peer_stats(self) -> dict[str, dict]:
-        """Per sender heard from: its counters (``received``, ``rate_limited``, ``rejected``,
-        ``bad_message``, ``oversize``) and its last announced ``count`` and ``tips``."""
+        """Per sender heard from: its counters and what it last announced.
+
+        The counters are ``received``, ``rate_limited``, ``rejected``, ``bad_message`` and
+        ``oversize``; then its last announced ``count`` and ``tips``.
+        """
         return {
             sender: {**peer.counters, "count": peer.tips[0] if peer.tips else None,
                      "tips": peer.tips[1] if peer.tips else None}

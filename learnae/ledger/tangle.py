@@ -1,5 +1,7 @@
-"""The tangle store: validated transactions in SQLite, tips, cumulative weights, tip selection,
-a deterministic order, and the queries the node, sync and CLI need.
+"""The tangle store: validated transactions in SQLite, and the queries on them.
+
+It keeps the tips, computes cumulative weights, selects tips, fixes a deterministic order, and
+answers the queries the node, sync and CLI need.
 
 Sources: S. Popov, "The Tangle" (IOTA whitepaper, v1.4.3, 2018): section 2 for tips, approvers
 and cumulative weight, section 4.1 for the MCMC tip selection and confirmation confidence;
@@ -53,7 +55,7 @@ import urllib.parse
 from collections import Counter, defaultdict, deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from learnae.errors import LedgerError, TxRejected
 from learnae.identity import Identity
@@ -208,8 +210,11 @@ class Tangle:
         self._load()
 
     def _prepare(self, creating: bool) -> None:
-        """Check what the file holds before anything is written to it, then (writable stores)
-        set the journal, create the schema of a new store, and migrate an older one."""
+        """Check what the file holds before anything is written to it, then set it up.
+
+        A writable store then sets the journal, creates the schema of a new store, and
+        migrates an older one.
+        """
         tables = {name for (name,) in self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         if "meta" not in tables:
             if tables:
@@ -242,7 +247,7 @@ class Tangle:
         log.info("%s: indexed the seq of %d data transactions", self.path, len(rows))
 
     def _open_rules(self, genesis_raw: bytes | None, pow_bits: int | None, max_tx_bytes: int | None) -> None:
-        given = {"pow_bits": pow_bits, "max_tx_bytes": max_tx_bytes}
+        given: dict[str, Any] = {"pow_bits": pow_bits, "max_tx_bytes": max_tx_bytes}
         if genesis_raw is not None:
             genesis = decode_tx(genesis_raw)
             if genesis.kind != "genesis":
@@ -250,7 +255,7 @@ class Tangle:
             given["swarm"] = genesis.id
         saved = dict(self._db.execute("SELECT key, value FROM meta"))
         if not saved:
-            if None in given.values() or "swarm" not in given:
+            if genesis_raw is None or pow_bits is None or max_tx_bytes is None:
                 raise LedgerError(
                     f"{self.path} is a new tangle store: pass genesis_raw, pow_bits and max_tx_bytes"
                 )
@@ -272,10 +277,12 @@ class Tangle:
         self.max_tx_bytes: int = saved["max_tx_bytes"]
 
     def _load(self) -> None:
-        """(Re)read the in-memory state from the database: tips, top height, counts by kind
-        and each author's latest checkpoint (one pass; then kept up to date by inserts, so
-        that :meth:`counts` and :meth:`latest_checkpoint_per_author` do not grow with the
-        ledger)."""
+        """(Re)read the in-memory state from the database.
+
+        Tips, top height, counts by kind and each author's latest checkpoint (one pass; then
+        kept up to date by inserts, so that :meth:`counts` and
+        :meth:`latest_checkpoint_per_author` do not grow with the ledger).
+        """
         (self._top,) = self._db.execute("SELECT max(height) FROM tx").fetchone()
         self._tips = {
             i for (i,) in self._db.execute(
@@ -297,7 +304,7 @@ class Tangle:
     def __enter__(self) -> Tangle:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     # Insertion ---------------------------------------------------------------------------------
@@ -375,6 +382,7 @@ class Tangle:
             "INSERT INTO tx (id, raw, kind, author, time, height, cid, dseq) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (tx.id, tx.raw, tx.kind, tx.author, tx.time, height, _announced_cid(tx), _data_seq(tx)),
         ).lastrowid
+        assert seq is not None  # an INSERT sets it
         self._db.executemany("INSERT INTO edge VALUES (?, ?)", ((seq, p.seq) for p in parents))
         self._tips.difference_update(tx.parents)
         self._tips.add(tx.id)
@@ -482,16 +490,21 @@ class Tangle:
         stack = [tx_id]
         while stack:
             current = stack.pop()
-            inside = region is not None and current in region.approvers
-            for approver in region.approvers[current] if inside else self.approvers(current):
+            if region is not None and current in region.approvers:
+                approvers = region.approvers[current]
+            else:
+                approvers = self.approvers(current)
+            for approver in approvers:
                 if approver not in found:
                     found.add(approver)
                     stack.append(approver)
         return found
 
     def weight(self, tx_id: str) -> int:
-        """Cumulative weight (Popov 2018, section 2): 1 + the number of transactions approving
-        ``tx_id`` directly or indirectly. Costs O(that number) queries.
+        """Cumulative weight (Popov 2018, section 2) of ``tx_id``.
+
+        1 + the number of transactions approving ``tx_id`` directly or indirectly. Costs
+        O(that number) queries.
 
         Raises:
             LedgerError: ``tx_id`` is not stored.
@@ -532,8 +545,10 @@ class Tangle:
 
     @staticmethod
     def _walk(region: _Region, alpha: float, rng: random.Random) -> str:
-        """One MCMC walk (Popov 2018, section 4.1) from the region's entry to a tip: from ``x``
-        it steps to approver ``y`` with probability proportional to ``exp(-alpha * (W(x) - W(y)))``.
+        """One MCMC walk (Popov 2018, section 4.1) from the region's entry to a tip.
+
+        From ``x`` it steps to approver ``y`` with probability proportional to
+        ``exp(-alpha * (W(x) - W(y)))``.
         """
         weights = region.weights
         current = region.entry
@@ -572,9 +587,11 @@ class Tangle:
         self, tx_id: str, *, walks: int = 100, alpha: float = DEFAULT_ALPHA,
         depth: int = DEFAULT_DEPTH, rng: random.Random | None = None,
     ) -> float:
-        """Share (0 to 1) of ``walks`` MCMC walks (Popov 2018, section 4.1) ending at a tip that
-        approves ``tx_id`` directly or indirectly, or is ``tx_id`` (the transaction selecting it
-        will approve it). Costs O(transactions approving ``tx_id``).
+        """Confirmation confidence of ``tx_id`` (Popov 2018, section 4.1), from 0 to 1.
+
+        The share of ``walks`` MCMC walks ending at a tip that approves ``tx_id`` directly or
+        indirectly, or is ``tx_id`` (the transaction selecting it will approve it). Costs
+        O(transactions approving ``tx_id``).
 
         Raises:
             LedgerError: ``tx_id`` is not stored.
@@ -589,7 +606,7 @@ class Tangle:
 
     # Queries -----------------------------------------------------------------------------------
     def __contains__(self, tx_id: object) -> bool:
-        """Is ``tx_id`` stored? (Pending transactions are not.)"""
+        """Is ``tx_id`` stored? Pending transactions are not."""
         return self._db.execute("SELECT 1 FROM tx WHERE id = ?", (tx_id,)).fetchone() is not None
 
     def get(self, tx_id: str) -> Tx | None:
@@ -599,8 +616,15 @@ class Tangle:
 
     @property
     def genesis(self) -> Tx:
-        """The genesis transaction (its payload is the swarm's manifest)."""
-        return self.get(self.swarm)
+        """The genesis transaction (its payload is the swarm's manifest).
+
+        Raises:
+            LedgerError: the file lost it (the store always holds its genesis).
+        """
+        genesis = self.get(self.swarm)
+        if genesis is None:
+            raise LedgerError(f"{self.path} does not hold its genesis transaction {self.swarm}")
+        return genesis
 
     def count(self) -> int:
         """Number of stored transactions, the genesis included. Cost: constant (kept in memory)."""
@@ -618,8 +642,11 @@ class Tangle:
         return [decode_tx(raw) for (raw,) in self._db.execute(sql, args)]
 
     def owner(self, content_cid: str) -> bytes | None:
-        """Author key of the first ``data``/``checkpoint`` transaction announcing
-        ``content_cid`` (CIDv1 base32) in the tangle's order; ``None`` if none does."""
+        """The owner of ``content_cid`` (CIDv1 base32), ``None`` if no transaction announces it.
+
+        The author key of the first ``data``/``checkpoint`` transaction announcing it, in the
+        tangle's order.
+        """
         row = self._db.execute(
             "SELECT author FROM tx WHERE cid = ? ORDER BY height, id LIMIT 1", (content_cid,)
         ).fetchone()
@@ -627,7 +654,9 @@ class Tangle:
 
     def latest_checkpoint_per_author(self) -> dict[bytes, Tx]:
         """Each author's latest ``checkpoint`` transaction: greatest (time, height, id).
-        Cost: the number of authors (kept up to date by inserts), not the ledger's size."""
+
+        Cost: the number of authors (kept up to date by inserts), not the ledger's size.
+        """
         seqs = [seq for _, seq in self._latest.values()]
         txs = [tx for chunk in range(0, len(seqs), 500)
                for tx in self._txs(f"SELECT raw FROM tx WHERE seq IN ({','.join('?' * len(seqs[chunk:chunk + 500]))})",
@@ -635,25 +664,32 @@ class Tangle:
         return {tx.author: tx for tx in txs}
 
     def checkpoints_since(self, cursor: int = 0) -> tuple[list[Tx], int]:
-        """``checkpoint`` transactions stored after ``cursor``, in arrival order, and the next
-        cursor. Cursors count this store's arrivals (start with 0), so late arrivals with a low
-        place in the order are not skipped. Cost: the arrivals since ``cursor``."""
+        """``checkpoint`` transactions stored after ``cursor``, and the next cursor.
+
+        The transactions come in arrival order. Cursors count this store's arrivals (start
+        with 0), so late arrivals with a low place in the order are not skipped. Cost: the
+        arrivals since ``cursor``.
+        """
         rows = self._db.execute(
             "SELECT seq, raw FROM tx WHERE seq > ? AND +kind = 'checkpoint' ORDER BY seq", (cursor,)
         ).fetchall()
         return [decode_tx(raw) for _, raw in rows], rows[-1][0] if rows else cursor
 
     def data_since(self, cursor: int = 0) -> tuple[list[Tx], int]:
-        """``data`` transactions stored after ``cursor``, in arrival order, and the next cursor
-        (as :meth:`checkpoints_since`)."""
+        """``data`` transactions stored after ``cursor``, and the next cursor.
+
+        In arrival order, as :meth:`checkpoints_since`.
+        """
         rows = self._db.execute(
             "SELECT seq, raw FROM tx WHERE seq > ? AND +kind = 'data' ORDER BY seq", (cursor,)
         ).fetchall()
         return [decode_tx(raw) for _, raw in rows], rows[-1][0] if rows else cursor
 
     def data_tx_at_seq(self, author: bytes, seq: int) -> str | None:
-        """Id of ``author``'s first ``data`` transaction (in the tangle's order) whose payload
-        ``seq`` is ``seq``, or ``None``. Cost: one index lookup."""
+        """Id of ``author``'s first ``data`` transaction with payload ``seq``, or ``None``.
+
+        First in the tangle's order. Cost: one index lookup.
+        """
         if not self._has_dseq:  # a read-only store made before the index existed
             return next((tx.id for tx in self.data_by_author(author) if tx.payload["seq"] == seq), None)
         row = self._db.execute("SELECT id FROM tx WHERE author = ? AND dseq = ? ORDER BY height, id LIMIT 1",
@@ -661,8 +697,10 @@ class Tangle:
         return None if row is None else row[0]
 
     def next_data_seq(self, author: bytes) -> int:
-        """One more than the highest payload ``seq`` of ``author``'s ``data`` transactions;
-        0 if it has none. Cost: one index lookup."""
+        """One more than the highest payload ``seq`` of ``author``'s ``data`` transactions.
+
+        0 if it has none. Cost: one index lookup.
+        """
         if not self._has_dseq:
             return 1 + max((tx.payload["seq"] for tx in self.data_by_author(author)), default=-1)
         (top,) = self._db.execute("SELECT max(dseq) FROM tx WHERE author = ? AND dseq IS NOT NULL",
@@ -676,8 +714,11 @@ class Tangle:
         )
 
     def lineage(self, tx_id: str) -> dict[str, Tx | None]:
-        """A checkpoint's lineage: it, then the ``base`` and ``data`` transactions it names,
-        recursively, breadth first. Maps each id to its transaction (``None`` if not stored)."""
+        """A checkpoint's lineage, each id mapped to its transaction (``None`` if not stored).
+
+        The checkpoint, then the ``base`` and ``data`` transactions it names, recursively,
+        breadth first.
+        """
         found: dict[str, Tx | None] = {}
         queue = deque([tx_id])
         while queue:
@@ -693,8 +734,9 @@ class Tangle:
         yield from self._db.execute("SELECT id, raw FROM tx ORDER BY seq")
 
     def verify(self) -> list[str]:
-        """Re-check every stored transaction from its bytes; returns the problems (empty if
-        none), each as ``"<id>: <reason>"``.
+        """Re-check every stored transaction from its bytes.
+
+        Returns the problems (empty if none), each as ``"<id>: <reason>"``.
 
         Checks: canonical decoding, id = CID of the bytes, signature, proof-of-work and the
         swarm's rules, parents stored before it and not later in time, and index columns

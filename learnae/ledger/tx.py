@@ -332,8 +332,9 @@ _PAYLOAD_RULES = {
 
 
 def check_payload(kind: str, payload: Any) -> None:
-    """Check that ``kind`` is known (:data:`KINDS`) and the payload fits it: exactly the kind's
-    keys, each of the right type.
+    """Check that ``kind`` is known (:data:`KINDS`) and that ``payload`` fits it.
+
+    The payload must hold exactly the kind's keys, each of the right type.
 
     ``checkpoint``: ``cid`` (content CIDv1 base32 string), ``size`` (bytes), ``step``,
     ``samples`` (unsigned ints), ``base``, ``data`` (lists of tx links), ``metrics`` (text to

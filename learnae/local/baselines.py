@@ -56,9 +56,11 @@ def _build(manifest: Manifest, seed: int):
 
 
 def _fit(model, x: np.ndarray, y: np.ndarray, manifest: Manifest, epochs: int, seed: int = 0) -> None:
-    """``epochs`` passes over (x, y), each in a fresh random order, as one Keras epoch of the
-    concatenated passes (same batches and sample visits; Keras's per-epoch overhead, which
-    dominates on these small sets, is paid once)."""
+    """``epochs`` passes over (x, y), each in a fresh random order, as one Keras epoch.
+
+    The epoch is the concatenated passes (same batches and sample visits; Keras's per-epoch
+    overhead, which dominates on these small sets, is paid once).
+    """
     rng = np.random.default_rng(seed)
     idx = np.concatenate([rng.permutation(len(x)) for _ in range(max(1, epochs))])
     model.fit(x[idx], y[idx], batch_size=manifest.batch_size, epochs=1, shuffle=False, verbose=0)
@@ -95,7 +97,7 @@ def fedavg(splits: list[Splits], manifest: Manifest, rounds: int, seed: int, loc
     clients = [_build(manifest, seed) for _ in splits]
     global_weights = get_weights(clients[0])
     for _ in range(max(1, rounds)):
-        results = []
+        results: list[Contribution] = []
         for model, s in zip(clients, splits, strict=True):
             set_weights(model, global_weights)
             _fit(model, s.train.x, s.train.y, manifest, local_epochs)
@@ -107,10 +109,12 @@ def fedavg(splits: list[Splits], manifest: Manifest, rounds: int, seed: int, loc
 
 def all_baselines(dataset: str, count: int, partition: str, seed: int, manifest: Manifest,
                   epochs: int | list[int], shards: int | None = None) -> dict[str, Any]:
-    """The three baselines for ``count`` nodes (shards ``0..count-1`` of ``shards``, default
-    ``count``; the rest are the sensors'); ``epochs`` per node (a list) or for all.
-    Centralized and FedAvg use the nodes' median epoch count, so they get the budget a
-    typical node had."""
+    """The three baselines for ``count`` nodes.
+
+    The nodes hold shards ``0..count-1`` of ``shards`` (default ``count``; the rest are the
+    sensors'); ``epochs`` per node (a list) or for all. Centralized and FedAvg use the nodes'
+    median epoch count, so they get the budget a typical node had.
+    """
     per = epochs if isinstance(epochs, list) else [epochs] * count
     budget = max(1, int(np.median(per)))
     # FedAvg costs one Keras fit per node per round: past MAX_FEDAVG_ROUNDS rounds, each round

@@ -13,6 +13,7 @@ import random
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from learnae.identity import Identity
 from learnae.ledger.sync import TangleSync
@@ -49,9 +50,11 @@ async def wait_in_step(tangles: Sequence[Tangle], timeout: float, interval: floa
 
 async def partition_benchmark(
     n_each: int = 5000, *, pow_bits: int = 4, timeout: float = 120.0, directory: str | Path | None = None,
-    seed: int = 0, **sync_options,
+    seed: int = 0, **sync_options: Any,
 ) -> dict:
-    """Two nodes on a memory network, partitioned while each appends ``n_each`` transactions
+    """Time two partitioned tangles take to converge once healed.
+
+    Two nodes on a memory network, partitioned while each appends ``n_each`` transactions
     (and publishes them, reaching nobody); then healed. Returns ``{"n_each", "total",
     "convergence_s", "stats": [per node]}``: the loop seconds from ``heal()`` until both
     tangles are :func:`in_step`.

@@ -9,7 +9,8 @@ SQLite tangles, Keras training on scikit-learn's bundled digits):
 3. Each round, every node trains one epoch on its shard, publishes its
    checkpoint (safetensors -> IPFS -> signed ``checkpoint`` transaction ->
    gossip), then fetches its peers' latest checkpoints by CID, validates them
-   and merges them with the manifest's rule.
+   and merges them with the manifest's rule: through the node's own network
+   side (:class:`~learnae.node.network.NetworkSide`).
 4. At the end the ledgers are compared and verified, and each node's accuracy
    on the common test split is shown next to what the same node reached
    training alone.
@@ -26,32 +27,39 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from learnae.identity import Identity
+from learnae.invite import Invite
 from learnae.ipfs.embedded import EmbeddedNode
 from learnae.ledger.sync import TangleSync
 from learnae.ledger.tangle import Tangle
 from learnae.local.converge import wait_in_step
-from learnae.manifest import Invite, Manifest, init_swarm, open_tangle
-from learnae.merge import Contribution
+from learnae.manifest import Manifest
 from learnae.models import model_config
-from learnae.node import fetch_peer_checkpoint, merge_contributions, publish_checkpoint
-from learnae.training.data import DataSpec
+from learnae.node.network import NetworkSide
+from learnae.state import init_swarm, open_tangle
+from learnae.training.bridge import Offer
+from learnae.training.data import DataSpec, Splits
+
+if TYPE_CHECKING:
+    import keras
 
 
 @dataclass
 class DemoNode:
-    """One participant: identity, Kubo node, tangle, syncer, model and data."""
+    """One participant: identity, Kubo node, tangle, syncer, model, data and network side."""
 
     name: str
     identity: Identity
     ipfs: EmbeddedNode
     tangle: Tangle
     sync: TangleSync
-    model: object
-    splits: object
+    model: keras.Model
+    splits: Splits
+    net: NetworkSide  # publishes, fetches and merges for it
     step: int = 0
-    last_tx: str | None = None
+    merged: tuple = ()  # tags of the merges since its last checkpoint (its next one's base)
     history: list[float] = field(default_factory=list)
 
 
@@ -81,30 +89,32 @@ async def run_demo(out: Path, *, nodes: int = 3, rounds: int = 15, seed: int = 0
             spec = DataSpec(source="digits", shard=(i, nodes), partition="dirichlet:0.5", seed=seed)
             model = build_model(manifest.model, optimizer=manifest.optimizer,
                                 learning_rate=manifest.learning_rate, seed=seed)
-            members.append(DemoNode(f"node{i}", identity, ipfs, tangle, sync, model, spec.load()))
+            net = NetworkSide(ipfs=ipfs, sync=sync, identity=identity, manifest=manifest,
+                              expect=expected_shapes(model), fetch_timeout=30)
+            members.append(DemoNode(f"node{i}", identity, ipfs, tangle, sync, model, spec.load(),
+                                    net))
             counts = members[-1].splits.train.class_counts()
             echo(f"{members[-1].name}: peer {ipfs.id[:12]}…, {len(members[-1].splits.train)} training rows, "
                  f"labels per class {counts.tolist()}")
 
         alone = _train_alone(members, manifest, rounds, seed)
-        expect = expected_shapes(members[0].model)
         echo("\nround  " + "  ".join(f"{m.name:>8}" for m in members) + "   ledger")
         for r in range(1, rounds + 1):
             for m in members:  # train and publish
                 x, y = m.splits.train.x, m.splits.train.y
                 await asyncio.to_thread(m.model.fit, x, y, batch_size=manifest.batch_size, epochs=1, verbose=0)
                 m.step += -(-len(x) // manifest.batch_size)
-                await _publish(m, founder.genesis.id, len(x))
+                await _publish(m, len(x))
             await wait_in_step([m.tangle for m in members], timeout=30)
             for m in members:  # fetch and merge peers' latest checkpoints
-                await _merge_peers(m, manifest, expect)
+                await _merge_peers(m)
                 m.history.append(evaluate(m.model, m.splits.test.x, m.splits.test.y)["accuracy"])
             echo(f"{r:5d}  " + "  ".join(f"{m.history[-1]:8.3f}" for m in members)
                  + f"   {members[0].tangle.count()} txs")
 
         await wait_in_step([m.tangle for m in members], timeout=30)
         problems = [p for m in members for p in m.tangle.verify()]
-        report = {
+        report: dict[str, Any] = {
             "nodes": {m.name: {"accuracy": m.history[-1], "alone": alone[m.name], "history": m.history}
                       for m in members},
             "ledger": {"transactions": members[0].tangle.count(), "by_kind": members[0].tangle.counts(),
@@ -142,26 +152,33 @@ def _train_alone(members: list[DemoNode], manifest: Manifest, rounds: int, seed:
     return result
 
 
-async def _publish(m: DemoNode, genesis_id: str, samples: int) -> None:
-    from learnae.training.model import evaluate, get_weights
+def _offer(m: DemoNode, samples: int) -> Offer:
+    """The node's model as the network side takes it."""
+    from learnae.training.model import get_weights
+
+    return Offer(get_weights(m.model), step=m.step, samples=samples, total_samples=samples, merged=m.merged)
+
+
+async def _publish(m: DemoNode, samples: int) -> None:
+    from learnae.training.model import evaluate
 
     metrics = evaluate(m.model, m.splits.holdout.x, m.splits.holdout.y)
-    tx, _ = await publish_checkpoint(m.ipfs, m.sync, m.identity, weights=get_weights(m.model), step=m.step,
-                                     samples=samples, metrics=metrics)
-    m.last_tx = tx.id
+    await m.net.publish(_offer(m, samples), metrics=metrics)
+    m.merged = ()
 
 
-async def _merge_peers(m: DemoNode, manifest: Manifest, expect) -> None:
-    from learnae.training.model import get_weights, set_weights
+async def _merge_peers(m: DemoNode) -> None:
+    """Merge with every peer's latest checkpoint."""
+    from learnae.training.model import set_weights
 
-    own = Contribution(get_weights(m.model), samples=len(m.splits.train), age=m.step, author="self")
-    peers = [await fetch_peer_checkpoint(m.ipfs, tx, manifest, expect, genesis=m.tangle.swarm, timeout=30)
-             for author, tx in m.tangle.latest_checkpoint_per_author().items()
-             if author != m.identity.public_key]
-    set_weights(m.model, merge_contributions(manifest, own, peers).weights)
+    merged = await m.net.merge_all(_offer(m, len(m.splits.train)))
+    if merged is not None:
+        set_weights(m.model, merged.weights)
+        m.merged += (merged.tag,)
 
 
 def main(out: Path, nodes: int, rounds: int, seed: int) -> int:
+    """Run :func:`run_demo` and print its duration; the exit status (0: the report is ok)."""
     start = time.monotonic()
     report = asyncio.run(run_demo(out, nodes=nodes, rounds=rounds, seed=seed))
     print(f"done in {time.monotonic() - start:.0f} s")

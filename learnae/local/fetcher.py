@@ -23,13 +23,15 @@ import time
 from pathlib import Path
 
 from learnae.errors import LearnaeError
+from learnae.invite import Invite
 from learnae.ipfs.embedded import MAX_FETCHES, EmbeddedNode
-from learnae.manifest import Invite, parse_listen
+from learnae.state import parse_listen
 
 CONCURRENCY = MAX_FETCHES - 2  # the embedded node refuses more fetches at once
 
 
 async def fetch_all(args: argparse.Namespace) -> dict:
+    """Join the swarm, fetch every CID of ``args.cids``; the ``RESULT.json`` content."""
     started = time.monotonic()
     host, port = parse_listen(args.listen)
     swarm_key = Invite.load(args.invite).swarm_key
@@ -57,6 +59,7 @@ async def fetch_all(args: argparse.Namespace) -> dict:
 
 
 def main() -> None:
+    """The command line (see the module docstring); exits 0 when every CID came."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repo", required=True, help="Kubo repo directory (created if new).")
     parser.add_argument("--invite", required=True, help="The swarm's invite.json (its swarm key).")

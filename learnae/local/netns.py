@@ -96,11 +96,15 @@ class Lan:
         _ip("link", "set", f"p{host}", "down", netns=self.bridge_ns)
 
     def restore(self, host: int) -> None:
+        """Plug host ``host``'s cable back in (undoes :meth:`cut`)."""
         _ip("link", "set", f"p{host}", "up", netns=self.bridge_ns)
 
     def partition(self, groups: list[list[int]]) -> None:
-        """Hosts in different ``groups`` can no longer reach each other; hosts in one group
-        still can. Hosts in no group stay on the main bridge (one more group)."""
+        """Hosts in different ``groups`` can no longer reach each other.
+
+        Hosts in one group still can. Hosts in no group stay on the main bridge (one more
+        group).
+        """
         for g, hosts in enumerate(groups, start=1):
             bridge = f"br{g}"
             if bridge not in self._bridges:
@@ -114,7 +118,8 @@ class Lan:
         """Every host back on the main bridge (cut cables stay cut: see :meth:`restore`).
 
         Each host's neighbour (ARP) cache is flushed: entries that failed during the
-        partition would otherwise refuse connections (EHOSTUNREACH) for seconds more."""
+        partition would otherwise refuse connections (EHOSTUNREACH) for seconds more.
+        """
         for i in range(len(self.names)):
             _ip("link", "set", f"p{i}", "master", "br0", netns=self.bridge_ns)
         for ns in self.names:

@@ -100,7 +100,7 @@ def run_process_demo(out: Path, *, nodes: int = 4, sensors: int = 2, dataset: st
                             "history": m.history}
     by_kind = max((((s or {}).get("ledger") or {}).get("by_kind", {}) for s in statuses),
                   key=lambda d: sum(d.values()))
-    report = {
+    report: dict[str, Any] = {
         "mode": "processes", "dataset": dataset, "partition": partition, "merge": merge, "seed": seed,
         "nodes": per_node,
         "sensors": {sensor.name: {"rows": sensor.rows, "published": (c or {}).get("published", 0),
@@ -154,6 +154,7 @@ def _plot(report: dict[str, Any], path: Path) -> None:
 
 
 def main(out: Path, **kwargs: Any) -> int:
+    """Run :func:`run_process_demo`; the exit status (0: the report is ok, 130: Ctrl+C)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # the baselines run TensorFlow here too
     start = time.monotonic()
     try:

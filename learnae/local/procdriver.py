@@ -49,6 +49,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -105,8 +106,8 @@ def content_cids(state: Path) -> list[str]:
 
 
 class _Run:
-    def __init__(self, scn: Scenario, out: Path, with_faults: bool, echo, use_netns: bool | None,
-                 target: float | None = None):
+    def __init__(self, scn: Scenario, out: Path, with_faults: bool, echo: Callable[[str], None],
+                 use_netns: bool | None, target: float | None = None):
         self.scn = scn
         self.target = target
         self.out = out
@@ -134,10 +135,15 @@ class _Run:
         self.restart_missing: list[str] = []
         self.rejections: dict[str, int] = {}
         self.backlog = 0  # most transactions a live node lacked at the recovery point
+        self._watch: tuple[float, set[str]] | None = None  # (recovery point, ids held then)
+        self._converge: float | None = None  # seconds until every live node held those ids
 
     def _swarm(self, scn: Scenario, out: Path) -> LocalSwarm:
-        """Every node dials every earlier one; in namespaces when there is a LAN; each node's
-        fault layer follows its control file."""
+        """Make the local swarm: every node dials every earlier one.
+
+        The nodes run in namespaces when there is a LAN; each node's fault layer follows its
+        control file.
+        """
         lan = self.lan
         return LocalSwarm(
             out, nodes=self.n, sensors=scn.sensors, dataset=scn.dataset, partition=scn.partition,
@@ -256,9 +262,11 @@ class _Run:
             time.sleep(TICK)
 
     def _window_done(self, start: int) -> bool:
-        """Whether the accuracy invariant is decided for every live node: since round
-        ``start`` it has reached the target accuracy (when known) or made
-        ``recovery_merges`` merges."""
+        """Whether the accuracy invariant is decided for every live node.
+
+        It is once, since round ``start``, the node has reached the target accuracy (when
+        known) or made ``recovery_merges`` merges.
+        """
         bound = self.scn.bounds["recovery_merges"]
         for i in self.live():
             name = self.names[i]
@@ -293,8 +301,8 @@ class _Run:
         self.swarm.wait(self.swarm.all_training, START_TIMEOUT, "every node training")
         t0 = time.monotonic()
         recovery_round = min(scn.recovery_round(), scn.rounds) if self.faults else 0
-        self._watch: tuple[float, set[str]] | None = None
-        self._converge: float | None = None
+        self._watch = None
+        self._converge = None
         for r in range(scn.rounds + 1):
             self._sleep_until(t0 + r * scn.round_seconds)
             if r:
@@ -312,6 +320,9 @@ class _Run:
             self.record(r - 1)
             r += 1
         watch_from, converge = self._watch, self._converge
+        if watch_from is None:  # set in the loop above: the recovery round is at most `rounds`
+            raise RuntimeError(f"recovery round {recovery_round} was never reached in"
+                               f" {scn.rounds} rounds")
         # the recovery backlog, then everything held at the end, each within the bound
         if converge is None:
             waited = self.wait_holds(watch_from[1], watch_from[0] + bound)
@@ -372,7 +383,8 @@ class _Run:
 
     def verify(self, i: int) -> list[str]:
         """``learnae ledger verify`` of node ``i``'s tangle (after the nodes stopped)."""
-        from learnae.manifest import Invite, open_tangle
+        from learnae.invite import Invite
+        from learnae.state import open_tangle
 
         tangle, _ = open_tangle(self.swarm.members[i].state, invite=Invite.load(self.swarm.invite))
         try:
@@ -388,8 +400,9 @@ class _Run:
                 self.lan.close()
 
 
-def simulate_processes(scn: Scenario, workdir: Path, *, with_faults: bool = True, echo=print,
-                       use_netns: bool | None = None, target: float | None = None) -> SimResult:
+def simulate_processes(scn: Scenario, workdir: Path, *, with_faults: bool = True,
+                       echo: Callable[[str], None] = print, use_netns: bool | None = None,
+                       target: float | None = None) -> SimResult:
     """Run ``scn`` once on real node processes in ``workdir`` (see the module doc).
 
     ``use_netns``: put the nodes in network namespaces (default: when

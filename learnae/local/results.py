@@ -15,8 +15,11 @@ __all__ = ["SimResult"]
 
 @dataclass
 class SimResult:
-    """What one run produced (:func:`~learnae.local.harness.simulate` or
-    :func:`~learnae.local.procdriver.simulate_processes`)."""
+    """What one run produced.
+
+    The run is :func:`~learnae.local.harness.simulate` or
+    :func:`~learnae.local.procdriver.simulate_processes`.
+    """
 
     accuracy: dict[str, dict[int, float]]
     ledger_size: list[float]

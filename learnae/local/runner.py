@@ -42,12 +42,16 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from learnae.ipfs import libkubo
-from learnae.manifest import Manifest, init_swarm
+from learnae.manifest import Manifest
 from learnae.models import model_config
+from learnae.state import init_swarm
 
 NODE = "from learnae.cli import main; main()"
+
+_T = TypeVar("_T")
 
 #: The model used for each bundled data set (anything else: an MLP sized from the data).
 MODELS = {"digits": "digits-mlp", "wine": "wine-mlp", "breast_cancer": "breast-cancer-mlp", "iris": "iris-mlp"}
@@ -102,10 +106,10 @@ def make_manifest(dataset: str, merge: str = "mean", *, sync_every: int = 10) ->
 
 def _mlp_config(features: tuple[int, ...], classes: int) -> str:
     """A one-hidden-layer MLP config for a data file (same layout as the bundled models)."""
-    from learnae.models import _mlp
+    from learnae.models import mlp
 
     n_in = int(features[0]) if len(features) == 1 else int(__import__("math").prod(features))
-    return json.dumps(_mlp("data-mlp", n_in, [32], classes), separators=(",", ":"))
+    return json.dumps(mlp("data-mlp", n_in, [32], classes), separators=(",", ":"))
 
 
 @dataclass
@@ -153,9 +157,11 @@ def sensor_counters(state: Path) -> dict | None:
 
 
 def write_sensor_csv(path: Path, dataset: str, shard: int, count: int, partition: str, seed: int) -> int:
-    """Write shard ``shard`` of ``count`` (every row of it, unscaled: a sensor sends raw
-    readings and each node scales them as it scales its own) as CSV with a ``label`` column;
-    returns the number of rows."""
+    """Write shard ``shard`` of ``count`` as CSV with a ``label`` column; return its rows.
+
+    Every row of the shard, unscaled: a sensor sends raw readings and each node scales them as
+    it scales its own.
+    """
     import numpy as np
 
     from learnae.training.data import DataSpec
@@ -170,8 +176,10 @@ def write_sensor_csv(path: Path, dataset: str, shard: int, count: int, partition
 
 
 class LocalSwarm:
-    """``nodes`` trainer node processes and ``sensors`` sensor processes in one private swarm
-    on 127.0.0.1 (see the module doc)."""
+    """Trainer node and sensor processes in one private swarm on 127.0.0.1.
+
+    ``nodes`` trainer node processes and ``sensors`` sensor processes (see the module doc).
+    """
 
     def __init__(self, out: Path, *, nodes: int = 2, sensors: int = 0, dataset: str = "digits",
                  partition: str = "dirichlet:0.5", merge: str = "mean", seed: int = 0,
@@ -211,8 +219,11 @@ class LocalSwarm:
 
     # ------------------------------------------------------------------ start
     def create(self) -> None:
-        """``learnae init`` in ``out/founder``, the invite in ``out/invite.json``, each node's
-        Kubo repo, and each sensor's CSV."""
+        """Make the swarm's files.
+
+        ``learnae init`` in ``out/founder``, the invite in ``out/invite.json``, each node's
+        Kubo repo, and each sensor's CSV.
+        """
         self.out.mkdir(parents=True, exist_ok=True)
         init_swarm(self.out / "founder", self.manifest).invite.save(self.invite)
         for i in range(self.n):
@@ -243,8 +254,10 @@ class LocalSwarm:
                 "--network-nice", "0", *peers, *self.extra_args(i)]
 
     def sensor_argv(self, j: int) -> list[str]:
-        """The command line of sensor ``j``: its CSV paced over ``stream_seconds``, posted to
-        node ``j mod nodes``."""
+        """The command line of sensor ``j``.
+
+        Its CSV paced over ``stream_seconds``, posted to node ``j mod nodes``.
+        """
         s = self.sensors[j]
         node = self.members[j % self.n]
         rate = max(s.rows / self.stream_seconds, 0.1)
@@ -266,8 +279,11 @@ class LocalSwarm:
         self._spawn(self.members[i], self.wrap(i, self.argv(i)))
 
     def start(self) -> None:
-        """Create the swarm (if not yet), start every node, then every sensor (in the network
-        namespace of the node it posts to, when ``wrap`` puts nodes in one)."""
+        """Create the swarm (if not yet), start every node, then every sensor.
+
+        A sensor runs in the network namespace of the node it posts to, when ``wrap`` puts
+        nodes in one.
+        """
         if not self.members:
             self.create()
         self.started_at = time.monotonic()
@@ -292,11 +308,16 @@ class LocalSwarm:
 
     # ------------------------------------------------------------------ follow
     def statuses(self) -> list[dict | None]:
+        """Each node's ``status.json`` (None before it wrote one), in node order."""
         return [m.status() for m in self.members]
 
     def poll(self) -> list[dict | None]:
-        """Read every node's status, record test accuracy histories; RuntimeError when a node
-        or sensor exited that was neither stopped nor killed on purpose."""
+        """Read every node's status and record test accuracy histories.
+
+        Raises:
+            RuntimeError: a node or sensor exited that was neither stopped nor killed on
+                purpose.
+        """
         now = time.monotonic() - self.started_at
         for s in self.sensors:
             self._check_alive(s)
@@ -315,12 +336,14 @@ class LocalSwarm:
         """A node must run until stopped; a sensor may end (status 0) when its data is sent."""
         code = None if m.proc is None else m.proc.poll()
         if code is not None and not m.down and not self._stopped and (m.kind == "node" or code != 0):
-            raise RuntimeError(f"{m.name} exited with {m.proc.returncode}:\n{self.log_tail(m)}")
+            raise RuntimeError(f"{m.name} exited with {code}:\n{self.log_tail(m)}")
 
     def sensor_counters(self) -> list[dict | None]:
+        """Each sensor's queue counters (None before it has any), in sensor order."""
         return [s.status() for s in self.sensors]
 
-    def wait(self, predicate, timeout: float, what: str, interval: float = 0.5):
+    def wait(self, predicate: Callable[[list[dict | None]], _T], timeout: float, what: str,
+             interval: float = 0.5) -> _T:
         """Poll until ``predicate(statuses)`` is truthy; TimeoutError otherwise."""
         end = time.monotonic() + timeout
         while time.monotonic() < end:
@@ -331,11 +354,13 @@ class LocalSwarm:
         raise TimeoutError(f"not within {timeout} s: {what}")
 
     def all_training(self, statuses: list[dict | None]) -> bool:
+        """Whether every node that is not down has trained at least one step."""
         return all(s is not None and s.get("step", 0) > 0 for m, s in zip(self.members, statuses, strict=True)
                    if not m.down)
 
     @staticmethod
     def log_tail(m: NodeProc, chars: int = 3000) -> str:
+        """The last ``chars`` characters of ``m``'s log ("" if it has none or cannot be read)."""
         try:
             return m.log.read_text()[-chars:] if m.log else ""
         except OSError:
@@ -343,6 +368,7 @@ class LocalSwarm:
 
     # ------------------------------------------------------------------ stop
     def pids(self) -> list[int]:
+        """The pids of every process started, nodes then sensors."""
         return [m.proc.pid for m in (*self.members, *self.sensors) if m.proc is not None]
 
     def kill(self, i: int) -> None:
@@ -353,8 +379,10 @@ class LocalSwarm:
             _kill_group(m.proc)
 
     def stop(self, timeout: float = 30.0) -> dict[str, int | None]:
-        """SIGTERM every process started (by pid; sensors first, so their last chunks still
-        reach a node), wait up to ``timeout`` s, SIGKILL stragglers' process groups.
+        """Stop every process started: SIGTERM, then SIGKILL after ``timeout`` s.
+
+        SIGTERM goes by pid, sensors first, so their last chunks still reach a node; after
+        ``timeout`` s, stragglers' process groups get SIGKILL.
 
         Safe to call twice and from a ``finally``; a second Ctrl+C during the wait is absorbed
         so the kill still happens. Returns each process's exit code (negative: killed by
@@ -363,24 +391,24 @@ class LocalSwarm:
         self._stopped = True
         end = time.monotonic() + timeout
         for group in (self.sensors, self.members):
-            procs = [m for m in group if m.proc is not None]
-            for m in procs:
-                if m.proc.poll() is None:
+            procs = [m.proc for m in group if m.proc is not None]
+            for proc in procs:
+                if proc.poll() is None:
                     try:
-                        m.proc.send_signal(signal.SIGTERM)
+                        proc.send_signal(signal.SIGTERM)
                     except ProcessLookupError:
                         pass
-            for m in procs:
-                while m.proc.poll() is None:
+            for proc in procs:
+                while proc.poll() is None:
                     try:
-                        m.proc.wait(max(0.0, end - time.monotonic()))
+                        proc.wait(max(0.0, end - time.monotonic()))
                     except subprocess.TimeoutExpired:
                         break
                     except KeyboardInterrupt:  # keep stopping
                         continue
-            for m in procs:
-                if m.proc.poll() is None:
-                    _kill_group(m.proc)
+            for proc in procs:
+                if proc.poll() is None:
+                    _kill_group(proc)
         return {m.name: None if m.proc is None else m.proc.returncode for m in (*self.members, *self.sensors)}
 
 

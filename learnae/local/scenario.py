@@ -178,10 +178,12 @@ class Scenario:
 
     @property
     def node_names(self) -> list[str]:
+        """The nodes' names: ``n0``, ``n1``, ..."""
         return [f"n{i}" for i in range(self.nodes)]
 
     @property
     def sensor_names(self) -> list[str]:
+        """The sensors' names: ``s0``, ``s1``, ..."""
         return [f"s{i}" for i in range(self.sensors)]
 
     def byzantine(self) -> dict[str, Fault]:
@@ -197,8 +199,11 @@ class Scenario:
         return replace(self, faults=())
 
     def recovery_round(self) -> int:
-        """The round at whose start the last fault that ends (heal, restart, the end of a loss,
-        delay, Byzantine or sensor-offline period) has ended; 0 when no fault ends."""
+        """The round at whose start the last fault that ends has ended; 0 when no fault ends.
+
+        A fault ends with a heal, a restart, or the end of a loss, delay, Byzantine or
+        sensor-offline period.
+        """
         ends = [f.at for f in self.faults if f.kind in ("heal", "restart")]
         ends += [f.until for f in self.faults if f.until is not None]
         return max(ends, default=0)
@@ -224,7 +229,7 @@ def load_scenario(path: str | Path) -> Scenario:
 
 
 def _type_name(t: type | tuple) -> str:
-    names = {int: "an integer", float: "a number", str: "a string", bool: "true or false", dict: "a table"}
+    names: dict[type | tuple, str] = {int: "an integer", float: "a number", str: "a string", bool: "true or false", dict: "a table"}
     return names.get(t, str(t))
 
 
@@ -340,6 +345,7 @@ def _parse_fault(index, raw, rounds, names, sensors, fail) -> Fault:
         return name
 
     if kind == "partition":
+        groups: tuple[tuple[str, ...], ...]
         if raw.get("halves") is True:
             everyone = names + sensors
             half = len(everyone) // 2
@@ -405,12 +411,14 @@ def _check_timeline(faults: list[Fault], fail) -> None:
     """Crash/restart pairs make sense; a node stays Byzantine under one behaviour; some honest node remains."""
     crashed: set[str] = set()
     for f in faults:
-        node = f.nodes[0] if f.nodes else None
+        if f.kind not in ("crash", "restart"):
+            continue
+        node = f.nodes[0]  # a crash or restart names its node (parse_scenario)
         if f.kind == "crash":
             if node in crashed:
                 raise fail(f"crash of {node} at round {f.at}: it is already crashed")
             crashed.add(node)
-        elif f.kind == "restart":
+        else:
             if node not in crashed:
                 raise fail(f"restart of {node} at round {f.at}: it was not crashed before")
             crashed.discard(node)

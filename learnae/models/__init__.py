@@ -3,7 +3,7 @@
 A swarm's model travels in its genesis transaction as a Keras JSON config: the string
 ``keras.Sequential.to_json()`` returns (Keras 3). The training layer rebuilds it with
 ``keras.saving.deserialize_keras_object(json.loads(config), safe_mode=True)`` (Keras 3's
-``model_from_json`` takes no ``safe_mode`` argument); :mod:`learnae.manifest` checks it first,
+``model_from_json`` takes no ``safe_mode`` argument); :mod:`learnae.models.check` checks it first,
 without importing Keras (allowed layers only, no ``Lambda``, nothing outside Keras).
 
 Known models (:data:`MODELS`), all small multi-layer perceptrons on flat float32 features with a
@@ -23,7 +23,7 @@ Each config is exactly what Keras 3.15 writes for
 ``keras.Sequential([keras.Input((n,), name="features"), Dense(h, "relu", name="dense_0"), ...,
 Dense(c, "softmax", name="output")], name=...)``; layer names are fixed so that the weight
 paths (checkpoint tensor names, e.g. ``dense_0/kernel``) are the same on every node. The dicts
-are built by :func:`_mlp` rather than spelled out; ``tests/test_manifest.py`` checks them
+are built by :func:`mlp` rather than spelled out; ``tests/test_manifest.py`` checks them
 against Keras itself (slow test).
 
 :func:`learnae.models.params.count_params` counts a config's parameters without Keras (the
@@ -38,8 +38,10 @@ from pathlib import Path
 from typing import Any
 
 from learnae.errors import ConfigError
+from learnae.files import read_json
+from learnae.models.check import ModelInfo, check_model
 
-__all__ = ["MAX_MODEL_FILE_BYTES", "MODELS", "model_config"]
+__all__ = ["MAX_MODEL_FILE_BYTES", "MODELS", "ModelInfo", "check_model", "mlp", "model_config"]
 
 MAX_MODEL_FILE_BYTES = 1 << 20
 """Largest MODEL.json read (1 MiB); a genesis transaction must hold the config anyway."""
@@ -77,7 +79,7 @@ def _dense(name: str, units: int, activation: str, n_in: int) -> dict[str, Any]:
     return _obj("keras.layers", "Dense", config, build_config={"input_shape": [None, n_in]})
 
 
-def _mlp(name: str, n_in: int, hidden: list[int], classes: int) -> dict[str, Any]:
+def mlp(name: str, n_in: int, hidden: list[int], classes: int) -> dict[str, Any]:
     """The config of ``Input((n_in,)) -> Dense(h, relu) for h in hidden -> Dense(classes, softmax)``."""
     layers: list[dict[str, Any]] = [_obj("keras.layers", "InputLayer", {
         "batch_shape": [None, n_in], "dtype": "float32", "sparse": False, "ragged": False,
@@ -100,11 +102,11 @@ def _mlp(name: str, n_in: int, hidden: list[int], classes: int) -> dict[str, Any
 
 
 MODELS: dict[str, dict[str, Any]] = {
-    "digits-mlp": _mlp("digits-mlp", 64, [64], 10),
-    "wine-mlp": _mlp("wine-mlp", 13, [32], 3),
-    "breast-cancer-mlp": _mlp("breast-cancer-mlp", 30, [32], 2),
-    "iris-mlp": _mlp("iris-mlp", 4, [16], 3),
-    "mlp-1m": _mlp("mlp-1m", 64, [1024, 768, 256], 10),
+    "digits-mlp": mlp("digits-mlp", 64, [64], 10),
+    "wine-mlp": mlp("wine-mlp", 13, [32], 3),
+    "breast-cancer-mlp": mlp("breast-cancer-mlp", 30, [32], 2),
+    "iris-mlp": mlp("iris-mlp", 4, [16], 3),
+    "mlp-1m": mlp("mlp-1m", 64, [1024, 768, 256], 10),
 }
 """Known model configs by name (Keras JSON configs as dicts; see the module docstring)."""
 
@@ -114,7 +116,7 @@ def model_config(name_or_path: str | os.PathLike[str]) -> str:
 
     A file holds what ``model.to_json()`` returns. The result is compact JSON (no spaces), as
     it goes into the genesis transaction. It is *not* checked here: use
-    :func:`learnae.manifest.check_model`.
+    :func:`learnae.models.check.check_model`.
 
     Raises:
         ConfigError: ``name_or_path`` is neither a known name nor a readable file of at most
@@ -127,18 +129,7 @@ def model_config(name_or_path: str | os.PathLike[str]) -> str:
         raise ConfigError(
             f"model {str(name_or_path)!r} is neither a known model ({', '.join(MODELS)}) nor a file"
         )
-    try:
-        with path.open("rb") as f:
-            data = f.read(MAX_MODEL_FILE_BYTES + 1)
-    except OSError as exc:
-        raise ConfigError(f"cannot read model file {path}: {exc.strerror or exc}") from None
-    if len(data) > MAX_MODEL_FILE_BYTES:
-        raise ConfigError(f"model file {path} is over {MAX_MODEL_FILE_BYTES} bytes; "
-                          "a Keras JSON config (model.to_json()) is far smaller")
-    try:
-        obj = json.loads(data)
-    except (ValueError, RecursionError) as exc:
-        raise ConfigError(f"model file {path} is not JSON: {exc}") from None
+    obj = read_json(path, "model file", MAX_MODEL_FILE_BYTES)
     if not isinstance(obj, dict):
         raise ConfigError(f"model file {path} does not hold a JSON object (write it with model.to_json())")
     return json.dumps(obj, separators=(",", ":"))

@@ -9,7 +9,7 @@ costs nothing to refuse.
 How each layer is counted: Keras builds a layer with the input shape in its ``build_config``
 (which ``model.to_json()`` writes for every built layer) or, lacking one, with the shape the
 model's input gives it; this module does the same, following shapes through the model from its
-``InputLayer`` (or ``build_input_shape``). Every layer of :data:`learnae.manifest.LAYERS` is
+``InputLayer`` (or ``build_input_shape``). Every layer of :data:`learnae.models.check.LAYERS` is
 counted as Keras builds it, including LoRA weights (``lora_rank``). Rules where Keras' own
 allocation is not a plain sum:
 
@@ -30,7 +30,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, TypeGuard
 
 __all__ = ["Uncountable", "count_params"]
 
@@ -148,9 +148,12 @@ def _tensors(value: Any) -> Iterator[tuple]:
 
 # --------------------------------------------------------------------------- layers
 def _layer(layer: dict, given: list | None, kwargs: dict | None = None) -> tuple[int, list]:
-    """``(parameters, output shapes)`` of one layer config, built with ``given`` input shapes
-    (``None`` where unknown) unless its ``build_config`` names them; ``given=None``: the model
-    does not build it. An output shape is ``None`` where it cannot be followed."""
+    """``(parameters, output shapes)`` of one layer config.
+
+    The layer is built with ``given`` input shapes (``None`` where unknown) unless its
+    ``build_config`` names them; ``given=None``: the model does not build it. An output shape
+    is ``None`` where it cannot be followed.
+    """
     cls = layer["class_name"]
     if cls in _MODELS:
         return _model(layer, given)
@@ -184,14 +187,16 @@ def _name(layer: dict) -> str:
     return name if isinstance(name, str) else layer.get("class_name", "?")
 
 
-def _is_shape(value: Any) -> bool:
+def _is_shape(value: object) -> TypeGuard[list | tuple]:
     return isinstance(value, list | tuple) and all(
         d is None or (type(d) is int and d >= 0) for d in value)
 
 
 def _built_shapes(build: Any) -> list | None:
-    """The input shapes in a layer's ``build_config``: ``{"input_shape": shape or [shapes]}``
-    or ``{"shapes_dict": {"query_shape": ..., ...}}``."""
+    """The input shapes in a layer's ``build_config``.
+
+    ``{"input_shape": shape or [shapes]}`` or ``{"shapes_dict": {"query_shape": ..., ...}}``.
+    """
     if not isinstance(build, dict):
         return None
     if "shapes_dict" in build:
@@ -297,7 +302,10 @@ def _einsum_dense(cfg, shapes):
 
 # convolution -----------------------------------------------------------------------------------
 def _rank(cls: str) -> int:
-    return int(re.search(r"(\d)D", cls)[1])
+    found = re.search(r"(\d)D", cls)
+    if found is None:
+        raise ValueError(f"layer class {cls!r} names no rank (as Conv2D does)")
+    return int(found[1])
 
 
 def _channels(cfg: dict, shape: Shape) -> int:
@@ -315,7 +323,7 @@ def _spatial(cfg: dict, shape: Shape, rank: int) -> tuple[list, Callable[[list, 
 
 
 def _conv_dims(dims, kernel, strides, dilation, padding):
-    out = []
+    out: list[int | None] = []
     for size, k, s, d in zip(dims, kernel, strides, dilation, strict=True):
         if size is None:
             out.append(None)
@@ -427,7 +435,7 @@ def _resize(cls: str):
     """Cropping, ZeroPadding and UpSampling: each spatial dim changes on its own."""
     rank = _rank(cls)
     key = {"Cropping": "cropping", "ZeroPadding": "padding", "UpSampling": "size"}[
-        re.match(r"[A-Za-z]+?(?=\d)", cls)[0]]
+        re.sub(r"\dD$", "", cls)]
 
     def rule(cfg, shapes):
         dims, rebuild = _spatial(cfg, shapes[0], rank)

@@ -59,8 +59,10 @@ class Offer:
     min_peers: int = 0
 
     def after(self, older: Offer) -> Offer:
-        """This offer, standing in for ``older`` too (which was never taken): samples add
-        up, merged tags are concatenated, everything else is this offer's."""
+        """This offer, standing in for ``older`` too (which was never taken).
+
+        Samples add up, merged tags are concatenated, everything else is this offer's.
+        """
         return replace(self, samples=older.samples + self.samples, merged=older.merged + self.merged)
 
 
@@ -87,8 +89,9 @@ class Merged:
 
 
 class SwarmBridge(ABC):
-    """The interface between :class:`~learnae.training.callback.SwarmCallback` (Keras thread)
-    and a node (network thread).
+    """The interface between the Keras thread's callback and a node's network thread.
+
+    The callback is :class:`~learnae.training.callback.SwarmCallback`.
 
     Both methods are called from the Keras thread at batch boundaries and must return at
     once: they may take a lock held only briefly, never wait on the network. An
@@ -162,6 +165,7 @@ class QueueBridge(SwarmBridge):
 
     # ------------------------------------------------------------------ Keras side
     def offer_checkpoint(self, offer: Offer) -> bool:
+        """Put ``offer`` in the outbox, folding in one the node has not taken; always True."""
         with self._out_lock:
             try:
                 older = self.outbox.get_nowait()
@@ -175,19 +179,23 @@ class QueueBridge(SwarmBridge):
         return True
 
     def take_merged(self) -> Merged | None:
+        """Take the merged weights in the inbox, or None at once if it is empty."""
         try:
             return self.inbox.get_nowait()
         except queue.Empty:
             return None
 
     def wants_offer(self) -> bool:
+        """True without ``pull``; with it, only while the node waits and no offer is queued."""
         return not self.pull or (self._waiting > 0 and self.outbox.empty())
 
     # ------------------------------------------------------------------ node side
     def take_offer(self, timeout: float | None = 0.0) -> Offer | None:
-        """The latest offer, or None if none arrives within ``timeout`` seconds
-        (0: do not wait; None: wait as long as it takes). While it waits, a ``pull`` bridge
-        asks the callback for an offer."""
+        """The latest offer, or None if none arrives within ``timeout`` seconds.
+
+        ``timeout`` 0: do not wait; None: wait as long as it takes. While it waits, a ``pull``
+        bridge asks the callback for an offer.
+        """
         try:
             if timeout == 0:
                 return self.outbox.get_nowait()

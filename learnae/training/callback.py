@@ -144,14 +144,17 @@ class SwarmCallback(keras.callbacks.Callback):
 
     # Keras hooks ---------------------------------------------------------------------
     def on_train_begin(self, logs: Mapping[str, Any] | None = None) -> None:
+        """Keras hook: honour a stop asked between two ``fit()`` calls."""
         self._check_stop()  # a stop asked between two fit() calls, which fit() forgot
 
     def on_epoch_begin(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
+        """Keras hook: restart the epoch's batch and sample counts."""
         self._last_batch = -1
         self._epoch_samples = 0
         self._check_stop()
 
     def on_train_batch_end(self, batch: int, logs: Mapping[str, Any] | None = None) -> None:
+        """Keras hook: count the batch, offer a snapshot when due, apply merged weights."""
         steps = (self.params or {}).get("steps")
         if isinstance(steps, int) and steps > 0:
             batch = min(batch, steps - 1)  # Keras reports a short last execution as full

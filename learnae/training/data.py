@@ -333,8 +333,7 @@ def _check_seed(seed: int) -> None:
 
 
 def _stratified_pick(y: np.ndarray, classes: int, fraction: float, rng) -> np.ndarray:
-    """Indices (sorted) of a stratified sample of ``round(fraction * n)`` rows, clamped to
-    ``1..n-1``.
+    """Indices (sorted) of a stratified sample of ``round(fraction * n)`` rows (``1..n-1``).
 
     Per class ``c`` with ``n_c`` rows the quota is ``fraction * n_c``; each class gets its
     floor, and the rows still missing go to the largest fractional parts (ties: larger class,
@@ -395,8 +394,10 @@ def split(ds: Dataset, test_fraction: float = 0.2, seed: int = 0) -> tuple[Datas
 
 
 def split_holdout(ds: Dataset, fraction: float, seed: int = 0, index: int = 0) -> tuple[Dataset, Dataset]:
-    """A node's own held-out part of its shard: ``(train, holdout)``, stratified like
-    :func:`split`, seeded by ``(seed, index)`` so each shard's holdout is independent.
+    """A node's own held-out part of its shard: ``(train, holdout)``.
+
+    Stratified like :func:`split`, seeded by ``(seed, index)`` so each shard's holdout is
+    independent.
 
     Raises:
         DataError: fraction out of range, or the shard has fewer than 2 rows.
@@ -436,10 +437,11 @@ def _parse_partition(partition: str) -> float | None:
 def assign_shards(
     y: np.ndarray, count: int, partition: str = "iid", seed: int = 0, classes: int | None = None
 ) -> np.ndarray:
-    """Which shard each row goes to: an int64 array of shape ``(n,)`` with values in
-    ``[0, count)``, every value used at least once. Deterministic in ``seed``; every node
-    computes the whole assignment and keeps its own rows, so shards are disjoint and together
-    hold every row exactly once.
+    """Which shard each row goes to.
+
+    An int64 array of shape ``(n,)`` with values in ``[0, count)``, every value used at least
+    once. Deterministic in ``seed``; every node computes the whole assignment and keeps its own
+    rows, so shards are disjoint and together hold every row exactly once.
 
     Partitions:
 

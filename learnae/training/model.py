@@ -63,9 +63,10 @@ def _keras() -> Any:
 
 # --------------------------------------------------------------------------- threads
 def configure_threads(n: int, *, inter_op: int = 1) -> tuple[int, int]:
-    """Bound TensorFlow's CPU threads: ``n`` intra-op threads (one op's parallel work) and
-    ``inter_op`` inter-op threads (ops run side by side; 1 suits the small models of a swarm
-    and keeps total CPU use near ``n`` cores).
+    """Bound TensorFlow's CPU threads.
+
+    ``n`` intra-op threads (one op's parallel work) and ``inter_op`` inter-op threads (ops run
+    side by side; 1 suits the small models of a swarm and keeps total CPU use near ``n`` cores).
 
     Call it before building a model or running any op: TensorFlow fixes its thread pools when
     it starts (``tf.config.threading``). Calling it again later with the same numbers is
@@ -117,7 +118,7 @@ def build_model(
     ``TFOpLambda``, ``TFSMLayer`` and serialized Python lambdas are refused, and so is any
     object whose ``module`` is not Keras's own (``keras``, ``keras.*``, or ``builtins`` for
     built-in function names) or that names a registered custom object. (The manifest's
-    ``learnae.manifest.check_model`` is stricter — an allow-list of layers; this is the last
+    ``learnae.models.check.check_model`` is stricter — an allow-list of layers; this is the last
     line of defence.)
 
     The model is compiled with ``optimizer`` (a Keras optimizer name: ``adam``, ``sgd``,
@@ -277,16 +278,20 @@ def get_weights(model: keras.Model) -> dict[str, np.ndarray]:
 
 
 def expected_shapes(model: keras.Model) -> dict[str, tuple[tuple[int, ...], str]]:
-    """path -> (shape, dtype name) of every weight, in ``model.weights`` order: the ``expect``
-    argument of :func:`learnae.formats.decode_checkpoint`."""
+    """Path -> (shape, dtype name) of every weight, in ``model.weights`` order.
+
+    The ``expect`` argument of :func:`learnae.formats.decode_checkpoint`.
+    """
     return {v.path: (tuple(int(d) for d in v.shape), np.dtype(v.dtype).name) for v in model.weights}
 
 
 def set_weights(model: keras.Model, weights: Mapping[str, np.ndarray], *, add: bool = False) -> None:
-    """Load weights by path, or with ``add`` add them to the model's. All-or-nothing:
-    everything is checked before any is assigned.
+    """Load weights by path, or with ``add`` add them to the model's.
+
+    All-or-nothing: everything is checked before any is assigned.
 
     Args:
+        model: the Keras model whose variables are set.
         weights: path -> array with exactly the model's paths and shapes. Floating-point
             arrays of another precision are cast to the variable's dtype (e.g. float64
             averages into float32 weights); other dtype changes are refused.
@@ -329,11 +334,13 @@ def fit_passes(
     *,
     batch_size: int,
     epochs: int,
-    callbacks: Sequence[Any] = (),
+    callbacks: Sequence[keras.callbacks.Callback] = (),
     seed: int | None = None,
 ) -> keras.callbacks.History:
-    """``model.fit(x, y, batch_size=..., epochs=..., shuffle=True, verbose=0)``, each epoch one
-    pass over the rows in a new random order, through a single input pipeline.
+    """Train like ``model.fit(x, y, batch_size=..., epochs=..., shuffle=True, verbose=0)``.
+
+    Each epoch is one pass over the rows in a new random order, through a single input
+    pipeline.
 
     ``fit`` on arrays builds a new tf.data iterator at every epoch, twice (Keras 3.15; about
     10 ms each on 2 vCPUs): for a small model on a small shard that is most of the time
@@ -346,8 +353,11 @@ def fit_passes(
     ``model.stop_training``) behave the same; only the shuffling's random stream differs.
 
     Args:
-        x: features ``(n, *features)``; y: labels ``(n,)``; ``n >= 1``.
-        batch_size, epochs: as for ``fit`` (>= 1).
+        model: a compiled Keras model.
+        x: features ``(n, *features)``, ``n >= 1``.
+        y: labels ``(n,)``.
+        batch_size: rows per batch, as for ``fit`` (>= 1).
+        epochs: passes over the rows, as for ``fit`` (>= 1).
         callbacks: Keras callbacks for ``fit``.
         seed: seed of the shuffle (None: drawn from TensorFlow's global seed, which
             :func:`build_model` sets when given one).
@@ -401,7 +411,9 @@ def evaluate(model: keras.Model, x: np.ndarray, y: np.ndarray, *, batch_size: in
     every couple of seconds.
 
     Args:
-        x: features, ``(n, *features)``; y: int class labels ``(n,)``; ``n >= 1``.
+        model: a model built by :func:`build_model` (compiled with its loss).
+        x: features, ``(n, *features)``, ``n >= 1``.
+        y: int class labels ``(n,)``.
         batch_size: rows per inference call (>= 1).
 
     Returns:

@@ -45,14 +45,12 @@ from learnae.errors import ConfigError, LearnaeError
 
 log = logging.getLogger("learnae.pool")
 
-__all__ = ["ADOPTED_FILE", "DEFAULT_MAX_ROWS", "AdoptedStore", "StoreError", "StoredChunk",
+__all__ = ["DEFAULT_MAX_ROWS", "AdoptedStore", "StoreError", "StoredChunk",
            "TrainingPool", "seed_from"]
 
 #: Adopted rows the training pool holds at most, by default (``--adopt-max-rows``): 50,000
 #: rows of 64 float32 features take 12.8 MB.
 DEFAULT_MAX_ROWS = 50_000
-#: The store's file name in the node's state directory.
-ADOPTED_FILE = "adopted.sqlite"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS chunk (
@@ -140,7 +138,8 @@ class AdoptedStore:
         Args:
             tx: the data transaction's id.
             author: the sensor's public key.
-            x: features ``(rows, *features)``, numeric; y: labels ``(rows,)``, numeric.
+            x: features ``(rows, *features)``, numeric.
+            y: labels ``(rows,)``, numeric.
 
         Returns:
             The chunk's ``seq``, or None when the store already held ``tx``.
@@ -190,8 +189,9 @@ class AdoptedStore:
         return found
 
     def after(self, seq: int = 0) -> Iterator[StoredChunk]:
-        """The chunks stored after ``seq``, in the store's order, one at a time (only one
-        chunk's arrays are in memory at once). A row that does not decode is logged,
+        """The chunks stored after ``seq``, in the store's order, one at a time.
+
+        Only one chunk's arrays are in memory at once. A row that does not decode is logged,
         counted in :attr:`unreadable` and skipped.
 
         Raises:
@@ -229,15 +229,17 @@ def _decode_row(row: tuple) -> StoredChunk:
 
 
 class TrainingPool:
-    """The rows training runs on: the node's own rows, then a uniform sample of at most
-    ``max_rows`` adopted rows (Algorithm R; see the module docstring).
+    """The rows training runs on: the node's own, then a uniform sample of adopted rows.
+
+    At most ``max_rows`` adopted rows are kept (Algorithm R; see the module docstring).
 
     The arrays are allocated once, ``len(own) + max_rows`` rows (pages are only touched as
     rows arrive); :attr:`x` and :attr:`y` are views of their filled part. Not thread-safe:
     one thread (the node's training thread) adds and reads, between ``fit`` calls.
 
     Args:
-        x: the node's own features ``(n, *features)``; y: its labels ``(n,)``. Copied in.
+        x: the node's own features ``(n, *features)``. Copied in.
+        y: its labels ``(n,)``. Copied in.
         max_rows: adopted rows kept at most (>= 1).
         seed: seed of the sampling's generator (``numpy.random.default_rng``).
 
@@ -282,7 +284,8 @@ class TrainingPool:
         """Offer adopted rows to the pool, in order (cast to the pool's dtypes).
 
         Args:
-            x: features ``(m, *features)``; y: labels ``(m,)``.
+            x: features ``(m, *features)``.
+            y: labels ``(m,)``.
 
         Returns:
             How many of the pool's slots were written (rows that entered).
@@ -322,7 +325,10 @@ class TrainingPool:
 
 
 def seed_from(key: bytes) -> int:
-    """A sampling seed from a node's public key: the same across its restarts, different
-    between nodes (so that the swarm's nodes keep different samples of the same data)."""
+    """A sampling seed from a node's public key.
+
+    The same across its restarts, different between nodes (so that the swarm's nodes keep
+    different samples of the same data).
+    """
     return int.from_bytes(bytes(key)[:8].ljust(8, b"\0"), "big")
 

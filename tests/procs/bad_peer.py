@@ -35,11 +35,12 @@ from learnae.formats import (
     encode_checkpoint,
 )
 from learnae.identity import Identity
+from learnae.invite import Invite
 from learnae.ipfs.embedded import EmbeddedNode
 from learnae.ipfs.peering import keep_connected
 from learnae.ledger.sync import TangleSync
 from learnae.ledger.tx import checkpoint_payload
-from learnae.manifest import Invite, open_tangle
+from learnae.state import open_tangle
 
 KINDS = ("unfetchable", "shape", "nan", "norm")
 

@@ -2,7 +2,8 @@
 
 It runs an embedded Kubo node, a tangle and its syncer, appends a `data`
 transaction every ``--issue-every`` seconds, and rewrites ``--status`` (JSON:
-peer id, tx count, tips, a digest of the id set) every 0.2 s. When ``--faults``
+peer id, tx count, tips, a digest of the id set, every id it holds, the ids it
+issued itself, the peer ids its fault layer blocks) every 0.2 s. When ``--faults``
 names a file, it wraps its node in the fault layer and applies the peer ids
 listed there as blocked (a partition without root). SIGTERM stops it cleanly.
 """
@@ -29,10 +30,11 @@ PAYLOAD = {"cid": "bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku",
            "schema": {"features": [1]}, "source": "partition-test"}
 
 
-def write_status(path: Path, node_id: str, tangle: Tangle, issued: int) -> None:
+def write_status(path: Path, node_id: str, tangle: Tangle, mine: list[str], blocked) -> None:
     ids = sorted(tangle.order())
-    status = {"id": node_id, "count": len(ids), "tips": sorted(tangle.tips()), "issued": issued,
-              "digest": hashlib.sha256("\n".join(ids).encode()).hexdigest(), "ids": ids}
+    status = {"id": node_id, "count": len(ids), "tips": sorted(tangle.tips()), "issued": len(mine),
+              "digest": hashlib.sha256("\n".join(ids).encode()).hexdigest(), "ids": ids,
+              "mine": mine, "blocked": sorted(blocked)}
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(status))
     os.replace(tmp, path)
@@ -53,13 +55,16 @@ async def run(args: argparse.Namespace) -> None:
     control = asyncio.create_task(follow_control(node, args.faults, interval=0.1)) if args.faults else None
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-    issued = 0
+    mine: list[str] = []
+
+    def blocked() -> set[str]:  # the peers the fault layer blocks now (none without one)
+        return getattr(node, "blocked", set())
+
     try:
         while not stop.is_set():
             if args.issue_every and not Path(state / "quiet").exists():
-                await syncer.append(identity, "data", dict(PAYLOAD, seq=issued))
-                issued += 1
-            write_status(Path(args.status), ipfs.id, tangle, issued)
+                mine.append((await syncer.append(identity, "data", dict(PAYLOAD, seq=len(mine)))).id)
+            write_status(Path(args.status), ipfs.id, tangle, mine, blocked())
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), args.issue_every or 0.2)
     finally:
@@ -68,7 +73,7 @@ async def run(args: argparse.Namespace) -> None:
             control.cancel()
         await syncer.stop()
         await node.close()
-        write_status(Path(args.status), ipfs.id, tangle, issued)
+        write_status(Path(args.status), ipfs.id, tangle, mine, blocked())
         tangle.close()
 
 

@@ -7,12 +7,13 @@ through its RPC API), the swarm's tangle and its syncer, and a Keras training lo
 - Keras trains in the main thread with a :class:`~learnae.training.callback.SwarmCallback`,
   which offers a snapshot every ``sync_every`` batches and loads merged weights at batch
   boundaries, never waiting for the network.
-- The network runs on an asyncio loop in a thread of its own. For each offer it publishes
+- The network side (:class:`~learnae.node.network.NetworkSide`) runs on an asyncio loop in
+  a thread of its own. For each offer it publishes
   a checkpoint (safetensors -> ``ipfs.add`` pinned -> ``checkpoint`` tx whose ``base``
   names the peer checkpoints merged since the previous one -> gossip), then merges: up to
   ``k`` of the freshest peer checkpoints announced since the last merge (one per author,
   not stale, none by an author backing off after a checkpoint of theirs could not be used:
-  :class:`PeerChoice`), each fetched by CID with a timeout and a size bound, decoded against
+  :class:`~learnae.node.peers.PeerChoice`), each fetched by CID with a timeout and a size bound, decoded against
   the model's names, shapes and dtypes, and merged with the manifest's rule; the training side
   adds the merge's displacement from the offered snapshot to its current weights
   (:attr:`~learnae.training.bridge.Merged.delta`), keeping the batches trained meanwhile.
@@ -28,7 +29,7 @@ through its RPC API), the swarm's tangle and its syncer, and a Keras training lo
   checkpoint's ``data`` names their tx ids. A restart refills the pool from disk, fetches
   only chunks not stored yet, and names only those no published checkpoint named.
 
-The state directory holds everything a restart needs (:func:`state_paths`): the author
+The state directory holds everything a restart needs (:class:`~learnae.state.StateDir`): the author
 key, the tangle, the IPFS repo, the last published checkpoint and its step/sample counts.
 A directory that ran a node before and lost its ``identity.key`` is refused (the key is the
 identity the ledger credits) unless ``new_identity`` asks for a new key. SIGINT or SIGTERM
@@ -52,27 +53,33 @@ import signal
 import sys
 import threading
 import time
-from collections import Counter, OrderedDict, deque
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
 import numpy as np
 
 from learnae.errors import ConfigError, LearnaeError
-from learnae.formats import Checkpoint, decode_checkpoint, decode_chunk, encode_checkpoint
-from learnae.identity import Identity, parse_author_id
+from learnae.files import write_atomic, write_json_atomic
+from learnae.formats import decode_checkpoint
+from learnae.identity import Identity, read_author_file
+from learnae.invite import Invite
 from learnae.ipfs.base import IpfsNode
 from learnae.ledger.sync import TangleSync
 from learnae.ledger.tangle import Tangle
-from learnae.ledger.tx import Tx, checkpoint_payload
-from learnae.manifest import Invite, Manifest, open_tangle, parse_listen
-from learnae.merge import Contribution, MergeResult, merge
+from learnae.node.network import (
+    DEFAULT_FETCH_TIMEOUT,
+    DEFAULT_K,
+    DEFAULT_KEEP,
+    DEFAULT_STALE,
+    NetworkSide,
+)
+from learnae.state import StateDir, open_tangle, parse_listen
 from learnae.training.bridge import Merged, Offer, QueueBridge
-from learnae.training.data import DataSpec
+from learnae.training.data import DataSpec, Splits
 from learnae.training.pool import (
-    ADOPTED_FILE,
     DEFAULT_MAX_ROWS,
     AdoptedStore,
     StoreError,
@@ -80,30 +87,29 @@ from learnae.training.pool import (
     seed_from,
 )
 
+if TYPE_CHECKING:
+    import keras
+
+    from learnae.training.callback import SwarmCallback
+
 log = logging.getLogger("learnae.node")
 
-__all__ = ["NodeConfig", "PeerChoice", "TrainerNode", "fetch_peer_checkpoint", "lower_thread_priority",
-           "merge_contributions", "parse_adopt", "publish_checkpoint", "state_paths"]
+__all__ = ["DEFAULT_NETWORK_NICE", "ApiRunner", "NodeConfig", "TrainerNode",
+           "lower_thread_priority", "parse_adopt"]
 
-DEFAULT_KEEP = 3
-DEFAULT_K = 4
-DEFAULT_FETCH_TIMEOUT = 20.0
-DEFAULT_STALE = 600.0
 DEFAULT_NETWORK_NICE = 10
 METRICS_INTERVAL = 2.0  # seconds between metric evaluations / progress lines
 FIT_EPOCHS = 100  # epochs per model.fit call
-ADOPT_TRIES = 3  # fetch attempts for a data chunk before it is refused
 ADOPT_INTERVAL = 1.0  # seconds between looks at the tangle for new data transactions
 MAX_DATA_LINKS = 256  # data tx ids named in one checkpoint (the rest go in the next ones)
-BACKOFF = 30.0  # seconds an author whose checkpoint could not be used is passed over (doubling)
-MAX_BACKOFF = 1800.0  # the longest pass-over, seconds
-MAX_PEER_AUTHORS = 4096  # authors the peer choice remembers (pending checkpoints; backoffs)
 
 
 def parse_adopt(policy: str) -> frozenset[bytes] | None:
-    """Read an ``--adopt`` policy: ``all`` (None: every author), ``none`` (the empty set), or
-    the path of a file listing the admitted authors, one a line (64 hex digits of the public
-    key, or an author id ``z6Mk...``; ``#`` starts a comment).
+    """Read an ``--adopt`` policy: ``all``, ``none``, or the path of an author file.
+
+    ``all`` gives None (every author), ``none`` the empty set; a file lists the admitted
+    authors (:func:`~learnae.identity.read_author_file`: one a line, an author id ``z6Mk...``
+    or 64 hex digits of the public key; ``#`` comments).
 
     Raises:
         ConfigError: the file cannot be read, or a line is not an author.
@@ -112,41 +118,10 @@ def parse_adopt(policy: str) -> frozenset[bytes] | None:
         return None
     if policy == "none":
         return frozenset()
-    path = Path(policy)
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ConfigError(f"--adopt {policy}: cannot read the authors file ({exc.strerror or exc});"
-                          " give all, none, or a file of author keys, one a line") from None
-    keys: set[bytes] = set()
-    for n, line in enumerate(text.splitlines(), 1):
-        line = line.split("#", 1)[0].strip()
-        if not line:
-            continue
-        try:
-            keys.add(bytes.fromhex(line) if len(line) == 64 else parse_author_id(line))
-        except (ValueError, LearnaeError):
-            raise ConfigError(f"{path}:{n}: {line!r} is neither an author key (64 hex digits) nor an"
-                              " author id (z6Mk...)") from None
-    return frozenset(keys)
+    return frozenset(read_author_file(policy, "--adopt file"))
 
 
-def state_paths(state: str | os.PathLike[str]) -> dict[str, Path]:
-    """The files of a node's state directory, by role.
-
-    ``identity`` (author key, ``identity.key``), ``tangle`` (``tangle.sqlite``), ``ipfs``
-    (Kubo repo), ``checkpoint`` (last published checkpoint file), ``progress`` (JSON: step,
-    samples, last tx and CID, own pinned CIDs), ``addrs`` (JSON: peer id and multiaddrs),
-    ``api`` (JSON: the API's URL), ``status`` (JSON: what ``GET /status`` returns, rewritten
-    every second).
-    """
-    d = Path(state)
-    return {"identity": d / "identity.key", "tangle": d / "tangle.sqlite", "ipfs": d / "ipfs",
-            "checkpoint": d / "checkpoint.safetensors", "progress": d / "progress.json",
-            "addrs": d / "addrs.json", "api": d / "api.json", "status": d / "status.json"}
-
-
-def _lock_state(state: Path):
+def _lock_state(paths: StateDir) -> TextIO:
     """Take ``STATE/node.lock`` (an exclusive ``flock``, released when the process ends).
 
     Raises:
@@ -154,28 +129,29 @@ def _lock_state(state: Path):
     """
     import fcntl
 
-    f = open(state / "node.lock", "a+")  # noqa: SIM115 (held for the life of the node)
+    f = open(paths.lock, "a+")  # noqa: SIM115 (held for the life of the node)
     try:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         f.close()
-        raise ConfigError(f"another learnae node is running on {state}; stop it first, or give"
+        raise ConfigError(f"another learnae node is running on {paths.root}; stop it first, or give"
                           " this one a state directory of its own") from None
     return f
 
 
-def _write_json(path: Path, value: Any) -> None:
-    """Write ``value`` as JSON atomically (temporary file, fsync, rename)."""
-    _write_bytes(path, (json.dumps(value, indent=1) + "\n").encode())
+def _sync_every(value: int | str, *, epoch: int) -> int:
+    """Batches between checkpoints: ``value``, or ``epoch`` (batches per epoch) for ``"epoch"``.
 
+    Once per epoch, each checkpoint's ``samples`` is the size of the node's data.
 
-def _write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    Raises:
+        ConfigError: ``value`` is neither an integer nor ``"epoch"``.
+    """
+    if value == "epoch":
+        return epoch
+    if not isinstance(value, int):
+        raise ConfigError(f"sync_every is {value!r}; give a number of batches >= 1, or 'epoch'")
+    return value
 
 
 def lower_thread_priority(increment: int) -> int | None:
@@ -204,166 +180,33 @@ def lower_thread_priority(increment: int) -> int | None:
     return nice
 
 
-# ------------------------------------------------------------------ shared pieces (demo too)
-async def publish_checkpoint(ipfs: IpfsNode, sync: TangleSync, identity: Identity, *,
-                             weights: Mapping[str, np.ndarray], step: int, samples: int,
-                             base: Sequence[str] = (), metrics: Mapping[str, float] | None = None,
-                             data: Sequence[str] = ()) -> tuple[Tx, bytes]:
-    """Publish weights as a checkpoint: safetensors -> ``ipfs.add`` (pinned) -> signed
-    ``checkpoint`` tx (``base``: checkpoint tx ids merged into it; ``data``: data tx ids
-    adopted into the training pool since the previous one) -> gossip.
-
-    Returns:
-        ``(tx, file bytes)``.
-
-    Raises:
-        NonFiniteError: the weights hold NaN or infinity; IpfsError; TxRejected, LedgerError.
-    """
-    adopted = list(dict.fromkeys(data))
-    ckpt = Checkpoint(dict(weights), sync.tangle.swarm, int(step), int(samples))
-    data = await asyncio.to_thread(encode_checkpoint, ckpt)
-    cid = await ipfs.add(data)
-    payload = checkpoint_payload(cid=cid, size=len(data), step=int(step), samples=int(samples),
-                                 base=list(dict.fromkeys(base)), data=adopted, metrics=dict(metrics or {}))
-    tx = await sync.append(identity, "checkpoint", payload)
-    return tx, data
-
-
-async def fetch_peer_checkpoint(ipfs: IpfsNode, tx: Tx, manifest: Manifest, expect: Mapping, *,
-                                genesis: str, timeout: float = DEFAULT_FETCH_TIMEOUT) -> Contribution:
-    """Fetch and decode the checkpoint a peer's ``checkpoint`` tx announces.
-
-    Returns:
-        A :class:`~learnae.merge.Contribution` authored by the tx's author id (hex).
-
-    Raises:
-        IpfsTimeout (code ``timeout``), IpfsError, OversizeError, CorruptFile, FormatError,
-        SchemaMismatch, NonFiniteError: each with its ``code`` for counting.
-    """
-    limit = manifest.limits.checkpoint_bytes
-    raw = await ipfs.cat(tx.payload["cid"], timeout=timeout, max_size=limit)
-    ckpt = await asyncio.to_thread(decode_checkpoint, raw, max_bytes=limit, expect=expect,
-                                   genesis=genesis)
-    return Contribution(ckpt.weights, samples=ckpt.samples, age=ckpt.step, author=tx.author.hex())
-
-
-def merge_contributions(manifest: Manifest, own: Contribution,
-                        peers: Sequence[Contribution]) -> MergeResult:
-    """Merge peers into own with the manifest's rule and parameters (refusals listed in
-    ``MergeResult.rejected``, never raised)."""
-    return merge(manifest.merge, own, peers, **manifest.merge_params)
-
-
-# --------------------------------------------------------------------------- peer choice
-class PeerChoice:
-    """Which peer checkpoints a merge fetches: up to ``k`` of the freshest, one per author,
-    none stale, none by an author backing off. Bookkeeping only (no I/O, no clock: the caller
-    gives the times, in ms since the epoch).
-
-    Freshness is ``min(tx.time, arrival)``, ``arrival`` being when :meth:`add` saw the
-    transaction. A transaction's ``time`` is what its author wrote, and validation accepts
-    one up to :data:`~learnae.ledger.tx.MAX_FUTURE_MS` (10 minutes) ahead of the receiver's
-    clock: ranked by it, checkpoints dated in the future would take the ``k`` places of every
-    merge for minutes. Capped by arrival, they rank as if published when they arrived. Being
-    ``stale`` is judged on freshness too.
-
-    Backoff: an author whose checkpoint could not be used (:meth:`failed`: a fetch timeout or
-    error, refused content) is passed over for ``backoff`` seconds, twice as long after each
-    further failure, at most ``max_backoff``; its checkpoints stay pending meanwhile. A
-    checkpoint of theirs that is merged (:meth:`succeeded`) clears it, as does a failure more
-    than ``max_backoff`` after the previous pass-over ended. So an author announcing
-    checkpoints nobody can fetch costs one fetch timeout, then ever rarer ones, instead of a
-    place in every merge.
-
-    Memory: at most ``max_authors`` pending checkpoints (the least fresh is dropped first) and
-    ``max_authors`` backoff entries (the least recently failed is dropped first).
-
-    Args:
-        stale: seconds after which a checkpoint is too old to merge.
-        backoff, max_backoff: seconds (see Backoff), ``0 < backoff <= max_backoff``.
-        max_authors: authors remembered (>= 1).
-
-    Raises:
-        ConfigError: the bounds are out of range.
-    """
-
-    def __init__(self, *, stale: float, backoff: float = BACKOFF, max_backoff: float = MAX_BACKOFF,
-                 max_authors: int = MAX_PEER_AUTHORS):
-        if not 0 < backoff <= max_backoff or max_authors < 1:
-            raise ConfigError(f"peer choice: need 0 < backoff ({backoff}) <= max_backoff ({max_backoff})"
-                              f" and max_authors ({max_authors}) >= 1")
-        self.stale_ms = stale * 1000
-        self.backoff_ms = backoff * 1000
-        self.max_backoff_ms = max_backoff * 1000
-        self.max_authors = max_authors
-        self._pending: dict[bytes, tuple[float, Tx]] = {}  # author -> (freshness, tx)
-        self._backoff: OrderedDict[bytes, tuple[int, float]] = OrderedDict()  # author -> (failures, until)
-
-    def __len__(self) -> int:
-        """Pending checkpoints (one per author), backing off or not."""
-        return len(self._pending)
-
-    def add(self, tx: Tx, now_ms: float) -> None:
-        """A peer's checkpoint ``tx`` seen at ``now_ms``: it becomes its author's pending one
-        unless that one is at least as fresh (then by ``step``)."""
-        fresh = min(tx.time, now_ms)
-        old = self._pending.get(tx.author)
-        if old is not None and (old[0], old[1].payload.get("step", 0)) >= (fresh, tx.payload.get("step", 0)):
-            return
-        self._pending[tx.author] = (fresh, tx)
-        if len(self._pending) > self.max_authors:
-            del self._pending[min(self._pending, key=lambda a: self._pending[a][0])]
-
-    def drop_stale(self, now_ms: float) -> int:
-        """Forget the pending checkpoints older than ``stale``; returns how many."""
-        old = [a for a, (fresh, _) in self._pending.items() if now_ms - fresh > self.stale_ms]
-        for author in old:
-            del self._pending[author]
-        return len(old)
-
-    def backing_off(self, author: bytes, now_ms: float) -> bool:
-        """Whether ``author`` is passed over at ``now_ms``."""
-        entry = self._backoff.get(author)
-        return entry is not None and now_ms < entry[1]
-
-    def backing_off_count(self, now_ms: float) -> int:
-        """Authors passed over at ``now_ms``."""
-        return sum(now_ms < until for _, until in self._backoff.values())
-
-    def choose(self, k: int, now_ms: float, *, at_least: int = 1) -> list[Tx]:
-        """Take up to ``k`` pending checkpoints, freshest first, by authors not backing off
-        (those stay pending); none if fewer than ``at_least`` are eligible."""
-        ready = sorted(((fresh, tx) for a, (fresh, tx) in self._pending.items() if not self.backing_off(a, now_ms)),
-                       key=lambda ft: ft[0], reverse=True)
-        if len(ready) < at_least:
-            return []
-        chosen = [tx for _, tx in ready[:k]]
-        for tx in chosen:
-            del self._pending[tx.author]
-        return chosen
-
-    def failed(self, author: bytes, now_ms: float) -> float:
-        """``author``'s checkpoint could not be used at ``now_ms``: pass it over for longer.
-
-        Returns:
-            Seconds it is passed over from ``now_ms``.
-        """
-        failures, until = self._backoff.pop(author, (0, float("-inf")))
-        if now_ms > until + self.max_backoff_ms:  # long ago: start over
-            failures = 0
-        failures += 1
-        wait = min(self.backoff_ms * 2 ** min(failures - 1, 30), self.max_backoff_ms)
-        self._backoff[author] = (failures, now_ms + wait)
-        while len(self._backoff) > self.max_authors:
-            self._backoff.popitem(last=False)
-        return wait / 1000
-
-    def succeeded(self, author: bytes) -> None:
-        """A checkpoint of ``author`` was merged: clear its backoff."""
-        self._backoff.pop(author, None)
-
-
 # ------------------------------------------------------------------------------- config
+class ApiRunner(Protocol):
+    """A running HTTP server, as :attr:`NodeConfig.serve` returns it."""
+
+    async def cleanup(self) -> None:
+        """Stop serving and release the port."""
+
+
+ServeApi = Callable[["TrainerNode", str, int], Awaitable[tuple[ApiRunner, str]]]
+"""How a node starts its HTTP API: ``await serve(node, host, port)`` -> ``(runner, url)``."""
+
+
+def _api_server(config: NodeConfig) -> tuple[ServeApi, str, int] | None:
+    """The HTTP API's server, host and port as ``config`` asks; None for no API.
+
+    Raises:
+        ConfigError: ``api`` is not ``HOST:PORT``, or it is set and ``serve`` is not.
+    """
+    if config.api is None:
+        return None
+    host, port = parse_listen(config.api)
+    if config.serve is None:
+        raise ConfigError(f"api={config.api!r} needs a server: pass serve="
+                          "learnae.api.start_api (as `learnae node run` does), or api=None")
+    return config.serve, host, port
+
+
 @dataclass
 class NodeConfig:
     """What ``learnae node run`` is told.
@@ -382,8 +225,9 @@ class NodeConfig:
             default). Needs ``serve``.
         serve: the HTTP server a surface wires in (``learnae node run`` passes
             :func:`learnae.api.start_api`): an async callable ``serve(node, host, port)``
-            returning ``(runner, url)``, where ``runner.cleanup()`` stops it. Required when
-            ``api`` is set: :class:`TrainerNode` raises :class:`ConfigError` without it.
+            returning ``(runner, url)``, where ``await runner.cleanup()`` stops it
+            (:class:`ApiRunner`). Required when ``api`` is set: :class:`TrainerNode` raises
+            :class:`ConfigError` without it.
         threads: TensorFlow intra-op threads.
         keep: own checkpoints kept pinned (older ones are unpinned).
         k: merge with up to ``k`` peer checkpoints at a time.
@@ -419,7 +263,7 @@ class NodeConfig:
     peers: tuple[str, ...] = ()
     ipfs: str = "embedded"
     api: str | None = None
-    serve: Callable[[Any, str, int], Awaitable[tuple[Any, str]]] | None = None
+    serve: ServeApi | None = None
     threads: int = 1
     keep: int = DEFAULT_KEEP
     k: int = DEFAULT_K
@@ -430,7 +274,7 @@ class NodeConfig:
     sync_every: int | str | None = None
     wait_peers: int = 0
     network_nice: int = DEFAULT_NETWORK_NICE
-    callbacks: tuple[Any, ...] = ()
+    callbacks: tuple[keras.callbacks.Callback, ...] = ()
     progress: Callable[[str], None] | None = None
     adopt: str = "all"
     adopt_max_rows: int = DEFAULT_MAX_ROWS
@@ -459,24 +303,17 @@ class TrainerNode:
         if config.keep < 1 or config.k < 1:
             raise ConfigError("keep and k must be at least 1")
         parse_listen(config.listen)
-        if config.api is not None:
-            parse_listen(config.api)
-            if config.serve is None:
-                raise ConfigError(f"api={config.api!r} needs a server: pass serve="
-                                  "learnae.api.start_api (as `learnae node run` does), or api=None")
+        _api_server(config)  # a bad address, or an API without a server: refused now
         self.config = config
         self.manifest = config.invite.manifest()
         self.state = Path(config.state)
-        self.paths = state_paths(self.state)
+        self.paths = StateDir(self.state)
         self.bridge = QueueBridge(pull=True)  # snapshots when the network side is ready
         self.rejections: Counter[str] = Counter()
         self.errors: Counter[str] = Counter()
         self.step = 0
         self.samples = 0
         self.epoch = 0
-        self.published = 0
-        self.merges = 0
-        self.last_checkpoint: dict[str, Any] | None = None
         self.metrics: dict[str, float] = {}  # own held-out data (what checkpoints carry)
         self.test_metrics: dict[str, float] = {}  # the common test split
         self.peers: list[str] = []
@@ -488,18 +325,19 @@ class TrainerNode:
         self.tangle: Tangle | None = None
         self.sync: TangleSync | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
-        self._pinned: deque[str] = deque()
-        self._choice = PeerChoice(stale=config.stale)  # unmerged peer checkpoints, backoffs
-        self._cursor = 0
+        self.net: NetworkSide | None = None  # made when the network side starts
+        # the model's weights (path -> shape, dtype name), once the training side built it
+        self.expect: Mapping[str, tuple[tuple[int, ...], str]] = {}
         self._ran_before = False  # the state directory held a node's files (set at start)
         self._stopping = threading.Event()
         self._ready = threading.Event()
         self._net_done = threading.Event()
         self._net_error: BaseException | None = None
-        self._model = None
-        self.splits = None
-        self._cb = None
-        self._offer_lock: asyncio.Lock | None = None
+        self._model: keras.Model | None = None
+        self.splits: Splits | None = None
+        self._cb: SwarmCallback | None = None
+        self._offer_lock = asyncio.Lock()  # one publish or merge at a time; new at each start
+        self._api_runner: ApiRunner | None = None
         # data adoption: network side -> disk (STATE/adopted.sqlite) -> training side's pool
         self.adopt_authors = parse_adopt(config.adopt)
         max_rows = config.adopt_max_rows
@@ -514,11 +352,36 @@ class TrainerNode:
         self._pool_chunks = 0  # chunks read from the store into the pool (or skipped)
         self._unnamed: list[str] = []  # adopted, not yet named in a published checkpoint
         self._named: set[str] = set()  # named in a published checkpoint (kept across restarts)
-        self._data_cursor = 0
-        self.data_accepted = 0  # chunks fetched, checked and stored this run (network side)
-        self.data_held = 0  # admitted chunks found on disk, not fetched again (network side)
         self.adopted_chunks = 0  # chunks added to the training pool (training side)
         self.adopted_rows = 0  # their rows (offered to the pool; it keeps a sample)
+
+    @property
+    def published(self) -> int:
+        """Checkpoints published in this run."""
+        return self.net.published if self.net is not None else 0
+
+    @property
+    def merges(self) -> int:
+        """Merges in this run that used at least one peer checkpoint."""
+        return self.net.merges if self.net is not None else 0
+
+    @property
+    def last_checkpoint(self) -> dict[str, Any] | None:
+        """The last checkpoint this node published (this run or, resumed, an earlier one)."""
+        return self.net.last_checkpoint if self.net is not None else None
+
+    @property
+    def _side(self) -> NetworkSide:
+        """The network side, for code that runs once the network thread has made it.
+
+        Raises:
+            RuntimeError: the network side has not started (:meth:`run` and :meth:`joined`
+                start it).
+        """
+        if self.net is None:
+            raise RuntimeError("the node's network side is not running: start it with run() or"
+                               " joined()")
+        return self.net
 
     # ------------------------------------------------------------------ identity and state
     def _load_identity(self) -> Identity:
@@ -529,8 +392,8 @@ class TrainerNode:
                 (``progress.json``, the checkpoint or the ledger is there), and
                 ``new_identity`` was not asked for.
         """
-        path, p = self.paths["identity"], self.paths
-        traces = [f.name for f in (p["progress"], p["checkpoint"], p["tangle"]) if f.exists()]
+        path, p = self.paths.identity, self.paths
+        traces = [f.name for f in (p.progress, p.checkpoint, p.tangle) if f.exists()]
         self._ran_before = bool(traces) or path.exists()
         if path.exists():
             if self.config.new_identity:
@@ -555,7 +418,7 @@ class TrainerNode:
         return identity
 
     def _load_progress(self) -> dict[str, Any]:
-        path = self.paths["progress"]
+        path = self.paths.progress
         if not path.exists():
             return {}
         try:
@@ -566,31 +429,32 @@ class TrainerNode:
         return d if isinstance(d, dict) else {}
 
     def _save_progress(self, data: bytes) -> None:
-        _write_bytes(self.paths["checkpoint"], data)
-        _write_json(self.paths["progress"], {
+        write_atomic(self.paths.checkpoint, data)
+        write_json_atomic(self.paths.progress, {
             "step": self.step_published, "samples": self.samples_published,
-            "last_checkpoint": self.last_checkpoint, "pinned": list(self._pinned),
+            "last_checkpoint": self.last_checkpoint, "pinned": list(self._side.pinned),
             "epoch": self.epoch, "time": time.time(), "data_named": sorted(self._named),
         })
 
-    def _resume(self, model, set_weights) -> None:
+    def _resume(self, model: keras.Model,
+                set_weights: Callable[[keras.Model, Mapping[str, np.ndarray]], None]) -> None:
         """Load the last own checkpoint and progress from the state directory, if any."""
-        m, cfg = self.manifest, self.config
+        m, cfg, net = self.manifest, self.config, self._side
         progress = self._load_progress()
-        if not (progress and self.paths["checkpoint"].exists()):
+        if not (progress and self.paths.checkpoint.exists()):
             return
         try:
-            ckpt = decode_checkpoint(self.paths["checkpoint"].read_bytes(), max_bytes=m.limits.checkpoint_bytes,
+            ckpt = decode_checkpoint(self.paths.checkpoint.read_bytes(), max_bytes=m.limits.checkpoint_bytes,
                                      expect=self.expect, genesis=cfg.invite.genesis)
             set_weights(model, ckpt.weights)
             self.step, self.samples = ckpt.step, int(progress.get("samples", 0))
-            self.last_checkpoint = progress.get("last_checkpoint")
-            self._pinned.extend(progress.get("pinned", []))
+            net.last_checkpoint = progress.get("last_checkpoint")
+            net.pinned.extend(progress.get("pinned", []))
             self.epoch = int(progress.get("epoch", 0))
             self._named = {str(i) for i in progress.get("data_named", [])}
-            log.info("resuming from step %d (%s)", self.step, self.paths["checkpoint"])
+            log.info("resuming from step %d (%s)", self.step, self.paths.checkpoint)
         except (LearnaeError, ValueError, TypeError) as exc:
-            log.warning("cannot resume from %s (%s); starting afresh", self.paths["checkpoint"],
+            log.warning("cannot resume from %s (%s); starting afresh", self.paths.checkpoint,
                         getattr(exc, "reason", exc))
 
     # ----------------------------------------------------------------------------- run
@@ -623,7 +487,6 @@ class TrainerNode:
             from learnae.training.model import (
                 build_model,
                 configure_threads,
-                evaluate,
                 expected_shapes,
                 fit_passes,
                 set_weights,
@@ -634,14 +497,13 @@ class TrainerNode:
             self.splits = splits
             model = build_model(m.model, optimizer=m.optimizer, learning_rate=m.learning_rate, seed=cfg.seed)
             self._model = model
-            self.expect = expected_shapes(model)
+            self.expect = self._side.expect = expected_shapes(model)
             self._resume(model, set_weights)
             self.step_published, self.samples_published = self.step, self.samples
             self.resumed_from = self.step
             epoch0 = self.epoch
-            sync_every = cfg.sync_every or m.sync_every
-            if sync_every == "epoch":  # once per pass over the data: samples per checkpoint = shard size
-                sync_every = -(-len(splits.train) // m.batch_size)
+            sync_every = _sync_every(cfg.sync_every or m.sync_every,
+                                     epoch=-(-len(splits.train) // m.batch_size))
             cb = SwarmCallback(self.bridge, batch_size=m.batch_size, sync_every=sync_every, k=cfg.k,
                                samples_per_epoch=len(splits.train), initial_step=self.step,
                                initial_samples=self.samples, stop=stop)
@@ -650,14 +512,17 @@ class TrainerNode:
                 pass
             # the starting weights' metrics (fresh or resumed) before the first batch; this also
             # makes the first inference call, which costs ten evaluations, outside training
-            self._report(evaluate, float("nan"))
+            self._report(model, splits, cb, float("nan"))
             import keras
 
             node = self
 
             class EpochWatch(keras.callbacks.Callback):
-                """Counts epochs; refreshes metrics and the progress line at most every
-                ``METRICS_INTERVAL`` seconds (evaluating costs as much as many small batches)."""
+                """Counts epochs; refreshes the metrics and the progress line.
+
+                At most every ``METRICS_INTERVAL`` seconds: evaluating costs as much as many
+                small batches.
+                """
 
                 def on_epoch_end(self, epoch, logs=None):
                     if stop.is_set():
@@ -665,7 +530,7 @@ class TrainerNode:
                     node.epoch += 1
                     loss = float((logs or {}).get("loss", float("nan")))
                     if time.monotonic() - node._last_report >= METRICS_INTERVAL:
-                        node._report(evaluate, loss)
+                        node._report(model, splits, cb, loss)
                     if cfg.epochs is not None and node.epoch - epoch0 >= cfg.epochs:
                         self.model.stop_training = True
                     if node._adopt_waiting():  # new chunks stored: end this fit() to add them
@@ -693,10 +558,12 @@ class TrainerNode:
         return 0
 
     @contextlib.contextmanager
-    def joined(self, model: Any, *, batch_size: int, samples_per_epoch: int | None = None,
-               sync_every: int | None = None) -> Iterator[Any]:
-        """Join your own Keras ``model`` to the swarm for the ``with`` block; yields the
-        :class:`~learnae.training.callback.SwarmCallback` to pass to your ``model.fit``::
+    def joined(self, model: keras.Model, *, batch_size: int, samples_per_epoch: int | None = None,
+               sync_every: int | None = None) -> Iterator[SwarmCallback]:
+        """Join your own Keras ``model`` to the swarm for the ``with`` block.
+
+        It yields the :class:`~learnae.training.callback.SwarmCallback` to pass to your
+        ``model.fit``::
 
             node = TrainerNode(NodeConfig(invite=Invite.load("invite.json"), state=Path("state")))
             with node.joined(model, batch_size=32) as swarm_callback:
@@ -727,7 +594,7 @@ class TrainerNode:
         net = self._start_network()
         try:
             self._model = model
-            self.expect = got
+            self.expect = self._side.expect = got
             self._resume(model, set_weights)
             self.step_published, self.samples_published = self.step, self.samples
             cb = SwarmCallback(self.bridge, batch_size=batch_size, sync_every=sync_every or m.sync_every,
@@ -740,10 +607,13 @@ class TrainerNode:
             self._stop_network(net)
 
     def _start_network(self) -> threading.Thread:
-        """Lock the state directory, load the identity, start the network thread (Kubo, the
-        ledger's sync, the API) and wait until it runs or failed (re-raised here)."""
+        """Lock the state directory, load the identity and start the network thread.
+
+        The thread starts Kubo, the ledger's sync and the API; this waits until it runs or
+        failed (its error is re-raised here).
+        """
         self.state.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self._lock = _lock_state(self.state)
+        self._lock = _lock_state(self.paths)
         self.identity = self._load_identity()
         net = threading.Thread(target=self._network_thread, name="learnae-network", daemon=True)
         net.start()
@@ -753,27 +623,37 @@ class TrainerNode:
             raise self._net_error
         return net
 
-    def _finish(self, model: Any, cb: Any) -> None:
-        """The final checkpoint: what was trained since the last one the node took, merged once
-        more with the freshest checkpoint of every peer (the node ends on the swarm's
-        consensus, not on its last local batches); then the network side shuts down."""
-        from learnae.training.model import evaluate, get_weights, set_weights
+    def _finish(self, model: keras.Model, cb: SwarmCallback) -> None:
+        """Publish the final checkpoint, then shut the network side down.
 
+        The final checkpoint is what was trained since the last one the node took, merged once
+        more with the freshest checkpoint of every peer: the node ends on the swarm's
+        consensus, not on its last local batches.
+
+        Raises:
+            RuntimeError: the network loop is not running.
+        """
+        from learnae.training.model import get_weights, set_weights
+
+        loop = self.loop
+        if loop is None:
+            raise RuntimeError("the node's network loop is not running: start it with run() or"
+                               " joined()")
         k = self.config.k
         final = Offer(weights=get_weights(model), step=cb.step, samples=cb._pending_samples,
                       total_samples=cb.samples, merged=tuple(cb._pending_tags), k=k)
         pending = self.bridge.take_offer(0)
         if pending is not None:
             final = final.after(pending)
-        merged = asyncio.run_coroutine_threadsafe(self._final_merge(final), self.loop).result(120)
+        merged = asyncio.run_coroutine_threadsafe(self._final_merge(final), loop).result(120)
         if merged is not None:
             set_weights(model, merged.weights)
             final = Offer(weights=get_weights(model), step=final.step, samples=final.samples,
                           total_samples=final.total_samples, merged=(*final.merged, merged.tag), k=k)
         if self.splits is not None:
-            self._report(evaluate, float("nan"))
+            self._report(model, self.splits, cb, float("nan"))
         self.step, self.samples = cb.step, cb.samples
-        fut = asyncio.run_coroutine_threadsafe(self._shutdown(final), self.loop)
+        fut = asyncio.run_coroutine_threadsafe(self._shutdown(final), loop)
         fut.result(timeout=120)
 
     def _stop_network(self, net: threading.Thread) -> None:
@@ -786,20 +666,26 @@ class TrainerNode:
         net.join(timeout=60)
 
     def _take_adopted(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The training pool, with the chunks stored since the last call added (training
-        thread, between ``fit`` calls): the node's own rows, then a uniform sample of at most
-        ``adopt_max_rows`` adopted rows, scaled with the node's scaler. The first call makes
-        the pool and reads every chunk on disk (a restart refills it from there, in the
-        store's order); only one chunk's rows are read at a time. The chunks' tx ids wait to
-        be named in the next checkpoint.
+        """Return the training pool, with the chunks stored since the last call added.
+
+        Called on the training thread, between ``fit`` calls. The pool holds the node's own
+        rows, then a uniform sample of at most ``adopt_max_rows`` adopted rows, scaled with
+        the node's scaler. The first call makes the pool and reads every chunk on disk (a
+        restart refills it from there, in the store's order); only one chunk's rows are read
+        at a time. The chunks' tx ids wait to be named in the next checkpoint.
 
         Args:
-            x: the node's own features ``(n, *features)``; y: its labels ``(n,)``. Read at
-                the first call only (copied into the pool).
+            x: the node's own features ``(n, *features)``. Read at the first call only
+                (copied into the pool).
+            y: its labels ``(n,)``, read likewise.
 
         Returns:
             ``(x, y)``: the pool's rows, views valid until the next call; ``x, y`` themselves
             when the node adopts nothing.
+
+        Raises:
+            RuntimeError: chunks wait but the node's data (:attr:`splits`, whose scaler scales
+                them) is not loaded.
         """
         if self.adopt_authors == frozenset() or (store := self._adopted_store()) is None:
             return x, y
@@ -809,6 +695,9 @@ class TrainerNode:
         pool = self._pool
         if store.last_seq <= self._pool_seq:
             return pool.x, pool.y
+        if self.splits is None:
+            raise RuntimeError("adopted rows are scaled with the node's scaler: load the node's"
+                               " data (splits) before taking adopted chunks")
         scaler = self.splits.train.scaler
         ids, rows = [], 0
         try:
@@ -842,12 +731,15 @@ class TrainerNode:
         return pool.x, pool.y
 
     def _adopted_store(self) -> AdoptedStore | None:
-        """The adopted-data store, opened at first use (either thread); None if it cannot be
-        opened (logged, counted as ``adopt:store``): the node then trains on its own rows."""
+        """Return the adopted-data store, opened at first use (either thread).
+
+        None if it cannot be opened (logged, counted as ``adopt:store``): the node then trains
+        on its own rows.
+        """
         with self._adopt_lock:
             if self._adopt_store is None and not self._adopt_store_failed:
                 try:
-                    self._adopt_store = AdoptedStore(self.state / ADOPTED_FILE)
+                    self._adopt_store = AdoptedStore(self.paths.adopted)
                 except StoreError as exc:
                     self._adopt_store_failed = True
                     self.errors["adopt:store"] += 1
@@ -859,18 +751,26 @@ class TrainerNode:
         store = self._adopt_store
         return store is not None and store.last_seq > self._pool_seq
 
-    def _report(self, evaluate, loss: float) -> None:
-        """Metrics (before training, then at an epoch's end), and the progress line (training
-        thread)."""
+    def _report(self, model: keras.Model, splits: Splits, cb: SwarmCallback, loss: float) -> None:
+        """Evaluate the metrics and write the progress line (training thread).
+
+        Called before training, then at an epoch's end.
+
+        Args:
+            model: the node's model.
+            splits: its data; metrics on ``holdout``, test metrics on ``test``.
+            cb: the swarm callback (its ``step`` is shown).
+            loss: the last epoch's training loss, or NaN for none (the last one is shown).
+        """
+        from learnae.training.model import evaluate
+
         if loss == loss:  # not NaN: remember it for the final line
             self._loss = loss
         loss = self._loss
-        s = self.splits
-        self.metrics = evaluate(self._model, s.holdout.x, s.holdout.y)
-        self.test_metrics = evaluate(self._model, s.test.x, s.test.y)
+        self.metrics = evaluate(model, splits.holdout.x, splits.holdout.y)
+        self.test_metrics = evaluate(model, splits.test.x, splits.test.y)
         self._last_report = time.monotonic()
         if self.config.progress is not None:
-            cb = self._cb
             self.config.progress(
                 f"epoch {self.epoch} step {cb.step} loss {f'{loss:.4f}' if loss == loss else '-'}"
                 f" acc {self.metrics['accuracy']:.3f} test {self.test_metrics['accuracy']:.3f}"
@@ -881,17 +781,22 @@ class TrainerNode:
     _loss = float("nan")
 
     def stop(self) -> None:
-        """Ask the node to stop (thread-safe; the signal handler calls it): training ends
-        after the current batch, or after the first batch of a ``fit`` not begun yet (the
-        :class:`~learnae.training.callback.SwarmCallback` watches the stop event)."""
+        """Ask the node to stop (thread-safe; the signal handler calls it).
+
+        Training ends after the current batch, or after the first batch of a ``fit`` not begun
+        yet (the :class:`~learnae.training.callback.SwarmCallback` watches the stop event).
+        """
         self._stopping.set()
         if self._model is not None:
             self._model.stop_training = True
 
     def _log_soon(self, level: int, msg: str, *args: Any) -> None:
-        """Log from the network thread. For a signal handler: it runs in the main thread at
-        any point, perhaps in the middle of that thread's write to the log's stream, and a
-        nested write to a buffered stream raises ``RuntimeError`` (reentrant call)."""
+        """Log from the network thread, for a signal handler.
+
+        A signal handler runs in the main thread at any point, perhaps in the middle of that
+        thread's write to the log's stream, and a nested write to a buffered stream raises
+        ``RuntimeError`` (reentrant call).
+        """
         loop = self.loop
         if loop is not None and not loop.is_closed():
             with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
@@ -926,17 +831,16 @@ class TrainerNode:
         self._closed = asyncio.Event()
         self._offer_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task] = []
-        if self._ran_before and not self.paths["tangle"].exists():
+        if self._ran_before and not self.paths.tangle.exists():
             log.warning("%s is missing, though %s ran a node before: the ledger is rebuilt from the"
                         " invite's genesis and the peers' gossip (this node's own transactions come"
-                        " back only from peers that hold them)", self.paths["tangle"], self.state)
+                        " back only from peers that hold them)", self.paths.tangle, self.state)
         self.tangle, _ = open_tangle(self.state, invite=cfg.invite)
-        self._cursor = 0
         if cfg.ipfs == "embedded":
             from learnae.ipfs.embedded import EmbeddedNode
 
             host, port = parse_listen(cfg.listen)
-            self.ipfs = await EmbeddedNode.start(self.paths["ipfs"], cfg.invite.swarm_key, host=host, port=port)
+            self.ipfs = await EmbeddedNode.start(self.paths.ipfs, cfg.invite.swarm_key, host=host, port=port)
             self.addrs = await self.ipfs.addrs()
         elif cfg.ipfs.startswith("rpc:"):
             from learnae.ipfs.rpc import RpcNode
@@ -951,22 +855,43 @@ class TrainerNode:
 
             self.ipfs = FaultyNode(self.ipfs)
             self._tasks.append(asyncio.create_task(follow_control(self.ipfs, cfg.fault_control)))
-        _write_json(self.paths["addrs"], {"id": self.ipfs.id, "addrs": self.addrs})
+        write_json_atomic(self.paths.addrs, {"id": self.ipfs.id, "addrs": self.addrs})
         self.sync = TangleSync(self.tangle, self.ipfs, announce_interval=min(self.manifest.sync_interval, 2.0))
         await self.sync.start()
+        self.net = self._network_side()
         from learnae.ipfs.peering import keep_connected
 
         dial = [a for a in dict.fromkeys((*cfg.peers, *cfg.invite.bootstrap)) if not a.endswith(self.ipfs.id)]
         if dial:
             self._tasks.append(asyncio.create_task(keep_connected(self.ipfs, dial, interval=2.0, dial_timeout=5)))
-        if cfg.api is not None:
-            host, port = parse_listen(cfg.api)
-            self._api_runner, self.api_url = await cfg.serve(self, host, port)
-            _write_json(self.paths["api"], {"url": self.api_url})
+        api = _api_server(cfg)
+        if api is not None:
+            serve, host, port = api
+            self._api_runner, self.api_url = await serve(self, host, port)
+            write_json_atomic(self.paths.api, {"url": self.api_url})
         self._tasks.append(asyncio.create_task(self._offer_loop()))
         self._tasks.append(asyncio.create_task(self._status_loop()))
         if self.adopt_authors != frozenset():
             self._tasks.append(asyncio.create_task(self._adopt_loop()))
+
+    def _network_side(self) -> NetworkSide:
+        """Make the network side on this node's IPFS node, syncer and key.
+
+        It counts into the node's counters. ``expect`` (the model's weight shapes) is set by
+        the training side once it has built the model.
+
+        Raises:
+            RuntimeError: the IPFS node, the syncer or the key is not there yet.
+        """
+        cfg = self.config
+        ipfs, sync, identity = self.ipfs, self.sync, self.identity
+        if ipfs is None or sync is None or identity is None:
+            raise RuntimeError("the network side needs the node's IPFS node, ledger syncer and"
+                               " author key: start the network first")
+        return NetworkSide(ipfs=ipfs, sync=sync, identity=identity, manifest=self.manifest,
+                           expect=self.expect, k=cfg.k, keep=cfg.keep, stale=cfg.stale,
+                           fetch_timeout=cfg.fetch_timeout, adopt_authors=self.adopt_authors,
+                           rejections=self.rejections, errors=self.errors)
 
     async def _offer_loop(self) -> None:
         while not self._stopping.is_set():
@@ -994,193 +919,60 @@ class TrainerNode:
                     log.exception("merge failed: %r", exc)
 
     async def _adopt_loop(self) -> None:
-        """Watch the tangle for ``data`` txs by admitted authors; fetch and check each chunk
-        the store does not hold yet and store it on disk, whence the training side adds it
-        to its pool. Refusals are counted as ``data:<code>``, store failures as
-        ``adopt:store``. A restart fetches only the chunks not stored before."""
+        """Adopt sensors' data chunks into ``STATE/adopted.sqlite`` until the node stops.
+
+        One :meth:`NetworkSide.adopt` pass every :data:`ADOPT_INTERVAL` seconds; the training
+        side adds the stored chunks to its pool. A restart fetches only the chunks not stored
+        before.
+        """
         store = await asyncio.to_thread(self._adopted_store)
         if store is None:
             return
-        self._data_cursor = 0
-        tries: dict[str, int] = {}
-        waiting: list[Tx] = []
+        net = self._side
         while not self._stopping.is_set():
-            txs, self._data_cursor = self.tangle.data_since(self._data_cursor)
-            admitted: list[Tx] = []
-            for tx in txs:
-                if self.adopt_authors is None or tx.author in self.adopt_authors:
-                    admitted.append(tx)
-                else:
-                    self.rejections["data:not-admitted"] += 1
-            if admitted:
-                try:
-                    held = await asyncio.to_thread(store.held, [tx.id for tx in admitted])
-                except StoreError as exc:  # fetch them: storing a held chunk again is a no-op
-                    self.errors["adopt:store"] += 1
-                    log.warning("reading adopted data: %s", exc.reason)
-                    held = set()
-                self.data_held += len(held)
-                waiting += [tx for tx in admitted if tx.id not in held]
-            later: list[Tx] = []
-            for tx in waiting:
-                if self._stopping.is_set():
-                    break
-                try:
-                    chunk = await self._fetch_chunk(tx)
-                except LearnaeError as exc:
-                    tries[tx.id] = tries.get(tx.id, 0) + 1
-                    if exc.code in ("timeout", "ipfs") and tries[tx.id] < ADOPT_TRIES:
-                        later.append(tx)
-                        continue
-                    self.rejections[f"data:{exc.code}"] += 1
-                    log.info("data chunk %s by %s refused: %s", tx.id[:16], tx.author.hex()[:12], exc.reason)
-                    continue
-                except (ValueError, KeyError, TypeError, OSError) as exc:
-                    self.rejections["data:bad-chunk"] += 1
-                    log.info("data chunk %s by %s refused: %r", tx.id[:16], tx.author.hex()[:12], exc)
-                    continue
-                tries.pop(tx.id, None)
-                try:
-                    await asyncio.to_thread(store.add, tx.id, tx.author, chunk.x, chunk.y)
-                except (StoreError, ValueError) as exc:  # e.g. disk full: fetched at a restart
-                    self.errors["adopt:store"] += 1
-                    log.warning("data chunk %s not stored: %s", tx.id[:16], exc)
-                    continue
-                self.data_accepted += 1
-            waiting = later
+            await net.adopt(store, stopping=self._stopping.is_set)
             await asyncio.sleep(ADOPT_INTERVAL)
 
-    async def _fetch_chunk(self, tx: Tx):
-        limit = self.manifest.limits.chunk_bytes
-        raw = await self.ipfs.cat(tx.payload["cid"], timeout=self.config.fetch_timeout, max_size=limit)
-        chunk = await asyncio.to_thread(decode_chunk, raw, max_bytes=limit, schema=self.manifest.schema)
-        if chunk.y is None:
-            raise ValueError("the chunk has no labels")
-        if len(chunk.x) != tx.payload.get("rows"):
-            from learnae.errors import FormatError
-
-            raise FormatError(f"the chunk holds {len(chunk.x)} rows, its tx announces {tx.payload.get('rows')}")
-        return chunk
-
     async def _status_loop(self) -> None:
+        ipfs = self._side.ipfs
         while True:
             try:
-                self.peers = await self.ipfs.peers()
+                self.peers = await ipfs.peers()
             except LearnaeError:
                 pass
             with contextlib.suppress(OSError):
-                await asyncio.to_thread(_write_json, self.paths["status"], self.status())
+                await asyncio.to_thread(write_json_atomic, self.paths.status, self.status())
             await asyncio.sleep(1.0)
 
     async def _publish(self, offer: Offer) -> None:
-        # it descends from this node's previous checkpoint and from the peers' merged since
-        base = [self.last_checkpoint["tx"]] if self.last_checkpoint else []
-        base += [tx_id for tag in offer.merged if tag for tx_id in tag]
+        """Publish ``offer`` naming the adopted chunks not named yet; save the progress."""
         with self._adopt_lock:
             named = self._unnamed[:MAX_DATA_LINKS]
-        tx, data = await publish_checkpoint(self.ipfs, self.sync, self.identity, weights=offer.weights,
-                                            step=offer.step, samples=offer.samples, base=base,
-                                            metrics=self.metrics, data=named)
+        tx, data = await self._side.publish(offer, metrics=self.metrics, data=named)
         with self._adopt_lock:
             self._named.update(named)
             self._unnamed = [i for i in self._unnamed if i not in self._named]
-        self.published += 1
         self.step_published, self.samples_published = offer.step, offer.total_samples
-        self.last_checkpoint = {"tx": tx.id, "cid": tx.payload["cid"], "step": offer.step,
-                                "samples": offer.samples, "base": base, "time": tx.time}
-        self._pinned.append(tx.payload["cid"])
-        while len(self._pinned) > self.config.keep:
-            old = self._pinned.popleft()
-            try:
-                await self.ipfs.unpin(old)
-            except LearnaeError as exc:
-                log.debug("unpin %s: %s", old, exc.reason)
         await asyncio.to_thread(self._save_progress, data)
 
-    def _collect(self) -> None:
-        """Hand the peers' checkpoint txs stored since the cursor to the peer choice (their
-        arrival: now, at most one merge round after they were stored)."""
-        txs, self._cursor = self.tangle.checkpoints_since(self._cursor)
-        me, now_ms = self.identity.public_key, time.time() * 1000
-        for tx in txs:
-            if tx.author != me:
-                self._choice.add(tx, now_ms)
-
-    def _pass_over(self, author: bytes) -> None:
-        """A checkpoint of ``author`` could not be used: back off from the author."""
-        wait = self._choice.failed(author, time.time() * 1000)
-        log.info("passing over checkpoints by %s for %.0f s", author.hex()[:12], wait)
-
-    async def _merge(self, offer: Offer, *, k: int | None = None, put: bool = True) -> Merged | None:
-        self._collect()
-        now_ms = time.time() * 1000
-        stale = self._choice.drop_stale(now_ms)
-        if stale:
-            self.rejections["stale"] += stale
-        chosen = self._choice.choose(k or offer.k, now_ms, at_least=max(offer.min_peers, 1))
-        if not chosen:
-            return None
-        results = await asyncio.gather(*(
-            fetch_peer_checkpoint(self.ipfs, tx, self.manifest, self.expect, genesis=self.tangle.swarm,
-                                  timeout=self.config.fetch_timeout) for tx in chosen), return_exceptions=True)
-        peers, used_tx = [], {}
-        for tx, result in zip(chosen, results, strict=True):
-            if isinstance(result, LearnaeError):
-                self.rejections[result.code] += 1
-                log.info("peer checkpoint %s by %s refused: %s", tx.id[:16], tx.author.hex()[:12], result.reason)
-                self._pass_over(tx.author)
-            elif isinstance(result, (ValueError, KeyError, TypeError, OSError)):
-                self.rejections["bad-checkpoint"] += 1
-                log.info("peer checkpoint %s by %s refused: %r", tx.id[:16], tx.author.hex()[:12], result)
-                self._pass_over(tx.author)
-            elif isinstance(result, BaseException):
-                raise result
-            else:
-                peers.append(result)
-                used_tx[result.author] = tx.id
-        if not peers:
-            return None
-        own = Contribution(offer.weights, samples=offer.samples, age=offer.step,
-                           author=self.identity.public_key.hex())
-        result, delta = await asyncio.to_thread(self._merge_with, own, peers)
-        for author, code, reason in result.rejected:
-            self.rejections[code] += 1
-            used_tx.pop(author, None)
-            log.info("peer checkpoint by %s refused (%s): %s", author[:12], code, reason)
-            self._pass_over(bytes.fromhex(author))
-        for author in used_tx:
-            self._choice.succeeded(bytes.fromhex(author))
-        if not used_tx:
-            return None
-        merged = Merged(result.weights, tuple(used_tx.values()), delta=delta)
-        if put:
+    async def _merge(self, offer: Offer) -> None:
+        merged = await self._side.merge(offer)
+        if merged is not None:
             self.bridge.put_merged(merged)
-        self.merges += 1
-        return merged
-
-    def _merge_with(self, own: Contribution, peers: list[Contribution]) -> tuple[MergeResult, dict]:
-        """Merge (worker thread), and the merge's displacement from the own snapshot, which the
-        training side adds to its current weights (:attr:`Merged.delta`)."""
-        result = merge_contributions(self.manifest, own, peers)
-        return result, {k: np.subtract(w, own.weights[k], dtype=own.weights[k].dtype)
-                        for k, w in result.weights.items()}
 
     async def _final_merge(self, final: Offer) -> Merged | None:
-        """Merge ``final`` with the freshest checkpoint of every peer (not stale, not backing
-        off), waiting for a merge in progress to end; None if no peer checkpoint was usable."""
+        """Merge ``final`` with the freshest checkpoint of every peer.
+
+        Waits for a merge in progress to end first (:meth:`NetworkSide.merge_all`).
+        """
         async with self._offer_lock:
-            self._collect()
-            now_ms = time.time() * 1000
-            for author, tx in self.tangle.latest_checkpoint_per_author().items():
-                if author != self.identity.public_key:
-                    self._choice.add(tx, now_ms)
-            return await self._merge(final, k=len(self._choice), put=False)
+            return await self._side.merge_all(final)
 
     async def _shutdown(self, final: Offer | None) -> None:
         if self._closed.is_set():
             return
         self._stopping.set()
-        if final is not None and self.sync is not None:
+        if final is not None and self.net is not None:
             async with self._offer_lock:
                 if final.step > self.step_published or self.last_checkpoint is None:
                     try:
@@ -1189,7 +981,7 @@ class TrainerNode:
                     except LearnaeError as exc:
                         log.warning("final checkpoint not published: %s", exc.reason)
         with contextlib.suppress(OSError):
-            _write_json(self.paths["status"], self.status())
+            write_json_atomic(self.paths.status, self.status())
         await self._close_all()
         self._closed.set()
 
@@ -1199,7 +991,7 @@ class TrainerNode:
         for task in getattr(self, "_tasks", []):
             with contextlib.suppress(BaseException):
                 await task
-        runner = getattr(self, "_api_runner", None)
+        runner = self._api_runner
         if runner is not None:
             with contextlib.suppress(Exception):
                 await runner.cleanup()
@@ -1215,16 +1007,20 @@ class TrainerNode:
 
     # ------------------------------------------------------------------------ status
     def _adopt_status(self) -> dict[str, Any]:
-        """``/status``'s ``adopt``: ``chunks``/``rows`` added to the pool this run (from disk or
-        new); ``accepted``: chunks fetched and stored this run; ``held``: admitted chunks
-        found on disk, not fetched again; ``queued``: stored chunks not yet in the pool;
-        ``pool_rows``: adopted rows in the training pool, at most ``max_rows``;
-        ``disk_chunks``/``disk_rows``: what ``STATE/adopted.sqlite`` holds;
-        ``unnamed``/``named``: chunks not yet / already named by a checkpoint."""
-        store, pool = self._adopt_store, self._pool
+        """Return ``/status``'s ``adopt`` map.
+
+        ``chunks``/``rows``: added to the pool this run (from disk or new); ``accepted``:
+        chunks fetched and stored this run; ``held``: admitted chunks found on disk, not
+        fetched again; ``queued``: stored chunks not yet in the pool; ``pool_rows``: adopted
+        rows in the training pool, at most ``max_rows``; ``disk_chunks``/``disk_rows``: what
+        ``STATE/adopted.sqlite`` holds; ``unnamed``/``named``: chunks not yet / already named
+        by a checkpoint.
+        """
+        store, pool, net = self._adopt_store, self._pool, self.net
         stored = store.chunks - store.unreadable if store is not None else 0
         return {"policy": self.config.adopt, "chunks": self.adopted_chunks,
-                "rows": self.adopted_rows, "accepted": self.data_accepted, "held": self.data_held,
+                "rows": self.adopted_rows, "accepted": net.data_accepted if net else 0,
+                "held": net.data_held if net else 0,
                 "queued": max(0, stored - self._pool_chunks),
                 "pool_rows": pool.held if pool is not None else 0,
                 "max_rows": self.config.adopt_max_rows,
@@ -1264,7 +1060,7 @@ class TrainerNode:
             "last_checkpoint": last, "metrics": self.metrics, "test": self.test_metrics,
             "merges": self.merges, "merges_applied": cb.merges_applied if cb is not None else 0,
             "rejections": dict(self.rejections), "errors": dict(self.errors),
-            "peers_passed_over": self._choice.backing_off_count(time.time() * 1000),
+            "peers_passed_over": self.net.choice.backing_off_count(time.time() * 1000) if self.net else 0,
             "adopt": self._adopt_status(),
             "ledger": ledger, "uptime_s": time.time() - self.started,
             "stopping": self._stopping.is_set(),

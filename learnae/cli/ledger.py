@@ -1,0 +1,395 @@
+"""``learnae ledger show|verify|lineage|export``: read a swarm's ledger (the tangle)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import sys
+import threading
+import time
+from collections import Counter, deque
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from learnae.cli._common import Refused, reasons
+from learnae.manifest import short_author, short_id
+from learnae.state import StateDir, open_tangle
+
+if TYPE_CHECKING:
+    from learnae.ledger.tangle import Tangle
+
+
+@click.group("ledger")
+def ledger_group() -> None:
+    """Read a swarm's ledger (the tangle) from a state directory.
+
+    STATE_DIR is the directory `learnae init` made or a node runs in; the ledger
+    is STATE_DIR/tangle.sqlite. These commands only read it, and can run while
+    the node is running.
+
+    \b
+    Examples:
+      learnae ledger show ./swarm
+      learnae ledger verify ./swarm
+      learnae ledger export ./swarm --format dot -o tangle.dot && dot -Tsvg tangle.dot > tangle.svg
+    """
+
+
+def _state_tangle(state_dir: Path) -> Path:
+    """The ledger file of STATE_DIR, or a clear error (exit 2)."""
+    if not state_dir.is_dir():
+        raise Refused(f"state directory {state_dir} does not exist (make one with "
+                      f"`learnae init {state_dir} --name NAME --model MODEL`)")
+    path = StateDir(state_dir).tangle
+    if not path.is_file():
+        raise Refused(f"{state_dir} holds no ledger ({path.name}); is it a learnae state "
+                      "directory?")
+    return path
+
+
+def _when(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+@ledger_group.command("show")
+@click.argument("state_dir", type=click.Path(path_type=Path))
+@click.option("-n", "--last", type=click.IntRange(0), default=10, show_default=True,
+              help="How many of the latest transactions to list.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
+def ledger_show(state_dir: Path, last: int, as_json: bool) -> None:
+    """Summarize the ledger: transactions by kind, tips, the latest transactions.
+
+    Tips are the transactions nobody approves yet; the latest are the last
+    ones this ledger stored. Pending (waiting for their parents) and missing
+    transactions live in a running node's memory, so they read 0 from disk.
+
+    \b
+    Examples:
+      learnae ledger show ./swarm
+      learnae ledger show ./swarm -n 50
+      learnae ledger show ./swarm --json | jq .counts
+    """
+    from learnae.identity import author_id
+    from learnae.ledger.tx import decode_tx
+
+    _state_tangle(state_dir)
+    with reasons():
+        tangle, manifest = open_tangle(state_dir, read_only=True)
+        with tangle:
+            latest = [decode_tx(raw) for _, raw in deque(tangle.iter_raw(), maxlen=last)] if last else []
+            info: dict[str, Any] = {
+                "swarm": tangle.swarm, "name": manifest.name, "count": tangle.count(),
+                "counts": tangle.counts(), "tips": tangle.tips(), "pending": tangle.pending,
+                "missing": tangle.missing_parents(), "pow_bits": tangle.pow_bits,
+                "max_tx_bytes": tangle.max_tx_bytes,
+                "admission": manifest.admission if manifest.admission == "open" else list(manifest.admission),
+                "latest": [{"id": tx.id, "kind": tx.kind, "author": author_id(tx.author), "time": tx.time}
+                           for tx in reversed(latest)],
+            }
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return
+    admission = "open" if manifest.admission == "open" else f"{len(manifest.admission)} authors"
+    tips = info["tips"]
+    shown_tips = ", ".join(short_id(t) for t in tips[:8]) + (f", … {len(tips) - 8} more" if len(tips) > 8 else "")
+    click.echo(f"swarm     {manifest.name}  {tangle.swarm}")
+    click.echo(f"ledger    {info['count']} transactions ({', '.join(f'{k} {v}' for k, v in info['counts'].items())})")
+    click.echo(f"rules     pow {tangle.pow_bits} bits, tx limit {tangle.max_tx_bytes} bytes, admission {admission}")
+    click.echo(f"tips      {len(tips)}: {shown_tips}")
+    click.echo(f"pending   {info['pending']} waiting for parents, {len(info['missing'])} missing")
+    if latest:
+        click.echo(f"\nlatest {len(latest)} (newest first)")
+        click.echo(f"  {'TIME (UTC)':<19}  {'KIND':<10}  {'AUTHOR':<13}  ID")
+        for tx in reversed(latest):
+            click.echo(f"  {_when(tx.time):<19}  {tx.kind:<10}  {short_author(tx.author):<13}  {tx.id}")
+
+
+@ledger_group.command("verify")
+@click.argument("state_dir", type=click.Path(path_type=Path))
+def ledger_verify(state_dir: Path) -> None:
+    """Re-check every transaction from its stored bytes.
+
+    For each transaction: canonical DAG-CBOR, id = CID of the bytes, Ed25519
+    signature, proof-of-work, the swarm's rules (size, admission, times),
+    parents stored before it, and the indexes agree with the bytes. Also
+    checks the genesis manifest and that genesis.tx, if present, is the
+    ledger's genesis. Any changed byte of a stored transaction is caught.
+    Exit status 0 when all is well, 1 with the reasons when not.
+
+    \b
+    Example:
+      learnae ledger verify ./swarm
+    """
+    path = _state_tangle(state_dir)
+    state: dict[str, Any] = {}
+    worker = threading.Thread(target=_verify_into, args=(state_dir, path, state), daemon=True)
+    start = time.monotonic()
+    worker.start()
+    ticking = sys.stderr.isatty()
+    while worker.is_alive():
+        worker.join(0.5)
+        if ticking and worker.is_alive():
+            total = state.get("count")
+            click.echo(f"\rverifying {total if total is not None else '…'} transactions:"
+                       f" {time.monotonic() - start:.0f} s", nl=False, err=True)
+    if ticking and time.monotonic() - start >= 0.5:
+        click.echo("\r" + " " * 60 + "\r", nl=False, err=True)
+    if "error" in state:
+        raise Refused(state["error"])
+    problems, count = state["problems"], state["count"]
+    elapsed = time.monotonic() - start
+    if not problems:
+        click.echo(f"ok: {count} transactions verified in {elapsed:.1f} s ({path})")
+        return
+    click.echo(f"FAILED: {len(problems)} problems in {count} transactions ({path}):")
+    for problem in problems:
+        click.echo(f"  {problem}")
+    sys.exit(1)
+
+
+def _verify_into(state_dir: Path, path: Path, state: dict[str, Any]) -> None:
+    """Run in a worker thread (the Tangle is opened and used there only)."""
+    from learnae.errors import ConfigError, LearnaeError, TxRejected
+    from learnae.ledger.tangle import Tangle
+
+    problems: list[str] = []
+    try:
+        try:
+            tangle, manifest = open_tangle(state_dir, read_only=True)
+        except (ConfigError, TxRejected) as exc:  # the genesis itself is damaged
+            problems.append(f"genesis: {exc.reason}")
+            tangle, manifest = Tangle(path, read_only=True), None
+        with tangle:
+            state["count"] = tangle.count()
+            problems += tangle.verify()
+            if manifest is not None:
+                if tangle.pow_bits != manifest.pow_bits:
+                    problems.append(f"ledger: pow_bits {tangle.pow_bits} is not the manifest's {manifest.pow_bits}")
+                if tangle.max_tx_bytes != manifest.limits.tx_bytes:
+                    problems.append(f"ledger: max_tx_bytes {tangle.max_tx_bytes} is not the"
+                                    f" manifest's {manifest.limits.tx_bytes}")
+            genesis_file = StateDir(state_dir).genesis
+            if genesis_file.is_file():
+                from learnae.ledger.tx import TX_CID_PREFIX, tx_id
+
+                file_id = tx_id(TX_CID_PREFIX + hashlib.sha256(genesis_file.read_bytes()).digest())
+                if file_id != tangle.swarm:
+                    problems.append(f"{genesis_file.name}: holds transaction {file_id}, not the ledger's"
+                                    f" genesis {tangle.swarm}")
+    except LearnaeError as exc:
+        state["error"] = exc.reason
+    except OSError as exc:
+        state["error"] = f"cannot read {path}: {exc.strerror or exc}"
+    except sqlite3.Error as exc:  # damage SQLite itself trips on, e.g. a raw column turned to text
+        problems.append(f"ledger: the store is damaged, verification stopped: {exc}")
+    except Exception as exc:  # never leave the main thread without an answer
+        state["error"] = f"verification failed unexpectedly: {type(exc).__name__}: {exc}"
+    finally:
+        state["problems"] = problems
+        state.setdefault("count", 0)
+
+
+@ledger_group.command("lineage")
+@click.argument("state_dir", type=click.Path(path_type=Path))
+@click.argument("cid")
+@click.option("--depth", type=click.IntRange(0), default=20, show_default=True,
+              help="Levels of the tree to print (0: all). The summary counts all of them.")
+@click.option("--full", is_flag=True, help="Show full transaction and author ids.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the lineage as JSON: the root and every transaction in it.")
+def ledger_lineage(state_dir: Path, cid: str, depth: int, full: bool, as_json: bool) -> None:
+    """Show where a checkpoint came from: what it merged and what it trained on.
+
+    CID is the checkpoint's transaction id, or the CID of the checkpoint file
+    it announced (any CID form; the first announcement in the ledger's order
+    counts). The tree lists the checkpoints it merged ("merged", its base,
+    recursively) and the data chunks each trained on ("trained on").
+    A checkpoint met twice is expanded once ("shown above").
+
+    \b
+    Examples:
+      learnae ledger lineage ./swarm bafyreia...      (checkpoint transaction id)
+      learnae ledger lineage ./swarm bafybeib...      (checkpoint file CID)
+    """
+    from learnae.identity import author_id
+
+    _state_tangle(state_dir)
+    with reasons():
+        tangle, _ = open_tangle(state_dir, read_only=True)
+        with tangle:
+            root, note = _resolve_checkpoint(tangle, cid)
+            lineage = tangle.lineage(root)
+    ident = (lambda s: s) if full else short_id
+    if as_json:
+        click.echo(json.dumps({"root": root, "transactions": [
+            {"id": i, "stored": tx is not None} | ({} if tx is None else _tx_json(tx))
+            for i, tx in lineage.items()]}, indent=2))
+        return
+    if note:
+        click.echo(note)
+
+    def describe(tx_id_: str) -> str:
+        tx = lineage.get(tx_id_)
+        if tx is None:
+            return f"{ident(tx_id_)}  (not in this ledger)"
+        by = f"by {ident(author_id(tx.author))}  {_when(tx.time)}"
+        p = tx.payload
+        if tx.kind == "checkpoint":
+            metrics = " ".join(f"{k} {v:.4g}" for k, v in sorted(p["metrics"].items()))
+            return (f"checkpoint {ident(tx_id_)}  step {p['step']}  samples {p['samples']}"
+                    f"{'  ' + metrics if metrics else ''}  file {ident(p['cid'])}  {by}")
+        if tx.kind == "data":
+            return f"data {ident(tx_id_)}  rows {p['rows']}  seq {p['seq']}  file {ident(p['cid'])}  {by}"
+        return f"{tx.kind} {ident(tx_id_)}  {by}"
+
+    def children(tx_id_: str) -> list[tuple[str, str, bool]]:
+        tx = lineage.get(tx_id_)
+        if tx is None or tx.kind != "checkpoint":
+            return []
+        kids = [("merged", b) for b in tx.links("base")] + [("trained on", d) for d in tx.links("data")]
+        return [(role, kid, n == len(kids) - 1) for n, (role, kid) in enumerate(kids)]
+
+    # Depth-first, with an explicit stack: a long-lived swarm's lineage is thousands deep.
+    lines = [describe(root)]
+    expanded = {root}
+    stack = [(iter(children(root)), "", 1)]
+    while stack:
+        it, prefix, level = stack[-1]
+        item = next(it, None)
+        if item is None:
+            stack.pop()
+            continue
+        role, kid, last = item
+        seen = kid in expanded
+        kids = [] if seen else children(kid)
+        cut = bool(kids) and depth > 0 and level >= depth
+        mark = "  (shown above)" if seen else "  (… more below: raise --depth)" if cut else ""
+        lines.append(f"{prefix}{'└── ' if last else '├── '}{role}: {describe(kid)}{mark}")
+        if kids and not cut:
+            expanded.add(kid)
+            stack.append((iter(kids), prefix + ("    " if last else "│   "), level + 1))
+    click.echo("\n".join(lines))
+    kinds = Counter(tx.kind if tx is not None else "missing" for tx in lineage.values())
+    click.echo(f"\n{kinds['checkpoint']} checkpoints and {kinds['data']} data chunks in this lineage"
+               + (f"; {kinds['missing']} not in this ledger" if kinds["missing"] else ""))
+
+
+def _resolve_checkpoint(tangle: Tangle, text: str) -> tuple[str, str]:
+    """A checkpoint transaction id from a tx id or a content CID, and a note for the user.
+
+    Raises:
+        ConfigError: ``text`` names no checkpoint in ``tangle``.
+    """
+    from learnae.content import to_v1
+    from learnae.errors import ConfigError, InvalidCID
+    from learnae.ledger.tx import decode_tx, tx_link
+
+    try:
+        tx_link(text)
+        is_tx = True
+    except InvalidCID:
+        is_tx = False
+    if is_tx:
+        tx = tangle.get(text)
+        if tx is None:
+            raise ConfigError(f"transaction {text} is not in this ledger")
+        if tx.kind != "checkpoint":
+            raise ConfigError(f"transaction {text} is a {tx.kind}, not a checkpoint")
+        return text, ""
+    try:
+        content = to_v1(text)
+    except InvalidCID:
+        raise ConfigError(f"{text!r} is neither a transaction id nor a content CID") from None
+    needle = content.encode()
+    claims = [tx for tx in (decode_tx(raw) for _, raw in tangle.iter_raw() if needle in raw)
+              if tx.kind == "checkpoint" and tx.payload["cid"] == content]
+    if not claims:
+        raise ConfigError(f"no checkpoint in this ledger announces file {content}")
+    owner = tangle.owner(content)
+    chosen = min(claims, key=lambda tx: (tx.author != owner, tx.time, tx.id))
+    note = "" if len(claims) == 1 else (
+        f"note: {len(claims)} checkpoint transactions announce {content}; showing the first in"
+        f" the ledger's order ({chosen.id}); the others: {', '.join(t.id for t in claims if t != chosen)}\n")
+    return chosen.id, note
+
+
+@ledger_group.command("export")
+@click.argument("state_dir", type=click.Path(path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(["dot", "json"]), default="json", show_default=True,
+              help="dot: a Graphviz graph (boxes labelled kind, author, id; arrows from each "
+                   "transaction to the ones it approves). json: every transaction decoded.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, allow_dash=True), default="-",
+              help="File to write (default: standard output).")
+def ledger_export(state_dir: Path, fmt: str, output: str) -> None:
+    """Export the whole ledger (the DAG of transactions) in the tangle's order.
+
+    The order is by height, then id: the same on every node that holds the
+    same transactions, parents always before children. In JSON, ids are
+    strings, authors are author ids (z6Mk...), signatures and other bytes hex,
+    and links inside payloads (a checkpoint's base and data) transaction ids.
+
+    \b
+    Examples:
+      learnae ledger export ./swarm --format json -o ledger.json
+      learnae ledger export ./swarm --format dot | dot -Tsvg > tangle.svg
+    """
+    from learnae.identity import author_id
+
+    _state_tangle(state_dir)
+    with reasons():
+        tangle, _ = open_tangle(state_dir, read_only=True)
+        with tangle, click.open_file(output, "w", atomic=output != "-") as out:
+            ids = tangle.order()
+            if fmt == "json":
+                out.write("[")
+                for n, i in enumerate(ids):
+                    out.write(("\n" if n == 0 else ",\n") + json.dumps(_tx_json(tangle.get(i))))
+                out.write("\n]\n")
+                return
+            out.write('digraph tangle {\n  rankdir=RL;\n  node [shape=box, style=filled,'
+                      ' fontname="monospace", fontsize=10];\n')
+            for i in ids:
+                tx = tangle.get(i)
+                assert tx is not None  # every id of order() is stored
+                color = _DOT_COLORS.get(tx.kind, "white")
+                label = f"{tx.kind}\\n{short_id(author_id(tx.author))}\\n{short_id(tx.id)}"
+                out.write(f'  "{tx.id}" [label="{_dot_text(label)}", fillcolor="{color}"];\n')
+                for parent in tx.parents:
+                    out.write(f'  "{tx.id}" -> "{parent}";\n')
+            out.write("}\n")
+
+
+_DOT_COLORS = {"genesis": "gold", "checkpoint": "lightblue", "data": "palegreen"}
+
+
+def _dot_text(text: str) -> str:
+    return text.replace('"', '\\"')
+
+
+def _tx_json(tx: Any) -> dict[str, Any]:
+    """A transaction as JSON-safe values (see ``learnae ledger export --help``)."""
+    from learnae.identity import author_id
+
+    return {
+        "id": tx.id, "v": 1, "swarm": tx.swarm, "kind": tx.kind, "author": author_id(tx.author),
+        "parents": list(tx.parents), "time": tx.time, "payload": _json_safe(tx.payload),
+        "nonce": tx.nonce, "sig": tx.sig.hex(),
+    }
+
+
+def _json_safe(value: Any) -> Any:
+    from learnae.ledger.tx import TX_CID_PREFIX, tx_id
+
+    if isinstance(value, bytes):
+        if len(value) == 36 and value.startswith(TX_CID_PREFIX):
+            return tx_id(value)
+        return value.hex()
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    return value

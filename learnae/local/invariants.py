@@ -1,0 +1,103 @@
+"""The fault harness's invariants: what a run under faults must show against its reference.
+
+:func:`check_invariants` checks them against the no-fault reference, for either driver.
+
+Each invariant has its measured figure and its bound:
+
+``ledger_converges``        seconds (simulated) from the recovery point (the start of the
+                            round in which the last fault has ended; 0 if none ends) until every
+                            live node holds the same transactions and tips (``in_step``), the
+                            transactions published at the start of that round included,
+                            bound ``converge_seconds``; a final in-step check after a drain
+                            period is part of it.
+``no_acknowledged_tx_lost``  transactions appended by an honest live node or sensor (before a
+                            crash included) missing from some live node's tangle at the end, or
+                            from the node's own reopened tangle at a restart; bound 0.
+``content_fetchable``       share of the CIDs announced by honest live authors that a random
+                            live node fetches at the end; bound 1.0.
+``accuracy_recovers``       (scenarios with non-Byzantine faults) the most merges any live
+                            honest node needed after the recovery point to reach
+                            ``recovery_ratio`` x the reference run's final mean accuracy; bound
+                            ``recovery_merges``.
+``byzantine_resistance``    (scenarios with Byzantine nodes) the lowest final accuracy of a live
+                            honest node divided by the reference run's final mean accuracy;
+                            bound ``byzantine_ratio``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from learnae.local.results import SimResult
+from learnae.local.scenario import Scenario
+
+__all__ = ["check_invariants", "final_mean"]
+
+
+def _invariant(passed: bool, figure: Any, bound: Any, unit: str, **detail: Any) -> dict[str, Any]:
+    return {"pass": bool(passed), "figure": figure, "bound": bound, "unit": unit, **detail}
+
+
+def check_invariants(scn: Scenario, run: SimResult, ref: SimResult) -> dict[str, dict[str, Any]]:
+    """Each invariant's pass/fail, measured figure and bound (see the module docstring)."""
+    b = scn.bounds
+    out: dict[str, dict[str, Any]] = {}
+    conv = run.converge_seconds if run.final_in_step else None  # not in step after the drain: never converged
+    out["ledger_converges"] = _invariant(
+        conv is not None and conv <= b["converge_seconds"] and run.final_in_step and not run.verify_problems,
+        None if conv is None else round(conv, 3), b["converge_seconds"], run.converge_unit,
+        recovery_point_s=run.recovery_time, in_step_at_end=run.final_in_step,
+        verify_problems=run.verify_problems[:5])
+    lost = len(run.acked_missing) + len(run.restart_missing)
+    out["no_acknowledged_tx_lost"] = _invariant(
+        lost == 0, lost, 0, "acknowledged transactions missing (at restarts and on live nodes at the end)",
+        checked=run.acked_checked, missing=(run.restart_missing + run.acked_missing)[:10])
+    share = 1.0 if run.fetch_checked == 0 else 1 - len(run.fetch_missing) / run.fetch_checked
+    out["content_fetchable"] = _invariant(
+        not run.fetch_missing, round(share, 4), 1.0, "share of announced CIDs fetched after the faults",
+        checked=run.fetch_checked, missing=run.fetch_missing[:10],
+        excluded_byzantine_or_dead_authors=run.fetch_excluded)
+    ref_acc = final_mean(ref, ref.honest)
+    faults = {f.kind for f in scn.faults}
+    if faults - {"byzantine"}:
+        target = b["recovery_ratio"] * ref_acc
+        start = scn.recovery_round()
+        needed: dict[str, int | None] = {}
+        for name in run.honest:
+            if name not in run.live_at_end:
+                continue
+            hist = run.accuracy[name]
+            reached = next((r for r in sorted(hist) if r >= start and hist[r] >= target), None)
+            if reached is None:
+                needed[name] = None
+            elif run.merges is None:  # memory driver: one merge per round
+                needed[name] = reached - start + 1
+            else:  # processes: the node's own merge counter since the recovery point
+                counts = run.merges[name]
+                before = max((counts[r] for r in counts if r < start), default=0)
+                needed[name] = counts[reached] - before
+        known = [v for v in needed.values() if v is not None]
+        worst = None if len(known) < len(needed) else max(known, default=0)
+        out["accuracy_recovers"] = _invariant(
+            worst is not None and worst <= b["recovery_merges"], worst, int(b["recovery_merges"]),
+            "merges after the recovery point until every live honest node reaches the target accuracy",
+            target_accuracy=round(target, 4), reference_accuracy=round(ref_acc, 4), recovery_round=start,
+            per_node=needed)
+    if "byzantine" in faults:
+        finals = {n: run.accuracy[n][max(run.accuracy[n])] for n in run.honest
+                  if n in run.live_at_end and run.accuracy[n]}
+        ratio = min(finals.values()) / ref_acc if finals and ref_acc > 0 else 0.0
+        out["byzantine_resistance"] = _invariant(
+            ratio >= b["byzantine_ratio"], round(ratio, 4), b["byzantine_ratio"],
+            "lowest final accuracy of a live honest node over the no-fault run's final mean accuracy",
+            reference_accuracy=round(ref_acc, 4), byzantine=sorted(scn.byzantine()),
+            merge_rule=scn.merge, honest_final={k: round(v, 4) for k, v in finals.items()})
+    return out
+
+
+def final_mean(run: SimResult, names: list[str]) -> float:
+    """The mean over ``names`` of each node's accuracy in its last recorded round (0 if none)."""
+    finals = [run.accuracy[n][max(run.accuracy[n])] for n in names if run.accuracy.get(n)]
+    return float(np.mean(finals)) if finals else 0.0

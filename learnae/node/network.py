@@ -1,0 +1,467 @@
+"""A trainer's network side: publish, choose, fetch, check, merge, adopt (:class:`NetworkSide`).
+
+One class does the network work of every trainer, whoever drives it: ``learnae node run``
+(:class:`~learnae.node.trainer.TrainerNode`: embedded Kubo, Keras in another thread, the wall
+clock) and the fault harness's memory driver (:mod:`learnae.local.simulation`: the memory
+network, a numpy model, a virtual clock). What differs is passed in: the
+:class:`~learnae.ipfs.base.IpfsNode`, the ledger's :class:`~learnae.ledger.sync.TangleSync`, the
+clock, the random generator for mining, and how blocking work (encoding, decoding, merging,
+SQLite) leaves the event loop.
+
+The training side talks to it in two types (:mod:`learnae.training.bridge`): it hands over an
+:class:`~learnae.training.bridge.Offer` (a snapshot of its weights with its step and samples)
+and gets back a :class:`~learnae.training.bridge.Merged`, whose ``delta`` is the merge's
+displacement from the offered snapshot; the trainer adds it to its current weights, keeping
+what it trained meanwhile (docs/design.md, "Node loop").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections import Counter, deque
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from typing import Any, Protocol
+
+import numpy as np
+
+from learnae.errors import FormatError, LearnaeError
+from learnae.formats import Checkpoint, Chunk, decode_checkpoint, decode_chunk, encode_checkpoint
+from learnae.identity import Identity
+from learnae.ipfs.base import IpfsNode
+from learnae.ledger.sync import TangleSync
+from learnae.ledger.tangle import Tangle
+from learnae.ledger.tx import Tx, checkpoint_payload
+from learnae.manifest import Manifest
+from learnae.merge import Contribution, MergeResult, merge
+from learnae.node.peers import PeerChoice
+from learnae.training.bridge import Merged, Offer
+from learnae.training.pool import StoreError
+
+__all__ = ["DEFAULT_FETCH_TIMEOUT", "DEFAULT_K", "DEFAULT_KEEP", "DEFAULT_STALE", "ChunkStore",
+           "NetworkSide", "fetch_chunk", "fetch_peer_checkpoint", "merge_contributions",
+           "publish_checkpoint"]
+
+log = logging.getLogger("learnae.node")
+
+DEFAULT_KEEP = 3
+DEFAULT_K = 4
+DEFAULT_FETCH_TIMEOUT = 20.0
+DEFAULT_STALE = 600.0
+ADOPT_TRIES = 3  # fetch attempts for a data chunk before it is refused
+
+Offload = Callable[..., Awaitable[Any]]
+"""How blocking work leaves the event loop: ``await offload(fn, *args)``, e.g.
+:func:`asyncio.to_thread` (the default) or an inline call on a virtual-clock loop."""
+
+
+class ChunkStore(Protocol):
+    """Where adopted data chunks go; its calls block (run them through the offload).
+
+    A node's is :class:`~learnae.training.pool.AdoptedStore`, on disk; the simulator's keeps
+    them in memory.
+    """
+
+    def held(self, txs: Iterable[str]) -> set[str]:
+        """Return the data tx ids of ``txs`` whose chunks the store holds.
+
+        Raises:
+            StoreError: the store failed (counted as ``adopt:store``; the chunks are fetched).
+        """
+
+    def add(self, tx: str, author: bytes, x: np.ndarray, y: np.ndarray) -> object:
+        """Store the chunk of data tx ``tx`` by ``author``.
+
+        Args:
+            tx: the data transaction's id.
+            author: its author's 32-byte public key.
+            x: features ``(rows, *features)``.
+            y: labels ``(rows,)``.
+
+        Raises:
+            StoreError: the store failed (counted as ``adopt:store``; the chunk is fetched
+                again at the next pass).
+        """
+
+
+# ------------------------------------------------------------------ one step each
+async def publish_checkpoint(ipfs: IpfsNode, sync: TangleSync, identity: Identity, *,
+                             weights: Mapping[str, np.ndarray], step: int, samples: int,
+                             base: Sequence[str] = (), metrics: Mapping[str, float] | None = None,
+                             data: Sequence[str] = (), offload: Offload = asyncio.to_thread,
+                             time_ms: int | None = None,
+                             rng: random.Random | None = None) -> tuple[Tx, bytes]:
+    """Publish weights as a checkpoint and announce it in a signed ``checkpoint`` tx.
+
+    The steps: safetensors -> ``ipfs.add`` (pinned) -> signed ``checkpoint`` tx -> gossip.
+
+    Args:
+        ipfs: the node's IPFS node.
+        sync: the node's ledger syncer (its tangle stores the tx).
+        identity: the author's key.
+        weights: weight path -> array, in the model's order.
+        step: the node's local steps so far.
+        samples: examples trained on since the previous checkpoint.
+        base: checkpoint tx ids merged into these weights.
+        metrics: metric name -> value on the node's own held-out data.
+        data: data tx ids adopted into the training pool since the previous checkpoint.
+        offload: how the encoding leaves the event loop (:data:`Offload`).
+        time_ms: the tx's time, ms since the Unix epoch (None: now).
+        rng: random generator for mining and tip selection (None: seeded by the system).
+
+    Returns:
+        ``(tx, file bytes)``.
+
+    Raises:
+        NonFiniteError: the weights hold NaN or infinity; IpfsError; TxRejected, LedgerError.
+    """
+    adopted = list(dict.fromkeys(data))
+    ckpt = Checkpoint(dict(weights), sync.tangle.swarm, int(step), int(samples))
+    raw = await offload(encode_checkpoint, ckpt)
+    cid = await ipfs.add(raw)
+    payload = checkpoint_payload(cid=cid, size=len(raw), step=int(step), samples=int(samples),
+                                 base=list(dict.fromkeys(base)), data=adopted, metrics=dict(metrics or {}))
+    tx = await sync.append(identity, "checkpoint", payload, time_ms=time_ms, rng=rng)
+    return tx, raw
+
+
+async def fetch_peer_checkpoint(ipfs: IpfsNode, tx: Tx, manifest: Manifest,
+                                expect: Mapping[str, tuple[tuple[int, ...], str]], *,
+                                genesis: str, timeout: float = DEFAULT_FETCH_TIMEOUT,
+                                offload: Offload = asyncio.to_thread) -> Contribution:
+    """Fetch and decode the checkpoint a peer's ``checkpoint`` tx announces.
+
+    Args:
+        ipfs: the node's IPFS node.
+        tx: the peer's ``checkpoint`` transaction.
+        manifest: the swarm's manifest (its checkpoint size limit bounds the fetch).
+        expect: weight path -> ``(shape, dtype name)`` the swarm's model has.
+        genesis: the swarm's genesis tx id (a checkpoint names its swarm).
+        timeout: seconds for the fetch.
+        offload: how the decoding leaves the event loop (:data:`Offload`).
+
+    Returns:
+        A :class:`~learnae.merge.Contribution` authored by the tx's author id (hex).
+
+    Raises:
+        IpfsTimeout (code ``timeout``), IpfsError, OversizeError, CorruptFile, FormatError,
+        SchemaMismatch, NonFiniteError: each with its ``code`` for counting.
+    """
+    limit = manifest.limits.checkpoint_bytes
+    raw = await ipfs.cat(tx.payload["cid"], timeout=timeout, max_size=limit)
+    ckpt = await offload(decode_checkpoint, raw, max_bytes=limit, expect=expect, genesis=genesis)
+    return Contribution(ckpt.weights, samples=ckpt.samples, age=ckpt.step, author=tx.author.hex())
+
+
+async def fetch_chunk(ipfs: IpfsNode, tx: Tx, manifest: Manifest, *,
+                      timeout: float = DEFAULT_FETCH_TIMEOUT,
+                      offload: Offload = asyncio.to_thread) -> Chunk:
+    """Fetch and decode the labelled data chunk a ``data`` tx announces.
+
+    It is checked against the swarm's schema and chunk size limit.
+
+    Raises:
+        IpfsTimeout, IpfsError, OversizeError, CorruptFile, SchemaMismatch, FormatError (also
+        when the chunk has no labels or not the rows its tx announces).
+    """
+    limit = manifest.limits.chunk_bytes
+    raw = await ipfs.cat(tx.payload["cid"], timeout=timeout, max_size=limit)
+    chunk = await offload(decode_chunk, raw, max_bytes=limit, schema=manifest.schema)
+    if chunk.y is None:
+        raise FormatError("the chunk has no labels")
+    if len(chunk.x) != tx.payload.get("rows"):
+        raise FormatError(f"the chunk holds {len(chunk.x)} rows, its tx announces {tx.payload.get('rows')}")
+    return chunk
+
+
+def merge_contributions(manifest: Manifest, own: Contribution,
+                        peers: Sequence[Contribution]) -> MergeResult:
+    """Merge peers into own with the manifest's rule and parameters.
+
+    Refused peers are listed in ``MergeResult.rejected``, never raised.
+    """
+    return merge(manifest.merge, own, peers, **manifest.merge_params)
+
+
+def _merge_with(manifest: Manifest, own: Contribution,
+                peers: list[Contribution]) -> tuple[MergeResult, dict[str, np.ndarray]]:
+    """Return the merge, and its displacement from the own snapshot.
+
+    The displacement is what the trainer adds to its current weights
+    (:attr:`~learnae.training.bridge.Merged.delta`).
+    """
+    result = merge_contributions(manifest, own, peers)
+    return result, {k: np.subtract(w, own.weights[k], dtype=own.weights[k].dtype)
+                    for k, w in result.weights.items()}
+
+
+# ------------------------------------------------------------------ the network side
+class NetworkSide:
+    """The network work of one trainer (see the module docstring). Call it on one event loop.
+
+    Args:
+        ipfs: the node's IPFS node.
+        sync: its ledger syncer (the syncer's ``tangle`` is the node's).
+        identity: its author key.
+        manifest: the swarm's manifest.
+        expect: weight path -> ``(shape, dtype name)`` of the swarm's model (what peers'
+            checkpoints are decoded against).
+        k: merge with up to ``k`` peer checkpoints (an offer's ``k`` overrides it).
+        keep: own checkpoints kept pinned; older ones are unpinned.
+        stale: seconds after which a peer checkpoint is too old to merge (:class:`PeerChoice`).
+        fetch_timeout: seconds per fetch of a checkpoint or a chunk.
+        adopt_authors: authors whose ``data`` chunks :meth:`adopt` takes (None: every author).
+        clock: seconds since the Unix epoch (transaction times, freshness, backoff).
+        rng: random generator (:class:`random.Random`) for mining, tip selection and the
+            peer choice's ties (None: seeded by the system).
+        offload: how blocking work leaves the loop (:data:`Offload`).
+        rejections: where to count refusals by code (shared with the training side's
+            counts); a new counter by default.
+        errors: where to count failures by code, likewise.
+
+    Attributes:
+        rejections: refused peer checkpoints and chunks by code: ``timeout``, ``ipfs``,
+            ``oversize``, ``corrupt``, ``format``, ``schema``, ``non-finite``, the merge's codes
+            (``names``, ``shape``, ``norm``, ...), ``stale``, ``bad-checkpoint``; for chunks
+            ``data:<code>`` (``data:not-admitted``, ``data:timeout``, ...).
+        errors: the node's own failures: ``adopt:store``.
+        published: checkpoints published; merges: merges that used a peer checkpoint.
+        last_checkpoint: the last published checkpoint (``tx``, ``cid``, ``step``, ``samples``,
+            ``base``, ``time`` in ms) or None.
+        pinned: CIDs of own checkpoints kept pinned, oldest first.
+        choice: the :class:`PeerChoice` of pending peer checkpoints and backoffs.
+        data_accepted: chunks fetched, checked and stored; data_held: admitted chunks found in
+            the store already, not fetched again.
+    """
+
+    def __init__(self, *, ipfs: IpfsNode, sync: TangleSync, identity: Identity, manifest: Manifest,
+                 expect: Mapping[str, tuple[tuple[int, ...], str]], k: int = DEFAULT_K,
+                 keep: int = DEFAULT_KEEP, stale: float = DEFAULT_STALE,
+                 fetch_timeout: float = DEFAULT_FETCH_TIMEOUT,
+                 adopt_authors: frozenset[bytes] | None = None,
+                 clock: Callable[[], float] = time.time, rng: random.Random | None = None,
+                 offload: Offload = asyncio.to_thread, rejections: Counter[str] | None = None,
+                 errors: Counter[str] | None = None):
+        self.ipfs, self.sync, self.identity, self.manifest = ipfs, sync, identity, manifest
+        self.expect = expect
+        self.k, self.keep, self.fetch_timeout = k, keep, fetch_timeout
+        self.adopt_authors = adopt_authors
+        self.clock, self.rng, self.offload = clock, rng, offload
+        self.rejections: Counter[str] = Counter() if rejections is None else rejections
+        self.errors: Counter[str] = Counter() if errors is None else errors
+        self.choice = PeerChoice(stale=stale, rng=rng)
+        self.published = 0
+        self.merges = 0
+        self.last_checkpoint: dict[str, Any] | None = None
+        self.pinned: deque[str] = deque()
+        self.data_accepted = 0
+        self.data_held = 0
+        self._cursor = 0  # tangle seq of the last checkpoint tx handed to the peer choice
+        self._data_cursor = 0  # data seq of the last data tx looked at
+        self._waiting: list[Tx] = []  # admitted data txs whose chunks are still to fetch
+        self._tries: dict[str, int] = {}
+
+    @property
+    def tangle(self) -> Tangle:
+        """The node's tangle (the syncer's)."""
+        return self.sync.tangle
+
+    # -------------------------------------------------------------------------- publish
+    async def publish(self, offer: Offer, *, metrics: Mapping[str, float] | None = None,
+                      data: Sequence[str] = ()) -> tuple[Tx, bytes]:
+        """Publish ``offer``'s weights as a checkpoint; keep the last ``keep`` own ones pinned.
+
+        The checkpoint descends from this node's previous checkpoint and from the peers'
+        merged since (``offer.merged``'s tags), and names the data txs ``data``.
+
+        Args:
+            offer: the training side's snapshot.
+            metrics: metric name -> value on the node's own held-out data.
+            data: data tx ids adopted into the training pool since the previous checkpoint.
+
+        Returns:
+            ``(tx, file bytes)``.
+
+        Raises:
+            NonFiniteError, IpfsError, TxRejected, LedgerError: as :func:`publish_checkpoint`.
+        """
+        base = [self.last_checkpoint["tx"]] if self.last_checkpoint else []
+        base += [tx_id for tag in offer.merged if tag for tx_id in tag]
+        tx, raw = await publish_checkpoint(self.ipfs, self.sync, self.identity, weights=offer.weights,
+                                           step=offer.step, samples=offer.samples, base=base,
+                                           metrics=metrics, data=data, offload=self.offload,
+                                           time_ms=int(self.clock() * 1000), rng=self.rng)
+        self.published += 1
+        self.last_checkpoint = {"tx": tx.id, "cid": tx.payload["cid"], "step": offer.step,
+                                "samples": offer.samples, "base": base, "time": tx.time}
+        self.pinned.append(tx.payload["cid"])
+        while len(self.pinned) > self.keep:
+            old = self.pinned.popleft()
+            try:
+                await self.ipfs.unpin(old)
+            except LearnaeError as exc:
+                log.debug("unpin %s: %s", old, exc.reason)
+        return tx, raw
+
+    # ---------------------------------------------------------------------------- merge
+    def _collect(self) -> None:
+        """Hand the peers' checkpoint txs stored since the cursor to the peer choice.
+
+        Their arrival is now: at most one merge round after they were stored.
+        """
+        txs, self._cursor = self.tangle.checkpoints_since(self._cursor)
+        me, now_ms = self.identity.public_key, self.clock() * 1000
+        for tx in txs:
+            if tx.author != me:
+                self.choice.add(tx, now_ms)
+
+    def _pass_over(self, author: bytes) -> None:
+        """A checkpoint of ``author`` could not be used: back off from the author."""
+        wait = self.choice.failed(author, self.clock() * 1000)
+        log.info("passing over checkpoints by %s for %.0f s", author.hex()[:12], wait)
+
+    async def merge(self, offer: Offer, *, k: int | None = None) -> Merged | None:
+        """Merge ``offer`` with up to ``k`` of the freshest pending peer checkpoints.
+
+        The peer checkpoints (:class:`PeerChoice`) are each fetched, decoded and checked;
+        refusals are counted and their authors backed off from.
+
+        Args:
+            offer: the training side's snapshot.
+            k: how many peer checkpoints at most (default ``offer.k``, then the node's ``k``).
+
+        Returns:
+            The merge (weights, the merged tx ids as its tag, its displacement from
+            ``offer.weights`` as ``delta``), or None if no peer checkpoint was usable or
+            fewer than ``offer.min_peers`` were pending.
+
+        Raises:
+            LearnaeError: the merge itself failed (never a peer's fault: those are counted).
+        """
+        self._collect()
+        now_ms = self.clock() * 1000
+        stale = self.choice.drop_stale(now_ms)
+        if stale:
+            self.rejections["stale"] += stale
+        chosen = self.choice.choose(k or offer.k or self.k, now_ms, at_least=max(offer.min_peers, 1))
+        if not chosen:
+            return None
+        results = await asyncio.gather(*(
+            fetch_peer_checkpoint(self.ipfs, tx, self.manifest, self.expect, genesis=self.tangle.swarm,
+                                  timeout=self.fetch_timeout, offload=self.offload)
+            for tx in chosen), return_exceptions=True)
+        peers, used_tx = [], {}
+        for tx, result in zip(chosen, results, strict=True):
+            if isinstance(result, LearnaeError):
+                self.rejections[result.code] += 1
+                log.info("peer checkpoint %s by %s refused: %s", tx.id[:16], tx.author.hex()[:12], result.reason)
+                self._pass_over(tx.author)
+            elif isinstance(result, (ValueError, KeyError, TypeError, OSError)):
+                self.rejections["bad-checkpoint"] += 1
+                log.info("peer checkpoint %s by %s refused: %r", tx.id[:16], tx.author.hex()[:12], result)
+                self._pass_over(tx.author)
+            elif isinstance(result, BaseException):
+                raise result
+            else:
+                peers.append(result)
+                used_tx[result.author] = tx.id
+        if not peers:
+            return None
+        own = Contribution(offer.weights, samples=offer.samples, age=offer.step,
+                           author=self.identity.public_key.hex())
+        result, delta = await self.offload(_merge_with, self.manifest, own, peers)
+        for author, code, reason in result.rejected:
+            self.rejections[code] += 1
+            used_tx.pop(author, None)
+            log.info("peer checkpoint by %s refused (%s): %s", author[:12], code, reason)
+            self._pass_over(bytes.fromhex(author))
+        for author in used_tx:
+            self.choice.succeeded(bytes.fromhex(author))
+        if not used_tx:
+            return None
+        self.merges += 1
+        return Merged(result.weights, tuple(used_tx.values()), delta=delta)
+
+    async def merge_all(self, offer: Offer) -> Merged | None:
+        """Merge ``offer`` with the freshest checkpoint of every peer (not stale, not backing off).
+
+        This is how a node ends on the swarm's consensus.
+
+        Returns:
+            The merge as :meth:`merge` returns it; None if no peer checkpoint was usable.
+        """
+        self._collect()
+        now_ms = self.clock() * 1000
+        for author, tx in self.tangle.latest_checkpoint_per_author().items():
+            if author != self.identity.public_key:
+                self.choice.add(tx, now_ms)
+        return await self.merge(offer, k=max(len(self.choice), 1))
+
+    # ---------------------------------------------------------------------------- adopt
+    async def adopt(self, store: ChunkStore, *, stopping: Callable[[], bool] = lambda: False) -> int:
+        """Make one pass of data adoption over the ``data`` txs stored since the last pass.
+
+        It takes those by admitted authors (others counted as ``data:not-admitted``), fetches
+        and checks each chunk the store does not hold yet (:func:`fetch_chunk`) and stores it.
+        A chunk whose fetch timed out or failed is tried again in the next passes,
+        :data:`ADOPT_TRIES` times in all, then refused as ``data:<code>``; store failures count
+        as ``adopt:store``.
+
+        Args:
+            store: where chunks go (:class:`ChunkStore`).
+            stopping: checked between fetches; True ends the pass early.
+
+        Returns:
+            Chunks stored in this pass.
+        """
+        txs, self._data_cursor = self.tangle.data_since(self._data_cursor)
+        admitted: list[Tx] = []
+        for tx in txs:
+            if self.adopt_authors is None or tx.author in self.adopt_authors:
+                admitted.append(tx)
+            else:
+                self.rejections["data:not-admitted"] += 1
+        if admitted:
+            try:
+                held = await self.offload(store.held, [tx.id for tx in admitted])
+            except StoreError as exc:  # fetch them: storing a held chunk again is a no-op
+                self.errors["adopt:store"] += 1
+                log.warning("reading adopted data: %s", exc.reason)
+                held = set()
+            self.data_held += len(held)
+            self._waiting += [tx for tx in admitted if tx.id not in held]
+        later: list[Tx] = []
+        stored = 0
+        for i, tx in enumerate(self._waiting):
+            if stopping():
+                later += self._waiting[i:]
+                break
+            try:
+                chunk = await fetch_chunk(self.ipfs, tx, self.manifest, timeout=self.fetch_timeout,
+                                          offload=self.offload)
+            except LearnaeError as exc:
+                self._tries[tx.id] = self._tries.get(tx.id, 0) + 1
+                if exc.code in ("timeout", "ipfs") and self._tries[tx.id] < ADOPT_TRIES:
+                    later.append(tx)
+                    continue
+                self._tries.pop(tx.id, None)
+                self.rejections[f"data:{exc.code}"] += 1
+                log.info("data chunk %s by %s refused: %s", tx.id[:16], tx.author.hex()[:12], exc.reason)
+                continue
+            except (ValueError, KeyError, TypeError, OSError) as exc:
+                self.rejections["data:bad-chunk"] += 1
+                log.info("data chunk %s by %s refused: %r", tx.id[:16], tx.author.hex()[:12], exc)
+                continue
+            self._tries.pop(tx.id, None)
+            try:
+                await self.offload(store.add, tx.id, tx.author, chunk.x, chunk.y)
+            except (StoreError, ValueError) as exc:  # e.g. disk full: fetched at a restart
+                self.errors["adopt:store"] += 1
+                log.warning("data chunk %s not stored: %s", tx.id[:16], exc)
+                continue
+            self.data_accepted += 1
+            stored += 1
+        self._waiting = later
+        return stored
