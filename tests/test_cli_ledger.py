@@ -143,7 +143,7 @@ def test_init_options_reach_the_manifest_and_invite(tmp_path):
 
 @pytest.mark.parametrize(("args", "reason"), [
     (["--model", "nonexistent"], "neither a known model"),
-    (["--model", "digits-mlp", "--admission", "missing.txt"], "cannot read admission file"),
+    (["--model", "digits-mlp", "--admission", "missing.txt"], "no admission file at"),
     (["--model", "digits-mlp", "--bootstrap", "/ip4/1.2.3.4/tcp/1"], "/p2p/"),
     (["--model", "digits-mlp", "--listen", "localhost:1"], "HOST:PORT"),
     (["--model", "digits-mlp", "--learning-rate", "-1"], "learning_rate"),

@@ -1,7 +1,7 @@
 """Start the process tests' processes, wait for what they do, and always stop them.
 
-Each process runs in a session (and process group) of its own, with its stdout and stderr in
-files of the test's directory. :meth:`Launcher.wait` is the one bounded wait loop: it returns
+Each process runs in a process group of its own, with its stdout and stderr in files of the
+test's directory and no stdin. :meth:`Launcher.wait` is the one bounded wait loop: it returns
 the condition's first truthy value, and fails the test with the processes' log tails when one
 of them exits first or the time runs out. :meth:`Launcher.stop_all` (the ``launch`` fixture's
 finaliser, so it runs however the test ends) sends SIGTERM to each process group, then SIGKILL
@@ -11,6 +11,12 @@ status file, an HTTP API) for the conditions, ``None`` while it is not there yet
 A process is not reaped until it is stopped (its exit is read with ``waitid(WNOWAIT)``): while
 its leader is a zombie, its process group id cannot be given to another process, so the
 signals to the group reach only what this test started.
+
+The group is not a session of its own: with Linux's ``sched_autogroup`` each session is
+scheduled as one, so processes in sessions of their own each get an equal CPU share against the
+others, not the share they had in the test's session. Three trainer nodes started that way
+merged too little to pass tests/test_node.py's first test (5 runs in 11 failed, 0 in 9 with a
+process group).
 """
 
 from __future__ import annotations
@@ -104,7 +110,8 @@ class Launcher:
     def start(self, name: str, argv: Sequence[str], *, stdout: Any = "file", stderr: Any = "file",
               tail: Callable[[], str] | None = None, stacks: int | None = None,
               **popen_kwargs) -> Proc:
-        """Start ``argv`` in a new session; ``name`` names it in messages and its output files.
+        """Start ``argv`` in a new process group; ``name`` names it in messages and its output
+        files.
 
         Args:
             name: a short name, unique in the test (``<name>.out`` and ``<name>.err`` files).
@@ -116,10 +123,12 @@ class Launcher:
             stacks: a signal that makes the process write its threads' stacks to its output
                 (``faulthandler.register(signal.SIGUSR1, all_threads=True)``): sent before a
                 timed-out wait shows the tails, so they say where the process hangs.
-            popen_kwargs: passed to ``subprocess.Popen`` (``env``, ``cwd``).
+            popen_kwargs: passed to ``subprocess.Popen`` (``env``, ``cwd``; ``stdin`` is
+                ``subprocess.DEVNULL`` unless given).
         """
         out = self.directory / f"{name}.out" if stdout == "file" else None
         err = self.directory / f"{name}.err" if stderr == "file" else None
+        popen_kwargs = {"stdin": subprocess.DEVNULL, **popen_kwargs}
         with contextlib.ExitStack() as files:  # the child holds descriptors of its own
             sinks = [how if path is None else files.enter_context(open(path, "wb"))
                      for path, how in ((out, stdout), (err, stderr))]
