@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import NamedTuple, Protocol
 
 from multiformats import CID
@@ -93,18 +93,23 @@ class _Link(NamedTuple):
 class _DagBuilder:
     """Builds the balanced DAG leaf by leaf, keeping only the unfinished node of each level."""
 
-    def __init__(self, cid_version: int, max_links: int = MAX_LINKS):
+    def __init__(self, cid_version: int, max_links: int = MAX_LINKS,
+                 sink: Callable[[bytes, bytes], None] | None = None):
         if cid_version not in (0, 1):
             raise ValueError(f"cid_version must be 0 or 1, not {cid_version!r}")
         self.v1 = cid_version == 1
         self.max_links = max_links
+        self.sink = sink  # given (binary CID, block bytes) of every block made, if set
         self.levels: list[list[_Link]] = [[]]  # levels[0]: leaves of the current depth-1 node
 
     def add_leaf(self, chunk: memoryview) -> None:
         """Hash one chunk (1 to CHUNK_SIZE bytes) as the next leaf. ``chunk`` is not kept."""
         n = len(chunk)
         if self.v1:
-            self._push(0, _Link(_V1_RAW + hashlib.sha256(chunk).digest(), n, n))
+            cid = _V1_RAW + hashlib.sha256(chunk).digest()
+            if self.sink is not None:
+                self.sink(cid, bytes(chunk))
+            self._push(0, _Link(cid, n, n))
             return
         # dag-pb {Data: UnixFS {Type: File, Data: chunk, filesize: n}}, hashed around the chunk.
         head, tail = _FILE + b"\x12" + _varint(n), b"\x18" + _varint(n)
@@ -112,7 +117,10 @@ class _DagBuilder:
         digest = hashlib.sha256(prefix)
         digest.update(chunk)
         digest.update(tail)
-        self._push(0, _Link(_SHA256 + digest.digest(), len(prefix) + n + len(tail), n))
+        cid = _SHA256 + digest.digest()
+        if self.sink is not None:
+            self.sink(cid, prefix + bytes(chunk) + tail)
+        self._push(0, _Link(cid, len(prefix) + n + len(tail), n))
 
     def _push(self, level: int, link: _Link) -> None:
         """Append ``link`` at ``level``; a full level first becomes a node one level up."""
@@ -134,15 +142,21 @@ class _DagBuilder:
         ) + _field(0x0A, unixfs)
         prefix = _V1_DAG_PB if self.v1 else _SHA256
         tsize = len(block) + sum(link.tsize for link in links)
-        return _Link(prefix + hashlib.sha256(block).digest(), tsize, filesize)
+        cid = prefix + hashlib.sha256(block).digest()
+        if self.sink is not None:
+            self.sink(cid, block)
+        return _Link(cid, tsize, filesize)
 
     def root(self) -> CID:
         """Close every unfinished node, bottom up, and return the root's CID."""
         if not self.levels[0]:  # the empty file: an empty raw block, or {Type: File, filesize: 0}
+            block = b"" if self.v1 else _field(0x0A, _FILE + b"\x18\x00")
+            digest = hashlib.sha256(block).digest()
+            if self.sink is not None:
+                self.sink((_V1_RAW if self.v1 else _SHA256) + digest, block)
             if self.v1:
-                return CID("base32", 1, "raw", _SHA256 + hashlib.sha256(b"").digest())
-            block = _field(0x0A, _FILE + b"\x18\x00")
-            return CID("base58btc", 0, "dag-pb", _SHA256 + hashlib.sha256(block).digest())
+                return CID("base32", 1, "raw", _SHA256 + digest)
+            return CID("base58btc", 0, "dag-pb", _SHA256 + digest)
         level = 0
         while level + 1 < len(self.levels):  # a push may fill a level and add one above
             self._push(level + 1, self._node(self.levels[level]))
@@ -205,6 +219,36 @@ def file_cid(source: Source, *, cid_version: int = 0) -> str:
     for chunk in _chunks(source):
         builder.add_leaf(chunk)
     return str(builder.root())
+
+
+def file_blocks(source: Source, *, cid_version: int = 0) -> Iterator[tuple[bytes, bytes]]:
+    """The blocks ``ipfs add`` stores for a file, as ``(multihash, block bytes)`` pairs.
+
+    Leaves in file order, each inner node after its children, the root last; a block that
+    occurs twice in the DAG (a repeated chunk) is given twice. Kubo's blockstore keys blocks by
+    their multihash (binary: ``0x12 0x20`` and the sha2-256 digest).
+
+    Args:
+        source: as :func:`file_cid`.
+        cid_version: as :func:`file_cid`.
+
+    Raises:
+        ValueError: ``cid_version`` is neither 0 nor 1.
+        OSError: the path cannot be opened or read.
+    """
+    made: list[tuple[bytes, bytes]] = []
+    skip = 2 if cid_version == 1 else 0  # a binary CIDv1 starts with its version and codec
+
+    def sink(cid: bytes, block: bytes) -> None:
+        made.append((cid[skip:], block))
+
+    builder = _DagBuilder(cid_version, sink=sink)
+    for chunk in _chunks(source):
+        builder.add_leaf(chunk)
+        yield from made
+        made.clear()
+    builder.root()
+    yield from made
 
 
 def parse_cid(text: str) -> CID:

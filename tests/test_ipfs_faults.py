@@ -154,3 +154,28 @@ def test_write_control_replaces_the_file_whole_and_leaves_nothing_on_failure(tmp
         write_control(path, blocked=["a", 1])  # ids that do not sort: nothing is written
     assert json.loads(path.read_text())["blocked"] == ["c"]
     assert [p.name for p in tmp_path.iterdir()] == ["faults.json"]  # no temporary file left
+
+
+def test_the_forwarding_base_forwards_every_call_of_the_interface():
+    """A call added to IpfsNode must be forwarded too, or FaultyNode would not be instantiable
+    and the simulator's node would lack it."""
+    from learnae.ipfs.base import ForwardingNode, IpfsNode
+
+    assert not ForwardingNode.__abstractmethods__
+    assert IpfsNode.__abstractmethods__ <= set(vars(ForwardingNode))
+    for name in IpfsNode.__abstractmethods__ - {"subscribe", "connect", "peers"}:
+        assert name not in vars(FaultyNode), f"FaultyNode forwards {name} itself: use the base"
+
+
+async def test_content_pins_and_garbage_collection_pass_through(trio):
+    a, b, _ = trio
+    kept, dropped = await a.add(b"kept"), await a.add(b"dropped")
+    await a.unpin(dropped)
+    assert await a.pins() == {kept}
+    assert await b.cat(kept, timeout=1) == b"kept"
+    assert await a.repo_bytes() == len(b"kept") + len(b"dropped")
+    stats = await a.collect_garbage(grace=0)
+    assert (stats.blocks_removed, stats.bytes_freed) == (1, len(b"dropped"))
+    assert await a.repo_bytes() == len(b"kept") and not a.inner.has(dropped)
+    await b.pin(kept)
+    assert (await b.collect_garbage()).blocks_kept == 1

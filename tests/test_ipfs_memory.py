@@ -10,7 +10,7 @@ import pytest
 from conftest import virtual_clock
 
 from learnae.errors import InvalidMultiaddr, IpfsError, IpfsTimeout, NodeClosed, OversizeError
-from learnae.ipfs.base import MESSAGE_OVERHEAD, SUBSCRIPTION_BUFFER_BYTES
+from learnae.ipfs.base import MESSAGE_OVERHEAD, SUBSCRIPTION_BUFFER_BYTES, GcStats
 from learnae.ipfs.memory import MemoryNetwork
 
 TOPIC = "learnae/test"
@@ -334,19 +334,29 @@ async def test_closed_node_refuses_calls_and_leaves_the_network():
     assert net.node("b").id == "b"  # the name is free again
 
 
-async def test_pin_unpin_and_gc():
+async def test_pin_unpin_and_collect_garbage():
     _, (a, b) = await line("a", "b")
     kept, dropped = await a.add(b"kept"), await a.add(b"dropped")
     await a.unpin(dropped)
     await a.unpin(dropped)
     assert await a.pins() == {kept}
-    assert a.gc() == [dropped]
+    assert await a.repo_bytes() == len(b"kept") + len(b"dropped")
+    assert await a.collect_garbage() == GcStats(1, len(b"dropped"), 1, len(b"kept"), 0.0)
     assert a.has(kept) and not a.has(dropped)
-    # a fetched copy is unpinned; pin() fetches and pins
+    assert await a.repo_bytes() == len(b"kept")
+    # a fetched copy is unpinned, however new (no grace: objects are stored whole at once)
     await b.cat(kept, timeout=1)
-    assert b.gc() == [kept]
-    await b.pin(kept)
-    assert b.gc() == [] and b.has(kept)
+    assert (await b.collect_garbage(grace=60)).blocks_removed == 1 and not b.has(kept)
+    await b.pin(kept)  # pin() fetches and pins
+    assert await b.collect_garbage() == GcStats(0, 0, 1, len(b"kept"), 0.0) and b.has(kept)
+    assert await b.repo_bytes() == len(b"kept")
+    with pytest.raises(ValueError, match="grace"):
+        await b.collect_garbage(grace=-1)
+    await b.close()
+    with pytest.raises(NodeClosed):
+        await b.collect_garbage()
+    with pytest.raises(NodeClosed):
+        await b.repo_bytes()
 
 
 async def test_max_size_is_refused_before_any_transfer():

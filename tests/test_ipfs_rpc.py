@@ -27,8 +27,8 @@ from learnae.errors import (
     NodeClosed,
     OversizeError,
 )
-from learnae.ipfs.base import PubsubMessage
-from learnae.ipfs.rpc import RpcNode, decode_message, encode_topic
+from learnae.ipfs.base import GcStats, PubsubMessage
+from learnae.ipfs.rpc import RpcNode, decode_message, encode_topic, gc_removed
 
 KUBO_API = os.environ.get("LEARNAE_KUBO_API")
 needs_daemon = pytest.mark.skipif(
@@ -217,6 +217,10 @@ class FakeKubo:
         self.calls: list[str] = []
         self.pinned: set[str] = set()  # CID strings, one pin each (Kubo keys pins by CID)
         self.pin_ls_types: list[str] = []
+        self.gc_lines: list[str] = []  # what repo/gc streams, one JSON object a line
+        self.gc_queries: list[dict[str, str]] = []
+        self.repo_stats: list[dict] = [{"RepoSize": 0, "StorageMax": 10 << 30, "NumObjects": 0}]
+        self.stat_queries: list[dict[str, str]] = []  # repo/stat answers repo_stats in turn
         self._ready = threading.Event()
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._serve, name="fake-kubo", daemon=True)
@@ -242,6 +246,16 @@ class FakeKubo:
                 {"Message": f"403 - Forbidden: {command}", "Code": 0, "Type": "error"}, status=403)
         if command.startswith("pin/"):
             return self._pin(command, request.query)
+        if command == "repo/gc":
+            self.gc_queries.append(dict(request.query))
+            return web.Response(text="".join(f"{line}\n" for line in self.gc_lines),
+                                content_type="application/json", headers={"X-Chunked-Output": "1"})
+        if command == "repo/stat":
+            self.stat_queries.append(dict(request.query))
+            stat = self.repo_stats.pop(0) if len(self.repo_stats) > 1 else self.repo_stats[0]
+            if request.query.get("size-only") == "true":
+                stat = {"RepoSize": stat.get("RepoSize"), "StorageMax": stat.get("StorageMax")}
+            return web.json_response(stat)
         body = self.answer(command)
         if body is None:
             return web.Response(status=404, text="404 page not found")
@@ -408,6 +422,51 @@ async def test_pins_lists_recursive_pins_and_unpin_removes_the_cidv0_pin():
                 await node.pins()
         finally:
             await node.close()
+
+
+# Lines of `/api/v0/repo/gc?stream-errors=true` as Kubo 0.22 writes them.
+GC_KEYS = [file_cid(b"one"), to_v1(file_cid(b"two", cid_version=1)), file_cid(b"three")]
+GC_LINES = [json.dumps({"Key": {"/": cid}}) for cid in GC_KEYS]
+GC_ERROR = json.dumps({"Key": None, "Error": "could not remove QmFoo: permission denied"})
+
+
+def test_gc_removed_reads_the_keys_of_kubos_answer():
+    assert gc_removed(GC_LINES) == [to_v1(cid) for cid in GC_KEYS]
+    assert gc_removed([line.encode() for line in GC_LINES] + [b"", b"  "]) == gc_removed(GC_LINES)
+    assert gc_removed([]) == []
+    with pytest.raises(IpfsError, match=r"failed 1 times \(it removed 2 blocks\): could not remove"):
+        gc_removed([GC_LINES[0], GC_ERROR, GC_LINES[1]])
+    for junk in ("not json", "[1]", '{"Key": "Qm"}', '{"Key": {"/": "not-a-cid"}}', "{}"):
+        with pytest.raises(IpfsError, match="not a line of Kubo's repo/gc answer"):
+            gc_removed([GC_LINES[0], junk])
+
+
+async def test_collect_garbage_runs_the_daemons_and_measures_with_repo_stat():
+    with private_kubo() as kubo:
+        node = await RpcNode.open(kubo.url)
+        try:
+            kubo.gc_lines = GC_LINES
+            kubo.repo_stats = [{"RepoSize": 9000, "StorageMax": 1 << 30, "NumObjects": 12},
+                               {"RepoSize": 4000, "StorageMax": 1 << 30, "NumObjects": 9}]
+            stats = await node.collect_garbage(grace=30)  # grace is not Kubo's: accepted, unused
+            assert stats == GcStats(3, 5000, 9, 4000, stats.seconds) and stats.seconds >= 0
+            assert kubo.gc_queries == [{"stream-errors": "true"}]
+            assert [q["size-only"] for q in kubo.stat_queries] == ["true", "false"]
+            assert await node.repo_bytes() == 4000
+            with pytest.raises(ValueError, match="grace"):
+                await node.collect_garbage(grace=-1)
+            kubo.gc_lines = [GC_LINES[0], GC_ERROR]
+            with pytest.raises(IpfsError, match="permission denied"):
+                await node.collect_garbage()
+            kubo.repo_stats = [{"RepoSize": "big"}]
+            with pytest.raises(IpfsError, match="repo/stat without a RepoSize"):
+                await node.repo_bytes()
+        finally:
+            await node.close()
+    with pytest.raises(NodeClosed):
+        await node.collect_garbage()
+    with pytest.raises(NodeClosed):
+        await node.repo_bytes()
 
 
 @pytest.fixture

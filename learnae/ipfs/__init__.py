@@ -2,7 +2,9 @@
 
 Modules:
 
-- :mod:`learnae.ipfs.base`: the :class:`~learnae.ipfs.base.IpfsNode` interface every role uses.
+- :mod:`learnae.ipfs.base`: the :class:`~learnae.ipfs.base.IpfsNode` interface every role uses
+  (garbage collection included), and :class:`~learnae.ipfs.base.ForwardingNode`, the base of
+  layers over a node.
 - :mod:`learnae.ipfs.embedded`: Kubo inside this process (the default backend).
 - :mod:`learnae.ipfs.libkubo`: the blocking ctypes binding to Kubo as a shared library.
 - :mod:`learnae.ipfs.rpc`: a Kubo daemon driven through its RPC API, its config checked first.

@@ -19,6 +19,17 @@ Conventions shared by all of them:
 - A subscription holds what its reader has not taken yet in a :class:`SubscriptionBuffer`,
   bounded in bytes (:data:`SUBSCRIPTION_BUFFER_BYTES`): a reader that falls behind loses the
   oldest messages (counted), never the process's memory.
+
+Garbage collection. Unpinning frees no disk: the blocks stay in the repository until a
+collection removes them. :meth:`IpfsNode.collect_garbage` removes every stored block that no pin
+needs (pinned, or inside a pinned file), except those written less than ``grace`` seconds ago,
+so that the blocks of a fetch still under way survive. :meth:`IpfsNode.repo_bytes` measures the
+repository. Each backend says how it collects: the embedded one sweeps Kubo's block files itself
+(its library exports no collection), the rpc one asks the daemon (``repo/gc``), the memory one
+drops unpinned objects.
+
+:class:`ForwardingNode` passes every call to an inner node: a layer that changes a few calls (the
+fault layer, the simulator's view of a node) subclasses it and overrides only those.
 """
 
 from __future__ import annotations
@@ -35,6 +46,38 @@ messages); beyond it the oldest are dropped."""
 MESSAGE_OVERHEAD = 256
 """Bytes a buffered message counts for besides its payload and sender id (the Python objects
 around them), so that a flood of empty messages is bounded too."""
+DEFAULT_GC_GRACE = 5.0
+"""Seconds a block written by a fetch is safe from :meth:`IpfsNode.collect_garbage` (5 s).
+
+Adds and pins are safe from a collection whatever their age (each backend makes them wait for
+each other). A fetch (``cat``) stores blocks unpinned: the grace keeps those of a fetch under way
+or just ended, for a caller that pins or fetches them again at once, and costs at most what
+arrives in 5 s. A block removed under a fetch is fetched again from the peers."""
+
+
+def check_grace(grace: float) -> float:
+    """Return ``grace`` (seconds) as a float; ValueError unless it is a number >= 0."""
+    if isinstance(grace, bool) or not isinstance(grace, int | float) or not grace >= 0:
+        raise ValueError(f"grace is a number of seconds >= 0, not {grace!r}")
+    return float(grace)
+
+
+class GcStats(NamedTuple):
+    """What one :meth:`IpfsNode.collect_garbage` did.
+
+    Attributes:
+        blocks_removed: blocks removed (objects, for the memory backend).
+        bytes_freed: bytes of the blocks removed.
+        blocks_kept: blocks left in the repository (pinned, needed by a pin, or in the grace).
+        bytes_kept: bytes of the blocks left.
+        seconds: wall time the collection took, from when it had the repository to itself.
+    """
+
+    blocks_removed: int
+    bytes_freed: int
+    blocks_kept: int
+    bytes_kept: int
+    seconds: float
 
 
 class PubsubMessage(NamedTuple):
@@ -161,6 +204,8 @@ class IpfsNode(abc.ABC):
     Errors: every method raises :class:`~learnae.errors.NodeClosed` after :meth:`close`,
     :class:`~learnae.errors.IpfsTimeout` when a timeout expires and
     :class:`~learnae.errors.IpfsError` for other failures.
+
+    Subclasses that change only some calls of another node subclass :class:`ForwardingNode`.
     """
 
     #: the node's peer id (``Qm...`` or ``12D3...``), set once the node runs
@@ -204,6 +249,28 @@ class IpfsNode(abc.ABC):
         """
 
     @abc.abstractmethod
+    async def collect_garbage(self, *, grace: float = DEFAULT_GC_GRACE) -> GcStats:
+        """Remove every stored block that no pin needs, except those written in the last ``grace`` s.
+
+        A block is needed when it is pinned or inside a pinned file. Adds and pins under way are
+        waited for (their blocks are kept); an unpinned file's blocks go, own or fetched.
+
+        Args:
+            grace: seconds; blocks written less long ago are kept (:data:`DEFAULT_GC_GRACE`).
+                Backends that cannot tell a block's age say so.
+
+        Returns:
+            What was removed and kept (:class:`GcStats`).
+
+        Raises:
+            ValueError: ``grace`` is negative.
+        """
+
+    @abc.abstractmethod
+    async def repo_bytes(self) -> int:
+        """Bytes the node's repository takes now (blocks and the backend's own records)."""
+
+    @abc.abstractmethod
     async def publish(self, topic: str, data: bytes) -> None:
         """Publish ``data`` on pubsub ``topic`` to the peers subscribed to it."""
 
@@ -240,3 +307,71 @@ class IpfsNode(abc.ABC):
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+
+class ForwardingNode(IpfsNode):
+    """A node that passes every call to ``inner``: subclass it and override what changes.
+
+    Args:
+        inner: the node the calls go to; :meth:`close` closes it.
+
+    Attributes:
+        inner: that node.
+        id: ``inner``'s peer id, as it was when this node was made.
+    """
+
+    def __init__(self, inner: IpfsNode):
+        self.inner = inner
+        self.id = inner.id
+
+    async def add(self, data: bytes) -> str:
+        """As ``inner``'s :meth:`~IpfsNode.add`."""
+        return await self.inner.add(data)
+
+    async def cat(self, cid: str, timeout: float = 30.0, max_size: int | None = None) -> bytes:
+        """As ``inner``'s :meth:`~IpfsNode.cat`."""
+        return await self.inner.cat(cid, timeout=timeout, max_size=max_size)
+
+    async def pin(self, cid: str, timeout: float = 60.0) -> None:
+        """As ``inner``'s :meth:`~IpfsNode.pin`."""
+        await self.inner.pin(cid, timeout=timeout)
+
+    async def unpin(self, cid: str) -> None:
+        """As ``inner``'s :meth:`~IpfsNode.unpin`."""
+        await self.inner.unpin(cid)
+
+    async def pins(self) -> set[str]:
+        """As ``inner``'s :meth:`~IpfsNode.pins`."""
+        return await self.inner.pins()
+
+    async def collect_garbage(self, *, grace: float = DEFAULT_GC_GRACE) -> GcStats:
+        """As ``inner``'s :meth:`~IpfsNode.collect_garbage`."""
+        return await self.inner.collect_garbage(grace=grace)
+
+    async def repo_bytes(self) -> int:
+        """As ``inner``'s :meth:`~IpfsNode.repo_bytes`."""
+        return await self.inner.repo_bytes()
+
+    async def publish(self, topic: str, data: bytes) -> None:
+        """As ``inner``'s :meth:`~IpfsNode.publish`."""
+        await self.inner.publish(topic, data)
+
+    def subscribe(self, topic: str) -> Subscription:
+        """As ``inner``'s :meth:`~IpfsNode.subscribe`."""
+        return self.inner.subscribe(topic)
+
+    async def connect(self, multiaddr: str, timeout: float = 30.0) -> None:
+        """As ``inner``'s :meth:`~IpfsNode.connect`."""
+        await self.inner.connect(multiaddr, timeout=timeout)
+
+    async def peers(self) -> list[str]:
+        """As ``inner``'s :meth:`~IpfsNode.peers`."""
+        return await self.inner.peers()
+
+    async def addrs(self) -> list[str]:
+        """As ``inner``'s :meth:`~IpfsNode.addrs`."""
+        return await self.inner.addrs()
+
+    async def close(self) -> None:
+        """Close ``inner``."""
+        await self.inner.close()

@@ -30,13 +30,16 @@ from collections.abc import AsyncIterator, Iterable, Mapping
 
 from learnae.errors import IpfsError
 from learnae.files import write_atomic
-from learnae.ipfs.base import IpfsNode, PubsubMessage, Subscription
+from learnae.ipfs.base import ForwardingNode, IpfsNode, PubsubMessage, Subscription
 
 log = logging.getLogger(__name__)
 
 
-class FaultyNode(IpfsNode):
+class FaultyNode(ForwardingNode):
     """``inner`` with fault rules applied to what it receives.
+
+    Only ``subscribe``, ``connect`` and ``peers`` are filtered; every other call (content,
+    pins, garbage collection, publishing) goes to ``inner`` as it is.
 
     Args:
         inner: the node whose traffic is filtered; it is closed with this one.
@@ -50,8 +53,7 @@ class FaultyNode(IpfsNode):
     """
 
     def __init__(self, inner: IpfsNode, *, seed: int = 0):
-        self.inner = inner
-        self.id = inner.id
+        super().__init__(inner)
         self.blocked: set[str] = set()
         self.loss = 0.0
         self.delay_ms = 0.0
@@ -96,39 +98,6 @@ class FaultyNode(IpfsNode):
             self.dropped += 1
             return False
         return True
-
-    # -- passed through ---------------------------------------------------
-    async def add(self, data: bytes) -> str:
-        """As ``inner``'s :meth:`~learnae.ipfs.base.IpfsNode.add`."""
-        return await self.inner.add(data)
-
-    async def cat(self, cid: str, timeout: float = 30.0, max_size: int | None = None) -> bytes:
-        """As ``inner``'s :meth:`~learnae.ipfs.base.IpfsNode.cat` (content is not filtered)."""
-        return await self.inner.cat(cid, timeout=timeout, max_size=max_size)
-
-    async def pin(self, cid: str, timeout: float = 60.0) -> None:
-        """As ``inner``'s :meth:`~learnae.ipfs.base.IpfsNode.pin`."""
-        await self.inner.pin(cid, timeout=timeout)
-
-    async def unpin(self, cid: str) -> None:
-        """As ``inner``'s :meth:`~learnae.ipfs.base.IpfsNode.unpin`."""
-        await self.inner.unpin(cid)
-
-    async def pins(self) -> set[str]:
-        """What ``inner`` pins (content is not filtered)."""
-        return await self.inner.pins()
-
-    async def publish(self, topic: str, data: bytes) -> None:
-        """As ``inner``'s :meth:`~learnae.ipfs.base.IpfsNode.publish` (sending is not filtered)."""
-        await self.inner.publish(topic, data)
-
-    async def addrs(self) -> list[str]:
-        """As ``inner``'s :meth:`~learnae.ipfs.base.IpfsNode.addrs`."""
-        return await self.inner.addrs()
-
-    async def close(self) -> None:
-        """Close ``inner``."""
-        await self.inner.close()
 
     # -- filtered ---------------------------------------------------------
     def subscribe(self, topic: str) -> Subscription:

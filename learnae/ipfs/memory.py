@@ -30,9 +30,14 @@ The model, and where it differs from Kubo:
   links, any number of hops away (a simplification: bitswap with no routing asks
   direct peers only). The transfer takes twice the summed link delays of the
   fastest path and is never lost (bitswap runs over reliable streams). Fetched
-  content is kept unpinned, so it can be served onwards, until :meth:`MemoryNode.gc`.
+  content is kept unpinned, so it can be served onwards, until
+  :meth:`MemoryNode.collect_garbage`.
   With no holder reachable, ``cat`` waits for the network to change (an add,
   connect, heal, up) until its timeout.
+- Storage is per object, not per block: a node holds whole files. Garbage collection drops every
+  unpinned object at once, whatever its age (adds and fetches store an object whole, at one
+  instant of the loop's clock, so no write is ever under way and no grace is needed), and takes
+  no time. :meth:`MemoryNode.repo_bytes` is the sum of the stored objects' sizes.
 - ``down(id)``: the node is cut off (sends and receives nothing) but keeps its
   content and subscriptions; ``up(id)`` reconnects it. ``close()`` removes the node.
 """
@@ -51,7 +56,15 @@ from collections.abc import AsyncIterator, Iterable, Iterator
 from learnae.content import content_id, parse_cid, to_v1
 from learnae.errors import InvalidMultiaddr, IpfsError, IpfsTimeout, NodeClosed, OversizeError
 from learnae.ipfs.addr import check_multiaddr
-from learnae.ipfs.base import SUBSCRIPTION_BUFFER_BYTES, IpfsNode, PubsubMessage, SubscriptionBuffer
+from learnae.ipfs.base import (
+    DEFAULT_GC_GRACE,
+    SUBSCRIPTION_BUFFER_BYTES,
+    GcStats,
+    IpfsNode,
+    PubsubMessage,
+    SubscriptionBuffer,
+    check_grace,
+)
 
 __all__ = ["MemoryNetwork", "MemoryNode", "SUBSCRIPTION_BUFFER_BYTES"]
 
@@ -366,7 +379,10 @@ class MemoryNode(IpfsNode):
         self._pins[key] = None
 
     async def unpin(self, cid: str) -> None:
-        """Remove the pin on ``cid``; not pinned is not an error. The content stays until :meth:`gc`."""
+        """Remove the pin on ``cid``; not pinned is not an error.
+
+        The content stays until :meth:`collect_garbage`.
+        """
         self._check_open()
         self._pins.pop(to_v1(parse_cid(cid)), None)
 
@@ -380,13 +396,30 @@ class MemoryNode(IpfsNode):
         self._check_open()
         return to_v1(parse_cid(cid)) in self._blocks
 
-    def gc(self) -> list[str]:
-        """Drop every unpinned object this node stores; return their CIDs. Not a coroutine."""
+    async def collect_garbage(self, *, grace: float = DEFAULT_GC_GRACE) -> GcStats:
+        """Drop every unpinned object this node stores; see :meth:`IpfsNode.collect_garbage`.
+
+        ``grace`` is checked, then not needed: objects are stored whole at one instant (see the
+        module docstring), so every unpinned one goes. Counts are of objects (whole files), and
+        ``seconds`` is 0 (no time passes on the loop's clock).
+
+        Raises:
+            ValueError: ``grace`` is negative.
+            NodeClosed: the node is closed.
+        """
         self._check_open()
+        check_grace(grace)
         dropped = [cid for cid in self._blocks if cid not in self._pins]
+        freed = sum(len(self._blocks[cid]) for cid in dropped)
         for cid in dropped:
             self._forget(cid)
-        return dropped
+        kept = sum(len(data) for data in self._blocks.values())
+        return GcStats(len(dropped), freed, len(self._blocks), kept, 0.0)
+
+    async def repo_bytes(self) -> int:
+        """The bytes of the objects this node stores, pinned or not."""
+        self._check_open()
+        return sum(len(data) for data in self._blocks.values())
 
     def _forget(self, cid: str) -> None:
         del self._blocks[cid]

@@ -25,6 +25,10 @@ daemon's startup banner says so), so that part cannot be checked: a daemon that 
 with a warning saying so. ``allow_shared=True`` (``learnae node run --allow-shared-daemon``)
 uses a daemon as it is and logs what is shared: every file the node adds can be fetched by any
 IPFS peer, and the swarm's pubsub topics are open to any peer.
+
+Garbage collection is the daemon's own (``repo/gc``, :meth:`RpcNode.collect_garbage`): Kubo makes
+it wait for adds and pins under way, but it has no grace: every unpinned block goes, however
+new. Repository figures come from ``repo/stat``.
 """
 
 from __future__ import annotations
@@ -53,15 +57,26 @@ from learnae.errors import (
     OversizeError,
 )
 from learnae.ipfs.addr import check_multiaddr
-from learnae.ipfs.base import SUBSCRIPTION_BUFFER_BYTES, IpfsNode, PubsubMessage, SubscriptionBuffer
+from learnae.ipfs.base import (
+    DEFAULT_GC_GRACE,
+    SUBSCRIPTION_BUFFER_BYTES,
+    GcStats,
+    IpfsNode,
+    PubsubMessage,
+    SubscriptionBuffer,
+    check_grace,
+)
 
 __all__ = ["RpcNode", "Exposure", "find_exposures", "encode_topic", "decode_message",
-           "CALL_TIMEOUT", "SUBSCRIPTION_BUFFER_BYTES", "ALLOW_SHARED_OPTION"]
+           "gc_removed", "CALL_TIMEOUT", "GC_TIMEOUT", "SUBSCRIPTION_BUFFER_BYTES",
+           "ALLOW_SHARED_OPTION"]
 
 log = logging.getLogger(__name__)
 
-#: seconds an RPC call (other than ``cat`` and pubsub streams) may take
+#: seconds an RPC call (other than ``cat``, pubsub streams and ``repo/gc``) may take
 CALL_TIMEOUT = 60.0
+#: seconds the daemon's garbage collection (``repo/gc``) may take
+GC_TIMEOUT = 600.0
 _MIN_KUBO = (0, 11)  # multibase pubsub topics
 _CONNECT_S = 10.0  # seconds to open the TCP connection to the API
 #: the ``learnae node run`` option that uses a daemon which is not private as it is
@@ -99,6 +114,37 @@ def decode_message(line: bytes | str) -> PubsubMessage:
         return PubsubMessage(sender, multibase.decode(data) if data else b"")
     except (KeyError, TypeError, ValueError) as exc:
         raise IpfsError(f"not a Kubo pubsub message ({exc}): {str(line)[:200]}") from exc
+
+
+def gc_removed(lines: Iterable[bytes | str]) -> list[str]:
+    """The CIDs a ``/api/v0/repo/gc?stream-errors=true`` answer says were removed.
+
+    Kubo writes one JSON object per line: ``{"Key":{"/":"bafk..."}}`` for each removed block,
+    ``{"Key":null,"Error":"..."}`` for each failure. Blank lines are skipped.
+
+    Raises:
+        IpfsError: a line is an error (the reason gives the first three and how many blocks were
+            removed meanwhile), or is not such an object.
+    """
+    removed: list[str] = []
+    errors: list[str] = []
+    for line in lines:
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+            if not isinstance(obj, dict):
+                raise ValueError("not an object")
+            if obj.get("Error"):
+                errors.append(str(obj["Error"]))
+                continue
+            removed.append(to_v1(obj["Key"]["/"]))
+        except (KeyError, TypeError, ValueError, InvalidCID) as exc:
+            raise IpfsError(f"not a line of Kubo's repo/gc answer ({exc}): {str(line)[:200]}") from None
+    if errors:
+        raise IpfsError(f"Kubo's garbage collection failed {len(errors)} times (it removed"
+                        f" {len(removed)} blocks): {'; '.join(errors[:3])}")
+    return removed
 
 
 def _cid_forms(cid: CID) -> list[str]:
@@ -476,6 +522,51 @@ class RpcNode(IpfsNode):
         except (InvalidCID, TypeError) as exc:
             raise IpfsError(f"{self.url} answered pin/ls with something that is not a list of"
                             f" CIDs: {exc}") from None
+
+    # -- garbage collection -------------------------------------------------
+    async def collect_garbage(self, *, grace: float = DEFAULT_GC_GRACE) -> GcStats:
+        """Run the daemon's garbage collection (``/api/v0/repo/gc``); see :meth:`IpfsNode.collect_garbage`.
+
+        ``grace`` is checked but Kubo's collection does not support it: every unpinned block goes
+        however new. Adds and pins under way on the daemon are safe (Kubo makes its collection
+        wait for them); the blocks a fetch under way has stored may go, and are then fetched
+        again. Kubo reports the blocks removed, not their sizes, so ``bytes_freed`` is the
+        repository's size (``RepoSize`` of ``repo/stat``) before minus after, blurred by other
+        writes meanwhile; ``blocks_kept`` and ``bytes_kept`` are ``NumObjects`` and ``RepoSize``
+        after (the size counts Kubo's datastore too).
+
+        Raises:
+            ValueError: ``grace`` is negative.
+            IpfsError: Kubo reported failures (:func:`gc_removed`), or answered something else.
+            IpfsTimeout: the collection took more than :data:`GC_TIMEOUT` s.
+        """
+        check_grace(grace)
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        before = await self._repo_stat(size_only=True)
+        async with self._post("repo/gc", [("stream-errors", "true")], timeout=GC_TIMEOUT) as resp:
+            lines = [line async for line in resp.content]
+        removed = gc_removed(lines)
+        after = await self._repo_stat(size_only=False)
+        return GcStats(len(removed), max(0, before["RepoSize"] - after["RepoSize"]),
+                       after["NumObjects"], after["RepoSize"], loop.time() - start)
+
+    async def repo_bytes(self) -> int:
+        """The daemon's repository size (``RepoSize`` of ``/api/v0/repo/stat``), bytes."""
+        return (await self._repo_stat(size_only=True))["RepoSize"]
+
+    async def _repo_stat(self, *, size_only: bool) -> dict[str, int]:
+        """``repo/stat``'s numbers: ``RepoSize`` and, unless ``size_only``, ``NumObjects``."""
+        stat = await self._json("repo/stat", [("size-only", _flag(size_only))])
+        keys = ("RepoSize",) if size_only else ("RepoSize", "NumObjects")
+        numbers: dict[str, int] = {}
+        for key in keys:
+            value = stat.get(key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise IpfsError(f"{self.url} answered repo/stat without a {key} count:"
+                                f" {json.dumps(stat)[:200]}")
+            numbers[key] = value
+        return numbers
 
     # -- pubsub -------------------------------------------------------------
     async def publish(self, topic: str, data: bytes) -> None:
