@@ -3,6 +3,7 @@ detection), lineage and export."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import re
 import sqlite3
@@ -17,7 +18,7 @@ from learnae.cli import main
 from learnae.content import content_id
 from learnae.identity import Identity
 from learnae.invite import Invite
-from learnae.ledger.tx import checkpoint_payload, data_payload
+from learnae.ledger.tx import checkpoint_payload, data_payload, snapshot_payload
 from learnae.manifest import Manifest, short_id
 from learnae.models import MODELS
 from learnae.state import node_listen, open_tangle
@@ -402,3 +403,79 @@ def test_export_json_parses(swarm, history, tmp_path):
     assert genesis["kind"] == "genesis" and genesis["swarm"] is None and genesis["parents"] == []
     assert Manifest.from_payload(genesis["payload"]).name == "digits"
     assert json.loads(run("ledger", "export", swarm).output) == txs  # json is the default
+
+
+# --------------------------------------------------------------------------- pruned ledgers
+@pytest.fixture
+def pruned_history(swarm):
+    """A chain of merges c1 <- c2 <- ... <- c5 by two authors, pruned by `ledger prune` to each
+    author's newest checkpoint (c4, c5)."""
+    founder = Identity.load(swarm / "identity.key")
+    tangle, _ = open_tangle(swarm)
+    with tangle:
+        d1 = append_data(tangle, CAROL, 0)
+        cs = [append_checkpoint(tangle, founder, 1, data=[d1])]
+        for n in range(2, 6):
+            cs.append(append_checkpoint(tangle, BOB if n % 2 == 0 else founder, n, base=[cs[-1]]))
+    out = run("ledger", "prune", swarm, "--window", "0", "--keep-per-author", "1").output
+    assert out.startswith("pruned 3 of 7 transactions"), out
+    assert "kept 4 (checkpoint 2, data 1, genesis 1)" in out
+    return {"d1": d1, **{f"c{n}": c for n, c in enumerate(cs, 1)}}
+
+
+def test_verify_says_what_was_pruned(swarm, pruned_history):
+    out = run("ledger", "verify", swarm).output
+    assert re.match(r"ok: 4 transactions verified in .*; 3 pruned, the last prune cut checkpoints before"
+                    r" \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC; \d+ entry points$", out.strip()), out
+    show = run("ledger", "show", swarm).output
+    assert "pruned    3 pruned, the last prune cut checkpoints before" in show
+    assert json.loads(run("ledger", "show", swarm, "--json").output)["pruning"]["total"] == 3
+
+
+def test_lineage_says_where_history_was_pruned(swarm, pruned_history):
+    h = pruned_history
+    text = run("ledger", "lineage", swarm, h["c5"].id).output
+    c3_line = next(line for line in text.splitlines() if short_id(h["c3"].id) in line)
+    assert "merged:" in c3_line and "(pruned: history stops here; this ledger cut checkpoints before" in c3_line
+    assert "not in this ledger" not in text
+    assert "2 checkpoints and 0 data chunks in this lineage; 1 pruned (checkpoints before" in text
+    data = json.loads(run("ledger", "lineage", swarm, h["c5"].id, "--json").output)
+    c3 = next(t for t in data["transactions"] if t["id"] == h["c3"].id)
+    assert c3 == {"id": h["c3"].id, "stored": False, "pruned": True}
+
+
+def test_prune_refuses_while_a_node_runs(swarm, history):
+    with open(swarm / "node.lock", "a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # what a running node holds
+        result = run("ledger", "prune", swarm, ok=False)
+    assert result.exit_code == 2 and "a learnae node is running on" in result.output
+    assert "7 transactions" in run("ledger", "show", swarm).output
+
+
+def test_prune_help_and_durations():
+    from learnae.cli.ledger import PRUNE_KEEP, PRUNE_WINDOW, parse_duration
+    from learnae.node.upkeep import DEFAULT_LEDGER_KEEP, DEFAULT_LEDGER_WINDOW
+
+    text = run("ledger", "prune", "--help").output
+    assert "Example" in text and "refuses while a node runs" in text and "entry points" in text
+    assert (parse_duration(PRUNE_WINDOW), PRUNE_KEEP) == (DEFAULT_LEDGER_WINDOW * 1000, DEFAULT_LEDGER_KEEP)
+    assert [parse_duration(d) for d in ("90s", "30m", "1h", "2d", "500ms", "3600", "1.5h")] == [
+        90_000, 1_800_000, 3_600_000, 172_800_000, 500, 3_600_000, 5_400_000]
+    result = run("ledger", "prune", "/nonexistent", "--window", "soon", ok=False)
+    assert result.exit_code == 2 and "is not a duration" in result.output
+
+
+def test_show_and_export_a_snapshot_transaction(swarm, history):
+    founder = Identity.load(swarm / "identity.key")
+    tangle, _ = open_tangle(swarm)
+    with tangle:
+        snap = tangle.append(founder, "snapshot", snapshot_payload(cid=content_id(b"snapshot"), size=4321,
+                                                                   txs=7, top=tangle.top_height))
+    text = run("ledger", "show", swarm).output
+    assert "snapshot 1" in text and re.search(rf"snapshot\s+{re.escape(short_id(founder.author_id))}\s+{snap.id}", text)
+    txs = {t["id"]: t for t in json.loads(run("ledger", "export", swarm).output)}
+    assert txs[snap.id]["kind"] == "snapshot"
+    assert txs[snap.id]["payload"] == {"cid": content_id(b"snapshot"), "size": 4321, "txs": 7,
+                                      "top": snap.payload["top"]}
+    assert 'fillcolor="plum"' in run("ledger", "export", swarm, "--format", "dot").output
+    assert run("ledger", "verify", swarm).output.startswith("ok: 8 transactions verified")

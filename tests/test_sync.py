@@ -13,6 +13,7 @@ import tracemalloc
 from collections import Counter
 from unittest import mock
 
+import libipld
 import pytest
 from conftest import eventually, virtual_clock
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -22,13 +23,14 @@ from learnae.identity import Identity
 from learnae.ipfs.memory import MemoryNetwork
 from learnae.ledger.sync import (
     MAX_MESSAGE_BYTES,
+    SyncMessage,
     TangleSync,
     decode_message,
     encode_message,
     tx_topic,
 )
 from learnae.ledger.tangle import Tangle
-from learnae.ledger.tx import TX_CID_PREFIX, Tx, data_payload, make_tx, tx_id
+from learnae.ledger.tx import TX_CID_PREFIX, Tx, data_payload, make_tx, snapshot_payload, tx_id
 from learnae.ledger.tx import check_payload as _check_payload
 from learnae.local.converge import in_step, partition_benchmark, wait_in_step
 
@@ -164,8 +166,8 @@ def test_messages_round_trip_and_bytes_stay_bytes():
     ids = [GENESIS.id, loose_tx(ALICE, 1).id]
     cid_like = TX_CID_PREFIX + bytes(32)  # bytes libipld.encode_dag_cbor would turn into a link
     msg = decode_message(encode_message("txs", txs=[cid_like, GENESIS.raw], ids=ids, n=300))
-    assert msg == ("txs", ids, [cid_like, GENESIS.raw], 300)
-    assert decode_message(encode_message("tips")) == ("tips", [], [], None)
+    assert msg == ("txs", ids, [cid_like, GENESIS.raw], 300, None)
+    assert decode_message(encode_message("tips")) == ("tips", [], [], None, None)
     assert tx_id(cid_like) not in decode_message(encode_message("tx", txs=[cid_like])).ids
 
 
@@ -595,3 +597,74 @@ def test_in_step(tmp_path):
     finally:
         t1.close()
         t2.close()
+
+
+# Snapshots in tips ------------------------------------------------------------------------------
+def snapshot_tx(author: Identity, n: int = 0, parents=(GENESIS.id,), pow_bits: int = POW) -> Tx:
+    return make_tx(author, kind="snapshot", payload=snapshot_payload(cid=CID, size=1000 + n, txs=10 + n, top=n),
+                   parents=parents, swarm=GENESIS.id, pow_bits=pow_bits)
+
+
+def test_tips_carry_a_snapshot_and_decoders_ignore_keys_they_do_not_know():
+    snap = snapshot_tx(ALICE)
+    ids = [GENESIS.id]
+    with_snap = decode_message(encode_message("tips", ids=ids, n=5, snap=snap.raw))
+    assert with_snap == ("tips", ids, [], 5, snap.raw)
+    # what a decoder that knows no "snap" reads: the same tips message
+    assert with_snap[:4] == decode_message(encode_message("tips", ids=ids, n=5))[:4]
+    unknown = encode_message("tips", ids=ids, n=5)  # a later version's key, appended canonically
+    unknown = bytes([unknown[0] + 1]) + unknown[1:] + b"\x65zzzzz\x43abc"
+    assert decode_message(unknown) == ("tips", ids, [], 5, None)
+    with pytest.raises(LedgerError, match="snap bytes") as info:
+        decode_message(libipld.encode_dag_cbor({"t": "tips", "snap": 1}))
+    assert info.value.code == "bad-message"
+
+
+async def test_a_fresh_node_hears_of_a_peers_snapshot_once(swarm):
+    heard: list[Tx] = []
+    a = await swarm.add("a", announce_interval=0.3)
+    b = await swarm.add("b", on_snapshot=heard.append)
+    snap = swarm.tangles["a"].append(swarm.ids["a"], "snapshot",
+                                     snapshot_payload(cid=CID, size=4096, txs=1, top=0))
+    a.snapshot_tx = snap
+    await swarm.connect("a", "b")
+    await eventually(lambda: heard)
+    tips = b.stats["tips_received"]
+    await eventually(lambda: b.stats["tips_received"] >= tips + 3)  # announced again, and again
+    assert heard == [snap] and b.stats["snapshots_received"] == 1
+    await eventually(lambda: snap.id in swarm.tangles["b"])  # stored like any received transaction
+    assert not b.rejections and swarm.tangles["b"].verify() == []
+
+
+async def test_bad_snapshots_in_tips_are_rejected_and_not_reported(swarm):
+    heard: list[Tx] = []
+    a = await swarm.add("a", on_snapshot=heard.append, reject_cost=0.0)
+    mallory = swarm.net.node("mallory")
+    await mallory.connect((await swarm.nodes["a"].addrs())[0])
+    forged = snapshot_tx(MALLORY, 1)
+    forged = Tx(**{**forged.__dict__, "raw": forged.raw.replace(forged.sig, bytes(64))})
+    not_a_snapshot = loose_tx(MALLORY, 2)
+    topic = tx_topic(GENESIS.id)
+    for raw in (forged.raw, not_a_snapshot.raw, forged.raw, b"junk"):
+        await mallory.publish(topic, encode_message("tips", ids=[GENESIS.id], n=1, snap=raw))
+    await eventually(lambda: a.stats["tips_received"] == 4)
+    assert a.rejections == {"bad-signature": 1, "bad-snapshot": 1, "undecodable": 1}
+    assert a.stats["rejected"] == 3 and a.peer_stats()["mallory"]["rejected"] == 3
+    assert not heard and a.stats["snapshots_received"] == 0 and swarm.tangles["a"].count() == 1
+
+
+async def test_a_pruned_node_does_not_ask_for_the_history_it_pruned(swarm):
+    """A peer that has not pruned sends history (answering someone else's want, or gossip): the
+    pruned node declines it and does not ask for its parents."""
+    a = await swarm.add("a")
+    ta = swarm.tangles["a"]
+    old = [ta.append(swarm.ids["a"], "snapshot", snapshot_payload(cid=CID, size=n, txs=n, top=n),
+                     time_ms=GENESIS.time + 1 + n) for n in range(4)]
+    ta.prune(GENESIS.time + 10**6, window_ms=1, keep_per_author=1)
+    assert [tx.id in ta for tx in old] == [False, False, False, True]
+    peer = swarm.net.node("peer")
+    await peer.connect((await swarm.nodes["a"].addrs())[0])
+    await peer.publish(tx_topic(GENESIS.id), encode_message("txs", txs=[tx.raw for tx in old[:3]]))
+    await eventually(lambda: a.stats["pruned_history"] == 3)
+    assert a.stats["wants_sent"] == 0 and ta.pending == 0 and ta.count() == 2
+    assert isinstance(decode_message(encode_message("tips")), SyncMessage)

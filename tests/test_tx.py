@@ -23,6 +23,7 @@ from learnae.ledger.tx import (
     data_payload,
     decode_tx,
     make_tx,
+    snapshot_payload,
     tx_id,
     tx_link,
     validate_tx,
@@ -301,6 +302,28 @@ def test_bad_payload_checkpoint(change):
         make_tx(ALICE, kind="checkpoint", payload=payload, parents=[GENESIS.id], swarm=GENESIS.id, pow_bits=0)
 
 
+def test_snapshot_transactions():
+    """A ledger snapshot is announced by a ``snapshot`` transaction: content CID, size, count, top."""
+    payload = snapshot_payload(cid=CID_B, size=123_456, txs=900, top=4000)
+    tx = make_tx(BOB, kind="snapshot", payload=payload, parents=[GENESIS.id], swarm=GENESIS.id, pow_bits=POW,
+                 time_ms=NOW + 3)
+    assert decode_tx(tx.raw) == tx and tx.payload == {"cid": CID_B, "size": 123_456, "txs": 900, "top": 4000}
+    check(tx)
+
+
+@pytest.mark.parametrize("change", [
+    {"cid": "Qmf412jQZiuVUtdgnB36FXFX7xg5V6KEbSJ4dpQuhkLyfD"}, {"size": -1}, {"txs": 1.0}, {"top": None},
+    {"extra": 1}, {"cid": None},
+], ids=["cidv0", "negative-size", "float-txs", "top-missing", "extra-key", "cid-missing"])
+def test_bad_payload_snapshot(change):
+    payload = {k: v for k, v in {**snapshot_payload(cid=CID_B, size=1, txs=1, top=1), **change}.items()
+               if v is not None}
+    with rejected("bad-payload"):
+        check(decode_tx(forge(kind="snapshot", payload=payload)))
+    with rejected("bad-payload"):
+        make_tx(ALICE, kind="snapshot", payload=payload, parents=[GENESIS.id], swarm=GENESIS.id, pow_bits=0)
+
+
 def test_genesis_payloads_are_any_map():
     check_payload("genesis", {"name": "x", "pow_bits": 8})
     with rejected("bad-payload"):
@@ -311,7 +334,7 @@ def test_genesis_payloads_are_any_map():
 def test_unknown_kind(kind):
     """A kind this version does not know is refused whatever its payload: otherwise anyone could
     store any map of up to max_bytes in every peer's permanent ledger."""
-    assert KINDS == {"genesis", "checkpoint", "data"}
+    assert KINDS == {"genesis", "checkpoint", "data", "snapshot"}
     tx = decode_tx(forge(kind=kind, payload={"anything": [1, "two", b"3"]}))
     check(decode_tx(forge(kind="data")))  # the same transaction with a known kind passes
     with rejected("unknown-kind"):

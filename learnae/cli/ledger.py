@@ -1,9 +1,10 @@
-"""``learnae ledger show|verify|lineage|export``: read a swarm's ledger (the tangle)."""
+"""``learnae ledger show|verify|lineage|export|prune``: read a swarm's ledger (the tangle), prune it."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 import sqlite3
 import sys
 import threading
@@ -28,14 +29,16 @@ def ledger_group() -> None:
     """Read a swarm's ledger (the tangle) from a state directory.
 
     STATE_DIR is the directory `learnae init` made or a node runs in; the ledger
-    is STATE_DIR/tangle.sqlite. These commands only read it, and can run while
-    the node is running.
+    is STATE_DIR/tangle.sqlite. show, verify, lineage and export only read it,
+    and can run while the node is running; prune changes it, and only while no
+    node runs there (a running node prunes its own ledger).
 
     \b
     Examples:
       learnae ledger show ./swarm
       learnae ledger verify ./swarm
       learnae ledger export ./swarm --format dot -o tangle.dot && dot -Tsvg tangle.dot > tangle.svg
+      learnae ledger prune ./swarm --window 1h
     """
 
 
@@ -53,6 +56,14 @@ def _state_tangle(state_dir: Path) -> Path:
 
 def _when(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _pruned_note(pruning: dict[str, Any]) -> str:
+    """What pruning did, in words ("" for a ledger never pruned)."""
+    if pruning.get("last_cutoff_ms") is None:
+        return ""
+    return (f"{pruning['total']} pruned, the last prune cut checkpoints before"
+            f" {_when(pruning['last_cutoff_ms'])} UTC; {pruning['frontier']} entry points")
 
 
 @ledger_group.command("show")
@@ -85,7 +96,7 @@ def ledger_show(state_dir: Path, last: int, as_json: bool) -> None:
                 "swarm": tangle.swarm, "name": manifest.name, "count": tangle.count(),
                 "counts": tangle.counts(), "tips": tangle.tips(), "pending": tangle.pending,
                 "missing": tangle.missing_parents(), "pow_bits": tangle.pow_bits,
-                "max_tx_bytes": tangle.max_tx_bytes,
+                "max_tx_bytes": tangle.max_tx_bytes, "pruning": tangle.pruning(),
                 "admission": manifest.admission if manifest.admission == "open" else list(manifest.admission),
                 "latest": [{"id": tx.id, "kind": tx.kind, "author": author_id(tx.author), "time": tx.time}
                            for tx in reversed(latest)],
@@ -101,6 +112,8 @@ def ledger_show(state_dir: Path, last: int, as_json: bool) -> None:
     click.echo(f"rules     pow {tangle.pow_bits} bits, tx limit {tangle.max_tx_bytes} bytes, admission {admission}")
     click.echo(f"tips      {len(tips)}: {shown_tips}")
     click.echo(f"pending   {info['pending']} waiting for parents, {len(info['missing'])} missing")
+    if note := _pruned_note(info["pruning"]):
+        click.echo(f"pruned    {note}")
     if latest:
         click.echo(f"\nlatest {len(latest)} (newest first)")
         click.echo(f"  {'TIME (UTC)':<19}  {'KIND':<10}  {'AUTHOR':<13}  ID")
@@ -119,6 +132,11 @@ def ledger_verify(state_dir: Path) -> None:
     checks the genesis manifest and that genesis.tx, if present, is the
     ledger's genesis. Any changed byte of a stored transaction is caught.
     Exit status 0 when all is well, 1 with the reasons when not.
+
+    A pruned ledger is verified as far as it is kept: parents that were pruned
+    are checked against the entry points (the pruned transactions that kept
+    ones approve: their id, time and height). The output says how many were
+    pruned and where the last prune cut.
 
     \b
     Example:
@@ -142,10 +160,12 @@ def ledger_verify(state_dir: Path) -> None:
         raise Refused(state["error"])
     problems, count = state["problems"], state["count"]
     elapsed = time.monotonic() - start
+    note = _pruned_note(state.get("pruning", {}))
     if not problems:
-        click.echo(f"ok: {count} transactions verified in {elapsed:.1f} s ({path})")
+        click.echo(f"ok: {count} transactions verified in {elapsed:.1f} s ({path})" + (f"; {note}" if note else ""))
         return
-    click.echo(f"FAILED: {len(problems)} problems in {count} transactions ({path}):")
+    click.echo(f"FAILED: {len(problems)} problems in {count} transactions ({path})"
+               + (f"; {note}" if note else "") + ":")
     for problem in problems:
         click.echo(f"  {problem}")
     sys.exit(1)
@@ -165,6 +185,7 @@ def _verify_into(state_dir: Path, path: Path, state: dict[str, Any]) -> None:
             tangle, manifest = Tangle(path, read_only=True), None
         with tangle:
             state["count"] = tangle.count()
+            state["pruning"] = tangle.pruning()
             problems += tangle.verify()
             if manifest is not None:
                 if tangle.pow_bits != manifest.pow_bits:
@@ -208,7 +229,9 @@ def ledger_lineage(state_dir: Path, cid: str, depth: int, full: bool, as_json: b
     it announced (any CID form; the first announcement in the ledger's order
     counts). The tree lists the checkpoints it merged ("merged", its base,
     recursively) and the data chunks each trained on ("trained on").
-    A checkpoint met twice is expanded once ("shown above").
+    A checkpoint met twice is expanded once ("shown above"). In a pruned
+    ledger a checkpoint that is no longer kept is shown as pruned, with where
+    the last prune cut: the history goes no further there.
 
     \b
     Examples:
@@ -223,17 +246,27 @@ def ledger_lineage(state_dir: Path, cid: str, depth: int, full: bool, as_json: b
         with tangle:
             root, note = _resolve_checkpoint(tangle, cid)
             lineage = tangle.lineage(root)
+            pruning = tangle.pruning()
+            # Data is never pruned; a checkpoint merged into a kept one and missing from a pruned
+            # ledger went with the pruned history (or never reached this ledger before that).
+            merged = {b for tx in lineage.values() if tx is not None and tx.kind == "checkpoint"
+                      for b in tx.links("base")}
+            pruned = {i for i, tx in lineage.items() if tx is None and (tangle.is_pruned(i) or (
+                pruning["last_cutoff_ms"] is not None and i in merged))}
     ident = (lambda s: s) if full else short_id
     if as_json:
         click.echo(json.dumps({"root": root, "transactions": [
-            {"id": i, "stored": tx is not None} | ({} if tx is None else _tx_json(tx))
+            {"id": i, "stored": tx is not None} | ({"pruned": i in pruned} if tx is None else _tx_json(tx))
             for i, tx in lineage.items()]}, indent=2))
         return
     if note:
         click.echo(note)
+    cut_at = "" if pruning["last_cutoff_ms"] is None else f"before {_when(pruning['last_cutoff_ms'])} UTC"
 
     def describe(tx_id_: str) -> str:
         tx = lineage.get(tx_id_)
+        if tx is None and tx_id_ in pruned:
+            return f"{ident(tx_id_)}  (pruned: history stops here; this ledger cut checkpoints {cut_at})"
         if tx is None:
             return f"{ident(tx_id_)}  (not in this ledger)"
         by = f"by {ident(author_id(tx.author))}  {_when(tx.time)}"
@@ -273,8 +306,10 @@ def ledger_lineage(state_dir: Path, cid: str, depth: int, full: bool, as_json: b
             expanded.add(kid)
             stack.append((iter(kids), prefix + ("    " if last else "│   "), level + 1))
     click.echo("\n".join(lines))
-    kinds = Counter(tx.kind if tx is not None else "missing" for tx in lineage.values())
+    kinds = Counter(tx.kind if tx is not None else "pruned" if i in pruned else "missing"
+                    for i, tx in lineage.items())
     click.echo(f"\n{kinds['checkpoint']} checkpoints and {kinds['data']} data chunks in this lineage"
+               + (f"; {kinds['pruned']} pruned (checkpoints {cut_at})" if kinds["pruned"] else "")
                + (f"; {kinds['missing']} not in this ledger" if kinds["missing"] else ""))
 
 
@@ -363,7 +398,76 @@ def ledger_export(state_dir: Path, fmt: str, output: str) -> None:
             out.write("}\n")
 
 
-_DOT_COLORS = {"genesis": "gold", "checkpoint": "lightblue", "data": "palegreen"}
+PRUNE_WINDOW = "1h"
+"""``ledger prune``'s default window: a node's default ``--ledger-window`` (3600 s)."""
+PRUNE_KEEP = 16
+"""``ledger prune``'s default checkpoints per author: a node's default ``--ledger-keep``."""
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)?")
+_DURATION_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, None: 1000}
+
+
+def parse_duration(text: str) -> int:
+    """Milliseconds from ``"90s"``, ``"30m"``, ``"1h"``, ``"2d"``, ``"500ms"`` or ``"3600"`` (seconds).
+
+    Raises:
+        click.BadParameter: anything else.
+    """
+    match = _DURATION.fullmatch(text.strip())
+    if match is None:
+        raise click.BadParameter(f"{text!r} is not a duration; write e.g. 90s, 30m, 1h or 2d")
+    return round(float(match[1]) * _DURATION_MS[match[2]])
+
+
+@ledger_group.command("prune")
+@click.argument("state_dir", type=click.Path(path_type=Path))
+@click.option("--window", default=PRUNE_WINDOW, show_default=True, metavar="DURATION",
+              help="Checkpoint history to keep: older checkpoints go, beyond each author's newest."
+                   " 90s, 30m, 1h, 2d; a bare number is seconds.")
+@click.option("--keep-per-author", type=click.IntRange(1), default=PRUNE_KEEP, show_default=True,
+              help="Checkpoints kept per author at most, within the window (its newest always).")
+def ledger_prune(state_dir: Path, window: str, keep_per_author: int) -> None:
+    """Prune a stopped node's ledger: old checkpoint transactions go.
+
+    Kept: the genesis, every data transaction, each author's newest
+    checkpoint, its newest --keep-per-author checkpoints of the last --window,
+    and each author's newest snapshot. Everything else is deleted. Pruned
+    transactions that kept ones approve stay as entry points (id, time and
+    height), so the kept ones still verify and peers may still approve them.
+    Data ownership and the order of what is kept do not change.
+
+    A running node prunes its own ledger (`learnae node run --ledger-window
+    --ledger-keep`): this command refuses while a node runs on STATE_DIR. The
+    file keeps its size; SQLite reuses the freed pages for new transactions.
+
+    \b
+    Examples:
+      learnae ledger prune ./swarm
+      learnae ledger prune ./swarm --window 30m --keep-per-author 4
+      learnae ledger verify ./swarm        (then check what is kept)
+    """
+    import fcntl
+
+    window_ms = parse_duration(window)
+    path = _state_tangle(state_dir)
+    with open(StateDir(state_dir).lock, "a+") as lock, reasons():
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise Refused(f"a learnae node is running on {state_dir}: it prunes its own ledger (see"
+                          " --ledger-window and --ledger-keep of `learnae node run`); stop it first"
+                          " to prune by hand") from None
+        tangle, _ = open_tangle(state_dir)
+        with tangle:
+            before = tangle.count()
+            stats = tangle.prune(int(time.time() * 1000), window_ms=window_ms, keep_per_author=keep_per_author)
+            counts = ", ".join(f"{k} {v}" for k, v in tangle.counts().items())
+    click.echo(f"pruned {stats.pruned} of {before} transactions in {stats.seconds:.1f} s: checkpoints"
+               f" before {_when(stats.cutoff_ms)} UTC, and beyond the newest {keep_per_author} per author"
+               f" (each author's newest kept)")
+    click.echo(f"kept {stats.kept} ({counts}); {stats.frontier} entry points ({path})")
+
+
+_DOT_COLORS = {"genesis": "gold", "checkpoint": "lightblue", "data": "palegreen", "snapshot": "plum"}
 
 
 def _dot_text(text: str) -> str:

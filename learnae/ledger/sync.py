@@ -32,9 +32,14 @@ into a link (tag 42), the problem ``learnae.ledger.tx`` works around the same wa
                                                      (sent parents first)
 ``want``   ``ids``: [tx id], ``n``: uint             "send me these and up to ``n`` transactions
                                                      of their ancestry" (gap repair)
-``tips``   ``ids``: [tx id], ``n``: uint             "my tips (up to 64) and my count" (digest
-                                                     for anti-entropy)
+``tips``   ``ids``: [tx id], ``n``: uint,            "my tips (up to 64) and my count" (digest
+           ``snap``: tx bytes (optional)             for anti-entropy); ``snap``: the sender's
+                                                     newest ``snapshot`` transaction, if it
+                                                     published one (see "Snapshots" below)
 =========  ========================================  =============================================
+
+Keys a decoder does not know are ignored, so a node of an earlier version reads a ``tips``
+message with ``snap`` as a plain ``tips``.
 
 How it behaves
 --------------
@@ -102,10 +107,25 @@ How it behaves
   a subscription's buffer in bytes too (:data:`learnae.ipfs.base.SUBSCRIPTION_BUFFER_BYTES`).
   Nothing a peer sends blocks or stops the syncer.
 
+- **Snapshots.** A node that published a ledger snapshot (a file on IPFS, announced by a
+  ``snapshot`` transaction, see :meth:`Tangle.export_snapshot`) sets
+  :attr:`TangleSync.snapshot_tx`; its ``tips`` messages then carry that transaction's bytes as
+  ``snap``, so a node that joins late hears of it within one announcement, whatever it lacks.
+  A receiver takes one message token more for it (a signature check), skips ids it has seen
+  (the last :data:`MAX_SNAPSHOT_IDS`), and validates a new one against the swarm's rules without
+  its parents (:meth:`Tangle.validate`: signature, proof-of-work, swarm, admission; kind
+  ``snapshot``, else ``bad-snapshot``). A valid one is passed to ``on_snapshot`` once per id
+  (the node decides whether to fetch and import the file) and stored like any received
+  transaction; an invalid one is counted as rejected and charged to its sender.
+- **Pruned history.** A transaction the tangle declines as history it pruned (status
+  ``"pruned"``) is counted as ``pruned_history`` and its id remembered (the last
+  :data:`MAX_SNAPSHOT_IDS` x 16), so a peer's tip this node pruned is not asked for again.
+
 ``stats`` counters: ``received`` (messages from others), ``own``, ``oversize``, ``over_budget``
 (the global budget), ``bad_message``, ``unknown_type``, ``rate_limited`` (a sender's budget),
 ``inbox_full``, ``txs_received``, ``stored`` (including pending ones released), ``duplicates``,
-``pending``, ``rejected`` (by code in :attr:`TangleSync.rejections`), ``tx_sent`` (messages),
+``pending``, ``pruned_history``, ``rejected`` (by code in :attr:`TangleSync.rejections`),
+``snapshots_received`` (new valid snapshot transactions heard in ``tips``), ``tx_sent`` (messages),
 ``txs_published``, ``tips_sent``, ``tips_received``, ``wants_sent``, ``want_ids_sent``,
 ``wants_received``, ``wants_throttled`` (the asker's answer budget is spent, or too many ids
 wait for an answer), ``answers_sent`` (messages), ``answer_bytes_sent`` (transaction bytes),
@@ -126,20 +146,21 @@ import heapq
 import logging
 import random
 from collections import Counter, OrderedDict, deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import libipld
 
-from learnae.errors import IpfsError, LedgerError
+from learnae.errors import IpfsError, LedgerError, TxRejected
 from learnae.identity import Identity
 from learnae.ipfs.base import IpfsNode, Subscription
 from learnae.ledger.tangle import Tangle
-from learnae.ledger.tx import TX_CID_PREFIX, Tx, cbor_head, cbor_text, tx_id, tx_link
+from learnae.ledger.tx import TX_CID_PREFIX, Tx, cbor_head, cbor_text, decode_tx, tx_id, tx_link
 
 __all__ = [
     "MAX_MESSAGE_BYTES",
+    "MAX_SNAPSHOT_IDS",
     "MAX_TIP_IDS",
     "MAX_WANT_IDS",
     "SyncMessage",
@@ -158,6 +179,8 @@ MAX_TIP_IDS = 64
 """Tips listed in one ``tips`` message (a random sample when a node has more)."""
 MAX_WANT_IDS = 512
 """Ids asked for in one ``want`` message; ids beyond this in a received message are ignored."""
+MAX_SNAPSHOT_IDS = 1024
+"""Snapshot transaction ids a syncer remembers having heard (older ones are forgotten)."""
 TX_OVERHEAD = 64
 """Bytes a received transaction counts for in the inbox bound besides its own (its list slot and
 bookkeeping), so that a message of many empty byte strings cannot fill memory uncounted."""
@@ -179,13 +202,15 @@ class SyncMessage(NamedTuple):
     """A decoded sync message.
 
     Type tag ``t``, transaction ``ids`` (base32 strings; invalid ones dropped), transaction
-    bytes ``txs`` and the count or budget ``n`` (``None`` if absent).
+    bytes ``txs``, the count or budget ``n`` (``None`` if absent) and a ``tips`` message's
+    snapshot transaction bytes ``snap`` (``None`` if absent).
     """
 
     t: str
     ids: list[str]
     txs: list[bytes]
     n: int | None
+    snap: bytes | None = None
 
 
 def _bytes_list(items: Sequence[bytes]) -> bytes:
@@ -193,15 +218,17 @@ def _bytes_list(items: Sequence[bytes]) -> bytes:
 
 
 def encode_message(
-    t: str, *, ids: Iterable[str] | None = None, txs: Sequence[bytes] | None = None, n: int | None = None
+    t: str, *, ids: Iterable[str] | None = None, txs: Sequence[bytes] | None = None, n: int | None = None,
+    snap: bytes | None = None,
 ) -> bytes:
-    """Encode a sync message as a canonical DAG-CBOR map (keys ``n``, ``t``, ``ids``, ``txs``).
+    """Encode a sync message as a canonical DAG-CBOR map (keys ``n``, ``t``, ``ids``, ``txs``, ``snap``).
 
     Args:
         t: type tag (``"tx"``, ``"txs"``, ``"want"``, ``"tips"``).
         ids: transaction ids (base32 CIDv1 strings), sent as 36-byte binary CIDs.
         txs: transactions' exact bytes.
         n: an unsigned int (a count or a budget).
+        snap: a snapshot transaction's exact bytes (``tips`` messages).
 
     Raises:
         InvalidCID: an id is not a transaction id.
@@ -214,6 +241,8 @@ def encode_message(
         entries.append(cbor_text("ids") + _bytes_list([tx_link(i) for i in ids]))
     if txs is not None:
         entries.append(cbor_text("txs") + _bytes_list(txs))
+    if snap is not None:
+        entries.append(cbor_text("snap") + cbor_head(2, len(snap)) + snap)
     return cbor_head(5, len(entries)) + b"".join(entries)
 
 
@@ -233,16 +262,17 @@ def decode_message(data: bytes) -> SyncMessage:
         raise LedgerError(f"sync message is not DAG-CBOR: {exc}", code="bad-message") from None
     if not isinstance(obj, dict) or type(obj.get("t")) is not str:
         raise LedgerError("sync message is not a map with a text 't'", code="bad-message")
-    ids, txs, n = obj.get("ids", []), obj.get("txs", []), obj.get("n")
+    ids, txs, n, snap = obj.get("ids", []), obj.get("txs", []), obj.get("n"), obj.get("snap")
     if (
         type(ids) is not list or type(txs) is not list
         or not all(type(x) is bytes for x in txs) or (n is not None and (type(n) is not int or n < 0))
+        or (snap is not None and type(snap) is not bytes)
     ):
-        raise LedgerError("sync message fields: ids and txs lists of bytes, n an unsigned int",
+        raise LedgerError("sync message fields: ids and txs lists of bytes, n an unsigned int, snap bytes",
                           code="bad-message")
     good = [tx_id(i) for i in ids[:MAX_WANT_IDS]
             if type(i) is bytes and len(i) == 36 and i.startswith(TX_CID_PREFIX)]
-    return SyncMessage(obj["t"], good, txs, n)
+    return SyncMessage(obj["t"], good, txs, n, snap)
 
 
 async def _wait(event: asyncio.Event, timeout: float) -> None:
@@ -357,6 +387,13 @@ class TangleSync:
         max_peers: senders whose rate-limit state is kept (least recently heard dropped); each
             costs at most about 9 KB (its counters and last announced tips).
         rng: randomness of the jitters (default: a fresh ``random.Random()``).
+        on_snapshot: called on the loop with each new valid ``snapshot`` transaction a peer's
+            ``tips`` message carries, once per id; it must not block (start a task to fetch).
+            Its exceptions are logged and counted as ``errors``.
+
+    Attributes:
+        snapshot_tx: this node's newest ``snapshot`` transaction (set it after publishing one);
+            when set, ``tips`` messages carry it.
 
     Raises:
         LedgerError: ``genesis_id`` is not the tangle's, or the limits are inconsistent.
@@ -397,6 +434,7 @@ class TangleSync:
         peer_poll_interval: float = 1.0,
         max_peers: int = 1024,
         rng: random.Random | None = None,
+        on_snapshot: Callable[[Tx], None] | None = None,
     ):
         if genesis_id is not None and genesis_id != tangle.swarm:
             raise LedgerError(f"the tangle holds swarm {tangle.swarm}, not {genesis_id}")
@@ -434,6 +472,9 @@ class TangleSync:
         self.peer_poll_interval = peer_poll_interval
         self.max_peers = max_peers
         self._rng = rng or random.Random()
+        self.on_snapshot = on_snapshot
+        self.snapshot_tx: Tx | None = None
+        """This node's newest snapshot transaction, carried in its ``tips`` messages."""
 
         self.stats: Counter[str] = Counter()
         """Event counters, snake_case names (see the module docstring)."""
@@ -452,6 +493,8 @@ class TangleSync:
         self._to_answer: dict[str, int] = {}  # id -> budget n
         self._reserved: dict[str, float] = {}  # asker -> answer bytes reserved for _to_answer
         self._answered: OrderedDict[str, float] = OrderedDict()  # id -> when last sent in an answer
+        self._snapshots: OrderedDict[str, None] = OrderedDict()  # snapshot tx ids heard
+        self._pruned: OrderedDict[str, None] = OrderedDict()  # ids the tangle declined as pruned
         self._last_announce = float("-inf")
         # Full buckets; start() makes them afresh on the loop's clock.
         mr, mb, br, bb = self._global_limits
@@ -552,12 +595,16 @@ class TangleSync:
         return tx
 
     async def announce(self) -> None:
-        """Publish this node's tips (a random sample of :data:`MAX_TIP_IDS` if more) and count."""
+        """Publish this node's tips (a random sample of :data:`MAX_TIP_IDS` if more) and count.
+
+        The message carries :attr:`snapshot_tx` when it is set.
+        """
         tips = self.tangle.tips()
         if len(tips) > MAX_TIP_IDS:
             tips = sorted(self._rng.sample(tips, MAX_TIP_IDS))
         self._last_announce = self._now()
-        if await self._send(encode_message("tips", ids=tips, n=self._tx_count(fresh=True))):
+        snap = None if self.snapshot_tx is None else self.snapshot_tx.raw
+        if await self._send(encode_message("tips", ids=tips, n=self._tx_count(fresh=True), snap=snap)):
             self.stats["tips_sent"] += 1
 
     def _tx_count(self, fresh: bool = False) -> int:
@@ -667,6 +714,8 @@ class TangleSync:
             self._on_want(sender, peer, msg, now)
         elif msg.t == "tips":
             self._on_tips(peer, msg)
+            if msg.snap is not None:
+                self._on_snapshot(sender, peer, msg.snap, now)
         else:
             self.stats["unknown_type"] += 1
 
@@ -734,7 +783,7 @@ class TangleSync:
         self.stats["tips_received"] += 1
         ids = msg.ids[:MAX_TIP_IDS]
         peer.tips = (msg.n or 0, ids)
-        unknown = [i for i in ids if i not in self._held and i not in self.tangle]
+        unknown = [i for i in ids if i not in self._held and i not in self._pruned and i not in self.tangle]
         for i in unknown:
             if i not in self._wish and len(self._wish) < 16 * MAX_TIP_IDS:
                 self._wish[i] = 0
@@ -744,6 +793,40 @@ class TangleSync:
             # Every tip it has is here and it has fewer: it is behind, tell it our tips.
             if self._now() - self._last_announce >= self.announce_interval / 4:
                 self._announce_soon()
+
+    def _on_snapshot(self, sender: str, peer: _Peer, raw: bytes, now: float) -> None:
+        """A peer's snapshot transaction, carried in its ``tips``: validate, report, store."""
+        i = _raw_id(raw)
+        if i in self._snapshots:
+            self._snapshots.move_to_end(i)
+            return
+        self._snapshots[i] = None
+        while len(self._snapshots) > MAX_SNAPSHOT_IDS:
+            self._snapshots.popitem(last=False)
+        peer.msgs.charge(1, now)  # a signature check
+        self._in_msgs.charge(1, now)
+        try:
+            tx = decode_tx(raw)
+            if tx.kind != "snapshot":
+                raise TxRejected(f"a tips message carries a {tx.kind!r} transaction, not a snapshot",
+                                 code="bad-snapshot")
+            self.tangle.validate(tx)
+        except TxRejected as exc:
+            self.stats["rejected"] += 1
+            self.rejections[exc.code] += 1
+            peer.counters["rejected"] += 1
+            peer.msgs.charge(self.reject_cost, now)
+            log.debug("snapshot transaction %s from %s rejected (%s): %s", i, sender, exc.code, exc.reason)
+            return
+        self.stats["snapshots_received"] += 1
+        if i not in self.tangle:
+            self._on_txs(sender, SyncMessage("tx", [], [raw], None), now)
+        if self.on_snapshot is not None:
+            try:
+                self.on_snapshot(tx)
+            except Exception:
+                self.stats["errors"] += 1
+                log.exception("on_snapshot failed for %s", i)
 
     def _mark_answered(self, i: str, now: float) -> None:
         answered = self._answered
@@ -807,6 +890,11 @@ class TangleSync:
                 stats["pending"] += 1
                 self._held.add(result.id)
                 self._new_pending += 1
+            elif status == "pruned":
+                stats["pruned_history"] += 1
+                self._pruned[result.id] = None
+                if len(self._pruned) > 16 * MAX_SNAPSHOT_IDS:
+                    self._pruned.popitem(last=False)
         self._gap_check()
 
     def _gap_check(self) -> None:

@@ -32,19 +32,57 @@ Design choices:
   :meth:`Tangle.select_tips` computes those exactly, in one pass from the top down with bitsets
   of approvers, each time (well under a millisecond for tens of transactions per height).
   :meth:`Tangle.weight` of any one transaction counts its approvers (cost: their number).
-- **Memory.** In memory: the set of tips, the top height and the pending buffer (transactions
-  whose parents are missing), bounded by ``max_pending_bytes``, oldest evicted first and counted
-  in ``pending_evicted``. Everything else is read from SQLite.
+- **Memory.** In memory: the set of tips, the top height, counts by kind, each author's latest
+  checkpoint, and the pending buffer (transactions whose parents are missing), bounded by
+  ``max_pending_bytes``, oldest evicted first and counted in ``pending_evicted``. Everything else
+  is read from SQLite.
 - **Single parent.** The store accepts 1 or 2 parents: whether the author's tangle had a single
   tip cannot be checked by a receiver, and checking against the receiver's own tips would make
   two nodes' sets depend on delivery order. :meth:`Tangle.select_tips` returns one tip only when
   the tangle has one.
+
+Pruning (:meth:`Tangle.prune`), on the model of IOTA's local snapshots (Hornet):
+
+- **The rule.** The genesis and every transaction whose kind is neither ``checkpoint`` nor
+  ``snapshot`` (data, and the membership kinds to come) are kept forever. A ``checkpoint`` is
+  kept iff it is its author's newest, or it is among its author's newest ``keep_per_author`` and
+  not older than ``now_ms - window_ms`` (the *cutoff*; times are the authors' clocks). A
+  ``snapshot`` is kept iff it is its author's newest. "Newest" orders by (time, height, id), as
+  :meth:`Tangle.latest_checkpoint_per_author` does. Everything else is pruned: its row and its
+  edges are deleted.
+- **The frontier** (IOTA's "solid entry points"), table ``pruned``: a pruned transaction that a
+  kept one approves is remembered as ``(id, time, height)`` until no kept transaction approves
+  it. Kept transactions still verify against it (their parents are known to have been pruned,
+  with the time and height the checks need), and a new transaction approving a frontier id is
+  accepted as if the id were stored: peers that have not pruned yet may still approve it.
+- **Nothing kept changes.** Heights are fixed at insert, so the order key ``(height, id)`` and
+  the ownership of content CIDs of the kept transactions stay as they were. A kept transaction
+  whose approvers were all pruned stays approved (an edge from child ``0`` says so): pruning
+  never turns old transactions back into tips. Cumulative weights count kept approvers only.
+- **History does not come back.** Once a store has pruned, a ``checkpoint`` that arrives older
+  than the last cutoff while its author has a newer one stored, or a ``snapshot`` while its
+  author has a newer one stored, is what a prune would delete at once: it is not stored (status
+  ``"pruned"``), so a node does not refetch the history it pruned when a peer that kept it
+  answers someone else's request. Unless a pending transaction waits for it: a data transaction
+  that arrives late, approving a checkpoint this node pruned and forgot (not in the frontier),
+  brings back the pruned ancestry it needs from peers that kept it, and the next prune prunes
+  that again. A transaction waiting for a parent that every peer pruned stays in the bounded
+  pending buffer and is evicted from it as any other.
+- **A bounded file.** SQLite reuses the pages of deleted rows, so a ledger pruned as it grows
+  keeps its size; ``PRAGMA journal_size_limit`` truncates the WAL after each checkpoint so it does
+  not stay at its high-water mark. ``meta`` records the total pruned and the last cutoff
+  (:meth:`Tangle.pruning`). ``limit`` prunes in steps, so a node's loop is never held for long.
+
+Snapshots (:meth:`Tangle.export_snapshot`, :meth:`Tangle.import_snapshot`) carry the kept ledger
+and its frontier to a node that joins late, instead of the whole history. What a snapshot is
+trusted for is said at :meth:`Tangle.import_snapshot`.
 
 A ``Tangle`` uses one SQLite connection and is not thread-safe: use it from one thread.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import os
@@ -57,9 +95,22 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from learnae.errors import LedgerError, TxRejected
+import libipld
+
+from learnae.errors import InvalidCID, LedgerError, TxRejected
 from learnae.identity import Identity
-from learnae.ledger.tx import Tx, check_parent_times, decode_tx, make_tx, validate_tx
+from learnae.ledger.tx import (
+    TX_CID_PREFIX,
+    Tx,
+    cbor_head,
+    cbor_text,
+    check_parent_times,
+    decode_tx,
+    make_tx,
+    tx_id,
+    tx_link,
+    validate_tx,
+)
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +118,15 @@ DEFAULT_ALPHA = 0.05
 """Randomness of the MCMC walk: 0 walks uniformly, large values follow the heaviest approver."""
 DEFAULT_DEPTH = 15
 """Walks start at a transaction this many heights below the highest one."""
+PRUNABLE = ("checkpoint", "snapshot")
+"""The kinds :meth:`Tangle.prune` may delete; every other kind is kept forever."""
+SNAPSHOT_VERSION = 1
+"""Version of the snapshot file format (:meth:`Tangle.export_snapshot`)."""
+SNAPSHOT_MAX_BYTES = 256 << 20
+"""Largest snapshot file :meth:`Tangle.import_snapshot` reads by default, in bytes."""
+WAL_LIMIT = 4 << 20
+"""``PRAGMA journal_size_limit``: the WAL is truncated to this after a checkpoint (bytes)."""
+_APPROVED = 0  # edge.child meaning "approved by transactions that were pruned"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
@@ -85,11 +145,17 @@ CREATE INDEX IF NOT EXISTS tx_order ON tx (height, id);
 CREATE INDEX IF NOT EXISTS tx_kind_author ON tx (kind, author);
 CREATE INDEX IF NOT EXISTS tx_cid ON tx (cid) WHERE cid IS NOT NULL;
 CREATE TABLE IF NOT EXISTS edge (
-    child INTEGER NOT NULL,      -- tx.seq of the approver
-    parent INTEGER NOT NULL,     -- tx.seq of the approved
+    child INTEGER NOT NULL,      -- tx.seq of the approver; 0: approvers were pruned (not a tip)
+    parent INTEGER NOT NULL,     -- tx.seq (or pruned.seq) of the approved
     PRIMARY KEY (child, parent)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS edge_parent ON edge (parent, child);
+CREATE TABLE IF NOT EXISTS pruned (  -- the frontier: pruned transactions that kept ones approve
+    seq INTEGER PRIMARY KEY,     -- the seq the transaction had (edges keep pointing to it)
+    id TEXT NOT NULL UNIQUE,
+    time INTEGER NOT NULL,
+    height INTEGER NOT NULL
+);
 """
 # after _SCHEMA and the migration of stores made before the dseq column existed
 _DSEQ_INDEX = "CREATE INDEX IF NOT EXISTS tx_data_seq ON tx (author, dseq) WHERE dseq IS NOT NULL"
@@ -112,8 +178,10 @@ class InsertResult:
     """What an insert did with one transaction.
 
     ``status``: ``"inserted"``, ``"duplicate"`` (already stored or pending; nothing changed),
-    ``"pending"`` (valid so far, waiting for parents, see :meth:`Tangle.missing_parents`) or
-    ``"rejected"`` (``error`` says why; counted in :attr:`Tangle.rejections`). ``released``:
+    ``"pending"`` (valid so far, waiting for parents, see :meth:`Tangle.missing_parents`),
+    ``"pruned"`` (history this store pruned: an old checkpoint or snapshot superseded by its
+    author's newer one, see the module docstring; not stored) or ``"rejected"`` (``error`` says why;
+    counted in :attr:`Tangle.rejections`). ``released``:
     ids of pending transactions stored because this one arrived. ``id`` is ``None`` only for
     bytes that did not decode.
     """
@@ -124,10 +192,54 @@ class InsertResult:
     error: TxRejected | None = None
 
 
+@dataclass(frozen=True)
+class PruneStats:
+    """What one :meth:`Tangle.prune` call did.
+
+    ``pruned``: transactions deleted by this call; ``kept``: transactions stored after it;
+    ``frontier``: pruned transactions remembered as entry points (kept ones approve them);
+    ``more``: transactions the rule prunes are left (call again); ``seconds``: wall time of the
+    call; ``cutoff_ms``: the cutoff it pruned by (checkpoints older than this, beyond each
+    author's newest, went).
+    """
+
+    pruned: int
+    kept: int
+    frontier: int
+    more: bool
+    seconds: float
+    cutoff_ms: int
+
+
+@dataclass(frozen=True)
+class SnapshotStats:
+    """What one :meth:`Tangle.import_snapshot` call did.
+
+    ``txs``: transactions in the file (the genesis included); ``inserted``: stored by this
+    import; ``duplicate``: already stored or pending; ``pending``: waiting for parents the file
+    did not hold (gossip fills them); ``pruned``: older than this ledger's last cutoff and
+    superseded (not stored, see the module docstring); ``rejected``: failed validation, by
+    :class:`~learnae.errors.TxRejected` code in ``rejections``; ``frontier``: entry points
+    added; ``bytes``: the file's size; ``seconds``: wall time.
+    """
+
+    txs: int
+    inserted: int
+    duplicate: int
+    pending: int
+    pruned: int
+    rejected: int
+    rejections: dict[str, int]
+    frontier: int
+    bytes: int
+    seconds: float
+
+
 class _Parent(NamedTuple):
     seq: int
     time: int
     height: int
+    frontier: bool  # a pruned transaction remembered in the frontier, not a stored one
 
 
 class _Region(NamedTuple):
@@ -207,6 +319,11 @@ class Tangle:
         self._pending: dict[str, Tx] = {}  # insertion order: oldest first
         self._pending_bytes = 0
         self._waiting: defaultdict[str, set[str]] = defaultdict(set)  # missing parent -> children
+        # A round of pruning (one or many calls): the seqs the rule keeps, how far the round got
+        # (seq), the last seq it covers, and its (window, keep, cutoff).
+        self._prune_kept: set[int] = set()
+        self._prune_cursor = self._prune_high = 0
+        self._prune_args = (-1, -1, -1)
         self._load()
 
     def _prepare(self, creating: bool) -> None:
@@ -224,12 +341,14 @@ class Tangle:
                 empty = os.path.getsize(self.path) == 0
                 raise LedgerError(f"{self.path} is {'an empty file' if empty else 'an empty database'},"
                                   " not a learnae ledger (a node or `learnae init` makes one)")
+        self._has_frontier = "pruned" in tables or not self.read_only
         if self.read_only:
             columns = {row[1] for row in self._db.execute("PRAGMA table_info(tx)")}
             self._has_dseq = "dseq" in columns
             return
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute(f"PRAGMA journal_size_limit={WAL_LIMIT}")
         self._db.executescript(_SCHEMA)
         if "dseq" not in {row[1] for row in self._db.execute("PRAGMA table_info(tx)")}:
             self._add_dseq()
@@ -280,10 +399,22 @@ class Tangle:
         """(Re)read the in-memory state from the database.
 
         Tips, top height, counts by kind and each author's latest checkpoint (one pass; then
-        kept up to date by inserts, so that :meth:`counts` and
-        :meth:`latest_checkpoint_per_author` do not grow with the ledger).
+        kept up to date by inserts and prunes, so that :meth:`counts` and
+        :meth:`latest_checkpoint_per_author` do not grow with the ledger); the frontier's size,
+        the pruning figures and the next free seq.
         """
         (self._top,) = self._db.execute("SELECT max(height) FROM tx").fetchone()
+        meta = dict(self._db.execute("SELECT key, value FROM meta WHERE key IN"
+                                     " ('pruned_total', 'pruned_cutoff', 'seq_high')"))
+        self._pruned_total: int = meta.get("pruned_total", 0)
+        self._cutoff: int | None = meta.get("pruned_cutoff")
+        (high,) = self._db.execute("SELECT max(seq) FROM tx").fetchone()
+        self._frontier_size = 0
+        if self._has_frontier:
+            (self._frontier_size, frontier_high), = self._db.execute("SELECT count(*), max(seq) FROM pruned")
+            high = max(high or 0, frontier_high or 0)
+        # seqs are never reused: cursors (checkpoints_since) and edges to the frontier rely on it
+        self._next_seq = max(high or 0, meta.get("seq_high", 0)) + 1
         self._tips = {
             i for (i,) in self._db.execute(
                 "SELECT id FROM tx WHERE NOT EXISTS (SELECT 1 FROM edge WHERE parent = tx.seq)"
@@ -342,11 +473,40 @@ class Tangle:
         return results
 
     def _parents(self, ids: Iterable[str]) -> dict[str, _Parent]:
+        """The stored or frontier transactions among ``ids`` (a stored one wins)."""
         ids = list(ids)
-        rows = self._db.execute(
-            f"SELECT id, seq, time, height FROM tx WHERE id IN ({','.join('?' * len(ids))})", ids
-        )
-        return {i: _Parent(*rest) for i, *rest in rows}
+        marks = ",".join("?" * len(ids))
+        sql = f"SELECT id, seq, time, height, 0 FROM tx WHERE id IN ({marks})"
+        if self._has_frontier:
+            sql = f"SELECT id, seq, time, height, 1 FROM pruned WHERE id IN ({marks}) UNION ALL " + sql
+            ids = ids + ids
+        return {i: _Parent(seq, time_ms, height, bool(frontier))
+                for i, seq, time_ms, height, frontier in self._db.execute(sql, ids)}
+
+    def _superseded(self, tx: Tx, parents: dict[str, _Parent]) -> bool:
+        """Would a prune by the last cutoff delete ``tx`` at once (``parents``: those held)?
+
+        True, once this store has pruned, for a checkpoint older than the last cutoff whose
+        author has a newer checkpoint stored, and for a snapshot whose author has a newer
+        snapshot stored. Newer by (time, height, id); with parents missing, by time alone.
+        """
+        if self._cutoff is None or tx.kind not in PRUNABLE:
+            return False
+        newest: tuple[int, int, str] | None
+        if tx.kind == "checkpoint":
+            if tx.time >= self._cutoff:
+                return False
+            latest = self._latest.get(tx.author)
+            newest = None if latest is None else latest[0]
+        else:
+            newest = self._db.execute(
+                "SELECT time, height, id FROM tx WHERE kind = 'snapshot' AND author = ?"
+                " ORDER BY time DESC, height DESC, id DESC LIMIT 1", (tx.author,)).fetchone()
+        if newest is None:
+            return False
+        known = len(parents) == len(tx.parents)
+        height = 1 + max(p.height for p in parents.values()) if known else math.inf
+        return (tx.time, height, tx.id) < newest
 
     def _insert(self, item: bytes | Tx) -> InsertResult:
         try:
@@ -354,8 +514,11 @@ class Tangle:
         except TxRejected as exc:
             return self._reject(None, exc)
         found = self._parents([tx.id, *tx.parents])
-        if tx.id in found or tx.id in self._pending:
+        itself = found.pop(tx.id, None)
+        if (itself is not None and not itself.frontier) or tx.id in self._pending:
             return InsertResult(tx.id, "duplicate")
+        if tx.id not in self._waiting and self._superseded(tx, found):
+            return InsertResult(tx.id, "pruned")
         try:
             validate_tx(
                 tx, swarm=self.swarm, pow_bits=self.pow_bits, max_bytes=self.max_tx_bytes,
@@ -367,7 +530,7 @@ class Tangle:
         if len(found) < len(tx.parents):
             self._hold(tx, [p for p in tx.parents if p not in found])
             return InsertResult(tx.id, "pending")
-        self._store(tx, found.values())
+        self._store(tx, found.values(), itself)
         return InsertResult(tx.id, "inserted", self._release(tx.id))
 
     def _reject(self, tx_id: str | None, exc: TxRejected) -> InsertResult:
@@ -375,17 +538,31 @@ class Tangle:
         log.debug("rejected transaction %s (%s): %s", tx_id, exc.code, exc.reason)
         return InsertResult(tx_id, "rejected", error=exc)
 
-    def _store(self, tx: Tx, parents: Iterable[_Parent]) -> None:
+    def _store(self, tx: Tx, parents: Iterable[_Parent], frontier: _Parent | None = None) -> None:
+        """Store ``tx`` on its ``parents``; ``frontier``: its own entry in the frontier, if any.
+
+        A frontier transaction that arrives in full (its approvers' edges point to its frontier
+        seq) takes a new seq, the edges follow it, and it leaves the frontier.
+        """
         parents = list(parents)
         height = 1 + max(p.height for p in parents)
-        seq = self._db.execute(
-            "INSERT INTO tx (id, raw, kind, author, time, height, cid, dseq) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (tx.id, tx.raw, tx.kind, tx.author, tx.time, height, _announced_cid(tx), _data_seq(tx)),
-        ).lastrowid
-        assert seq is not None  # an INSERT sets it
+        seq = self._next_seq
+        self._db.execute(
+            "INSERT INTO tx (seq, id, raw, kind, author, time, height, cid, dseq)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (seq, tx.id, tx.raw, tx.kind, tx.author, tx.time, height, _announced_cid(tx), _data_seq(tx)),
+        )
+        self._next_seq += 1
         self._db.executemany("INSERT INTO edge VALUES (?, ?)", ((seq, p.seq) for p in parents))
+        approved = False
+        if frontier is not None:
+            approved = self._db.execute("UPDATE edge SET parent = ? WHERE parent = ?",
+                                        (seq, frontier.seq)).rowcount > 0
+            self._db.execute("DELETE FROM pruned WHERE seq = ?", (frontier.seq,))
+            self._frontier_size -= 1
         self._tips.difference_update(tx.parents)
-        self._tips.add(tx.id)
+        if not approved:
+            self._tips.add(tx.id)
         self._top = max(self._top, height)
         self._counts[tx.kind] += 1
         if tx.kind == "checkpoint":
@@ -421,7 +598,8 @@ class Tangle:
         while arrived:
             for child_id in sorted(self._waiting.pop(arrived.pop(), ())):
                 child = self._pending[child_id]
-                parents = self._parents(child.parents)
+                parents = self._parents([child_id, *child.parents])
+                itself = parents.pop(child_id, None)
                 if len(parents) < len(child.parents):
                     continue  # still waiting for another parent
                 self._unhold(child)
@@ -430,7 +608,7 @@ class Tangle:
                 except TxRejected as exc:
                     self._reject(child_id, exc)
                     continue
-                self._store(child, parents.values())
+                self._store(child, parents.values(), itself)
                 released.append(child_id)
                 arrived.append(child_id)
         return tuple(released)
@@ -516,8 +694,9 @@ class Tangle:
     def _region(self, depth: int) -> _Region:
         """Transactions at least ``top - depth`` high, their approvers and exact weights.
 
-        Heights are contiguous (a transaction at height h > 0 has a parent at h - 1), so the
-        lowest height of the region is never empty.
+        Walks start at the lowest height stored in the region (a pruned ledger may have no
+        transaction left at ``top - depth``). A transaction whose approvers were all pruned has
+        none here: a walk may end on it, and :meth:`select_tips` takes only ends that are tips.
         """
         floor = max(0, self._top - depth)
         heights = dict(
@@ -540,7 +719,8 @@ class Tangle:
                 acc |= above[approver] | bit[approver]
             above[i] = acc
         weights = {i: 1 + a.bit_count() for i, a in above.items()}
-        entry = max((i for i, h in heights.items() if h == floor), key=lambda i: (weights[i], i))
+        low = min(heights.values())
+        entry = max((i for i, h in heights.items() if h == low), key=lambda i: (weights[i], i))
         return _Region(entry, heights, approvers, weights)
 
     @staticmethod
@@ -575,11 +755,11 @@ class Tangle:
         chosen: list[str] = []
         for _ in range(2 * n):
             tip = self._walk(region, alpha, rng)
-            if tip not in chosen:
+            if tip in self._tips and tip not in chosen:
                 chosen.append(tip)
             if len(chosen) == n:
                 return sorted(chosen)
-        near = [i for i, a in region.approvers.items() if not a and i not in chosen]
+        near = [i for i in region.heights if i in self._tips and i not in chosen]
         others = sorted(near, key=lambda i: (-region.heights[i], i)) + sorted(self._tips - region.heights.keys())
         return sorted(chosen + others[: n - len(chosen)])
 
@@ -629,6 +809,45 @@ class Tangle:
     def count(self) -> int:
         """Number of stored transactions, the genesis included. Cost: constant (kept in memory)."""
         return sum(self._counts.values())
+
+    @property
+    def top_height(self) -> int:
+        """The highest height stored (0: the genesis alone). Cost: constant (kept in memory)."""
+        return self._top
+
+    def is_pruned(self, tx_id: str) -> bool:
+        """Is ``tx_id`` in the frontier: pruned here, and approved by a kept transaction?
+
+        Pruned transactions that no kept one approves are forgotten: this says ``False`` for
+        them, as for ids never seen. Cost: one index lookup.
+        """
+        if not self._has_frontier:
+            return False
+        return self._db.execute("SELECT 1 FROM pruned WHERE id = ?", (tx_id,)).fetchone() is not None
+
+    def pruning(self) -> dict[str, int | None]:
+        """What pruning did to this store, for ``/status`` and the CLI. Cost: constant.
+
+        Returns:
+            ``{"total": transactions pruned since the store was made, "last_cutoff_ms": the
+            last prune's cutoff (ms since the epoch; checkpoints older than it, beyond each
+            author's newest, went) or None if never pruned, "frontier": entry points (pruned
+            transactions kept ones approve)}``.
+        """
+        return {"total": self._pruned_total, "last_cutoff_ms": self._cutoff, "frontier": self._frontier_size}
+
+    def validate(self, tx: Tx) -> None:
+        """Check ``tx`` against this swarm's rules without its parents.
+
+        Form, size, swarm, parents' shape, time (not ahead of the clock), admission, payload,
+        proof-of-work and signature; not whether its parents are stored or older. For what
+        arrives outside :meth:`insert` (a peer's announced snapshot transaction).
+
+        Raises:
+            TxRejected: the rule it breaks, as :func:`~learnae.ledger.tx.validate_tx`.
+        """
+        validate_tx(tx, swarm=self.swarm, pow_bits=self.pow_bits, max_bytes=self.max_tx_bytes,
+                    now_ms=self._clock(), admitted=self._admitted)
 
     def counts(self) -> dict[str, int]:
         """Number of stored transactions by kind, sorted by kind. Cost: the number of kinds."""
@@ -730,7 +949,11 @@ class Tangle:
         return found
 
     def iter_raw(self) -> Iterator[tuple[str, bytes]]:
-        """``(id, raw bytes)`` of every stored transaction in arrival order (parents first)."""
+        """``(id, raw bytes)`` of every stored transaction in arrival order.
+
+        Parents come first, except for a frontier transaction that arrived in full after its
+        approvers (:meth:`order` is always parents first).
+        """
         yield from self._db.execute("SELECT id, raw FROM tx ORDER BY seq")
 
     def verify(self) -> list[str]:
@@ -739,25 +962,34 @@ class Tangle:
         Returns the problems (empty if none), each as ``"<id>: <reason>"``.
 
         Checks: canonical decoding, id = CID of the bytes, signature, proof-of-work and the
-        swarm's rules, parents stored before it and not later in time, and index columns
-        (kind, author, time, height, content CID, data seq, edges) that agree with the bytes.
+        swarm's rules, parents stored or in the frontier (pruned, with the time and height
+        recorded there) and not later in time, and index columns (kind, author, time, height,
+        content CID, data seq, edges) that agree with the bytes; no frontier id is also stored.
+        Transactions are checked in the tangle's order (parents first).
         """
         problems = []
         seen: dict[str, tuple[int, int]] = {}  # id -> (time, height) as stored
+        parent_id = "p.id"
+        if self._has_frontier:
+            seen.update((i, (t, h)) for i, t, h in self._db.execute("SELECT id, time, height FROM pruned"))
+            parent_id = "coalesce(p.id, (SELECT id FROM pruned WHERE seq = edge.parent))"
+        frontier = set(seen)
         rows = self._db.execute(
             f"SELECT id, raw, kind, author, time, height, cid, {'dseq' if self._has_dseq else 'NULL'},"
-            " (SELECT group_concat(p.id) FROM edge JOIN tx p ON p.seq = edge.parent"
-            " WHERE edge.child = tx.seq) FROM tx ORDER BY seq"
+            f" (SELECT group_concat({parent_id}) FROM edge LEFT JOIN tx p ON p.seq = edge.parent"
+            " WHERE edge.child = tx.seq) FROM tx ORDER BY height, id"
         )
-        for tx_id, raw, kind, author, time_ms, height, cid, dseq, edges in rows:
-            seen[tx_id] = (time_ms, height)
+        for tx_id_, raw, kind, author, time_ms, height, cid, dseq, edges in rows:
+            if tx_id_ in frontier:
+                problems.append(f"{tx_id_}: stored, and also in the frontier of pruned transactions")
+            seen[tx_id_] = (time_ms, height)
             try:
                 tx = decode_tx(raw)
-                if tx.id != tx_id:
+                if tx.id != tx_id_:
                     raise LedgerError(f"the stored bytes have id {tx.id}")
                 missing = [p for p in tx.parents if p not in seen]
                 if missing:
-                    raise LedgerError(f"parents {missing} are not stored before it")
+                    raise LedgerError(f"parents {missing} are neither stored below it nor pruned")
                 validate_tx(
                     tx, swarm=self.swarm, pow_bits=self.pow_bits, max_bytes=self.max_tx_bytes,
                     now_ms=self._clock(), admitted=self._admitted,
@@ -767,9 +999,306 @@ class Tangle:
                     tx.kind, tx.author, tx.time, max((seen[p][1] + 1 for p in tx.parents), default=0),
                     _announced_cid(tx), _data_seq(tx) if self._has_dseq else None, sorted(tx.parents),
                 )
-                stored = (kind, author, time_ms, height, cid, dseq, sorted(edges.split(",") if edges else []))
+                stored = (kind, author, time_ms, height, cid, dseq,
+                          sorted(edges.split(",") if edges else []))
                 if derived != stored:
                     raise LedgerError("index columns disagree with the stored bytes")
             except LedgerError as exc:  # TxRejected included
-                problems.append(f"{tx_id}: {exc.reason}")
+                problems.append(f"{tx_id_}: {exc.reason}")
         return problems
+
+    # Pruning and snapshots ---------------------------------------------------------------------
+    def prune(self, now_ms: int, *, window_ms: int, keep_per_author: int,
+              limit: int | None = None) -> PruneStats:
+        """Delete the checkpoints and snapshots the pruning rule lets go (module docstring).
+
+        A checkpoint is kept iff it is its author's newest, or among its author's newest
+        ``keep_per_author`` and not older than ``now_ms - window_ms``; a snapshot iff it is its
+        author's newest; every other kind and the genesis always. Pruned transactions that kept
+        ones approve enter the frontier; frontier entries nobody kept approves any more leave it.
+        One SQLite transaction per call; the in-memory state (counts, tips, top height) follows.
+
+        Args:
+            now_ms: the pruning node's clock, ms since the epoch.
+            window_ms: checkpoint history kept, ms (at least 0).
+            keep_per_author: checkpoints kept per author at most (at least 1).
+            limit: most transactions deleted by this call (``None``: all). A round of calls
+                with the same window and count applies the rule once, at its first call's
+                cutoff (cost: each author's checkpoints, read by index), then deletes in the
+                order of arrival, about ``limit`` rows per call; ``more`` is true until the
+                round ends (its last call may find nothing left).
+
+        Returns:
+            What was pruned, what is left, and whether more is to prune (``more``).
+
+        Raises:
+            ValueError: ``window_ms`` < 0, ``keep_per_author`` < 1 or ``limit`` < 1.
+            LedgerError: the store is read-only, or the database failed (nothing was pruned).
+        """
+        if window_ms < 0 or keep_per_author < 1 or (limit is not None and limit < 1):
+            raise ValueError("prune needs window_ms >= 0, keep_per_author >= 1 and limit >= 1 or None")
+        if self.read_only:
+            raise LedgerError(f"{self.path} is open read-only: open it writable to prune it")
+        started = time.perf_counter()
+        cutoff = now_ms - window_ms
+        window, keep, round_cutoff = self._prune_args
+        if (limit is None or self._prune_cursor >= self._prune_high
+                or (window, keep) != (window_ms, keep_per_author) or cutoff < round_cutoff):
+            self._start_round(window_ms, keep_per_author, cutoff)
+        batch = self._next_prunable(limit)
+        used_cutoff = self._prune_args[2]
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            deleted = self._delete(batch)
+            total = self._pruned_total + len(deleted)
+            self._db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                                 [("pruned_total", total), ("pruned_cutoff", used_cutoff)])
+            self._db.execute("COMMIT")
+        except BaseException as exc:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            self._prune_high = 0
+            self._load()
+            if isinstance(exc, sqlite3.Error):
+                raise LedgerError(f"tangle store {self.path} failed while pruning: {exc}") from exc
+            raise
+        self._pruned_total, self._cutoff = total, used_cutoff
+        for tx_id_, kind, _ in deleted:
+            self._counts[kind] -= 1
+            self._tips.discard(tx_id_)
+        if any(height >= self._top for _, _, height in deleted):
+            (self._top,) = self._db.execute("SELECT max(height) FROM tx").fetchone()
+        (self._frontier_size,) = self._db.execute("SELECT count(*) FROM pruned").fetchone()
+        if deleted:
+            log.debug("pruned %d transactions (cutoff %d); %d entry points", len(deleted), used_cutoff,
+                      self._frontier_size)
+        return PruneStats(pruned=len(deleted), kept=self.count(), frontier=self._frontier_size,
+                          more=self._prune_cursor < self._prune_high, seconds=time.perf_counter() - started,
+                          cutoff_ms=used_cutoff)
+
+    def _start_round(self, window_ms: int, keep: int, cutoff: int) -> None:
+        """Apply the rule: the checkpoints and snapshots it keeps, among those stored now.
+
+        What is stored now and not kept is pruned by this round, in the order of arrival (pages
+        next to each other): transactions stored later wait for the next round, so a round never
+        deletes what arrived after it started. Cost: each author's checkpoints, read by index.
+        """
+        kept: set[int] = set()
+        groups = [("checkpoint", author) for author in self._latest]
+        groups += [("snapshot", a) for (a,) in self._db.execute("SELECT DISTINCT author FROM tx WHERE kind = 'snapshot'")]
+        for kind, author in groups:
+            newest = self._db.execute(
+                "SELECT seq, time FROM tx WHERE kind = ? AND author = ? ORDER BY time DESC, height DESC, id DESC"
+                " LIMIT ?", (kind, author, keep if kind == "checkpoint" else 1)).fetchall()
+            kept.update(seq for rank, (seq, time_ms) in enumerate(newest) if rank == 0 or time_ms >= cutoff)
+        (high,) = self._db.execute("SELECT max(seq) FROM tx").fetchone()
+        self._prune_kept, self._prune_cursor, self._prune_high = kept, 0, high or 0
+        self._prune_args = (window_ms, keep, cutoff)
+
+    def _next_prunable(self, limit: int | None) -> list[int]:
+        """Up to ``limit`` seqs this round prunes, from its cursor on (arrival order)."""
+        found: list[int] = []
+        kept = self._prune_kept
+        while self._prune_cursor < self._prune_high and (limit is None or len(found) < limit):
+            rows = self._db.execute(
+                "SELECT seq FROM tx WHERE seq > ? AND seq <= ? AND kind IN (?, ?) ORDER BY seq LIMIT ?",
+                (self._prune_cursor, self._prune_high, *PRUNABLE, 10_000 if limit is None else limit - len(found)),
+            ).fetchall()
+            if not rows:
+                self._prune_cursor = self._prune_high
+                break
+            found += [seq for (seq,) in rows if seq not in kept]
+            self._prune_cursor = rows[-1][0]
+        return found
+
+    def _delete(self, seqs: list[int]) -> list[tuple[str, str, int]]:
+        """Delete the transactions ``seqs`` inside the caller's SQLite transaction.
+
+        Returns ``(id, kind, height)`` of those that were stored.
+        """
+        db = self._db
+        db.execute("CREATE TEMP TABLE IF NOT EXISTS doomed (seq INTEGER PRIMARY KEY)")
+        db.execute("CREATE TEMP TABLE IF NOT EXISTS orphaned (seq INTEGER PRIMARY KEY)")
+        db.execute("DELETE FROM doomed")
+        db.execute("DELETE FROM orphaned")
+        db.executemany("INSERT OR IGNORE INTO doomed VALUES (?)", ((s,) for s in seqs))
+        deleted = db.execute("SELECT id, kind, height FROM tx WHERE seq IN doomed").fetchall()
+        if not deleted:
+            return []
+        (high,) = db.execute("SELECT max(seq) FROM tx").fetchone()
+        db.execute("INSERT INTO meta VALUES ('seq_high', ?) ON CONFLICT (key) DO UPDATE"
+                   " SET value = max(value, excluded.value)", (high,))
+        # The frontier: doomed transactions that a transaction staying approves.
+        db.execute("INSERT INTO pruned (seq, id, time, height) SELECT seq, id, time, height FROM tx"
+                   " WHERE seq IN doomed AND EXISTS (SELECT 1 FROM edge WHERE edge.parent = tx.seq"
+                   " AND edge.child != ? AND edge.child NOT IN doomed)", (_APPROVED,))
+        # What the doomed approve may lose its last approver.
+        db.execute("INSERT OR IGNORE INTO orphaned SELECT parent FROM edge"
+                   " WHERE child IN doomed AND parent NOT IN doomed")
+        db.execute("DELETE FROM edge WHERE child IN doomed")
+        db.execute("DELETE FROM edge WHERE child = ? AND parent IN doomed", (_APPROVED,))
+        db.execute("DELETE FROM tx WHERE seq IN doomed")
+        db.execute("DELETE FROM pruned WHERE seq IN orphaned"
+                   " AND NOT EXISTS (SELECT 1 FROM edge WHERE edge.parent = pruned.seq)")
+        # A kept transaction approved only by pruned ones stays approved: not a tip again.
+        db.execute("INSERT INTO edge SELECT ?, seq FROM orphaned WHERE seq IN (SELECT seq FROM tx)"
+                   " AND NOT EXISTS (SELECT 1 FROM edge WHERE edge.parent = orphaned.seq)", (_APPROVED,))
+        return deleted
+
+    def export_snapshot(self) -> bytes:
+        """The kept ledger as a snapshot file: a DAG-CBOR map (written canonically).
+
+        ===============  ==========================================================================
+        ``v``            :data:`SNAPSHOT_VERSION`
+        ``txs``          [bytes]: every stored transaction's exact signed bytes, in the tangle's
+                         order (height, id): the genesis first, parents before children
+        ``swarm``        text: the genesis id
+        ``approved``     [text]: ids of stored transactions approved only by pruned ones (not tips)
+        ``frontier``     [[text id, uint time ms, uint height]]: the entry points, by height
+        ===============  ==========================================================================
+
+        Pending transactions are not in it. Cost: reads the whole store (its size in memory).
+        """
+        txs = [raw for (raw,) in self._db.execute("SELECT raw FROM tx ORDER BY height, id")]
+        frontier: list[tuple[str, int, int]] = []
+        if self._has_frontier:
+            frontier = self._db.execute("SELECT id, time, height FROM pruned ORDER BY height, id").fetchall()
+        approved = [i for (i,) in self._db.execute(
+            "SELECT t.id FROM edge JOIN tx t ON t.seq = edge.parent WHERE edge.child = ? ORDER BY t.id",
+            (_APPROVED,))]
+        parts = [
+            cbor_head(5, 5),
+            cbor_text("v"), cbor_head(0, SNAPSHOT_VERSION),
+            cbor_text("txs"), cbor_head(4, len(txs)), *(cbor_head(2, len(raw)) + raw for raw in txs),
+            cbor_text("swarm"), cbor_text(self.swarm),
+            cbor_text("approved"), cbor_head(4, len(approved)), *map(cbor_text, approved),
+            cbor_text("frontier"), cbor_head(4, len(frontier)),
+            *(cbor_head(4, 3) + cbor_text(i) + cbor_head(0, t) + cbor_head(0, h) for i, t, h in frontier),
+        ]
+        return b"".join(parts)
+
+    def import_snapshot(self, data: bytes, *, max_bytes: int = SNAPSHOT_MAX_BYTES) -> SnapshotStats:
+        """Merge a snapshot file (:meth:`export_snapshot`, from any member) into this store.
+
+        Adds the frontier entries whose ids are not stored here, then inserts the transactions
+        with full validation, as if gossiped (signature, proof-of-work, swarm, admission, times,
+        parents): one that fails is rejected and counted, never stored. Works on a fresh store
+        (genesis only) and on one with history; importing the same file again changes nothing.
+        One SQLite transaction.
+
+        What a snapshot is trusted for: nothing it carries can forge or alter a transaction
+        (each is checked against the genesis and its author's signature). It can omit
+        transactions (gossip and gap repair then bring them), and it can mis-state the
+        frontier's times and heights, which cannot be checked without the pruned history: a
+        wrong height shifts the order keys (and so which claim of a content CID sorts first) of
+        the kept transactions above it, and a wrong time changes which children pass the
+        ``before-parent`` rule. Its ``approved`` list can make tips look approved, so that this
+        node's new transactions do not approve them. A frontier entry naming a transaction that
+        later arrives in full is replaced by it (:meth:`verify` then reports heights a lie
+        shifted). Import snapshots announced by the swarm's members, and verify after.
+
+        Args:
+            data: the file's bytes.
+            max_bytes: the largest file accepted.
+
+        Returns:
+            What the import did.
+
+        Raises:
+            LedgerError: nothing was imported: code ``snapshot-oversize`` (over ``max_bytes``),
+                ``snapshot-malformed`` (not a snapshot, truncated, or a field of the wrong
+                shape), ``snapshot-version`` (a format this version does not read),
+                ``snapshot-wrong-swarm`` (another swarm's), ``snapshot-genesis`` (its first
+                transaction is not this store's genesis); or the store is read-only, or the
+                database failed.
+        """
+        started = time.perf_counter()
+        if self.read_only:
+            raise LedgerError(f"{self.path} is open read-only: open it writable to import a snapshot")
+        if len(data) > max_bytes:
+            raise LedgerError(f"the snapshot is {len(data)} bytes, over the {max_bytes}-byte limit"
+                              " (raise max_bytes if it comes from a member you trust)",
+                              code="snapshot-oversize")
+        txs, frontier, approved = _decode_snapshot(bytes(data), self.swarm)
+        results: list[InsertResult] = []
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            known = self._parents(i for i, _, _ in frontier)
+            added = 0
+            for i, time_ms, height in frontier:
+                if i not in known:
+                    self._db.execute("INSERT INTO pruned VALUES (?, ?, ?, ?)", (self._next_seq, i, time_ms, height))
+                    known[i] = _Parent(self._next_seq, time_ms, height, True)
+                    self._next_seq += 1
+                    added += 1
+            results = [self._insert(raw) for raw in txs[1:]]
+            for i in approved:
+                row = self._db.execute("SELECT seq FROM tx WHERE id = ?", (i,)).fetchone()
+                if row is not None and not self._db.execute(
+                        "SELECT 1 FROM edge WHERE parent = ? LIMIT 1", row).fetchone():
+                    self._db.execute("INSERT INTO edge VALUES (?, ?)", (_APPROVED, row[0]))
+                    self._tips.discard(i)
+            # Entries whose approvers were not stored (rejected, pending) are not entry points.
+            self._db.execute("DELETE FROM pruned WHERE NOT EXISTS (SELECT 1 FROM edge WHERE edge.parent = pruned.seq)")
+            self._db.execute("COMMIT")
+        except BaseException as exc:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            self._load()
+            if isinstance(exc, sqlite3.Error):
+                raise LedgerError(f"tangle store {self.path} failed while importing a snapshot: {exc}") from exc
+            raise
+        (self._frontier_size,) = self._db.execute("SELECT count(*) FROM pruned").fetchone()
+        statuses = Counter(r.status for r in results)
+        released = sum(len(r.released) for r in results)
+        rejections = Counter(r.error.code for r in results if r.error is not None)
+        return SnapshotStats(
+            txs=len(txs), inserted=statuses["inserted"] + released, duplicate=statuses["duplicate"],
+            pending=statuses["pending"] - released, pruned=statuses["pruned"],
+            rejected=statuses["rejected"], rejections=dict(rejections), frontier=added,
+            bytes=len(data), seconds=time.perf_counter() - started,
+        )
+
+
+def _decode_snapshot(data: bytes, swarm: str) -> tuple[list[bytes], list[tuple[str, int, int]], list[str]]:
+    """The transactions, frontier and approved ids of a snapshot file of ``swarm``.
+
+    Raises:
+        LedgerError: codes as :meth:`Tangle.import_snapshot`.
+    """
+    def malformed(what: str) -> LedgerError:
+        return LedgerError(f"not a learnae ledger snapshot: {what}; fetch it again, or from"
+                           " another member", code="snapshot-malformed")
+
+    try:
+        obj = libipld.decode_dag_cbor(data)
+    except Exception as exc:  # noqa: BLE001  (libipld raises ValueError, RecursionError, ...)
+        raise malformed(f"not DAG-CBOR, or truncated ({exc})") from None
+    if not isinstance(obj, dict) or "v" not in obj:
+        raise malformed("not a map with a version 'v'")
+    if obj["v"] != SNAPSHOT_VERSION or type(obj["v"]) is not int:
+        raise LedgerError(f"snapshot format version {obj['v']!r} is not {SNAPSHOT_VERSION}, the one this"
+                          " version of learnae reads", code="snapshot-version")
+    txs, frontier, approved = obj.get("txs"), obj.get("frontier"), obj.get("approved")
+    if type(obj.get("swarm")) is not str:
+        raise malformed("'swarm' is not a transaction id")
+    if obj["swarm"] != swarm:
+        raise LedgerError(f"the snapshot is of swarm {obj['swarm']}, this ledger holds swarm {swarm}",
+                          code="snapshot-wrong-swarm")
+    if type(txs) is not list or not txs or not all(type(raw) is bytes for raw in txs):
+        raise malformed("'txs' is not a non-empty list of transactions' bytes")
+    if type(approved) is not list or not all(type(i) is str for i in approved):
+        raise malformed("'approved' is not a list of transaction ids")
+    if type(frontier) is not list or not all(
+            type(row) is list and len(row) == 3 and type(row[0]) is str
+            and all(type(x) is int and x >= 0 for x in row[1:]) and row[2] >= 1 for row in frontier):
+        raise malformed("'frontier' is not a list of [id, time, height >= 1]")
+    try:
+        for i in (*(row[0] for row in frontier), *approved):
+            tx_link(i)
+    except InvalidCID as exc:
+        raise malformed(exc.reason) from None
+    if tx_id(TX_CID_PREFIX + hashlib.sha256(txs[0]).digest()) != swarm:
+        raise LedgerError(f"the snapshot's first transaction is not this swarm's genesis {swarm}",
+                          code="snapshot-genesis")
+    return txs, [(i, t, h) for i, t, h in frontier], approved

@@ -5,7 +5,8 @@ A transaction is a DAG-CBOR map (https://ipld.io/specs/codecs/dag-cbor/spec/):
 ===========  ==========================================================================
 ``v``        1
 ``swarm``    link (tag 42) to the genesis transaction; absent on the genesis itself
-``kind``     text: one of :data:`KINDS` (``genesis``, ``checkpoint``, ``data``); others are refused
+``kind``     text: one of :data:`KINDS` (``genesis``, ``checkpoint``, ``data``, ``snapshot``);
+             others are refused
 ``author``   bytes: the author's 32-byte Ed25519 public key
 ``parents``  list of links to 1 or 2 distinct earlier transactions, sorted by their binary
              CIDs (1 only while the tangle has a single tip); empty on the genesis
@@ -26,6 +27,8 @@ store arbitrary payloads in every peer's permanent ledger under a made-up kind. 
 planned ``attestation``, ``admit`` and ``revoke``) is added to :data:`KINDS` together with its
 payload rules, in a version the whole swarm runs before anyone issues it: a node of an older
 version refuses the new kind (and whatever approves such a transaction stays pending there).
+``snapshot`` (a ledger snapshot file on IPFS, see :meth:`learnae.ledger.tangle.Tangle.export_snapshot`)
+is such a kind: nodes of the versions before it refuse snapshot transactions.
 
 The envelope is encoded here rather than by ``libipld``: ``libipld.encode_dag_cbor`` (3.x) writes
 *any* Python ``bytes`` that parse as a binary CID as a link (tag 42), and about 1 in 2,500 random
@@ -199,8 +202,9 @@ def make_tx(
 
     Args:
         identity: the author's key.
-        kind: one of :data:`KINDS`: ``"genesis"``, ``"checkpoint"`` or ``"data"``.
-        payload: the kind's map (build with :func:`checkpoint_payload` / :func:`data_payload`).
+        kind: one of :data:`KINDS`: ``"genesis"``, ``"checkpoint"``, ``"data"`` or ``"snapshot"``.
+        payload: the kind's map (build with :func:`checkpoint_payload`, :func:`data_payload` or
+            :func:`snapshot_payload`).
         parents: ids of the approved transactions (any order; sorted here); empty for a genesis.
         swarm: the genesis id; ``None`` for a genesis.
         pow_bits: leading zero bits the proof-of-work needs (0 to 256); the expected work is
@@ -322,9 +326,11 @@ _PAYLOADS: dict[str, dict[str, Callable[[Any], bool]]] = {
         "source": lambda v: type(v) in (dict, str),
         "seq": _is_uint,
     },
+    "snapshot": {"cid": _content_cid, "size": _is_uint, "txs": _is_uint, "top": _is_uint},
 }
 KINDS = frozenset({"genesis", *_PAYLOADS})
-"""The transaction kinds this version accepts: ``genesis``, ``checkpoint`` and ``data``."""
+"""The transaction kinds this version accepts: ``genesis``, ``checkpoint``, ``data`` and
+``snapshot``."""
 _PAYLOAD_RULES = {
     "cid": "a CIDv1 base32 string", "base": "a list of tx links", "data": "a list of tx links",
     "metrics": "a map of text to finite floats", "schema": "a map", "source": "a map or text",
@@ -339,8 +345,10 @@ def check_payload(kind: str, payload: Any) -> None:
     ``checkpoint``: ``cid`` (content CIDv1 base32 string), ``size`` (bytes), ``step``,
     ``samples`` (unsigned ints), ``base``, ``data`` (lists of tx links), ``metrics`` (text to
     finite float). ``data``: ``cid``, ``size``, ``rows``, ``schema`` (map), ``source`` (map or
-    text), ``seq`` (unsigned int). ``genesis``: any map (the manifest is checked by the
-    manifest layer).
+    text), ``seq`` (unsigned int). ``snapshot``: ``cid`` (content CIDv1 base32 string of the
+    snapshot file on IPFS), ``size`` (its bytes), ``txs`` (transactions in it), ``top`` (the
+    highest height among them), unsigned ints. ``genesis``: any map (the manifest is checked by
+    the manifest layer).
 
     Raises:
         TxRejected: code ``unknown-kind`` for a kind not in :data:`KINDS`; code
@@ -383,6 +391,19 @@ def checkpoint_payload(
 def data_payload(*, cid: str, size: int, rows: int, schema: dict, source: dict | str, seq: int) -> dict:
     """A ``data`` payload (a thin constructor, for symmetry with :func:`checkpoint_payload`)."""
     return {"cid": cid, "size": size, "rows": rows, "schema": schema, "source": source, "seq": seq}
+
+
+def snapshot_payload(*, cid: str, size: int, txs: int, top: int) -> dict:
+    """A ``snapshot`` payload: a ledger snapshot file announced in the ledger.
+
+    Args:
+        cid: the content CID (CIDv1 base32) of the file on IPFS, as
+            :meth:`~learnae.ledger.tangle.Tangle.export_snapshot` wrote it.
+        size: the file's size in bytes.
+        txs: transactions in the file (the genesis included).
+        top: the highest height among them.
+    """
+    return {"cid": cid, "size": size, "txs": txs, "top": top}
 
 
 # Validation ------------------------------------------------------------------------------------
