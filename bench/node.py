@@ -135,7 +135,7 @@ def overhead(model: str, epochs: int, tmp: Path, network_nice: int = DEFAULT_NET
     from learnae.training.data import DataSpec
 
     manifest = Manifest(name=f"bench-{model}", model=model_config(model), pow_bits=4, sync_every=10,
-                        learning_rate=0.001)
+                        checkpoint_interval=0, learning_rate=0.001)
     invite_path = tmp / "invite.json"
     init_swarm(tmp / "founder", manifest).invite.save(invite_path)
     states = [tmp / "me", tmp / "peer"]

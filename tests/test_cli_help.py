@@ -104,6 +104,9 @@ pool.DEFAULT_MAX_ROWS = 4321
 m.DEFAULT_POW_BITS, m.DEFAULT_BATCH_SIZE, m.DEFAULT_SYNC_EVERY = 9, 17, 23
 m.DEFAULT_LEARNING_RATE, m.DEFAULT_SYNC_INTERVAL, m.DEFAULT_OPTIMIZER = 0.25, 12.5, "sgd"
 m.DEFAULT_MERGE = "median"
+m.DEFAULT_CHECKPOINT_INTERVAL = 7.5
+import learnae.node.upkeep as u
+u.DEFAULT_DISK_MAX = 3 << 20
 from learnae.cli import main
 for args in (["node", "run", "--help"], ["init", "--help"], ["demo", "--help"]):
     try:
@@ -135,6 +138,9 @@ def sentinel_help() -> str:
     ("init", "Learning rate (default 0.25)"),
     ("init", "timed sync work (default 12.5)"),
     ("init", "(default sgd)"),
+    ("init", "one node (default 7.5:"),
+    ("node", "--disk-max SIZE Disk the state directory may take"),
+    ("node", "is refused with the least that works. [default: 3M]"),
     ("init", "Merge rule (default median;"),
     ("demo", "The swarm's merge rule. [default: median]"),
 ])

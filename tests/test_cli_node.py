@@ -21,7 +21,7 @@ from learnae.training.data import DataSpec
 
 @pytest.fixture
 def invite(tmp_path):
-    made = init_swarm(tmp_path / "founder", Manifest(name="cli", model=model_config("digits-mlp"), pow_bits=4))
+    made = init_swarm(tmp_path / "founder", Manifest(checkpoint_interval=0, name="cli", model=model_config("digits-mlp"), pow_bits=4))
     path = tmp_path / "invite.json"
     made.invite.save(path)
     return made.invite, path

@@ -41,7 +41,7 @@ def test_joined_refuses_a_model_that_is_not_the_swarm_s(tmp_path):
     from learnae.node import NodeConfig, TrainerNode
     from learnae.state import init_swarm
 
-    invite = init_swarm(tmp_path / "founder", Manifest(name="t", model=model_config("digits-mlp"), pow_bits=4)).invite
+    invite = init_swarm(tmp_path / "founder", Manifest(checkpoint_interval=0, name="t", model=model_config("digits-mlp"), pow_bits=4)).invite
     node = TrainerNode(NodeConfig(invite=invite, state=tmp_path / "mine"))
     wrong = keras.Sequential([keras.Input((64,)), keras.layers.Dense(10, name="dense")])
     with pytest.raises(ConfigError, match="not the swarm's"), node.joined(wrong, batch_size=32):

@@ -102,7 +102,7 @@ def test_example_scenario_passes_with_memory_driver(name, tmp_path):
     assert report["pass"] is True
     for inv in report["invariants"].values():
         assert {"pass", "figure", "bound"} <= inv.keys()
-    expected = {"ledger_converges", "no_acknowledged_tx_lost", "content_fetchable"}
+    expected = {"ledger_converges", "no_acknowledged_tx_lost", "content_fetchable", "disk_bounded"}
     assert expected <= report["invariants"].keys()
     if name == "byzantine-25pct":
         assert "byzantine_resistance" in report["invariants"]
@@ -211,7 +211,26 @@ def test_sensor_offline_chunks_arrive_after_it_comes_back():
         {"kind": "sensor-offline", "sensor": "s0", "at": 1, "until": 4}]))
     run = simulate(scn)
     assert "s0" in run.live_at_end and run.final_in_step and not run.acked_missing
-    assert run.fetch_checked >= 6 + 3 * 6  # 6 chunks, 18 checkpoints
+    # what the swarm keeps: 6 chunks, each trainer's newest DEFAULT_KEEP (3) checkpoints
+    assert run.fetch_checked == 6 + 3 * 3 and not run.fetch_missing
+
+
+def test_disk_bounded_fails_when_nothing_is_collected(monkeypatch):
+    from learnae.ipfs.base import GcStats
+    from learnae.ipfs.memory import MemoryNode
+
+    scn = parse_scenario(small(nodes=3, rounds=12))
+    ref = simulate(scn, with_faults=False)
+    held = check_invariants(scn, ref, ref)["disk_bounded"]
+    assert held["pass"] and 0 < held["figure"] <= 1.0 and set(held["per_node"]) == {"n0", "n1", "n2"}
+
+    async def keep_everything(self, *, grace=0.0):
+        return GcStats(0, 0, 0, 0, 0.0)
+
+    monkeypatch.setattr(MemoryNode, "collect_garbage", keep_everything)
+    run = simulate(scn, with_faults=False)
+    broken = check_invariants(scn, run, ref)["disk_bounded"]
+    assert not broken["pass"] and broken["figure"] > 1.0, broken
 
 
 def test_report_shapes_fault_periods_and_gaps(tmp_path):

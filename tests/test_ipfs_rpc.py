@@ -475,7 +475,7 @@ def invite(tmp_path):
     from learnae.models import model_config
     from learnae.state import init_swarm
 
-    manifest = Manifest(name="rpc", model=model_config("digits-mlp"), pow_bits=4)
+    manifest = Manifest(checkpoint_interval=0, name="rpc", model=model_config("digits-mlp"), pow_bits=4)
     made = init_swarm(tmp_path / "founder", manifest)
     made.invite.save(tmp_path / "invite.json")
     return made.invite, tmp_path / "invite.json"

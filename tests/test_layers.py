@@ -84,7 +84,7 @@ def swarm(tmp_path):
     from learnae.models import model_config
     from learnae.state import init_swarm
 
-    return init_swarm(tmp_path / "swarm", Manifest(name="t", model=model_config("digits-mlp"),
+    return init_swarm(tmp_path / "swarm", Manifest(checkpoint_interval=0, name="t", model=model_config("digits-mlp"),
                                                    pow_bits=4))
 
 

@@ -90,11 +90,12 @@ def test_payload_keys_and_plain_types():
     payload = digits().to_payload()
     assert set(payload) == {
         "v", "name", "model", "input_shape", "dtype", "classes", "optimizer", "learning_rate",
-        "batch_size", "merge", "merge_params", "sync_every", "sync_interval", "pow_bits", "limits",
-        "admission", "created",
+        "batch_size", "merge", "merge_params", "sync_every", "sync_interval", "checkpoint_interval",
+        "pow_bits", "limits", "admission", "created",
     }
     assert payload["limits"] == {"tx_bytes": 65536, "checkpoint_bytes": 64 * 2**20, "chunk_bytes": 8 * 2**20}
     assert type(payload["learning_rate"]) is float and type(payload["sync_interval"]) is float
+    assert payload["checkpoint_interval"] == 30.0  # 100 nodes: about 3.3 checkpoints a second
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
@@ -146,6 +147,8 @@ INVALID = [
     ("merge_params", {"beta": 0.2}, "merge_params: merge rule 'mean' takes no parameter 'beta'"),
     ("sync_every", 0, "manifest sync_every"),
     ("sync_interval", -1, "manifest sync_interval"),
+    ("checkpoint_interval", -1, "manifest checkpoint_interval must be a number from 0"),
+    ("checkpoint_interval", 86401, "manifest checkpoint_interval"),
     ("pow_bits", 33, "manifest pow_bits"),
     ("pow_bits", -1, "manifest pow_bits"),
     ("admission", "closed", "manifest admission"),

@@ -57,7 +57,7 @@ def test_parse_adopt(tmp_path):
 
 
 def test_the_pool_bound_must_be_a_positive_integer(tmp_path):
-    swarm = init_swarm(tmp_path / "swarm", Manifest(name="iris", model=model_config("iris-mlp"), pow_bits=2),
+    swarm = init_swarm(tmp_path / "swarm", Manifest(checkpoint_interval=0, name="iris", model=model_config("iris-mlp"), pow_bits=2),
                        founder=identity(1))
     for bad in (0, -5, 1.5):
         with pytest.raises(ConfigError, match="--adopt-max-rows"):
@@ -70,7 +70,7 @@ class Swarm:
 
     def __init__(self, tmp_path: Path, model: str = "iris-mlp", data: str = "iris"):
         self.tmp = tmp_path
-        manifest = Manifest(name="adopt", model=model_config(model), pow_bits=2)
+        manifest = Manifest(checkpoint_interval=0, name="adopt", model=model_config(model), pow_bits=2)
         self.swarm = init_swarm(tmp_path / "swarm", manifest, founder=identity(1))
         self.net = MemoryNetwork(seed=0)
         self.pi = self.net.node("pi")  # the sensor's IPFS node, holding the chunks
@@ -363,7 +363,7 @@ def test_a_node_process_bounds_its_pool_and_restarts_without_fetching(tmp_path, 
     from learnae.content import content_id
     from learnae.ingest import encode_ingest_request
 
-    manifest = Manifest(name="adopt-proc", model=model_config("iris-mlp"), pow_bits=2, sync_every=5)
+    manifest = Manifest(checkpoint_interval=0, name="adopt-proc", model=model_config("iris-mlp"), pow_bits=2, sync_every=5)
     swarm = init_swarm(tmp_path / "founder", manifest)
     invite = tmp_path / "invite.json"
     swarm.invite.save(invite)

@@ -116,7 +116,7 @@ async def test_future_dated_unfetchable_checkpoints_do_not_starve_an_honest_one(
     """Four throw-away keys announce, every round, checkpoints dated 9 minutes ahead whose
     CIDs nobody serves; one honest peer announces a checkpoint it serves. The honest one is
     merged by the second round; each liar costs one fetch timeout, then is passed over."""
-    manifest = Manifest(name="peers", model=model_config("iris-mlp"), pow_bits=2, merge="mean")
+    manifest = Manifest(checkpoint_interval=0, name="peers", model=model_config("iris-mlp"), pow_bits=2, merge="mean")
     swarm = init_swarm(tmp_path / "swarm", manifest, founder=identity(1))
     tangle, _ = open_tangle(swarm.directory)
     net = MemoryNetwork(seed=0)

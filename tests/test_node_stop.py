@@ -45,7 +45,7 @@ NODE = "from learnae.cli import main; main()"
 
 @pytest.fixture
 def invite(tmp_path):
-    manifest = Manifest(name="stop", model=model_config("iris-mlp"), pow_bits=2, sync_every=3, learning_rate=0.01)
+    manifest = Manifest(checkpoint_interval=0, name="stop", model=model_config("iris-mlp"), pow_bits=2, sync_every=3, learning_rate=0.01)
     return init_swarm(tmp_path / "founder", manifest).invite
 
 
@@ -223,7 +223,7 @@ def test_sigterm_right_after_an_adoption_stops_the_process_within_seconds(tmp_pa
     calls; SIGTERM lands at that point. The process must exit within seconds, having trained
     at most one more batch, with a final checkpoint in its ledger. (Digits: a fit() of
     FIT_EPOCHS epochs, what a lost stop costs, takes tens of seconds.)"""
-    manifest = Manifest(name="stop", model=model_config("digits-mlp"), pow_bits=2, sync_every=5,
+    manifest = Manifest(checkpoint_interval=0, name="stop", model=model_config("digits-mlp"), pow_bits=2, sync_every=5,
                         learning_rate=0.003)
     invite = init_swarm(tmp_path / "founder", manifest).invite
     invite_path = tmp_path / "invite.json"

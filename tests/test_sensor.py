@@ -63,7 +63,7 @@ SENSOR, STRANGER = identity(7), identity(8)
 
 
 def make_swarm(d: Path, admission="open"):
-    manifest = Manifest(name="iris", model=model_config("iris-mlp"), pow_bits=2,
+    manifest = Manifest(checkpoint_interval=0, name="iris", model=model_config("iris-mlp"), pow_bits=2,
                         admission=admission)
     return init_swarm(d, manifest, founder=identity(1))
 

@@ -55,7 +55,7 @@ class Swarm:
 
     def __init__(self, tmp: Path, launch: Launcher):
         self.tmp, self.launch = tmp, launch
-        manifest = Manifest(name="sensor-node", model=model_config("iris-mlp"), pow_bits=2, sync_every=3,
+        manifest = Manifest(checkpoint_interval=0, name="sensor-node", model=model_config("iris-mlp"), pow_bits=2, sync_every=3,
                             learning_rate=0.01)
         self.swarm = init_swarm(tmp / "founder", manifest)
         self.invite = tmp / "invite.json"

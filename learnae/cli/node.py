@@ -17,6 +17,7 @@ from learnae.node import (
     DEFAULT_NETWORK_NICE,
     NodeConfig,
 )
+from learnae.node.upkeep import DEFAULT_DISK_MAX, format_size, parse_size
 from learnae.state import DEFAULT_LISTEN, node_listen
 from learnae.training.pool import DEFAULT_MAX_ROWS
 
@@ -114,6 +115,21 @@ def _node_config_file(ctx: click.Context, _param: click.Parameter, path: str | N
               help="Adopted sensor rows the training pool keeps at most: a uniform random sample of every"
                    " row adopted (reservoir sampling); all adopted chunks stay on disk in"
                    " STATE/adopted.sqlite, so a restart refills the pool without fetching them again.")
+@click.option("--disk-max", default=format_size(DEFAULT_DISK_MAX), show_default=True, metavar="SIZE",
+              help="Disk the state directory may take (K, M, G: binary units). The node removes peer"
+                   " checkpoints once merged and its own beyond --keep, and prunes the ledger; over the"
+                   " budget it says what takes the room and adopts no new data. A budget too small for"
+                   " the swarm's model is refused with the least that works.")
+@click.option("--ledger-window", type=click.FloatRange(1.0), default=_CONFIG["ledger_window"],
+              show_default=True, metavar="SECONDS",
+              help="Checkpoint history the ledger keeps; older checkpoint transactions are pruned (data"
+                   " and membership transactions are kept for good).")
+@click.option("--ledger-keep", type=click.IntRange(1), default=_CONFIG["ledger_keep"], show_default=True,
+              help="Checkpoint transactions kept per author at most (each author's newest always).")
+@click.option("--snapshot-interval", type=click.FloatRange(1.0), default=_CONFIG["snapshot_interval"],
+              show_default=True, metavar="SECONDS",
+              help="Seconds between two snapshots of the kept ledger, which nodes joining late import"
+                   " instead of the whole history.")
 @click.option("--quiet", is_flag=True, help="No progress line.")
 @click.option("--new-identity", is_flag=True,
               help="Make a new author key although STATE ran a node before and lost identity.key (the"
@@ -124,7 +140,8 @@ def _node_config_file(ctx: click.Context, _param: click.Parameter, path: str | N
 def node_run(invite_path: Path, state: Path, data_spec: str, listen: str | None, peers: tuple[str, ...], ipfs: str,
              api: str, threads: int, keep: int, k: int, fetch_timeout: float, sync_every: str | None,
              epochs: int | None, seed: int | None, wait_peers: int, network_nice: int, adopt: str,
-             adopt_max_rows: int, quiet: bool, new_identity: bool, fault_control: Path | None,
+             adopt_max_rows: int, disk_max: str, ledger_window: float, ledger_keep: int,
+             snapshot_interval: float, quiet: bool, new_identity: bool, fault_control: Path | None,
              allow_shared_daemon: bool) -> None:
     """Train with the swarm until stopped (Ctrl-C or SIGTERM publishes a final checkpoint).
 
@@ -153,7 +170,9 @@ def node_run(invite_path: Path, state: Path, data_spec: str, listen: str | None,
                             serve=start_api,
                             threads=threads, keep=keep, k=k, fetch_timeout=fetch_timeout, epochs=epochs,
                             seed=seed, sync_every=every, wait_peers=wait_peers, network_nice=network_nice,
-                            adopt=adopt, adopt_max_rows=adopt_max_rows,
+                            adopt=adopt, adopt_max_rows=adopt_max_rows, disk_max=parse_size(disk_max),
+                            ledger_window=ledger_window, ledger_keep=ledger_keep,
+                            snapshot_interval=snapshot_interval,
                             progress=None if quiet else progress, fault_control=fault_control,
                             new_identity=new_identity, allow_shared_daemon=allow_shared_daemon)
         node = TrainerNode(config)

@@ -13,6 +13,7 @@ from learnae.errors import ConfigError
 from learnae.manifest import (
     ADMISSION_OPEN,
     DEFAULT_BATCH_SIZE,
+    DEFAULT_CHECKPOINT_INTERVAL,
     DEFAULT_LEARNING_RATE,
     DEFAULT_MERGE,
     DEFAULT_OPTIMIZER,
@@ -68,11 +69,15 @@ from learnae.state import DEFAULT_LISTEN, init_swarm
                    f" (default {DEFAULT_SYNC_EVERY}).")
 @click.option("--sync-interval", type=float, default=None,
               help=f"Seconds between a node's timed sync work (default {DEFAULT_SYNC_INTERVAL:g}).")
+@click.option("--checkpoint-interval", type=float, default=None,
+              help="Least seconds between two checkpoints of one node (default"
+                   f" {DEFAULT_CHECKPOINT_INTERVAL:g}: a 100-node swarm then announces about 3"
+                   " checkpoints a second; 0 paces by batches only).")
 def init_command(directory: Path, name: str, model: str, pow_bits: int | None, admission: str,
                  listen: str, bootstrap: tuple[str, ...], merge: str | None,
                  merge_param: tuple[str, ...], optimizer: str | None,
                  learning_rate: float | None, batch_size: int | None, sync_every: int | None,
-                 sync_interval: float | None) -> None:
+                 sync_interval: float | None, checkpoint_interval: float | None) -> None:
     """Create a new swarm in DIRECTORY: its genesis, keys, ledger and invite.
 
     Writes genesis.tx (the genesis transaction, whose payload is the manifest),
@@ -93,7 +98,7 @@ def init_command(directory: Path, name: str, model: str, pow_bits: int | None, a
         fields: dict[str, Any] = {
             "pow_bits": pow_bits, "merge": merge, "optimizer": optimizer,
             "learning_rate": learning_rate, "batch_size": batch_size, "sync_every": sync_every,
-            "sync_interval": sync_interval,
+            "sync_interval": sync_interval, "checkpoint_interval": checkpoint_interval,
         }
         fields = {k: v for k, v in fields.items() if v is not None}
         if merge_param:

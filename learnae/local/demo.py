@@ -70,7 +70,7 @@ async def run_demo(out: Path, *, nodes: int = 3, rounds: int = 15, seed: int = 0
 
     configure_threads(1)
     manifest = Manifest(name="demo", model=model_config("digits-mlp"), pow_bits=8, merge="mean",
-                        learning_rate=0.003)
+                        learning_rate=0.003, checkpoint_interval=0)  # paced by its rounds
     founder = init_swarm(out / "founder", manifest)
     invite: Invite = founder.invite
     echo(f"swarm 'demo' created: genesis {founder.genesis.id[:16]}…, merge rule '{manifest.merge}'")

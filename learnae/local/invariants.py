@@ -13,8 +13,15 @@ Each invariant has its measured figure and its bound:
 ``no_acknowledged_tx_lost``  transactions appended by an honest live node or sensor (before a
                             crash included) missing from some live node's tangle at the end, or
                             from the node's own reopened tangle at a restart; bound 0.
-``content_fetchable``       share of the CIDs announced by honest live authors that a random
-                            live node fetches at the end; bound 1.0.
+``content_fetchable``       share of the CIDs the swarm keeps (every data chunk; each honest
+                            live author's newest ``keep`` checkpoints: older ones leave the
+                            disks, :func:`kept_content`) that a live node fetches at the end;
+                            bound 1.0.
+``disk_bounded``            the largest ratio, over live nodes and the run, of a node's IPFS
+                            repository right after a garbage collection to its bound
+                            (:func:`learnae.node.upkeep.repo_bound`: ``(keep + k + 4)`` of its
+                            checkpoints, the data and snapshot it pins, and for Kubo's
+                            datastore 64 MiB in processes, none in memory); bound 1.0.
 ``accuracy_recovers``       (scenarios with non-Byzantine faults) the most merges any live
                             honest node needed after the recovery point to reach
                             ``recovery_ratio`` x the reference run's final mean accuracy; bound
@@ -30,10 +37,33 @@ from typing import Any
 
 import numpy as np
 
+from learnae.ledger.tangle import Tangle
+from learnae.ledger.tx import Tx
 from learnae.local.results import SimResult
 from learnae.local.scenario import Scenario
 
-__all__ = ["check_invariants", "final_mean"]
+__all__ = ["check_invariants", "final_mean", "kept_content"]
+
+
+def kept_content(tangle: Tangle, keep: int) -> dict[str, Tx]:
+    """The content the swarm keeps, by CID: each with the transaction that announced it.
+
+    Every ``data`` chunk (its adopters pin it) and each author's newest ``keep`` checkpoints
+    (by time, then id; the author pins them). Peers' copies of older checkpoints
+    are removed by their garbage collections, as the author's own pins beyond ``keep`` are.
+    """
+    out: dict[str, Tx] = {}
+    data, _ = tangle.data_since(0)
+    for tx in data:
+        out.setdefault(tx.payload["cid"], tx)
+    by_author: dict[bytes, list[Tx]] = {}
+    for tx in tangle.checkpoints_since(0)[0]:
+        by_author.setdefault(tx.author, []).append(tx)
+    for txs in by_author.values():
+        txs.sort(key=lambda tx: (tx.time, tx.id), reverse=True)
+        for tx in txs[:keep]:
+            out.setdefault(tx.payload["cid"], tx)
+    return out
 
 
 def _invariant(passed: bool, figure: Any, bound: Any, unit: str, **detail: Any) -> dict[str, Any]:
@@ -59,6 +89,12 @@ def check_invariants(scn: Scenario, run: SimResult, ref: SimResult) -> dict[str,
         not run.fetch_missing, round(share, 4), 1.0, "share of announced CIDs fetched after the faults",
         checked=run.fetch_checked, missing=run.fetch_missing[:10],
         excluded_byzantine_or_dead_authors=run.fetch_excluded)
+    ratios = [(used / bound, name) for name, (used, bound) in run.disk.items()]
+    ratio, fullest = max(ratios) if ratios else (0.0, None)
+    out["disk_bounded"] = _invariant(
+        bool(run.disk) and ratio <= 1.0, round(ratio, 4), 1.0,
+        "largest IPFS repository right after a garbage collection over the node's bound",
+        worst_node=fullest, per_node={k: {"bytes": u, "bound": b} for k, (u, b) in sorted(run.disk.items())})
     ref_acc = final_mean(ref, ref.honest)
     faults = {f.kind for f in scn.faults}
     if faults - {"byzantine"}:

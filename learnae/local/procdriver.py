@@ -33,9 +33,15 @@ What each invariant measures here (bounds from the scenario, as for the memory d
                             that are missing from the file it restarts from; and transactions
                             seen in any live node's tangle during the run that a live node
                             lacks at the end.
-``content_fetchable``       share of the checkpoint and data CIDs on the ledger at the end that
-                            a fresh peer (:mod:`learnae.local.fetcher`, its own process and
-                            namespace) fetches from the swarm.
+``content_fetchable``       share of the CIDs the swarm keeps by the ledger at the end (every
+                            data chunk, each author's newest ``keep`` checkpoints:
+                            :func:`~learnae.local.invariants.kept_content`) that a fresh peer
+                            (:mod:`learnae.local.fetcher`, its own process and namespace)
+                            fetches from the swarm.
+``disk_bounded``            each node's ``/status`` ``disk``: its IPFS repository measured right
+                            after a garbage collection, against ``disk.ipfs_bound_bytes``; the
+                            largest ratio over the run. The nodes run without ledger pruning
+                            (:data:`NO_PRUNING`): the convergence checks compare whole ledgers.
 ``accuracy_recovers``       the most merges (the node's own ``merges`` counter) any live node
                             made after the recovery point before its test accuracy reached
                             ``recovery_ratio`` x the reference run's final mean accuracy.
@@ -57,10 +63,13 @@ import numpy as np
 from learnae.errors import ConfigError
 from learnae.ipfs import libkubo
 from learnae.ipfs.faults import write_control
+from learnae.ledger.tangle import Tangle
 from learnae.local import netns
+from learnae.local.invariants import kept_content
 from learnae.local.results import SimResult
 from learnae.local.runner import LocalSwarm, free_port
 from learnae.local.scenario import Fault, Scenario
+from learnae.node.network import DEFAULT_KEEP
 
 __all__ = ["SUPPORTED", "check_supported", "simulate_processes"]
 
@@ -68,6 +77,8 @@ SUPPORTED = ("partition", "heal", "crash", "restart", "loss", "delay")
 """Fault kinds the processes driver applies."""
 START_TIMEOUT = 240.0  # seconds for every node to start training (TensorFlow start-up on 2 cores)
 TICK = 0.5  # seconds between checks
+NO_PRUNING = ("--ledger-window", "86400", "--ledger-keep", "1000000")
+"""Node options that keep whole ledgers: the convergence checks compare them."""
 EXTRA_ROUNDS = 30  # rounds observed at most after the last one (see _window_done)
 
 
@@ -96,13 +107,9 @@ def tangle_ids(state: Path) -> set[str]:
 
 
 def content_cids(state: Path) -> list[str]:
-    """The content CIDs announced by ``checkpoint`` and ``data`` transactions in a tangle."""
-    db = sqlite3.connect(f"file:{state / 'tangle.sqlite'}?mode=ro", uri=True, timeout=5)
-    try:
-        return sorted({row[0] for row in db.execute(
-            "SELECT cid FROM tx WHERE cid IS NOT NULL AND kind IN ('checkpoint', 'data')")})
-    finally:
-        db.close()
+    """The content CIDs the swarm keeps by the tangle in ``state`` (:func:`kept_content`)."""
+    with Tangle(state / "tangle.sqlite", read_only=True) as tangle:
+        return sorted(kept_content(tangle, DEFAULT_KEEP))
 
 
 class _Run:
@@ -124,6 +131,7 @@ class _Run:
                 self.lan.close()
             raise
         self.names = scn.node_names
+        self.disk: dict[str, tuple[int, int]] = {}  # SimResult.disk
         self.blocked: dict[int, set[str]] = {i: set() for i in range(self.n)}
         self.loss: dict[int, float] = {i: 0.0 for i in range(self.n)}
         self.delay: dict[int, float] = {i: 0.0 for i in range(self.n)}
@@ -152,7 +160,7 @@ class _Run:
             hosts=lan.addresses[:self.n] if lan else None,
             wrap=(lambda i, argv: lan.command(i, argv)) if lan else None,
             extra_args=lambda i: ["--fault-control", str(self.control(i)), "--k", str(scn.peers_per_merge),
-                                  "--quiet"])
+                                  "--quiet", *NO_PRUNING])
 
     def control(self, i: int) -> Path:
         return self.out / f"faults-n{i}.json"
@@ -238,11 +246,21 @@ class _Run:
             ids = tangle_ids(m.state)
             self.seen |= ids
             sizes.append(len(ids))
+            self._note_disk(self.names[i], s.get("disk") or {})
             acc = (s.get("test") or {}).get("accuracy")
             if acc is not None:
                 self.accuracy[self.names[i]][r] = float(acc)
                 self.merges[self.names[i]][r] = self._merge_base[i] + int(s.get("merges") or 0)
         self.ledger_size.append(float(np.mean(sizes)) if sizes else 0.0)
+
+    def _note_disk(self, name: str, disk: dict) -> None:
+        """Keep the node's measurement nearest its bound (only those right after a collection)."""
+        used, bound = disk.get("ipfs_bytes"), disk.get("ipfs_bound_bytes")
+        if used is None or not bound or not disk.get("gc"):
+            return
+        worst = self.disk.get(name)
+        if worst is None or used * worst[1] > worst[0] * bound:
+            self.disk[name] = (used, bound)
 
     def union(self) -> set[str]:
         out: set[str] = set()
@@ -347,7 +365,7 @@ class _Run:
             verify_problems=problems,
             counters={"backlog_at_recovery": self.backlog, "fetch_seconds": fetch.get("seconds", 0),
                       "namespaces": int(self.lan is not None)},
-            rejections=self.rejections, simulated_seconds=wall, merges=self.merges,
+            rejections=self.rejections, simulated_seconds=wall, merges=self.merges, disk=self.disk,
             converge_unit="wall seconds from the recovery point until every live node holds every transaction"
                           " any live node held there")
 

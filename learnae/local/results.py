@@ -8,7 +8,7 @@ checks the invariants on it. Kept apart so that neither driver imports the other
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 __all__ = ["SimResult"]
 
@@ -39,5 +39,8 @@ class SimResult:
     rejections: dict[str, int]
     simulated_seconds: float
     merges: dict[str, dict[int, int]] | None = None  # node -> round -> its merge counter (processes)
+    # node -> (IPFS repository bytes right after a garbage collection, the node's bound then),
+    # the measurement nearest its bound over the run
+    disk: dict[str, tuple[int, int]] = field(default_factory=dict)
     converge_unit: str = ("simulated seconds from the recovery point until every live node holds the same"
                           " transactions and tips")

@@ -54,6 +54,9 @@ NODE = "from learnae.cli import main; main()"
 _T = TypeVar("_T")
 
 #: The model used for each bundled data set (anything else: an MLP sized from the data).
+LOCAL_CHECKPOINT_INTERVAL = 0.5
+"""Least seconds between two checkpoints of a node of a local swarm: a swarm of 4 nodes on one
+machine announces at most 8 a second (a volunteer swarm's default is 30 s: ``Manifest``)."""
 MODELS = {"digits": "digits-mlp", "wine": "wine-mlp", "breast_cancer": "breast-cancer-mlp", "iris": "iris-mlp"}
 
 
@@ -101,7 +104,7 @@ def make_manifest(dataset: str, merge: str = "mean", *, sync_every: int = 10) ->
         ds = load_dataset(dataset)
         model = _mlp_config(ds.features, ds.classes)
     return Manifest(name="local", model=model, pow_bits=4, merge=merge, learning_rate=0.003,
-                    sync_every=sync_every)
+                    sync_every=sync_every, checkpoint_interval=LOCAL_CHECKPOINT_INTERVAL)
 
 
 def _mlp_config(features: tuple[int, ...], classes: int) -> str:

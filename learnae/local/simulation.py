@@ -29,13 +29,17 @@ What is real and what is simulated:
   sensor chunks and merges through its network side: up to ``peers_per_merge`` of the
   freshest peer checkpoints announced since its last merge (older than two rounds: stale),
   fetched with ``fetch_timeout``, merged with the scenario's rule and added as a
-  displacement; its accuracy on the common test split is recorded. The real node loop is
-  asynchronous; the rounds only schedule the simulation.
+  displacement; then it collects the garbage of its IPFS node (the node's
+  :class:`~learnae.node.upkeep.Upkeep`) and its repository is measured against its bound
+  (``disk_bounded``); its accuracy on the common test split is recorded. The real node loop
+  is asynchronous; the rounds only schedule the simulation. Ledgers are not pruned here (the
+  runs are shorter than a node's ledger window, and ``ledger_converges`` compares whole
+  ledgers).
 - Byzantine trainers publish through the same network side: poisoned weights, or an IPFS
   node that announces bytes it does not serve (``fake-cid``: random; ``stale``: its first
   checkpoint again); ``flood`` gossips invalid transactions besides.
 - Crash: the node's syncer stops and its memory IPFS node closes (it leaves the network);
-  its SQLite tangle is closed and kept, as are its stored content (a Kubo repo is on disk)
+  its SQLite tangle is closed and kept, as are its pinned content (a Kubo repo is on disk)
   and its adopted chunks. Restart: a new memory node with the same name and content, the
   tangle reopened from its file, a new syncer and network side, the model reloaded from the
   node's latest own checkpoint. (In one process a SIGKILL cannot be imitated exactly; the
@@ -58,22 +62,24 @@ from typing import Any
 
 import numpy as np
 
-from learnae.content import content_id
+from learnae.content import content_id, parse_cid, to_v1
 from learnae.errors import IpfsError, LearnaeError
 from learnae.formats import Chunk, decode_checkpoint, encode_chunk
 from learnae.identity import Identity
-from learnae.ipfs.base import IpfsNode, Subscription
+from learnae.ipfs.base import ForwardingNode
 from learnae.ipfs.memory import MemoryNetwork, MemoryNode
 from learnae.ledger.sync import TangleSync, encode_message
 from learnae.ledger.tangle import Tangle
 from learnae.ledger.tx import data_payload
 from learnae.local.clock import VirtualClockLoop
 from learnae.local.converge import in_step
+from learnae.local.invariants import kept_content
 from learnae.local.results import SimResult
 from learnae.local.scenario import Fault, Scenario
 from learnae.manifest import Limits, Manifest, make_genesis
 from learnae.models import mlp
-from learnae.node.network import NetworkSide
+from learnae.node.network import DEFAULT_KEEP, NetworkSide
+from learnae.node.upkeep import Upkeep, repo_bound
 from learnae.training.bridge import Offer
 
 __all__ = ["simulate"]
@@ -128,6 +134,7 @@ class _Parts:
     tangle: Tangle
     sync: TangleSync
     net: NetworkSide | None  # trainers only
+    upkeep: Upkeep | None  # likewise
 
 
 @dataclass
@@ -183,17 +190,19 @@ class _Node:
         return net
 
 
-class _SimIpfs(IpfsNode):
+class _SimIpfs(ForwardingNode):
     """A simulated node's IPFS node as its network side sees it: the memory node ``inner``.
 
-    Its adds are kept in ``node.repo`` (restored at a restart), and it lies when a Byzantine
-    behaviour says so: ``fake-cid`` announces random bytes, ``stale`` its first checkpoint.
-    Every other call goes to ``inner``.
+    What it pins is kept in ``node.repo`` (its "disk": pinned again at a restart; what was
+    unpinned is not), and it lies when a Byzantine behaviour says so: ``fake-cid`` announces
+    random bytes, ``stale`` its first checkpoint. Every other call goes to ``inner``.
     """
 
+    inner: MemoryNode
+
     def __init__(self, inner: MemoryNode, node: _Node, lie: Callable[[], str | None]):
-        self.inner, self.node, self.lie = inner, node, lie
-        self.id = inner.id
+        super().__init__(inner)
+        self.node, self.lie = node, lie
 
     async def add(self, data: bytes) -> str:
         """Add ``data`` to the memory node and keep it in ``node.repo``, or lie (see above)."""
@@ -209,45 +218,15 @@ class _SimIpfs(IpfsNode):
             node.first_cid = cid
         return cid
 
-    async def cat(self, cid: str, timeout: float = 30.0, max_size: int | None = None) -> bytes:
-        """As :meth:`MemoryNode.cat <learnae.ipfs.memory.MemoryNode.cat>`."""
-        return await self.inner.cat(cid, timeout, max_size)
-
     async def pin(self, cid: str, timeout: float = 30.0) -> None:
-        """As :meth:`MemoryNode.pin <learnae.ipfs.memory.MemoryNode.pin>`."""
+        """Pin ``cid`` on the memory node and keep its bytes in ``node.repo``."""
         await self.inner.pin(cid, timeout)
+        self.node.repo[to_v1(parse_cid(cid))] = await self.inner.cat(cid, timeout)
 
     async def unpin(self, cid: str) -> None:
-        """As :meth:`MemoryNode.unpin <learnae.ipfs.memory.MemoryNode.unpin>`."""
+        """Unpin ``cid`` on the memory node and drop it from ``node.repo``."""
         await self.inner.unpin(cid)
-
-    async def pins(self) -> set[str]:
-        """As :meth:`MemoryNode.pins <learnae.ipfs.memory.MemoryNode.pins>`."""
-        return await self.inner.pins()
-
-    async def publish(self, topic: str, data: bytes) -> None:
-        """As :meth:`MemoryNode.publish <learnae.ipfs.memory.MemoryNode.publish>`."""
-        await self.inner.publish(topic, data)
-
-    def subscribe(self, topic: str) -> Subscription:
-        """As :meth:`MemoryNode.subscribe <learnae.ipfs.memory.MemoryNode.subscribe>`."""
-        return self.inner.subscribe(topic)
-
-    async def connect(self, multiaddr: str, timeout: float = 30.0) -> None:
-        """As :meth:`MemoryNode.connect <learnae.ipfs.memory.MemoryNode.connect>`."""
-        await self.inner.connect(multiaddr, timeout)
-
-    async def peers(self) -> list[str]:
-        """As :meth:`MemoryNode.peers <learnae.ipfs.memory.MemoryNode.peers>`."""
-        return await self.inner.peers()
-
-    async def addrs(self) -> list[str]:
-        """As :meth:`MemoryNode.addrs <learnae.ipfs.memory.MemoryNode.addrs>`."""
-        return await self.inner.addrs()
-
-    async def close(self) -> None:
-        """As :meth:`MemoryNode.close <learnae.ipfs.memory.MemoryNode.close>`."""
-        await self.inner.close()
+        self.node.repo.pop(to_v1(parse_cid(cid)), None)
 
 
 class _Adopted:
@@ -310,6 +289,8 @@ class _Sim:
         self.first_in_step: float | None = None
         self.recovery_time = scn.recovery_round() * scn.round_seconds if self.faults else 0.0
         self.round = 0
+        self.checkpoint_size = 0  # bytes of the largest checkpoint file published
+        self.disk: dict[str, tuple[int, int]] = {}  # SimResult.disk
 
     # -- setup ---------------------------------------------------------------------------------
     async def setup(self) -> None:
@@ -319,7 +300,8 @@ class _Sim:
         self.manifest = Manifest(
             name=scn.name, model=json.dumps(mlp(scn.name, features, [], classes), separators=(",", ":")),
             batch_size=scn.batch_size, learning_rate=scn.learning_rate, merge=scn.merge,
-            merge_params=dict(scn.merge_params), pow_bits=scn.pow_bits, limits=LIMITS, created=EPOCH_MS)
+            merge_params=dict(scn.merge_params), pow_bits=scn.pow_bits, limits=LIMITS, created=EPOCH_MS,
+            checkpoint_interval=scn.round_seconds)  # what the rounds do: one checkpoint a round
         self.genesis = make_genesis(_identity(scn.seed, "genesis"), self.manifest)
         init = np.random.default_rng(_sub_seed(scn.seed, "init"))
         self.init_weights = {
@@ -383,7 +365,7 @@ class _Sim:
                               fetch_timeout=self.scn.fetch_timeout,
                               adopt_authors=self.sensor_keys_or_none(), clock=self._clock,
                               rng=node.rng, offload=_inline)
-        node.parts = _Parts(ipfs, tangle, sync, net)
+        node.parts = _Parts(ipfs, tangle, sync, net, None if net is None else Upkeep(net))
 
     async def restart(self, node: _Node) -> None:
         """Restart a crashed node on its tangle file; a trainer reloads its last checkpoint."""
@@ -486,7 +468,8 @@ class _Sim:
         offer = Offer(weights, step=node.step, samples=samples, total_samples=node.step * scn.batch_size,
                       merged=tuple(node.merged_tags), k=scn.peers_per_merge)
         metrics = {"accuracy": _accuracy(node.weights, node.x, node.y)}
-        tx, _ = await node.trainer.publish(offer, metrics=metrics, data=node.unnamed)
+        tx, raw = await node.trainer.publish(offer, metrics=metrics, data=node.unnamed)
+        self.checkpoint_size = max(self.checkpoint_size, len(raw))
         node.acked.append(tx.id)
         node.unnamed, node.merged_tags = [], []
         if bad is not None and bad.behaviour == "flood":
@@ -545,7 +528,20 @@ class _Sim:
                                 else {k: w + delta[k] for k, w in node.weights.items()})
                 node.merged_tags.append(merged.tag)
             node.merges += 1
+            await self._collect_garbage(node)
         node.accuracy[r] = _accuracy(node.weights, self.test.x, self.test.y)
+
+    async def _collect_garbage(self, node: _Node) -> None:
+        """Collect garbage on an honest trainer and note its repository against its bound."""
+        parts, net = node.up, node.trainer
+        assert parts.upkeep is not None  # a trainer's
+        await parts.upkeep.collect_garbage()
+        used = await parts.ipfs.repo_bytes()
+        bound = repo_bound(keep=net.keep, k=self.scn.peers_per_merge, checkpoint=self.checkpoint_size,
+                           pinned_data=sum(net.data_pinned.values()), slack=0)
+        worst = self.disk.get(node.name)
+        if worst is None or used * worst[1] > worst[0] * bound:
+            self.disk[node.name] = (used, bound)
 
     # -- observation ---------------------------------------------------------------------------
     def live(self) -> list[_Node]:
@@ -599,21 +595,18 @@ class _Sim:
         honest_authors = [n for n in self.nodes.values() if n.name not in self.byz]
         acked = [(n.name, i) for n in honest_authors if n.alive for i in n.acked]
         missing = sorted({f"{name}:{i}" for name, i in acked for m in live if i not in m.up.tangle})
-        # Content: every CID announced by a live honest author, fetched by a random live node.
+        # Content: what the swarm keeps (kept_content) of live honest authors, fetched by a random
+        # live node.
         keys = {n.identity.public_key: n for n in self.nodes.values()}
         cids: dict[str, str] = {}
         excluded = 0
         if live:
-            tangle = live[0].up.tangle
-            for tx_id in tangle.order():
-                tx = tangle.get(tx_id)
-                if tx is None or tx.kind not in ("checkpoint", "data"):
-                    continue
+            for cid, tx in kept_content(live[0].up.tangle, DEFAULT_KEEP).items():
                 author = keys.get(tx.author)
                 if author is None or author.name in self.byz or not author.alive:
                     excluded += 1
                     continue
-                cids.setdefault(tx.payload["cid"], tx_id)
+                cids[cid] = tx.id
         rng = random.Random(_sub_seed(self.scn.seed, "fetch"))
         fetch_missing = []
         for cid in cids:
@@ -651,7 +644,7 @@ async def _simulate(scn: Scenario, workdir: Path, with_faults: bool) -> SimResul
             final_in_step=sim.final_in_step,
             recovery_time=sim.recovery_time,
             restart_missing=sim.restart_missing,
-            counters=dict(sim.net.counters),
+            counters=dict(sim.net.counters), disk=sim.disk,
             simulated_seconds=sim.loop.time(),
             **end,
         )

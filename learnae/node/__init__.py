@@ -10,6 +10,9 @@ Modules:
   The node and the fault harness's memory driver run this same class.
 - :mod:`~learnae.node.peers`: :class:`PeerChoice`: which peer checkpoints a merge takes
   (freshest ``k``, one per author, none stale, backoff).
+- :mod:`~learnae.node.upkeep`: :class:`~learnae.node.upkeep.Upkeep`: what a node that runs for
+  weeks needs: garbage collection of its IPFS repository, ledger pruning, snapshots for nodes
+  joining late, and the disk budget.
 """
 
 from learnae.node.network import (

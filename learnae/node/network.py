@@ -234,6 +234,9 @@ class NetworkSide:
         choice: the :class:`PeerChoice` of pending peer checkpoints and backoffs.
         data_accepted: chunks fetched, checked and stored; data_held: admitted chunks found in
             the store already, not fetched again.
+        data_pinned: CID -> bytes of the adopted chunks this node keeps pinned (it serves them
+            to the swarm for as long as it holds them).
+        adopt_paused: while True, :meth:`adopt` takes no new chunks (set over the disk budget).
     """
 
     def __init__(self, *, ipfs: IpfsNode, sync: TangleSync, identity: Identity, manifest: Manifest,
@@ -258,6 +261,8 @@ class NetworkSide:
         self.pinned: deque[str] = deque()
         self.data_accepted = 0
         self.data_held = 0
+        self.data_pinned: dict[str, int] = {}
+        self.adopt_paused = False
         self._cursor = 0  # tangle seq of the last checkpoint tx handed to the peer choice
         self._data_cursor = 0  # data seq of the last data tx looked at
         self._waiting: list[Tx] = []  # admitted data txs whose chunks are still to fetch
@@ -407,7 +412,8 @@ class NetworkSide:
         and checks each chunk the store does not hold yet (:func:`fetch_chunk`) and stores it.
         A chunk whose fetch timed out or failed is tried again in the next passes,
         :data:`ADOPT_TRIES` times in all, then refused as ``data:<code>``; store failures count
-        as ``adopt:store``.
+        as ``adopt:store``. A stored chunk is pinned (``adopt:pin`` counts failures), so the
+        node serves it onwards. While :attr:`adopt_paused`, no chunk is fetched (they wait).
 
         Args:
             store: where chunks go (:class:`ChunkStore`).
@@ -431,11 +437,12 @@ class NetworkSide:
                 log.warning("reading adopted data: %s", exc.reason)
                 held = set()
             self.data_held += len(held)
+            self.data_pinned.update((tx.payload["cid"], tx.payload["size"]) for tx in admitted if tx.id in held)
             self._waiting += [tx for tx in admitted if tx.id not in held]
         later: list[Tx] = []
         stored = 0
         for i, tx in enumerate(self._waiting):
-            if stopping():
+            if stopping() or self.adopt_paused:
                 later += self._waiting[i:]
                 break
             try:
@@ -463,5 +470,11 @@ class NetworkSide:
                 continue
             self.data_accepted += 1
             stored += 1
+            try:  # the blocks are here: pinning is local
+                await self.ipfs.pin(tx.payload["cid"])
+                self.data_pinned[tx.payload["cid"]] = tx.payload["size"]
+            except LearnaeError as exc:
+                self.errors["adopt:pin"] += 1
+                log.info("data chunk %s not pinned: %s", tx.id[:16], exc.reason)
         self._waiting = later
         return stored

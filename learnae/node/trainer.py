@@ -48,6 +48,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import os
 import signal
 import sys
@@ -69,12 +70,24 @@ from learnae.invite import Invite
 from learnae.ipfs.base import IpfsNode
 from learnae.ledger.sync import TangleSync
 from learnae.ledger.tangle import Tangle
+from learnae.ledger.tx import Tx
 from learnae.node.network import (
     DEFAULT_FETCH_TIMEOUT,
     DEFAULT_K,
     DEFAULT_KEEP,
     DEFAULT_STALE,
     NetworkSide,
+)
+from learnae.node.upkeep import (
+    DEFAULT_DISK_MAX,
+    DEFAULT_LEDGER_KEEP,
+    DEFAULT_LEDGER_WINDOW,
+    DiskUse,
+    Upkeep,
+    check_budget,
+    checkpoint_bytes,
+    measure,
+    repo_bound,
 )
 from learnae.state import StateDir, open_tangle, parse_listen
 from learnae.training.bridge import Merged, Offer, QueueBridge
@@ -102,6 +115,11 @@ METRICS_INTERVAL = 2.0  # seconds between metric evaluations / progress lines
 FIT_EPOCHS = 100  # epochs per model.fit call
 ADOPT_INTERVAL = 1.0  # seconds between looks at the tangle for new data transactions
 MAX_DATA_LINKS = 256  # data tx ids named in one checkpoint (the rest go in the next ones)
+UPKEEP_INTERVAL = 10.0  # seconds between two garbage collections and looks at the disk
+GC_INTERVAL = 5.0  # seconds at least between two garbage collections after merges
+PRUNE_INTERVAL = 60.0  # seconds between two ledger prunes (half the ledger window if shorter)
+DEFAULT_SNAPSHOT_INTERVAL = 600.0  # seconds between two ledger snapshots
+DISK_WARN_INTERVAL = 600.0  # seconds between two warnings that the disk budget is not met
 
 
 def parse_adopt(policy: str) -> frozenset[bytes] | None:
@@ -250,6 +268,14 @@ class NodeConfig:
             stays on disk in ``STATE/adopted.sqlite``.
         fault_control: for the fault harness: wrap the IPFS node in the fault layer
             (:class:`~learnae.ipfs.faults.FaultyNode`) steered by this control file.
+        disk_max: bytes the state directory may take (``--disk-max``); a budget the node cannot
+            keep is refused (:func:`~learnae.node.upkeep.check_budget`); over it, the node says
+            why and adopts no new data chunks until it is under again.
+        ledger_window: seconds of checkpoint history the ledger keeps (older checkpoint
+            transactions are pruned, each author's newest ``ledger_keep`` at most kept).
+        ledger_keep: checkpoint transactions kept per author at most (the newest always).
+        snapshot_interval: seconds between two snapshots of the kept ledger published for
+            nodes that join late.
         new_identity: make a new author key although the state directory ran a node before
             and its ``identity.key`` is missing (without it the node refuses to start, so
             that a lost key is restored rather than silently replaced). An existing
@@ -279,6 +305,10 @@ class NodeConfig:
     adopt: str = "all"
     adopt_max_rows: int = DEFAULT_MAX_ROWS
     fault_control: Path | None = None
+    disk_max: int = DEFAULT_DISK_MAX
+    ledger_window: float = DEFAULT_LEDGER_WINDOW
+    ledger_keep: int = DEFAULT_LEDGER_KEEP
+    snapshot_interval: float = DEFAULT_SNAPSHOT_INTERVAL
     new_identity: bool = False
     allow_shared_daemon: bool = False
 
@@ -306,6 +336,12 @@ class TrainerNode:
         _api_server(config)  # a bad address, or an API without a server: refused now
         self.config = config
         self.manifest = config.invite.manifest()
+        from learnae.models.check import check_model
+
+        self.checkpoint_bytes = checkpoint_bytes(check_model(self.manifest.model).params)
+        check_budget(config.disk_max, keep=config.keep, k=config.k, checkpoint=self.checkpoint_bytes)
+        if config.snapshot_interval <= 0:
+            raise ConfigError("snapshot_interval must be above 0 seconds")
         self.state = Path(config.state)
         self.paths = StateDir(self.state)
         self.bridge = QueueBridge(pull=True)  # snapshots when the network side is ready
@@ -326,6 +362,8 @@ class TrainerNode:
         self.sync: TangleSync | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.net: NetworkSide | None = None  # made when the network side starts
+        self.upkeep: Upkeep | None = None  # likewise
+        self.disk: DiskUse | None = None  # the last look at the state directory
         # the model's weights (path -> shape, dtype name), once the training side built it
         self.expect: Mapping[str, tuple[tuple[int, ...], str]] = {}
         self._ran_before = False  # the state directory held a node's files (set at start)
@@ -856,9 +894,11 @@ class TrainerNode:
             self.ipfs = FaultyNode(self.ipfs)
             self._tasks.append(asyncio.create_task(follow_control(self.ipfs, cfg.fault_control)))
         write_json_atomic(self.paths.addrs, {"id": self.ipfs.id, "addrs": self.addrs})
-        self.sync = TangleSync(self.tangle, self.ipfs, announce_interval=min(self.manifest.sync_interval, 2.0))
+        self.sync = TangleSync(self.tangle, self.ipfs, announce_interval=min(self.manifest.sync_interval, 2.0),
+                               on_snapshot=self._on_snapshot)
         await self.sync.start()
         self.net = self._network_side()
+        self.upkeep = Upkeep(self.net, ledger_window=cfg.ledger_window, ledger_keep=cfg.ledger_keep)
         from learnae.ipfs.peering import keep_connected
 
         dial = [a for a in dict.fromkeys((*cfg.peers, *cfg.invite.bootstrap)) if not a.endswith(self.ipfs.id)]
@@ -871,6 +911,7 @@ class TrainerNode:
             write_json_atomic(self.paths.api, {"url": self.api_url})
         self._tasks.append(asyncio.create_task(self._offer_loop()))
         self._tasks.append(asyncio.create_task(self._status_loop()))
+        self._tasks.append(asyncio.create_task(self._upkeep_loop()))
         if self.adopt_authors != frozenset():
             self._tasks.append(asyncio.create_task(self._adopt_loop()))
 
@@ -894,10 +935,26 @@ class TrainerNode:
                            rejections=self.rejections, errors=self.errors)
 
     async def _offer_loop(self) -> None:
+        """Publish and merge each offer, at most one per the manifest's ``checkpoint_interval``.
+
+        While the loop waits out the interval, newer offers replace the untaken one (their
+        counts carried over: :class:`~learnae.training.bridge.QueueBridge`). A garbage
+        collection follows the merges, at most every :data:`GC_INTERVAL` seconds.
+        """
+        interval = self.manifest.checkpoint_interval
+        next_at = last_gc = -math.inf
         while not self._stopping.is_set():
+            wait = next_at - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(min(wait, 0.25))
+                continue
             offer = await asyncio.to_thread(self.bridge.take_offer, 0.25)
             if offer is None:
                 continue
+            next_at = time.monotonic() + interval
+            if time.monotonic() - last_gc >= GC_INTERVAL:
+                last_gc = time.monotonic()
+                await self._collect_garbage()
             async with self._offer_lock:
                 try:
                     await self._publish(offer)
@@ -932,6 +989,70 @@ class TrainerNode:
         while not self._stopping.is_set():
             await net.adopt(store, stopping=self._stopping.is_set)
             await asyncio.sleep(ADOPT_INTERVAL)
+
+    async def _collect_garbage(self) -> None:
+        assert self.upkeep is not None  # made before the loops start
+        try:
+            await self.upkeep.collect_garbage()
+        except LearnaeError as exc:
+            self.errors[f"gc:{exc.code}"] += 1
+            log.warning("garbage collection failed: %s", exc.reason)
+
+    async def _upkeep_loop(self) -> None:
+        """Every :data:`UPKEEP_INTERVAL` s: collect garbage, prune, snapshot, look at the disk.
+
+        See :mod:`learnae.node.upkeep`. The disk is measured right after a collection (the
+        offer loop collects too, after merges); the ledger is pruned every :data:`PRUNE_INTERVAL` s (half the ledger
+        window if that is shorter), or at once again while the last step left rows to prune. Over the disk budget the node warns (every
+        :data:`DISK_WARN_INTERVAL` s) and pauses data adoption.
+        """
+        upkeep, net, cfg = self.upkeep, self.net, self.config
+        assert upkeep is not None and net is not None  # made before the loops start
+        last_prune = last_warning = -math.inf
+        prune_every = min(PRUNE_INTERVAL, cfg.ledger_window / 2)
+        next_snapshot = time.monotonic() + min(cfg.snapshot_interval, 60.0)
+        more = False
+        while not self._stopping.is_set():
+            now = time.monotonic()
+            await self._collect_garbage()  # so that the disk is measured right after one
+            if more or now - last_prune >= prune_every:
+                last_prune = now
+                try:
+                    more = upkeep.prune().more
+                except LearnaeError as exc:
+                    more = False
+                    self.errors[f"prune:{exc.code}"] += 1
+                    log.warning("ledger pruning failed: %s", exc.reason)
+            if now >= next_snapshot:
+                next_snapshot = now + cfg.snapshot_interval
+                try:
+                    await upkeep.publish_snapshot()
+                except LearnaeError as exc:
+                    self.errors[f"snapshot:{exc.code}"] += 1
+                    log.warning("ledger snapshot not published: %s", exc.reason)
+            with contextlib.suppress(OSError):
+                self.disk = await asyncio.to_thread(measure, self.paths, cfg.disk_max)
+            if self.disk is not None:
+                net.adopt_paused = self.disk.over
+                if self.disk.over and now - last_warning >= DISK_WARN_INTERVAL:
+                    last_warning = now
+                    log.warning("disk budget: %s",
+                                self.disk.explain(keep=cfg.keep, pinned=len(net.data_pinned)))
+            await asyncio.sleep(0 if more else UPKEEP_INTERVAL)
+
+    def _on_snapshot(self, tx: Tx) -> None:
+        """The syncer heard of a peer's ledger snapshot: import it if this ledger needs it."""
+        upkeep = self.upkeep
+        if upkeep is not None and upkeep.wants(tx):
+            self._tasks.append(asyncio.create_task(self._join(tx)))
+
+    async def _join(self, tx: Tx) -> None:
+        assert self.upkeep is not None
+        try:
+            await self.upkeep.join(tx)
+        except LearnaeError as exc:
+            self.errors[f"join:{exc.code}"] += 1
+            log.warning("ledger snapshot %s not imported: %s", tx.id[:16], exc.reason)
 
     async def _status_loop(self) -> None:
         ipfs = self._side.ipfs
@@ -1028,6 +1149,25 @@ class TrainerNode:
                 "disk_rows": store.rows if store is not None else 0,
                 "unnamed": len(self._unnamed), "named": len(self._named)}
 
+    def _disk_status(self) -> dict[str, Any]:
+        """The ``disk`` part of ``/status``: the last look at the state directory, in bytes.
+
+        ``ipfs_bound_bytes`` is what the IPFS repository may hold after a garbage collection
+        (:func:`~learnae.node.upkeep.repo_bound`); ``gc`` the last collection's figures,
+        ``gc_freed_bytes`` what the collections freed since the node started.
+        """
+        cfg, net, upkeep = self.config, self.net, self.upkeep
+        out: dict[str, Any] = dict(self.disk.to_dict()) if self.disk is not None else {"budget_bytes": cfg.disk_max}
+        if net is not None and upkeep is not None:
+            snap = upkeep.snapshot
+            pinned = sum(net.data_pinned.values()) + (snap.payload["size"] if snap is not None else 0)
+            out["ipfs_bound_bytes"] = repo_bound(keep=cfg.keep, k=cfg.k, checkpoint=self.checkpoint_bytes,
+                                                 pinned_data=pinned)
+            out["adoption_paused"] = net.adopt_paused
+            out["gc"] = None if upkeep.gc is None else upkeep.gc._asdict()
+            out["gc_freed_bytes"] = upkeep.freed
+        return out
+
     def status(self) -> dict[str, Any]:
         """What ``GET /status`` returns (JSON-ready). Call on the network loop.
 
@@ -1042,7 +1182,12 @@ class TrainerNode:
             ledger = {"transactions": self.tangle.count(), "by_kind": self.tangle.counts(),
                       "tips": len(self.tangle.tips()),
                       "checkpoints_by_author": {a.hex(): {"tx": tx.id, "step": tx.payload.get("step")}
-                                                for a, tx in self.tangle.latest_checkpoint_per_author().items()}}
+                                                for a, tx in self.tangle.latest_checkpoint_per_author().items()},
+                      "pruning": self.tangle.pruning()}
+            if self.upkeep is not None:
+                snap = self.upkeep.snapshot
+                ledger["snapshot"] = None if snap is None else {"tx": snap.id, **snap.payload}
+                ledger["snapshots_imported"] = self.upkeep.joins
         cb = self._cb
         last = self.last_checkpoint
         if last is not None:  # tx time in ms (the name progress.json keeps is "time")
@@ -1062,6 +1207,6 @@ class TrainerNode:
             "rejections": dict(self.rejections), "errors": dict(self.errors),
             "peers_passed_over": self.net.choice.backing_off_count(time.time() * 1000) if self.net else 0,
             "adopt": self._adopt_status(),
-            "ledger": ledger, "uptime_s": time.time() - self.started,
+            "ledger": ledger, "disk": self._disk_status(), "uptime_s": time.time() - self.started,
             "stopping": self._stopping.is_set(),
         }
