@@ -21,7 +21,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "faults"
 CLI = "from learnae.cli import main; main()"
-INVARIANTS = {"ledger_converges", "no_acknowledged_tx_lost", "content_fetchable", "accuracy_recovers"}
+INVARIANTS = {"ledger_converges", "no_acknowledged_tx_lost", "content_fetchable", "accuracy_recovers",
+              "disk_bounded"}
 
 
 def _leftovers(out: Path) -> list[str]:

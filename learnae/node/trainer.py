@@ -1164,7 +1164,10 @@ class TrainerNode:
             out["ipfs_bound_bytes"] = repo_bound(keep=cfg.keep, k=cfg.k, checkpoint=self.checkpoint_bytes,
                                                  pinned_data=pinned)
             out["adoption_paused"] = net.adopt_paused
-            out["gc"] = None if upkeep.gc is None else upkeep.gc._asdict()
+            gc = upkeep.gc
+            out["gc"] = None if gc is None else {
+                "blocks_removed": gc.blocks_removed, "freed_bytes": gc.bytes_freed,
+                "blocks_kept": gc.blocks_kept, "kept_bytes": gc.bytes_kept, "duration_s": gc.seconds}
             out["gc_freed_bytes"] = upkeep.freed
         return out
 
@@ -1186,7 +1189,9 @@ class TrainerNode:
                       "pruning": self.tangle.pruning()}
             if self.upkeep is not None:
                 snap = self.upkeep.snapshot
-                ledger["snapshot"] = None if snap is None else {"tx": snap.id, **snap.payload}
+                ledger["snapshot"] = None if snap is None else {
+                    "tx": snap.id, "cid": snap.payload["cid"], "size_bytes": snap.payload["size"],
+                    "txs": snap.payload["txs"], "top": snap.payload["top"], "time_ms": snap.time}
                 ledger["snapshots_imported"] = self.upkeep.joins
         cb = self._cb
         last = self.last_checkpoint
