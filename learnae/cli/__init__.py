@@ -6,7 +6,7 @@ or ``learnae COMMAND --help`` for what each does. One module per command group:
 - ``_common``: learnae's typed errors as a clean message and exit status 2;
 - ``cid``: ``learnae cid``, a file's CID computed locally;
 - ``swarm``: ``learnae init``, a new swarm (genesis, keys, ledger, invite);
-- ``ledger``: ``learnae ledger show|verify|lineage|export``;
+- ``ledger``: ``learnae ledger show|verify|lineage|export|prune``;
 - ``node``: ``learnae node run``, a trainer node;
 - ``demo``: ``learnae demo``, a local swarm of trainers and sensors against baselines;
 - ``learnae.sensor_cli`` (``learnae sensor ...``, the sensor feeder) and

@@ -1002,8 +1002,9 @@ class TrainerNode:
         """Every :data:`UPKEEP_INTERVAL` s: collect garbage, prune, snapshot, look at the disk.
 
         See :mod:`learnae.node.upkeep`. The disk is measured right after a collection (the
-        offer loop collects too, after merges); the ledger is pruned every :data:`PRUNE_INTERVAL` s (half the ledger
-        window if that is shorter), or at once again while the last step left rows to prune. Over the disk budget the node warns (every
+        offer loop collects too, after merges). The ledger is pruned every
+        :data:`PRUNE_INTERVAL` s (half the ledger window if that is shorter), in steps that
+        give the loop back between them. Over the disk budget the node warns (every
         :data:`DISK_WARN_INTERVAL` s) and pauses data adoption.
         """
         upkeep, net, cfg = self.upkeep, self.net, self.config
@@ -1011,18 +1012,12 @@ class TrainerNode:
         last_prune = last_warning = -math.inf
         prune_every = min(PRUNE_INTERVAL, cfg.ledger_window / 2)
         next_snapshot = time.monotonic() + min(cfg.snapshot_interval, 60.0)
-        more = False
         while not self._stopping.is_set():
             now = time.monotonic()
             await self._collect_garbage()  # so that the disk is measured right after one
-            if more or now - last_prune >= prune_every:
+            if now - last_prune >= prune_every:
                 last_prune = now
-                try:
-                    more = upkeep.prune().more
-                except LearnaeError as exc:
-                    more = False
-                    self.errors[f"prune:{exc.code}"] += 1
-                    log.warning("ledger pruning failed: %s", exc.reason)
+                await self._prune()
             if now >= next_snapshot:
                 next_snapshot = now + cfg.snapshot_interval
                 try:
@@ -1038,13 +1033,25 @@ class TrainerNode:
                     last_warning = now
                     log.warning("disk budget: %s",
                                 self.disk.explain(keep=cfg.keep, pinned=len(net.data_pinned)))
-            await asyncio.sleep(0 if more else UPKEEP_INTERVAL)
+            await asyncio.sleep(UPKEEP_INTERVAL)
+
+    async def _prune(self) -> None:
+        """Prune the ledger to its window, one step at a time, the loop free between steps."""
+        assert self.upkeep is not None  # made before the loops start
+        try:
+            while self.upkeep.prune().more and not self._stopping.is_set():
+                await asyncio.sleep(0)
+        except LearnaeError as exc:
+            self.errors[f"prune:{exc.code}"] += 1
+            log.warning("ledger pruning failed: %s", exc.reason)
 
     def _on_snapshot(self, tx: Tx) -> None:
         """The syncer heard of a peer's ledger snapshot: import it if this ledger needs it."""
         upkeep = self.upkeep
         if upkeep is not None and upkeep.wants(tx):
-            self._tasks.append(asyncio.create_task(self._join(tx)))
+            task = asyncio.create_task(self._join(tx))
+            self._tasks.append(task)
+            task.add_done_callback(self._tasks.remove)
 
     async def _join(self, tx: Tx) -> None:
         assert self.upkeep is not None
@@ -1107,9 +1114,10 @@ class TrainerNode:
         self._closed.set()
 
     async def _close_all(self) -> None:
-        for task in getattr(self, "_tasks", []):
+        tasks = list(getattr(self, "_tasks", []))  # a join task leaves the list when done
+        for task in tasks:
             task.cancel()
-        for task in getattr(self, "_tasks", []):
+        for task in tasks:
             with contextlib.suppress(BaseException):
                 await task
         runner = self._api_runner

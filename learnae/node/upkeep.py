@@ -62,9 +62,9 @@ SPARE_CHECKPOINTS = 4
 LEDGER_ROOM = 64 << 20
 """Room :func:`check_budget` sets aside for the ledger and the node's small files, in bytes."""
 PRUNE_STEP = 1000
-"""Rows one prune call deletes at most: a prune step holds the event loop about 50 to 150 ms
-(``bench/join.py`` measured 220 ms for steps of 5,000 on a 100,000-transaction ledger). The
-first step of a round reads every author's checkpoints and takes longer."""
+"""Rows one prune call deletes at most. Steps of 5,000 held the event loop 220 ms on average on
+a 100,000-transaction ledger (``bench/join.py``), so steps of 1,000 keep it to tens of
+milliseconds; the first step of a round also reads every author's checkpoints."""
 SNAPSHOT_MAX_BYTES = 64 << 20
 """Largest snapshot file fetched for a join, in bytes."""
 JOIN_AGAIN = 300.0
