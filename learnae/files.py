@@ -22,7 +22,7 @@ from typing import Any
 
 from learnae.errors import ConfigError
 
-__all__ = ["MAX_JSON_BYTES", "read_bounded", "read_json", "write_atomic", "write_json_atomic", "write_new"]
+__all__ = ["MAX_JSON_BYTES", "fsync_dir", "read_bounded", "read_json", "write_atomic", "write_json_atomic", "write_new"]
 
 MAX_JSON_BYTES = 1 << 20
 """Largest JSON file :func:`read_json` reads by default (1 MiB)."""
@@ -43,7 +43,7 @@ def write_atomic(path: str | os.PathLike[str], data: bytes, *, mode: int = 0o600
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def write_new(path: str | os.PathLike[str], data: bytes, *, mode: int = 0o600) -> None:
@@ -64,7 +64,7 @@ def write_new(path: str | os.PathLike[str], data: bytes, *, mode: int = 0o600) -
         os.link(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def write_json_atomic(path: str | os.PathLike[str], value: Any, *, mode: int = 0o600) -> None:
@@ -140,7 +140,7 @@ def _write_temp(path: Path, data: bytes, mode: int) -> Path:
     return tmp
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: Path) -> None:
     """Sync a directory, so that a name just added to it survives a crash."""
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:

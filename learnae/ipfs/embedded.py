@@ -76,7 +76,7 @@ from typing import TypeVar, TypeVarTuple
 
 from learnae.content import file_blocks, parse_cid, to_v1
 from learnae.errors import IpfsError, IpfsTimeout, NodeClosed, OversizeError
-from learnae.files import write_atomic
+from learnae.files import fsync_dir, write_atomic
 from learnae.ipfs import libkubo, privnet
 from learnae.ipfs.addr import check_multiaddr
 from learnae.ipfs.base import (
@@ -286,7 +286,7 @@ class EmbeddedNode(IpfsNode):
                 continue
             if not directory.is_dir():
                 directory.mkdir(exist_ok=True)
-                _fsync_dir(blocks)
+                fsync_dir(blocks)
             write_atomic(path, block, mode=0o600)  # temp file ".<name>.*.tmp": flatfs skips it
 
     async def cat(self, cid: str, timeout: float = 30.0, max_size: int | None = None) -> bytes:
@@ -608,14 +608,6 @@ def _shard_function(blocks: Path) -> Callable[[str], str]:
         if parts[5] == "next-to-last":
             return lambda key: ("_" * n + key)[-n - 1:-1]
     raise IpfsError(f"{blocks}/SHARDING names a shard function learnae does not know: {text!r}")
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _sweep(blocks: Path, keep: frozenset[str], cutoff: float) -> tuple[int, int, int, int]:
