@@ -18,6 +18,7 @@ RSA = "QmYyQSo1c1Ym7orWxLYvCrM2EmxFTANf8wXmmE7DWjhx5N"
     (f"/ip4/10.0.0.2/udp/4001/quic-v1/p2p/{ED25519}", ED25519),
     ("/ip4/10.0.0.2/udp/4001/quic-v1/webtransport/certhash/uEiAkH5a4DPGKUuOBjYw0CgwjvcJCJMD2K_1aluKR_tpevQ"
      f"/p2p/{ED25519}", ED25519),
+    (f"/ip4/11.77.0.2/tcp/4001/p2p/{RSA}/p2p-circuit/p2p/{ED25519}", ED25519),  # relayed
 ])
 def test_kubo_addresses_give_their_peer_id(text, peer):
     assert check_multiaddr(text) == peer
@@ -39,6 +40,11 @@ def test_a_cid_peer_id_comes_back_in_base58_as_kubo_prints_it():
     ("/p2p/bafyreigh2akiscaildcqabsyg3dfr6chu3fgpregiymsck7e7aqa4s52zy", "libp2p-key"),
     ("/ip4/127.0.0.1/tcp/4001", "does not end in /p2p/"),
     (f"/p2p/{ED25519}/ip4/127.0.0.1/tcp/4001", "does not end in /p2p/"),
+    (f"/p2p-circuit/p2p/{ED25519}", "not a relayed address"),
+    (f"/ip4/127.0.0.1/tcp/4001/p2p/{RSA}/p2p-circuit", "does not end in /p2p/"),
+    (f"/ip4/127.0.0.1/tcp/4001/p2p-circuit/p2p/{ED25519}", "does not end in /p2p/"),  # no relay id
+    (f"/ip4/127.0.0.1/tcp/4001/p2p/{RSA}/p2p-circuit/p2p/QmZ", "'QmZ' is not a peer id"),
+    (f"/ip4/1.2.3.4/tcp/1/p2p/{RSA}/p2p-circuit/p2p/{RSA}/p2p-circuit", "not a relayed address"),
 ])
 def test_bad_addresses_say_what_is_wrong(text, reason):
     with pytest.raises(InvalidMultiaddr, match=reason) as caught:
@@ -51,3 +57,5 @@ def test_peer_optional():
     assert check_multiaddr(f"/ip4/127.0.0.1/tcp/4001/p2p/{RSA}", need_peer=False) == RSA
     with pytest.raises(InvalidMultiaddr):
         check_multiaddr("/ip4/127.0.0.1/tcp", need_peer=False)
+    # a node's own relayed address, as Kubo lists it: the relay's address and /p2p-circuit
+    assert check_multiaddr(f"/ip4/127.0.0.1/tcp/4001/p2p/{RSA}/p2p-circuit", need_peer=False) == ""

@@ -40,7 +40,13 @@ async def test_repo_config_is_private(tmp_path, swarm_key):
         assert cfg["Experimental"]["StrategicProviding"] is True  # no provider system at all
         assert cfg["Addresses"]["Swarm"] == ["/ip4/127.0.0.1/tcp/0"]
         net = cfg["Swarm"]["Transports"]["Network"]
-        assert net["TCP"] and not any(net[k] for k in ("QUIC", "WebTransport", "Websocket", "Relay"))
+        assert net["TCP"] and not any(net[k] for k in ("QUIC", "WebTransport", "Websocket"))
+        # NAT traversal among members: relays, AutoNAT and hole punching, no UPnP
+        swarm = cfg["Swarm"]
+        assert net["Relay"] and swarm["RelayService"]["Enabled"] and swarm["RelayClient"]["Enabled"]
+        assert swarm["RelayClient"]["StaticRelays"] == [] and swarm["EnableHolePunching"] is True
+        assert swarm["DisableNatPortMap"] is True and cfg["AutoNAT"]["ServiceMode"] == "enabled"
+        assert "Libp2pForceReachability" not in cfg["Internal"]
         assert (tmp_path / "n" / "swarm.key").read_text() == swarm_key
         assert oct((tmp_path / "n" / "swarm.key").stat().st_mode & 0o777) == "0o600"
         assert all(a.startswith("/ip4/127.0.0.1/tcp/") for a in await node.addrs())
@@ -64,6 +70,26 @@ async def test_a_node_with_another_swarm_key_cannot_connect(tmp_path, swarm_key)
 def test_a_bad_swarm_key_is_refused():
     with pytest.raises(ConfigError, match="64 hex digits"):
         privnet.check_swarm_key("/key/swarm/psk/1.0.0/\n/base16/\nnothex\n")
+
+
+async def test_relays_and_a_known_reachability_reach_the_config(tmp_path, swarm_key):
+    relay = f"/ip4/127.0.0.1/tcp/4001/p2p/{'12D3KooWD3eckifWpRn9wQpMG9R9hX3sD158z7EqHWmweQAJU5SA'}"
+    node = await EmbeddedNode.start(tmp_path / "n", swarm_key, relays=[relay, relay],
+                                    reachability="private")
+    try:
+        cfg = json.loads((tmp_path / "n" / "config").read_text())
+        assert cfg["Swarm"]["RelayClient"]["StaticRelays"] == [relay]
+        assert cfg["Internal"]["Libp2pForceReachability"] == "private"
+    finally:
+        await node.close()
+    with pytest.raises(ConfigError, match="reachability 'outside'"):
+        privnet.private_config({}, reachability="outside")
+
+
+async def test_connections_are_direct_on_one_host(embedded_pair):
+    a, b = embedded_pair
+    (conn,) = await a.connections()
+    assert conn.peer == b.id and not conn.relayed and conn.addr.startswith("/ip4/127.0.0.1/tcp/")
 
 
 async def test_b_fetches_a_50_mb_checkpoint_with_identical_bytes(embedded_pair):

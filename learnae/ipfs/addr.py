@@ -8,9 +8,9 @@ this module registers the ones a Kubo node prints or dials that it lacks:
 ``webrtc``, ``webrtc-direct`` (no value). A protocol the library already
 implements is left as it is.
 
-The library refuses a protocol that appears twice, so circuit-relay addresses
-(``.../p2p/<relay>/p2p-circuit/p2p/<peer>``) do not pass; learnae's private
-swarms run without relays (docs/design.md, "IPFS and private swarms").
+The library refuses a protocol that appears twice, so a circuit-relay address
+(``<relay addr>/p2p/<relay>/p2p-circuit/p2p/<peer>``, docs/design.md, "Members behind
+NAT") is checked in its two halves: the relay's address, and ``/p2p/<peer>``.
 """
 
 from __future__ import annotations
@@ -104,6 +104,17 @@ def check_multiaddr(text: str, need_peer: bool = True) -> str:
     if not isinstance(text, str) or not text.startswith("/"):
         raise InvalidMultiaddr(f"{text!r} is not a multiaddr: it must start with '/', "
                                "e.g. /ip4/127.0.0.1/tcp/4001/p2p/<peer id>")
+    relay, circuit, target = text.partition("/p2p-circuit")
+    if circuit:
+        if not relay or "/p2p-circuit" in target:
+            raise InvalidMultiaddr(f"{text!r} is not a relayed address: expected "
+                                   "<relay address>/p2p/<relay id>/p2p-circuit/p2p/<peer id>")
+        try:
+            check_multiaddr(relay, need_peer=True)
+            peer = check_multiaddr(target, need_peer=False) if target else ""
+        except InvalidMultiaddr as exc:
+            raise InvalidMultiaddr(f"{text!r}: {exc.reason}") from exc
+        return peer or _no_peer(text, need_peer)
     try:
         parts = list(multiaddr.parse(text))
     except (KeyError, ValueError, TypeError) as exc:
@@ -112,6 +123,10 @@ def check_multiaddr(text: str, need_peer: bool = True) -> str:
     last = parts[-1] if parts else None
     if isinstance(last, multiaddr.Addr) and last.proto.name == "p2p":
         return _peer_id_text(last.value_bytes)
+    return _no_peer(text, need_peer)
+
+
+def _no_peer(text: str, need_peer: bool) -> str:
     if need_peer:
         raise InvalidMultiaddr(f"{text!r} does not end in /p2p/<peer id>: "
                                "a node can only be dialled with its peer id")

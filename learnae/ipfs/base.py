@@ -62,6 +62,25 @@ def check_grace(grace: float) -> float:
     return float(grace)
 
 
+class Connection(NamedTuple):
+    """One open connection to a peer, as :meth:`IpfsNode.connections` lists it.
+
+    Attributes:
+        peer: the peer's id.
+        addr: the remote multiaddr of the connection (``.../p2p-circuit`` when relayed).
+        relayed: the connection runs through a relay (docs/design.md, "Members behind NAT").
+    """
+
+    peer: str
+    addr: str
+    relayed: bool
+
+
+def is_relayed(multiaddr: str) -> bool:
+    """Whether ``multiaddr`` goes through a circuit relay (it has a ``/p2p-circuit`` part)."""
+    return "/p2p-circuit" in multiaddr
+
+
 class GcStats(NamedTuple):
     """What one :meth:`IpfsNode.collect_garbage` did.
 
@@ -298,6 +317,14 @@ class IpfsNode(abc.ABC):
     async def addrs(self) -> list[str]:
         """Return this node's listen multiaddrs, each ending in ``/p2p/<id>``."""
 
+    async def connections(self) -> list[Connection]:
+        """Return this node's open connections, one per peer (a direct one where there is one).
+
+        This default reports every peer of :meth:`peers` as directly connected, without an
+        address: right for backends that have no relays (the memory backend).
+        """
+        return [Connection(peer, "", False) for peer in await self.peers()]
+
     @abc.abstractmethod
     async def close(self) -> None:
         """Stop the node and release its threads, ports and repo lock. Idempotent."""
@@ -371,6 +398,10 @@ class ForwardingNode(IpfsNode):
     async def addrs(self) -> list[str]:
         """As ``inner``'s :meth:`~IpfsNode.addrs`."""
         return await self.inner.addrs()
+
+    async def connections(self) -> list[Connection]:
+        """As ``inner``'s :meth:`~IpfsNode.connections`."""
+        return await self.inner.connections()
 
     async def close(self) -> None:
         """Close ``inner``."""

