@@ -5,11 +5,13 @@ from __future__ import annotations
 import dataclasses
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import cast
 
 import click
 
 from learnae.cli._common import reasons
 from learnae.invite import Invite
+from learnae.ipfs.privnet import REACHABILITY, Reachability
 from learnae.node import (
     DEFAULT_FETCH_TIMEOUT,
     DEFAULT_K,
@@ -71,8 +73,20 @@ def _node_config_file(ctx: click.Context, _param: click.Parameter, path: str | N
               help="The swarm's invite file (from `learnae init`).")
 @click.option("--state", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="State directory: keys, ledger, IPFS repo, last checkpoint (created; reuse it to resume).")
-@click.option("--data", "data_spec", required=True, metavar="SPEC",
-              help="Data to train on, e.g. digits:shard=0/3,partition=dirichlet:0.5 or rows.csv.")
+@click.option("--data", "data_spec", default=None, metavar="SPEC",
+              help="Data to train on, e.g. digits:shard=0/3,partition=dirichlet:0.5 or rows.csv "
+                   "(required, unless --relay).")
+@click.option("--relay", is_flag=True,
+              help="Run as a relay member: no data, no training. With a public address it lets members behind "
+                   "home routers reach each other (relay and hole punching); it also keeps and serves the "
+                   "ledger.")
+@click.option("--serve-checkpoints/--no-serve-checkpoints", default=True, show_default=True,
+              help="With --relay: also hold and serve each member's newest checkpoint, for members whose "
+                   "routers defeat hole punching (one download per checkpoint published).")
+@click.option("--reachability", type=click.Choice(REACHABILITY), default="auto",
+              show_default=True,
+              help="Whether others can dial this node: auto lets the swarm find out (AutoNAT); say public "
+                   "or private only if you know.")
 @click.option("--listen", default=None, metavar="HOST:PORT",
               help="Where the embedded IPFS node listens (port 0: any free port; default: STATE/node.json's "
                    f"listen, else {DEFAULT_LISTEN}).")
@@ -137,7 +151,9 @@ def _node_config_file(ctx: click.Context, _param: click.Parameter, path: str | N
                    " ledger credits the old key's work to it).")
 @click.option("--fault-control", type=click.Path(dir_okay=False, path_type=Path), default=None, hidden=True,
               help="Fault harness only: apply the fault layer's rules from this control file.")
-def node_run(invite_path: Path, state: Path, data_spec: str, listen: str | None, peers: tuple[str, ...], ipfs: str,
+def node_run(invite_path: Path, state: Path, data_spec: str | None, relay: bool, serve_checkpoints: bool,
+             reachability: str,
+             listen: str | None, peers: tuple[str, ...], ipfs: str,
              api: str, threads: int, keep: int, k: int, fetch_timeout: float, sync_every: str | None,
              epochs: int | None, seed: int | None, wait_peers: int, network_nice: int, adopt: str,
              adopt_max_rows: int, disk_max: str, ledger_window: float, ledger_keep: int,
@@ -156,6 +172,8 @@ def node_run(invite_path: Path, state: Path, data_spec: str, listen: str | None,
     def progress(line: str) -> None:
         click.echo(f"{datetime.now(UTC):%H:%M:%S} {line}", err=False)
 
+    if (data_spec is None) == (not relay):
+        raise click.UsageError("give --data SPEC to train, or --relay to run a relay member (not both)")
     every: int | str | None = sync_every
     if sync_every is not None and sync_every != "epoch":
         if not sync_every.isdigit() or int(sync_every) < 1:
@@ -165,7 +183,10 @@ def node_run(invite_path: Path, state: Path, data_spec: str, listen: str | None,
         if listen is None:
             host, port = node_listen(state)
             listen = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        config = NodeConfig(invite=Invite.load(invite_path), state=state, data=DataSpec.parse(data_spec),
+        config = NodeConfig(invite=Invite.load(invite_path), state=state,
+                            data=None if data_spec is None else DataSpec.parse(data_spec),
+                            relay=relay, serve_checkpoints=serve_checkpoints,
+                            reachability=cast(Reachability, reachability),
                             listen=listen, peers=peers, ipfs=ipfs, api=None if api == "off" else api,
                             serve=start_api,
                             threads=threads, keep=keep, k=k, fetch_timeout=fetch_timeout, epochs=epochs,

