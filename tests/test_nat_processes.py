@@ -52,9 +52,9 @@ def test_trainers_behind_nat_merge_each_others_checkpoints(punch, tmp_path, laun
     assert all(s["network"]["reachability"] == "private" for s in statuses[b:])
     assert all(s["network"]["role"] == "relay" and s["merges"] == 0 and s["published"] == 0
                for s in statuses[:b])
-    served = statuses[0]["network"]["checkpoints_served"]
+    served = statuses[0]["network"]["served"]
     if punch:
         assert served is None  # A never held their checkpoints
     else:
-        assert served["fetched"] > 0 and served["held"] == 2
+        assert served["fetched"] > 0 and served["checkpoints_held"] == 2
     assert foreign and not any(foreign.values()), foreign

@@ -79,7 +79,7 @@ from learnae.node.network import (
     DEFAULT_STALE,
     NetworkSide,
 )
-from learnae.node.serving import CheckpointServer
+from learnae.node.serving import ContentServer
 from learnae.node.upkeep import (
     DEFAULT_DISK_MAX,
     DEFAULT_LEDGER_KEEP,
@@ -283,8 +283,8 @@ class NodeConfig:
         relay: run as a relay member (:meth:`TrainerNode.relay`): no data, no training, no
             merges; it relays for members behind NAT, keeps the ledger and announces addresses.
         serve_checkpoints: a relay member also holds and serves each author's newest
-            checkpoint (:class:`~learnae.node.serving.CheckpointServer`), for members whose
-            routers defeat hole punching. Costs one download per checkpoint published.
+            checkpoint and recent data chunks (:class:`~learnae.node.serving.ContentServer`), for
+            members whose routers defeat hole punching. Costs one download per file published.
         new_identity: make a new author key although the state directory ran a node before
             and its ``identity.key`` is missing (without it the node refuses to start, so
             that a lost key is restored rather than silently replaced). An existing
@@ -376,7 +376,7 @@ class TrainerNode:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.net: NetworkSide | None = None  # made when the network side starts
         self.upkeep: Upkeep | None = None  # likewise
-        self.server: CheckpointServer | None = None  # a relay member's, if it serves checkpoints
+        self.server: ContentServer | None = None  # a relay member's, if it serves content
         self.disk: DiskUse | None = None  # the last look at the state directory
         # the model's weights (path -> shape, dtype name), once the training side built it
         self.expect: Mapping[str, tuple[tuple[int, ...], str]] = {}
@@ -957,7 +957,7 @@ class TrainerNode:
         self._tasks.append(asyncio.create_task(self._upkeep_loop()))
         if cfg.relay:
             if cfg.serve_checkpoints:
-                self.server = CheckpointServer(self.ipfs, self.tangle, self.manifest, stale=cfg.stale,
+                self.server = ContentServer(self.ipfs, self.tangle, self.manifest, stale=cfg.stale,
                                                fetch_timeout=cfg.fetch_timeout)
                 self._tasks.append(asyncio.create_task(self.server.run()))
             return
@@ -1248,7 +1248,7 @@ class TrainerNode:
                 "peers": [{"peer": c.peer, "via": "relayed" if c.relayed else "direct", "addr": c.addr}
                           for c in self.connections],
                 "relayed_peers": sum(c.relayed for c in self.connections),
-                "checkpoints_served": self.server.status() if self.server is not None else None}
+                "served": self.server.status() if self.server is not None else None}
 
     def status(self) -> dict[str, Any]:
         """What ``GET /status`` returns (JSON-ready). Call on the network loop.

@@ -244,29 +244,32 @@ class EmbeddedOutlet(Outlet):
         self.node: IpfsNode | None = None
         self.sync: TangleSync | None = None
         self.tangle: Tangle | None = None
-        self._peering: asyncio.Task | None = None
+        self._peering: list[asyncio.Task] = []
 
     async def start(self) -> None:
         """Open the ledger, start the Kubo node and the sync, and dial the bootstrap peers."""
         from learnae.ipfs.embedded import EmbeddedNode
-        from learnae.ipfs.peering import keep_connected
+        from learnae.ipfs.peering import exchange_addresses, keep_connected, pex_topic
         from learnae.ledger.sync import TangleSync
         from learnae.state import open_tangle
 
         self.tangle, _ = open_tangle(self.state, invite=self.invite)
+        # behind a home router the sensor reserves a slot on the bootstrap peers that relay
+        # (docs/design.md, "Members behind NAT")
         self.node = await EmbeddedNode.start(self.state / "ipfs", self.invite.swarm_key,
-                                             host=self.host, port=self.port)
+                                             host=self.host, port=self.port,
+                                             relays=list(self.invite.bootstrap))
         self.sync = TangleSync(self.tangle, self.node)
         await self.sync.start()
+        self._peering = [asyncio.create_task(exchange_addresses(self.node, pex_topic(self.invite.genesis)))]
         if self.invite.bootstrap:
-            self._peering = asyncio.create_task(keep_connected(self.node,
-                                                               list(self.invite.bootstrap)))
+            self._peering.append(asyncio.create_task(keep_connected(self.node, list(self.invite.bootstrap))))
 
     async def close(self) -> None:
         """Stop dialling, the sync and the node, and close the ledger."""
-        if self._peering is not None:
-            self._peering.cancel()
-            await asyncio.gather(self._peering, return_exceptions=True)
+        for task in self._peering:
+            task.cancel()
+        await asyncio.gather(*self._peering, return_exceptions=True)
         if self.sync is not None:
             await self.sync.stop()
         if self.node is not None:
