@@ -29,8 +29,11 @@ def faults_group() -> None:
     numpy model; 100 nodes in minutes). The processes driver runs real
     `learnae node run` processes (embedded Kubo, TensorFlow): SIGKILL for
     crashes, and for partitions network namespaces when run as root (the
-    fault layer in each node otherwise). It takes about
-    (rounds x round_seconds + 60) seconds per run, twice (the reference run).
+    fault layer in each node otherwise). Only the processes driver runs
+    a scenario's [topology] other than mesh (line, star, home-nat: nodes
+    behind home routers with relay members), in network namespaces (root).
+    It takes about (rounds x round_seconds + 60) seconds per run, twice
+    (the reference run).
     """
 
 
@@ -52,8 +55,11 @@ def run_command(scenario: Path, driver: str, out: Path, no_plot: bool) -> None:
         raise click.ClickException(exc.reason) from None
     from learnae.local.harness import run_scenario
 
+    topology = scn.topology
+    relays = f" ({topology.relays} relay member{'s' * (topology.relays > 1)})" if topology.relays else ""
     click.echo(f"{scn.name}: {scn.nodes} nodes, {scn.sensors} sensors, {scn.rounds} rounds, "
-               f"merge '{scn.merge}', {len(scn.faults)} faults, driver {driver}, seed {scn.seed}")
+               f"merge '{scn.merge}', {len(scn.faults)} faults, {topology.kind} topology{relays}, "
+               f"driver {driver}, seed {scn.seed}")
     try:
         report = run_scenario(scn, out, plot=not no_plot, driver=driver, echo=click.echo)
     except LearnaeError as exc:

@@ -15,11 +15,12 @@ from learnae.errors import ConfigError
 from learnae.faults_cli import faults_group
 from learnae.local.clock import VirtualClockLoop
 from learnae.local.invariants import check_invariants
-from learnae.local.scenario import BEHAVIOURS, load_scenario, parse_scenario
+from learnae.local.scenario import BEHAVIOURS, Topology, load_scenario, parse_scenario
 from learnae.local.simulation import simulate
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "faults"
 PASSING = ["partition-heal", "crash-restart", "lossy-links", "byzantine-25pct", "sensor-outage"]
+PROCESSES_ONLY = ["line", "home-nat"]  # topologies: run by tests/test_faults_processes.py
 
 
 def small(**over) -> dict:
@@ -31,7 +32,8 @@ def small(**over) -> dict:
 # ------------------------------------------------------------------------- scenario files
 def test_every_example_parses():
     names = sorted(p.stem for p in EXAMPLES.glob("*.toml"))
-    assert names == sorted(PASSING)  # every example here must pass in CI; failing ones live in must-fail/
+    # every example here must pass in CI; failing ones live in must-fail/
+    assert names == sorted(PASSING + PROCESSES_ONLY)
     for path in [*EXAMPLES.glob("*.toml"), *EXAMPLES.glob("must-fail/*.toml")]:
         scn = load_scenario(path)
         assert scn.name == path.stem and scn.faults
@@ -57,6 +59,48 @@ def test_invalid_scenarios_name_the_problem(data, words):
     with pytest.raises(ConfigError) as info:
         parse_scenario(small(**data), where="x.toml")
     assert words in info.value.reason and info.value.reason.startswith("x.toml: ")
+
+
+def test_topology_table_parses_with_its_defaults():
+    assert parse_scenario(small()).topology == Topology()  # mesh
+    assert parse_scenario(small(topology={"kind": "line"})).topology.kind == "line"
+    nat = parse_scenario(small(topology={"kind": "home-nat"})).topology
+    assert nat == Topology("home-nat", relays=1, hole_punching=(False,) * 4, serve_checkpoints=True)
+    nat = parse_scenario(small(topology={"kind": "home-nat", "relays": 2, "serve_checkpoints": False,
+                                         "hole_punching": [True, False, True, False]})).topology
+    assert (nat.relays, nat.hole_punching, nat.serve_checkpoints) == (2, (True, False, True, False), False)
+    for name in PROCESSES_ONLY:
+        assert load_scenario(EXAMPLES / f"{name}.toml").topology.kind == name
+
+
+@pytest.mark.parametrize(("topology", "words"), [
+    ("line", "[topology] must be a table"),
+    ({"kind": "ring"}, "topology kind is 'ring', expected one of mesh, line, star, home-nat"),
+    ({"kind": "line", "relays": 2}, "unknown keys ['relays']"),
+    ({"kind": "star", "serve_checkpoints": False}, 'are for kind = "home-nat"'),
+    ({"kind": "home-nat", "relays": 0}, "relays must be an integer >= 1, not 0"),
+    ({"kind": "home-nat", "relays": 250}, "nodes + relays must be at most 253"),
+    ({"kind": "home-nat", "hole_punching": [True]}, "a list of 4 of them (one per node), not [True]"),
+    ({"kind": "home-nat", "hole_punching": "yes"}, "hole_punching must be true, false"),
+    ({"kind": "home-nat", "serve_checkpoints": 1}, "serve_checkpoints must be true or false"),
+    ({"kind": "home-nat", "stun": True}, "allowed: ['hole_punching', 'kind', 'relays', 'serve_checkpoints']"),
+])
+def test_invalid_topology_names_the_problem(topology, words):
+    with pytest.raises(ConfigError) as info:
+        parse_scenario(small(topology=topology), where="x.toml")
+    assert words in info.value.reason and info.value.reason.startswith("x.toml: ")
+
+
+def test_min_fetch_success_is_a_share_and_zero_by_default():
+    assert parse_scenario(small()).bounds["min_fetch_success"] == 0.0
+    scn = parse_scenario(small(bounds={"min_fetch_success": 0, "processes": {"min_fetch_success": 0.9}}))
+    assert scn.bounds["min_fetch_success"] == 0.0 and scn.for_processes().bounds["min_fetch_success"] == 0.9
+    with pytest.raises(ConfigError, match="min_fetch_success is a share, at most 1"):
+        parse_scenario(small(bounds={"min_fetch_success": 1.5}))
+    with pytest.raises(ConfigError, match="min_fetch_success must be a number >= 0"):
+        parse_scenario(small(bounds={"min_fetch_success": -0.1}))
+    with pytest.raises(ConfigError, match="recovery_merges must be a positive number"):
+        parse_scenario(small(bounds={"recovery_merges": 0}))
 
 
 def test_bad_toml_and_missing_file(tmp_path):
@@ -127,6 +171,55 @@ def test_processes_driver_refuses_faults_it_does_not_apply(tmp_path):
                                                "--driver", "processes", "--out", str(tmp_path)])
     assert result.exit_code == 2, result.output
     assert "processes driver does not apply byzantine" in result.output
+
+
+@pytest.mark.parametrize("name", PROCESSES_ONLY)
+def test_memory_driver_refuses_topologies_and_names_the_processes_driver(name, tmp_path):
+    result = CliRunner().invoke(faults_group, ["run", str(EXAMPLES / f"{name}.toml"), "--driver", "memory",
+                                               "--out", str(tmp_path), "--no-plot"])
+    assert result.exit_code == 2, result.output
+    assert f"the memory driver does not model the '{name}' topology" in result.output
+    assert "run it with --driver processes" in result.output
+    assert not (tmp_path / "report.json").exists()
+
+
+def test_processes_driver_refuses_what_it_cannot_run_in_a_topology(tmp_path):
+    from learnae.local.procdriver import check_supported, simulate_processes
+
+    nat = small(topology={"kind": "home-nat"})
+    with pytest.raises(ConfigError, match="does not partition a home-nat topology"):
+        check_supported(parse_scenario({**nat, "faults": [{"kind": "partition", "at": 1, "halves": True}]}))
+    # a topology needs namespaces: refused before any process starts, never run on 127.0.0.1
+    with pytest.raises(ConfigError, match="needs network namespaces"):
+        simulate_processes(parse_scenario(small(topology={"kind": "line"})), tmp_path, use_netns=False,
+                           echo=lambda _s: None)
+    assert not list(tmp_path.iterdir())
+
+
+def test_checkpoint_fetches_from_the_drivers_counters():
+    from dataclasses import replace
+
+    scn = parse_scenario(small(bounds={"min_fetch_success": 0.95}))
+    run = simulate(scn)
+    unmeasured = check_invariants(scn, run, run)["checkpoint_fetches"]
+    assert unmeasured["figure"] is None and "not measured" in unmeasured["unit"] and not unmeasured["pass"]
+    assert check_invariants(scn.without_faults(), run, run)["checkpoint_fetches"]["figure"] is None
+    report_only = parse_scenario(small())
+    assert check_invariants(report_only, run, run)["checkpoint_fetches"]["pass"]
+
+    def fetches(ok: int, failed: int) -> dict:
+        counted = replace(run, counters={**run.counters, "checkpoints_fetched": ok,
+                                         "checkpoint_fetches_failed": failed})
+        return check_invariants(scn, counted, run)["checkpoint_fetches"]
+
+    assert fetches(96, 4) | {"unit": ""} == {"pass": True, "figure": 0.96, "bound": 0.95, "unit": "",
+                                              "fetched": 96, "failed": 4}
+    assert not fetches(94, 6)["pass"] and fetches(94, 6)["figure"] == 0.94
+    assert not fetches(0, 0)["pass"] and fetches(0, 0)["figure"] is None  # nothing fetched: not shown
+    assert check_invariants(report_only, replace(run, counters={"checkpoints_fetched": 0,
+                                                                "checkpoint_fetches_failed": 12}),
+                            run)["checkpoint_fetches"] | {"unit": ""} == {
+        "pass": True, "figure": 0.0, "bound": 0.0, "unit": "", "fetched": 0, "failed": 12}
 
 
 def test_bounds_for_the_processes_driver_override_only_there():

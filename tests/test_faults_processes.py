@@ -1,6 +1,7 @@
 """The fault harness's ``processes`` driver: real ``learnae node run`` processes (embedded
 Kubo, TensorFlow) partitioned in network namespaces (root) or by the fault layer, crashed
-with SIGKILL and restarted, with every invariant checked against a no-fault reference run."""
+with SIGKILL and restarted, in a line and behind home routers with a relay member, with every
+invariant checked against a no-fault reference run."""
 
 from __future__ import annotations
 
@@ -22,7 +23,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "faults"
 CLI = "from learnae.cli import main; main()"
 INVARIANTS = {"ledger_converges", "no_acknowledged_tx_lost", "content_fetchable", "accuracy_recovers",
-              "disk_bounded"}
+              "disk_bounded", "checkpoint_fetches"}
+NETNS, NAT = netns.available(), netns.nat_available()
 
 
 def _leftovers(out: Path) -> list[str]:
@@ -46,7 +48,11 @@ def _namespaces() -> set[str]:
     return {line.split()[0] for line in listed.splitlines() if line.startswith("lae-")}
 
 
-@pytest.mark.parametrize("name", ["partition-heal", "crash-restart"])
+@pytest.mark.parametrize("name", [
+    "partition-heal", "crash-restart",
+    pytest.param("line", marks=[pytest.mark.root, pytest.mark.skipif(not NETNS[0], reason=NETNS[1] or "-")]),
+    pytest.param("home-nat", marks=[pytest.mark.root, pytest.mark.skipif(not NAT[0], reason=NAT[1] or "-")]),
+])
 def test_example_scenario_passes_with_processes_driver(name, tmp_path, launch):
     out = tmp_path / name
     before = _namespaces()
@@ -60,10 +66,22 @@ def test_example_scenario_passes_with_processes_driver(name, tmp_path, launch):
     assert all(inv["pass"] for inv in report["invariants"].values())
     assert report["invariants"]["content_fetchable"]["checked"] > 0
     assert report["invariants"]["no_acknowledged_tx_lost"]["checked"] > 0
-    if name == "partition-heal":
+    fetches = report["invariants"]["checkpoint_fetches"]
+    assert fetches["fetched"] > 0 and fetches["figure"] >= fetches["bound"]
+    if name in ("partition-heal", "line"):
         # the partition really cut the ledger: at the heal some node lacked the other side's txs
         assert report["network"]["backlog_at_recovery"] > 0
-    else:
+    if name in ("line", "home-nat"):
+        # in a line each node was connected directly to its neighbours only (the ends never to
+        # each other); behind the NATs each node only to the relay member
+        assert report["network"]["unlinked_connections"] == 0
+    if name == "home-nat":
+        # every node learnt it is behind NAT, and every checkpoint one merged came through what
+        # the relay member holds: each author's newest is what the fetcher could get
+        assert report["network"]["private_nodes"] == 4
+        assert report["network"]["relays"] == 1 and report["network"]["relay_files_fetched"] > 0
+        assert report["invariants"]["content_fetchable"]["checked"] == 4
+    elif name == "crash-restart":
         for node, restart in (("n2", 7), ("n4", 8)):
             acc = report["accuracy"][node]
             assert all(a is None for a in acc[restart - 3:restart])  # down while crashed

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from learnae.local.invariants import check_invariants, final_mean
-from learnae.local.scenario import Scenario
+from learnae.local.scenario import Scenario, check_memory_driver
 from learnae.local.simulation import simulate
 from learnae.local.timeline import fault_periods, write_timeline
 
@@ -57,7 +57,7 @@ def run_scenario(scn: Scenario, out: str | Path, *, plot: bool = True, driver: s
         The report; ``report["pass"]`` is false when an invariant failed.
 
     Raises:
-        ConfigError: the driver cannot run one of the scenario's faults.
+        ConfigError: the driver cannot run one of the scenario's faults or its topology.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -75,6 +75,7 @@ def run_scenario(scn: Scenario, out: str | Path, *, plot: bool = True, driver: s
                                  target=target)
         model = "the manifest's Keras MLP in `learnae node run` processes (TensorFlow)"
     elif driver == "memory":
+        check_memory_driver(scn)
         ref = simulate(scn, with_faults=False)
         run = simulate(scn, with_faults=True)
         model = "numpy softmax regression (output/kernel, output/bias), minibatch SGD"

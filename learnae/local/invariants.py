@@ -16,7 +16,11 @@ Each invariant has its measured figure and its bound:
 ``content_fetchable``       share of the CIDs the swarm keeps (every data chunk; each honest
                             live author's newest ``keep`` checkpoints: older ones leave the
                             disks, :func:`kept_content`) that a live node fetches at the end;
-                            bound 1.0.
+                            bound 1.0. In a ``home-nat`` topology only what the relay members
+                            hold can be fetched by a peer that is not a member behind NAT: each
+                            author's newest checkpoint and the recent data chunks when they
+                            serve content, nothing when they do not (``scope`` and
+                            ``excluded_out_of_reach`` say so).
 ``disk_bounded``            the largest ratio, over live nodes and the run, of a node's IPFS
                             repository right after a garbage collection to its bound
                             (:func:`learnae.node.upkeep.repo_bound`: ``(keep + k + 4)`` of its
@@ -26,6 +30,11 @@ Each invariant has its measured figure and its bound:
                             honest node needed after the recovery point to reach
                             ``recovery_ratio`` x the reference run's final mean accuracy; bound
                             ``recovery_merges``.
+``checkpoint_fetches``      share of the peer-checkpoint fetches the trainer nodes made over the
+                            run that succeeded (``checkpoints_fetched`` over it plus the
+                            ``timeout`` and ``ipfs`` rejections, from their ``/status``), bound
+                            ``min_fetch_success`` (0 by default: reported only). Measured by the
+                            processes driver; the memory driver reports it as not measured.
 ``byzantine_resistance``    (scenarios with Byzantine nodes) the lowest final accuracy of a live
                             honest node divided by the reference run's final mean accuracy;
                             bound ``byzantine_ratio``.
@@ -85,10 +94,13 @@ def check_invariants(scn: Scenario, run: SimResult, ref: SimResult) -> dict[str,
         lost == 0, lost, 0, "acknowledged transactions missing (at restarts and on live nodes at the end)",
         checked=run.acked_checked, missing=(run.restart_missing + run.acked_missing)[:10])
     share = 1.0 if run.fetch_checked == 0 else 1 - len(run.fetch_missing) / run.fetch_checked
+    scope = _fetch_scope(scn)
     out["content_fetchable"] = _invariant(
         not run.fetch_missing, round(share, 4), 1.0, "share of announced CIDs fetched after the faults",
         checked=run.fetch_checked, missing=run.fetch_missing[:10],
-        excluded_byzantine_or_dead_authors=run.fetch_excluded)
+        **({"scope": scope, "excluded_out_of_reach": run.fetch_excluded} if scope else
+           {"excluded_byzantine_or_dead_authors": run.fetch_excluded}))
+    out["checkpoint_fetches"] = _checkpoint_fetches(run, b["min_fetch_success"])
     ratios = [(used / bound, name) for name, (used, bound) in run.disk.items()]
     ratio, fullest = max(ratios) if ratios else (0.0, None)
     out["disk_bounded"] = _invariant(
@@ -131,6 +143,30 @@ def check_invariants(scn: Scenario, run: SimResult, ref: SimResult) -> dict[str,
             reference_accuracy=round(ref_acc, 4), byzantine=sorted(scn.byzantine()),
             merge_rule=scn.merge, honest_final={k: round(v, 4) for k, v in finals.items()})
     return out
+
+
+def _fetch_scope(scn: Scenario) -> str | None:
+    """What ``content_fetchable`` checks when it is not all the swarm keeps (else None)."""
+    if scn.topology.kind != "home-nat":
+        return None
+    if scn.topology.serve_checkpoints:
+        return ("what the relay members hold: each author's newest checkpoint and the data chunks"
+                " of their stale window (the members behind NAT cannot be dialled)")
+    return ("nothing: the relay members serve no content and the members behind NAT cannot be"
+            " dialled")
+
+
+def _checkpoint_fetches(run: SimResult, bound: float) -> dict[str, Any]:
+    """The ``checkpoint_fetches`` invariant from the run's counters (see the module docstring)."""
+    unit = "share of the trainer nodes' peer-checkpoint fetches that succeeded over the run"
+    fetched, failed = run.counters.get("checkpoints_fetched"), run.counters.get("checkpoint_fetches_failed")
+    if fetched is None or failed is None:
+        return _invariant(bound == 0, None, bound, unit + " (not measured by this driver)")
+    tried = fetched + failed
+    share = fetched / tried if tried else None
+    return _invariant(bound == 0 or (share is not None and share >= bound),
+                      None if share is None else round(share, 4), bound, unit, fetched=fetched,
+                      failed=failed)
 
 
 def final_mean(run: SimResult, names: list[str]) -> float:

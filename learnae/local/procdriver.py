@@ -12,6 +12,31 @@ always come from the fault layer (this kernel has no netem). ``crash`` is a SIGK
 node's process group; ``restart`` starts it again on the same state directory, address and
 peer id. Byzantine behaviours and sensor outages are left to the ``memory`` driver.
 
+Topologies (the scenario's ``[topology]``; all but ``mesh`` need namespaces, and are refused
+with the reason where they cannot be made, :func:`check_supported`):
+
+- ``mesh``: as above, every node reaches every other one.
+- ``line`` and ``star``: a :class:`~learnae.local.netns.Lan` whose hosts have routes only to
+  the hosts they are linked to (:func:`~learnae.local.netns.line_links`,
+  :func:`~learnae.local.netns.star_links`, ``n0`` the hub); a dial to any other node fails at
+  once. Each node is told (``--peer``) only its neighbours; peer exchange tells it the others,
+  which it cannot reach. Partitions and crashes work as in a mesh.
+- ``home-nat``: a :class:`~learnae.local.netns.HomeNat`. The ``relays`` relay members
+  (``learnae node run --relay --reachability public``, and ``--no-serve-checkpoints`` when
+  the scenario says so; :attr:`LocalSwarm.relays`) and the fetcher are public hosts, and each
+  node sits behind a router of its own (``hole_punching`` per node: port-keeping or
+  symmetric NAT). Relay members are told each other, nodes only the relay members. Relay
+  members train nothing, are counted in no invariant and stop with the swarm. The manifest
+  lets a node publish at most one checkpoint per round (``round_seconds``; 0.5 s elsewhere):
+  a relay member holds only each author's newest checkpoint, and one it skipped because a
+  newer one came within its one-second step can be fetched from nobody. Crashes, restarts,
+  loss and delay work as in a mesh; a ``partition`` is refused.
+
+Where the topology links nodes, the driver notes every direct connection a node reports in
+its ``/status`` ``network.peers`` to a host it is not linked to (in a home-nat: anyone but a
+relay member) and reports their number as ``unlinked_connections`` (0 when the network did
+what it should).
+
 Rounds are wall-clock here: round ``r`` starts ``r * round_seconds`` seconds after every
 node has begun training; faults are applied at round starts, and at each round's end the
 driver records each live node's test accuracy and merge count (from ``STATE/status.json``)
@@ -37,7 +62,12 @@ What each invariant measures here (bounds from the scenario, as for the memory d
                             data chunk, each author's newest ``keep`` checkpoints:
                             :func:`~learnae.local.invariants.kept_content`) that a fresh peer
                             (:mod:`learnae.local.fetcher`, its own process and namespace)
-                            fetches from the swarm.
+                            fetches from the swarm. In a home-nat the peer is public: it can
+                            dial the relay members only, so it asks for what they hold (each
+                            author's newest checkpoint and the data chunks of the last
+                            ``DEFAULT_STALE`` seconds), or for nothing when they serve no
+                            content; the rest is reported as ``excluded_out_of_reach``, not
+                            checked.
 ``disk_bounded``            each node's ``/status`` ``disk``: its IPFS repository measured right
                             after a garbage collection, against ``disk.ipfs_bound_bytes``; the
                             largest ratio over the run. The nodes run without ledger pruning
@@ -45,6 +75,12 @@ What each invariant measures here (bounds from the scenario, as for the memory d
 ``accuracy_recovers``       the most merges (the node's own ``merges`` counter) any live node
                             made after the recovery point before its test accuracy reached
                             ``recovery_ratio`` x the reference run's final mean accuracy.
+``checkpoint_fetches``      share of the peer-checkpoint fetches the nodes made over the run
+                            that succeeded: ``checkpoints_fetched`` over it plus the ``timeout``
+                            and ``ipfs`` rejections, from each node's last ``/status`` (a
+                            crashed node's counts before the crash kept), summed over the
+                            nodes; bound ``min_fetch_success``. Relay members fetch too
+                            (``relay_files_fetched``) but are not counted here.
 """
 
 from __future__ import annotations
@@ -67,14 +103,14 @@ from learnae.ledger.tangle import Tangle
 from learnae.local import netns
 from learnae.local.invariants import kept_content
 from learnae.local.results import SimResult
-from learnae.local.runner import LocalSwarm, free_port
+from learnae.local.runner import LOCAL_CHECKPOINT_INTERVAL, LocalSwarm, free_port
 from learnae.local.scenario import Fault, Scenario
-from learnae.node.network import DEFAULT_KEEP
+from learnae.node.network import DEFAULT_KEEP, DEFAULT_STALE
 
 __all__ = ["SUPPORTED", "check_supported", "simulate_processes"]
 
 SUPPORTED = ("partition", "heal", "crash", "restart", "loss", "delay")
-"""Fault kinds the processes driver applies."""
+"""Fault kinds the processes driver applies (partition and heal not in a home-nat topology)."""
 START_TIMEOUT = 240.0  # seconds for every node to start training (TensorFlow start-up on 2 cores)
 TICK = 0.5  # seconds between checks
 NO_PRUNING = ("--ledger-window", "86400", "--ledger-keep", "1000000")
@@ -83,11 +119,26 @@ EXTRA_ROUNDS = 30  # rounds observed at most after the last one (see _window_don
 
 
 def check_supported(scn: Scenario) -> None:
-    """Raise :class:`ConfigError` when ``scn`` has a fault this driver does not apply."""
-    other = sorted({f.kind for f in scn.faults} - set(SUPPORTED))
+    """Raise :class:`ConfigError` when this driver cannot run ``scn`` here.
+
+    That is a fault it does not apply, a partition in a home-nat topology, or a topology other
+    than mesh where network namespaces cannot be made (the reason says why).
+    """
+    kinds = {f.kind for f in scn.faults}
+    other = sorted(kinds - set(SUPPORTED))
     if other:
         raise ConfigError(f"the processes driver does not apply {', '.join(other)} faults"
                           " (use --driver memory for them)")
+    kind = scn.topology.kind
+    if kind == "home-nat" and kinds & {"partition", "heal"}:
+        raise ConfigError("the processes driver does not partition a home-nat topology (its members"
+                          " behind NAT reach each other only through the relay members): use crash,"
+                          " restart, loss or delay faults there")
+    if kind != "mesh":
+        ok, why = netns.nat_available() if kind == "home-nat" else netns.available()
+        if not ok:
+            raise ConfigError(f"the {kind} topology needs network namespaces, which cannot be made"
+                              f" here: {why}")
 
 
 def tangle_ids(state: Path) -> set[str]:
@@ -106,10 +157,19 @@ def tangle_ids(state: Path) -> set[str]:
     return read()
 
 
-def content_cids(state: Path) -> list[str]:
-    """The content CIDs the swarm keeps by the tangle in ``state`` (:func:`kept_content`)."""
+def content_cids(state: Path, *, relayed: bool = False) -> list[str]:
+    """The content CIDs the swarm keeps by the tangle in ``state`` (:func:`kept_content`).
+
+    ``relayed``: only what a relay member holds of it (:mod:`learnae.node.serving`): each
+    author's newest checkpoint and the data chunks announced within the last
+    :data:`~learnae.node.network.DEFAULT_STALE` seconds.
+    """
     with Tangle(state / "tangle.sqlite", read_only=True) as tangle:
-        return sorted(kept_content(tangle, DEFAULT_KEEP))
+        if not relayed:
+            return sorted(kept_content(tangle, DEFAULT_KEEP))
+        since_ms = (time.time() - DEFAULT_STALE) * 1000
+        return sorted(cid for cid, tx in kept_content(tangle, 1).items()
+                      if tx.kind == "checkpoint" or tx.time >= since_ms)
 
 
 class _Run:
@@ -121,9 +181,14 @@ class _Run:
         self.faults = scn.faults if with_faults else ()
         self.echo = echo
         self.n = scn.nodes
+        self.topology = scn.topology
+        self.relays = scn.topology.relays
         if use_netns is None:
             use_netns = netns.available()[0]
-        self.lan = netns.Lan(self.n + 1) if use_netns else None  # the last host is the fetcher's
+        if not use_netns and scn.topology.kind != "mesh":
+            raise ConfigError(f"the {scn.topology.kind} topology needs network namespaces (the driver"
+                              " was told not to use them)")
+        self.lan = self._network() if use_netns else None
         try:
             self.swarm = self._swarm(scn, out)
         except BaseException:
@@ -142,25 +207,86 @@ class _Run:
         self.seen: set[str] = set()
         self.restart_missing: list[str] = []
         self.rejections: dict[str, int] = {}
+        # peer-checkpoint fetches per node: (succeeded, failed) in its last status, and the
+        # totals of its runs before a crash (a restarted node counts from 0 again)
+        self._fetches: dict[int, tuple[int, int]] = {}
+        self._fetch_base: dict[int, tuple[int, int]] = {}
+        self.unlinked: set[tuple[int, str]] = set()  # (node, host) direct connections off the topology
+        self.private: set[int] = set()  # nodes that found themselves behind NAT
         self.backlog = 0  # most transactions a live node lacked at the recovery point
         self._watch: tuple[float, set[str]] | None = None  # (recovery point, ids held then)
         self._converge: float | None = None  # seconds until every live node held those ids
 
-    def _swarm(self, scn: Scenario, out: Path) -> LocalSwarm:
-        """Make the local swarm: every node dials every earlier one.
+    def _network(self) -> netns.Lan | netns.HomeNat:
+        """The namespaces: hosts for the nodes, the relay members and the fetcher.
 
-        The nodes run in namespaces when there is a LAN; each node's fault layer follows its
-        control file.
+        mesh, line, star: a :class:`~learnae.local.netns.Lan`, node ``i`` on host ``i``, the
+        fetcher on the last host, linked to every node. home-nat: a
+        :class:`~learnae.local.netns.HomeNat`, the relay members on the first public hosts, the
+        fetcher on the last public one, each node behind a router of its own.
         """
-        lan = self.lan
+        n, kind = self.n, self.topology.kind
+        if kind == "home-nat":
+            return netns.HomeNat(self.relays + 1, n, hole_punching=list(self.topology.hole_punching))
+        if kind == "mesh":
+            return netns.Lan(n + 1)
+        links = netns.line_links(n) if kind == "line" else netns.star_links(n)
+        return netns.Lan(n + 1, links=links | {(i, n) for i in range(n)})
+
+    def host(self, i: int) -> int:
+        """The network's host of node ``i``."""
+        return i + self.relays + 1 if self.topology.kind == "home-nat" else i
+
+    def fetcher_host(self) -> int:
+        """The network's host of the fetcher."""
+        return self.relays if self.topology.kind == "home-nat" else self.n
+
+    def neighbours(self, i: int) -> list[int]:
+        """The nodes node ``i`` is linked to (line and star topologies)."""
+        links = (self.lan.links if isinstance(self.lan, netns.Lan) else None) or frozenset()
+        linked = {b for a, b in links if a == i} | {a for a, b in links if b == i}
+        return sorted(linked - {self.fetcher_host()})
+
+    def linked_hosts(self, i: int) -> list[int]:
+        """The hosts node ``i`` may hold a direct connection to (not in a mesh).
+
+        Its neighbours' and the fetcher's; in a home-nat the relay members' (nobody can dial a
+        node behind NAT, and it is told only the relay members).
+        """
+        if self.topology.kind == "home-nat":
+            return list(range(self.relays))
+        return [*(self.host(j) for j in self.neighbours(i)), self.fetcher_host()]
+
+    def _peers(self, i: int) -> list[str]:
+        """Node ``i``'s ``--peer`` addresses: its neighbours', or the relay members' (home-nat)."""
+        if self.topology.kind == "home-nat":
+            return [r.addr for r in self.swarm.relays]
+        return [self.swarm.members[j].addr for j in self.neighbours(i)]
+
+    def _swarm(self, scn: Scenario, out: Path) -> LocalSwarm:
+        """Make the local swarm: in a mesh every node dials every earlier one.
+
+        Otherwise each node is told its neighbours or the relay members only (:meth:`_peers`).
+        The nodes run in namespaces when there is a network; each node's fault layer follows
+        its control file.
+        """
+        lan, kind = self.lan, self.topology.kind
+        relay_args = ["--reachability", "public", "--quiet", *NO_PRUNING]
+        if not self.topology.serve_checkpoints:
+            relay_args.append("--no-serve-checkpoints")
         return LocalSwarm(
             out, nodes=self.n, sensors=scn.sensors, dataset=scn.dataset, partition=scn.partition,
             merge=scn.merge, seed=scn.seed, mesh=True, fetch_timeout=5.0,
             stream_seconds=max(1.0, scn.rounds * scn.round_seconds * 0.6),
-            hosts=lan.addresses[:self.n] if lan else None,
-            wrap=(lambda i, argv: lan.command(i, argv)) if lan else None,
+            hosts=[lan.addresses[self.host(i)] for i in range(self.n)] if lan else None,
+            wrap=(lambda i, argv: lan.command(self.host(i) if i < self.n else i - self.n, argv))
+            if lan else None,
             extra_args=lambda i: ["--fault-control", str(self.control(i)), "--k", str(scn.peers_per_merge),
-                                  "--quiet", *NO_PRUNING])
+                                  "--quiet", *NO_PRUNING],
+            peers=None if kind == "mesh" else self._peers,
+            relay_hosts=lan.addresses[:self.relays] if lan and self.relays else None,
+            relay_args=relay_args,
+            checkpoint_interval=scn.round_seconds if kind == "home-nat" else LOCAL_CHECKPOINT_INTERVAL)
 
     def control(self, i: int) -> Path:
         return self.out / f"faults-n{i}.json"
@@ -190,7 +316,7 @@ class _Run:
             groups = [[self.names.index(n) for n in g if n in self.names] for g in f.groups]
             rest = [i for i in range(self.n) if not any(i in g for g in groups)]
             groups = [g for g in (*groups, rest) if g]
-            if self.lan:
+            if isinstance(self.lan, netns.Lan):
                 self.lan.partition(groups)
             else:
                 ids = [m.addr.rpartition("/p2p/")[2] for m in self.swarm.members]
@@ -198,7 +324,7 @@ class _Run:
                     for i in g:
                         self.blocked[i] = {ids[j] for j in range(self.n) if j not in g}
         elif f.kind == "heal":
-            if self.lan:
+            if isinstance(self.lan, netns.Lan):
                 self.lan.heal()
             for i in range(self.n):
                 self.blocked[i] = set()
@@ -229,6 +355,8 @@ class _Run:
         before = tangle_ids(m.state)
         self.swarm.kill(i)
         self._merge_base[i] = max(self.merges[self.names[i]].values(), default=0)
+        base, last = self._fetch_base.get(i, (0, 0)), self._fetches.pop(i, (0, 0))
+        self._fetch_base[i] = (base[0] + last[0], base[1] + last[1])
         after = tangle_ids(m.state)
         self.seen |= before
         self.restart_missing += sorted(f"{self.names[i]}:{tx}" for tx in before - after)
@@ -247,11 +375,36 @@ class _Run:
             self.seen |= ids
             sizes.append(len(ids))
             self._note_disk(self.names[i], s.get("disk") or {})
+            self._note_fetches(i, s)
+            self._note_network(i, s.get("network") or {})
             acc = (s.get("test") or {}).get("accuracy")
             if acc is not None:
                 self.accuracy[self.names[i]][r] = float(acc)
                 self.merges[self.names[i]][r] = self._merge_base[i] + int(s.get("merges") or 0)
         self.ledger_size.append(float(np.mean(sizes)) if sizes else 0.0)
+
+    def _note_fetches(self, i: int, status: dict) -> None:
+        """Keep node ``i``'s peer-checkpoint fetch counts from its ``status``."""
+        rejected = status.get("rejections") or {}
+        self._fetches[i] = (int(status.get("checkpoints_fetched") or 0),
+                            int(rejected.get("timeout", 0)) + int(rejected.get("ipfs", 0)))
+
+    def _note_network(self, i: int, network: dict) -> None:
+        """Note whether node ``i`` is behind NAT, and its direct connections off the topology."""
+        if network.get("reachability") == "private":
+            self.private.add(i)
+        if self.lan is None or self.topology.kind == "mesh":
+            return
+        allowed = {self.lan.addresses[h] for h in self.linked_hosts(i)}
+        for peer in network.get("peers") or []:
+            host = str(peer.get("addr", "")).split("/")[2:3]
+            if peer.get("via") == "direct" and host and host[0] not in allowed:
+                self.unlinked.add((i, host[0]))
+
+    def fetch_counts(self) -> tuple[int, int]:
+        """Peer-checkpoint fetches over the run, all nodes: (succeeded, failed)."""
+        both = [*self._fetch_base.values(), *self._fetches.values()]
+        return sum(ok for ok, _ in both), sum(bad for _, bad in both)
 
     def _note_disk(self, name: str, disk: dict) -> None:
         """Keep the node's measurement nearest its bound (only those right after a collection)."""
@@ -314,8 +467,9 @@ class _Run:
         bound = scn.bounds["converge_seconds"]
         self._write_controls()
         self.swarm.start()
-        self.echo(f"  {self.n} node processes{' in network namespaces' if self.lan else ' on 127.0.0.1'};"
-                  " waiting for every node to train…")
+        where = f" in a {self.topology.kind} of network namespaces" if self.lan else " on 127.0.0.1"
+        relays = f" and {self.relays} relay member{'s' * (self.relays > 1)}" if self.relays else ""
+        self.echo(f"  {self.n} node processes{relays}{where}; waiting for every node to train…")
         self.swarm.wait(self.swarm.all_training, START_TIMEOUT, "every node training")
         t0 = time.monotonic()
         recovery_round = min(scn.recovery_round(), scn.rounds) if self.faults else 0
@@ -349,9 +503,14 @@ class _Run:
         missing_seen = sorted({f"{self.names[i]}:{tx}" for i in self.live()
                                for tx in self.seen - tangle_ids(self.swarm.members[i].state)})
         fetch = self.fetch_check()
-        for s in self.swarm.poll():
+        for i, s in enumerate(self.swarm.poll()):
             for code, count in ((s or {}).get("rejections") or {}).items():
                 self.rejections[code] = self.rejections.get(code, 0) + count
+            if s is not None:
+                self._note_fetches(i, s)
+        fetched, failed = self.fetch_counts()
+        served = [((s or {}).get("network") or {}).get("served") or {}
+                  for s in self.swarm.relay_statuses()]
         wall = time.monotonic() - t0
         live = self.live()
         self.swarm.stop()
@@ -361,11 +520,15 @@ class _Run:
             live_at_end=[self.names[i] for i in live], converge_seconds=converge, final_in_step=final_in_step,
             recovery_time=recovery_round * scn.round_seconds, acked_missing=missing_seen,
             acked_checked=len(self.seen), restart_missing=self.restart_missing,
-            fetch_checked=fetch["checked"], fetch_missing=fetch["missing"], fetch_excluded=0,
-            verify_problems=problems,
+            fetch_checked=fetch["checked"], fetch_missing=fetch["missing"],
+            fetch_excluded=fetch.get("excluded", 0), verify_problems=problems,
             counters={"backlog_at_recovery": self.backlog, "fetch_seconds": fetch.get("seconds", 0),
                       "fetch_rotated_out": fetch.get("rotated", 0),
-                      "namespaces": int(self.lan is not None)},
+                      "namespaces": int(self.lan is not None),
+                      "checkpoints_fetched": fetched, "checkpoint_fetches_failed": failed,
+                      "relays": self.relays,
+                      "relay_files_fetched": sum(int(s.get("fetched", 0)) for s in served),
+                      "unlinked_connections": len(self.unlinked), "private_nodes": len(self.private)},
             rejections=self.rejections, simulated_seconds=wall, merges=self.merges, disk=self.disk,
             converge_unit="wall seconds from the recovery point until every live node holds every transaction"
                           " any live node held there")
@@ -376,22 +539,35 @@ class _Run:
         The nodes train on meanwhile: a checkpoint that falls out of its author's newest
         ``keep`` during the check is unpinned and collected by design. A CID the peer did not
         get counts as missing only if the ledger still says it is kept after the fetches.
+        In a home-nat topology the peer dials the relay members only (nobody can dial the
+        nodes behind NAT) and asks for what they hold (:func:`content_cids`, ``relayed``), or
+        nothing when they serve no content; the rest of what the swarm keeps is ``excluded``.
         """
         live = self.live()
-        cids = content_cids(self.swarm.members[live[0]].state) if live else []
+        home_nat = self.topology.kind == "home-nat"
+        state = self.swarm.members[live[0]].state if live else None
+
+        def kept() -> list[str]:
+            if state is None or (home_nat and not self.topology.serve_checkpoints):
+                return []
+            return content_cids(state, relayed=home_nat)
+
+        cids = kept()
+        excluded = len(content_cids(state)) - len(cids) if home_nat and state else 0
         work = self.out / "fetcher"
         work.mkdir(exist_ok=True)
         (work / "cids.txt").write_text("\n".join(cids))
         libkubo.create_repo(work / "ipfs")
-        host = self.lan.addresses[self.n] if self.lan else "127.0.0.1"
+        host = self.lan.addresses[self.fetcher_host()] if self.lan else "127.0.0.1"
         argv = [sys.executable, "-m", "learnae.local.fetcher", "--repo", str(work / "ipfs"),
                 "--invite", str(self.swarm.invite), "--listen", f"{host}:{4001 if self.lan else free_port()}",
                 "--cids", str(work / "cids.txt"), "--timeout", str(max(self.scn.fetch_timeout, 10.0)),
                 "--out", str(work / "result.json")]
-        for i in live:
-            argv += ["--peer", self.swarm.members[i].addr]
+        peers = self.swarm.relays if home_nat else [self.swarm.members[i] for i in live]
+        for m in peers:
+            argv += ["--peer", m.addr]
         if self.lan:
-            argv = self.lan.command(self.n, argv)
+            argv = self.lan.command(self.fetcher_host(), argv)
         with open(work / "fetcher.log", "w") as logf:
             proc = subprocess.Popen(argv, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True)
             try:
@@ -402,11 +578,11 @@ class _Run:
         try:
             result = json.loads((work / "result.json").read_text())
         except (OSError, ValueError):
-            return {"checked": len(cids), "missing": cids}
-        kept = set(content_cids(self.swarm.members[live[0]].state))  # after the fetches
-        missing = [cid for cid in result["missing"] if cid in kept]
+            return {"checked": len(cids), "missing": cids, "excluded": excluded}
+        still = set(kept())  # after the fetches
+        missing = [cid for cid in result["missing"] if cid in still]
         return {"checked": len(cids), "missing": missing, "seconds": result["elapsed_s"],
-                "rotated": len(result["missing"]) - len(missing)}
+                "rotated": len(result["missing"]) - len(missing), "excluded": excluded}
 
     def verify(self, i: int) -> list[str]:
         """``learnae ledger verify`` of node ``i``'s tangle (after the nodes stopped)."""
@@ -433,13 +609,22 @@ def simulate_processes(scn: Scenario, workdir: Path, *, with_faults: bool = True
     """Run ``scn`` once on real node processes in ``workdir`` (see the module doc).
 
     ``use_netns``: put the nodes in network namespaces (default: when
-    :func:`learnae.local.netns.available`); False forces the fault layer for partitions.
-    ``target``: the accuracy the ``accuracy_recovers`` invariant asks for (from the reference
-    run); after the last round the run ends once every node has reached it or used up its
-    ``recovery_merges``.
+    :func:`learnae.local.netns.available`); False forces the fault layer for partitions (a
+    mesh only). ``target``: the accuracy the ``accuracy_recovers`` invariant asks for (from
+    the reference run); after the last round the run ends once every node has reached it or
+    used up its ``recovery_merges``.
+
     Counters in the result: ``backlog_at_recovery`` (the most transactions a live node lacked
     at the recovery point: above 0 shows a partition really cut the ledger),
-    ``fetch_seconds``, ``namespaces`` (1 or 0).
+    ``fetch_seconds``, ``fetch_rotated_out``, ``namespaces`` (1 or 0),
+    ``checkpoints_fetched`` and ``checkpoint_fetches_failed`` (``checkpoint_fetches``),
+    ``relays`` and ``relay_files_fetched`` (files the relay members fetched to serve),
+    ``unlinked_connections`` (see the module doc) and ``private_nodes`` (nodes whose
+    ``/status`` said they are behind NAT at some point).
+
+    Raises:
+        ConfigError: the driver cannot run ``scn`` here (:func:`check_supported`), or a
+            topology other than mesh with ``use_netns`` False.
     """
     check_supported(scn)
     workdir.mkdir(parents=True, exist_ok=True)

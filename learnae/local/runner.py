@@ -22,8 +22,11 @@ the runner only, and the runner decides how its children stop.
 
 Hooks for the fault harness's ``processes`` driver: ``hosts`` (each node's listen address,
 e.g. in a network namespace), ``wrap`` (a function rewriting a node's command line, e.g.
-``ip netns exec``), ``extra_args`` (more ``node run`` options per node), :meth:`kill` and
-:meth:`start_node` (a SIGKILL and a restart on the same state directory).
+``ip netns exec``), ``extra_args`` (more ``node run`` options per node), ``peers`` (each
+node's ``--peer`` addresses, for topologies other than the default), ``relay_hosts`` (relay
+members: ``learnae node run --relay`` processes, one per host listed, ``relay_args`` added to
+each, every relay member told the others; they train nothing and are started first),
+:meth:`kill` and :meth:`start_node` (a SIGKILL and a restart on the same state directory).
 
 Use it as a context manager (``with LocalSwarm(...) as swarm:``): ``stop()`` runs on the
 way out, also on an exception or KeyboardInterrupt; :meth:`LocalSwarm.install_signal_handlers`
@@ -32,6 +35,7 @@ makes SIGTERM behave like Ctrl+C for the runner's own process.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -39,7 +43,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
@@ -117,7 +121,7 @@ def _mlp_config(features: tuple[int, ...], classes: int) -> str:
 
 @dataclass
 class NodeProc:
-    """One trainer node or sensor process the runner started (``kind``: ``node``/``sensor``)."""
+    """One process the runner started (``kind``: ``node``, ``relay`` member or ``sensor``)."""
 
     name: str
     state: Path
@@ -179,9 +183,23 @@ def write_sensor_csv(path: Path, dataset: str, shard: int, count: int, partition
 
 
 class LocalSwarm:
-    """Trainer node and sensor processes in one private swarm on 127.0.0.1.
+    """Trainer node, relay member and sensor processes in one private swarm.
 
-    ``nodes`` trainer node processes and ``sensors`` sensor processes (see the module doc).
+    ``nodes`` trainer node processes and ``sensors`` sensor processes (see the module doc),
+    on 127.0.0.1 unless ``hosts`` says otherwise.
+
+    Args:
+        peers: ``peers(i)`` gives node ``i``'s ``--peer`` multiaddrs (called when the node
+            starts, so it may read :attr:`members` and :attr:`relays`); default: the first
+            node, or with ``mesh`` every earlier node.
+        relay_hosts: one relay member per address listed (its listen address; port 4001 unless
+            it is 127.0.0.1), in :attr:`relays`; none by default.
+        relay_args: more ``node run`` options for every relay member.
+        wrap: ``wrap(i, argv)`` rewrites the command line of node ``i``, or of relay member
+            ``i - nodes`` for ``i >= nodes``.
+        checkpoint_interval: the manifest's least seconds between two checkpoints of a node.
+
+    The other arguments are described in the module doc.
     """
 
     def __init__(self, out: Path, *, nodes: int = 2, sensors: int = 0, dataset: str = "digits",
@@ -189,7 +207,10 @@ class LocalSwarm:
                  sync_every: int | str = "epoch", fetch_timeout: float = 10.0, threads: int = 1,
                  stream_seconds: float = 30.0, mesh: bool = False, hosts: list[str] | None = None,
                  wrap: Callable[[int, list[str]], list[str]] | None = None,
-                 extra_args: Callable[[int], list[str]] | None = None):
+                 extra_args: Callable[[int], list[str]] | None = None,
+                 peers: Callable[[int], list[str]] | None = None,
+                 relay_hosts: list[str] | None = None, relay_args: Sequence[str] = (),
+                 checkpoint_interval: float = LOCAL_CHECKPOINT_INTERVAL):
         if nodes < 1:
             raise ValueError("nodes must be >= 1")
         self.out = Path(out)
@@ -207,10 +228,15 @@ class LocalSwarm:
         self.hosts = hosts or ["127.0.0.1"] * nodes
         self.wrap = wrap or (lambda _i, argv: argv)
         self.extra_args = extra_args or (lambda _i: [])
-        self.manifest = make_manifest(dataset, merge)
+        self.peers = peers
+        self.relay_hosts = list(relay_hosts or [])
+        self.relay_args = list(relay_args)
+        self.manifest = dataclasses.replace(make_manifest(dataset, merge),
+                                            checkpoint_interval=checkpoint_interval)
         self.invite = self.out / "invite.json"
         self.members: list[NodeProc] = []
         self.sensors: list[NodeProc] = []
+        self.relays: list[NodeProc] = []
         self.started_at = 0.0
         self._stopped = False
         self._env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
@@ -225,7 +251,7 @@ class LocalSwarm:
         """Make the swarm's files.
 
         ``learnae init`` in ``out/founder``, the invite in ``out/invite.json``, each node's
-        Kubo repo, and each sensor's CSV.
+        and relay member's Kubo repo, and each sensor's CSV.
         """
         self.out.mkdir(parents=True, exist_ok=True)
         init_swarm(self.out / "founder", self.manifest).invite.save(self.invite)
@@ -235,6 +261,12 @@ class LocalSwarm:
             pid = libkubo.create_repo(state / "ipfs")
             self.members.append(NodeProc(f"node{i}", state, port, f"/ip4/{self.hosts[i]}/tcp/{port}/p2p/{pid}",
                                          api_port=free_port()))
+        for k, host in enumerate(self.relay_hosts):
+            state = self.out / f"relay{k}"
+            port = free_port() if host == "127.0.0.1" else 4001
+            pid = libkubo.create_repo(state / "ipfs")
+            self.relays.append(NodeProc(f"relay{k}", state, port, f"/ip4/{host}/tcp/{port}/p2p/{pid}",
+                                        kind="relay", api_port=free_port()))
         for j in range(self.n_sensors):
             sensor = NodeProc(f"sensor{j}", self.out / f"sensor{j}", 0, "", kind="sensor")
             sensor.rows = write_sensor_csv(self.out / f"sensor{j}.csv", self.dataset, self.n + j, self.shards,
@@ -244,17 +276,29 @@ class LocalSwarm:
     def argv(self, i: int) -> list[str]:
         """The command line of node ``i`` (without ``wrap``)."""
         m = self.members[i]
-        dial = self.members[:i] if self.mesh else self.members[:1] if i else []
-        peers = [a for p in dial for a in ("--peer", p.addr)]
+        if self.peers is not None:
+            addrs = self.peers(i)
+        else:
+            addrs = [p.addr for p in (self.members[:i] if self.mesh else self.members[:1] if i else [])]
+        peers = [a for addr in addrs for a in ("--peer", addr)]
         return [sys.executable, "-c", NODE, "node", "run", "--invite", str(self.invite), "--state", str(m.state),
                 "--data", data_spec(self.dataset, i, self.shards, self.partition, self.seed),
                 "--listen", f"{self.hosts[i]}:{m.port}", "--api", f"127.0.0.1:{m.api_port}",
                 "--seed", str(self.seed), "--threads", str(self.threads),
                 "--fetch-timeout", str(self.fetch_timeout), "--sync-every", str(self.sync_every),
-                "--wait-peers", "1" if self.n > 1 else "0",
+                "--wait-peers", "1" if self.n > 1 or self.relays else "0",
                 # one machine stands for many here: every node's network side is one machine's, so
                 # it must not yield the CPU to the other nodes' training
                 "--network-nice", "0", *peers, *self.extra_args(i)]
+
+    def relay_argv(self, k: int) -> list[str]:
+        """The command line of relay member ``k`` (without ``wrap``): it knows every other one."""
+        r = self.relays[k]
+        peers = [a for other in self.relays if other is not r for a in ("--peer", other.addr)]
+        return [sys.executable, "-c", NODE, "node", "run", "--relay", "--invite", str(self.invite),
+                "--state", str(r.state), "--listen", f"{self.relay_hosts[k]}:{r.port}",
+                "--api", f"127.0.0.1:{r.api_port}", "--fetch-timeout", str(self.fetch_timeout),
+                "--network-nice", "0", *peers, *self.relay_args]
 
     def sensor_argv(self, j: int) -> list[str]:
         """The command line of sensor ``j``.
@@ -282,7 +326,7 @@ class LocalSwarm:
         self._spawn(self.members[i], self.wrap(i, self.argv(i)))
 
     def start(self) -> None:
-        """Create the swarm (if not yet), start every node, then every sensor.
+        """Create the swarm (if not yet), start every relay member, every node, every sensor.
 
         A sensor runs in the network namespace of the node it posts to, when ``wrap`` puts
         nodes in one.
@@ -290,6 +334,8 @@ class LocalSwarm:
         if not self.members:
             self.create()
         self.started_at = time.monotonic()
+        for k, r in enumerate(self.relays):
+            self._spawn(r, self.wrap(self.n + k, self.relay_argv(k)))
         for i in range(self.n):
             self.start_node(i)
         for j, s in enumerate(self.sensors):
@@ -322,7 +368,7 @@ class LocalSwarm:
                 purpose.
         """
         now = time.monotonic() - self.started_at
-        for s in self.sensors:
+        for s in (*self.sensors, *self.relays):
             self._check_alive(s)
         out = []
         for m in self.members:
@@ -336,10 +382,14 @@ class LocalSwarm:
         return out
 
     def _check_alive(self, m: NodeProc) -> None:
-        """A node must run until stopped; a sensor may end (status 0) when its data is sent."""
+        """Raise if ``m`` ended unasked: a sensor may end (status 0) once its data is sent."""
         code = None if m.proc is None else m.proc.poll()
-        if code is not None and not m.down and not self._stopped and (m.kind == "node" or code != 0):
+        if code is not None and not m.down and not self._stopped and (m.kind != "sensor" or code != 0):
             raise RuntimeError(f"{m.name} exited with {code}:\n{self.log_tail(m)}")
+
+    def relay_statuses(self) -> list[dict | None]:
+        """Each relay member's ``status.json`` (None before it wrote one), in order."""
+        return [r.status() for r in self.relays]
 
     def sensor_counters(self) -> list[dict | None]:
         """Each sensor's queue counters (None before it has any), in sensor order."""
@@ -371,8 +421,8 @@ class LocalSwarm:
 
     # ------------------------------------------------------------------ stop
     def pids(self) -> list[int]:
-        """The pids of every process started, nodes then sensors."""
-        return [m.proc.pid for m in (*self.members, *self.sensors) if m.proc is not None]
+        """The pids of every process started: nodes, sensors, relay members."""
+        return [m.proc.pid for m in (*self.members, *self.sensors, *self.relays) if m.proc is not None]
 
     def kill(self, i: int) -> None:
         """SIGKILL node ``i``'s process group (a crash: no final checkpoint, no clean close)."""
@@ -384,8 +434,8 @@ class LocalSwarm:
     def stop(self, timeout: float = 30.0) -> dict[str, int | None]:
         """Stop every process started: SIGTERM, then SIGKILL after ``timeout`` s.
 
-        SIGTERM goes by pid, sensors first, so their last chunks still reach a node; after
-        ``timeout`` s, stragglers' process groups get SIGKILL.
+        SIGTERM goes by pid, sensors first, so their last chunks still reach a node, relay
+        members last; after ``timeout`` s, stragglers' process groups get SIGKILL.
 
         Safe to call twice and from a ``finally``; a second Ctrl+C during the wait is absorbed
         so the kill still happens. Returns each process's exit code (negative: killed by
@@ -393,7 +443,7 @@ class LocalSwarm:
         """
         self._stopped = True
         end = time.monotonic() + timeout
-        for group in (self.sensors, self.members):
+        for group in (self.sensors, self.members, self.relays):
             procs = [m.proc for m in group if m.proc is not None]
             for proc in procs:
                 if proc.poll() is None:
@@ -412,7 +462,8 @@ class LocalSwarm:
             for proc in procs:
                 if proc.poll() is None:
                     _kill_group(proc)
-        return {m.name: None if m.proc is None else m.proc.returncode for m in (*self.members, *self.sensors)}
+        return {m.name: None if m.proc is None else m.proc.returncode
+                for m in (*self.members, *self.sensors, *self.relays)}
 
 
 def _kill_group(proc: subprocess.Popen) -> None:

@@ -35,11 +35,30 @@ opens to earlier nodes), ``local_steps``, ``batch_size``, ``learning_rate``, ``c
 (rows per sensor chunk), ``fetch_timeout`` (simulated seconds a checkpoint fetch may take),
 ``announce_interval`` (the syncers' anti-entropy period, simulated seconds), ``pow_bits``.
 
+``[topology]`` (optional): how the trainer nodes reach each other; only the ``processes``
+driver runs topologies other than ``mesh`` (:func:`check_memory_driver`):
+
+=====================  ======================================================================
+``kind``               ``mesh`` (default: every node reaches every other one), ``line``
+                       (``n0 - n1 - ... - n<nodes-1>``: each node reaches its neighbours only),
+                       ``star`` (``n0`` the hub, every other node reaches ``n0`` only), or
+                       ``home-nat`` (every node behind a home router of its own, with
+                       public relay members: ``learnae node run --relay``)
+``relays``             home-nat: relay members, public, not counted in ``nodes`` (default 1)
+``hole_punching``      home-nat: whether the routers keep ports (hole punching can work) or are
+                       symmetric NATs (it cannot); ``true``/``false`` or one per node (default
+                       ``false``)
+``serve_checkpoints``  home-nat: the relay members hold and serve each author's newest
+                       checkpoint (default ``true``)
+=====================  ======================================================================
+
 ``[bounds]``: ``converge_seconds`` (ledgers identical on every live node within this many
 simulated seconds after the last fault ends; wall seconds for the processes driver), ``recovery_merges`` and ``recovery_ratio``
 (after the last fault ends every live honest node reaches ``recovery_ratio`` of the no-fault
 run's final accuracy within this many merges), ``byzantine_ratio`` (honest nodes' final
-accuracy over the no-fault run's, with Byzantine nodes present). ``[bounds.processes]``
+accuracy over the no-fault run's, with Byzantine nodes present), ``min_fetch_success`` (the
+share of peer-checkpoint fetches that succeed, 0..1; default 0: reported, never failed).
+``[bounds.processes]``
 overrides any of them for the ``processes`` driver: real nodes merge whenever a checkpoint is
 ready (several times per round) and start TensorFlow after a restart, so a bound counted in
 merges or seconds can differ from the simulation's.
@@ -72,7 +91,8 @@ from typing import Any
 
 from learnae.errors import ConfigError
 
-__all__ = ["BEHAVIOURS", "DEFAULTS", "FAULT_KINDS", "Fault", "Scenario", "load_scenario", "parse_scenario"]
+__all__ = ["BEHAVIOURS", "DEFAULTS", "FAULT_KINDS", "TOPOLOGIES", "Fault", "Scenario", "Topology",
+           "check_memory_driver", "load_scenario", "parse_scenario"]
 
 BEHAVIOURS = ("sign-flip", "noise", "scale", "stale", "fake-cid", "flood")
 """Byzantine behaviours: publish ``-w``; ``w + N(0, sigma)``; ``100 w``; replay the first
@@ -108,7 +128,15 @@ BOUND_DEFAULTS: dict[str, float] = {
     "recovery_merges": 6,
     "recovery_ratio": 0.98,
     "byzantine_ratio": 0.95,
+    "min_fetch_success": 0.0,
 }
+_RATIOS = ("recovery_ratio", "byzantine_ratio", "min_fetch_success")  # at most 1
+_MAY_BE_ZERO = ("min_fetch_success",)
+
+TOPOLOGIES = ("mesh", "line", "star", "home-nat")
+"""Values of ``[topology]`` ``kind`` (see the module docstring)."""
+_HOME_NAT_KEYS = ("relays", "hole_punching", "serve_checkpoints")
+MAX_HOSTS = 254  # hosts of one test network (learnae.local.netns): the nodes, relays and a fetcher
 
 _FAULT_KEYS = {
     "partition": {"groups", "halves"},
@@ -150,6 +178,24 @@ class Fault:
 
 
 @dataclass(frozen=True)
+class Topology:
+    """How the trainer nodes reach each other (``[topology]``; see the module docstring).
+
+    Attributes:
+        kind: one of :data:`TOPOLOGIES`.
+        relays: relay-member processes besides the nodes (home-nat only; 0 otherwise).
+        hole_punching: per node, whether its router keeps ports (home-nat only; empty
+            otherwise).
+        serve_checkpoints: the relay members hold and serve each author's newest checkpoint.
+    """
+
+    kind: str = "mesh"
+    relays: int = 0
+    hole_punching: tuple[bool, ...] = ()
+    serve_checkpoints: bool = True
+
+
+@dataclass(frozen=True)
 class Scenario:
     """A validated scenario; build it with :func:`load_scenario` or :func:`parse_scenario`."""
 
@@ -175,6 +221,7 @@ class Scenario:
     bounds: dict[str, float]
     faults: tuple[Fault, ...] = field(default_factory=tuple)
     process_bounds: dict[str, float] = field(default_factory=dict)
+    topology: Topology = field(default_factory=Topology)
 
     @property
     def node_names(self) -> list[str]:
@@ -207,6 +254,18 @@ class Scenario:
         ends = [f.at for f in self.faults if f.kind in ("heal", "restart")]
         ends += [f.until for f in self.faults if f.until is not None]
         return max(ends, default=0)
+
+
+def check_memory_driver(scn: Scenario) -> None:
+    """Raise :class:`ConfigError` when the ``memory`` driver cannot run ``scn``.
+
+    The memory driver links each simulated node to ``degree`` random earlier ones and models
+    no other topology.
+    """
+    if scn.topology.kind != "mesh":
+        raise ConfigError(f"{scn.name}: the memory driver does not model the {scn.topology.kind!r}"
+                          " topology (it links each node to `degree` random earlier ones): run it"
+                          " with --driver processes")
 
 
 def load_scenario(path: str | Path) -> Scenario:
@@ -245,9 +304,10 @@ def parse_scenario(data: dict[str, Any], *, where: str = "scenario") -> Scenario
 
     if not isinstance(data, dict):
         raise fail("a scenario is a TOML table")
-    unknown = set(data) - set(DEFAULTS) - {"bounds", "faults"}
+    unknown = set(data) - set(DEFAULTS) - {"bounds", "faults", "topology"}
     if unknown:
-        raise fail(f"unknown keys {sorted(unknown)}; known: {sorted(DEFAULTS)} plus [bounds] and [[faults]]")
+        raise fail(f"unknown keys {sorted(unknown)}; known: {sorted(DEFAULTS)} plus [bounds],"
+                   " [topology] and [[faults]]")
     values: dict[str, Any] = {}
     for key, default in DEFAULTS.items():
         value = data.get(key, default)
@@ -301,19 +361,58 @@ def parse_scenario(data: dict[str, Any], *, where: str = "scenario") -> Scenario
     faults = [_parse_fault(i, f, values["rounds"], names, sensors, fail) for i, f in enumerate(faults_raw)]
     faults.sort(key=lambda f: f.at)  # stable: same-round entries keep the file's order
     _check_timeline(faults, fail)
-    return Scenario(**values, bounds=bounds, process_bounds=process_bounds, faults=tuple(faults))
+    topology = _parse_topology(data.get("topology", {}), values["nodes"], fail)
+    return Scenario(**values, bounds=bounds, process_bounds=process_bounds, faults=tuple(faults),
+                    topology=topology)
+
+
+def _parse_topology(raw: Any, nodes: int, fail) -> Topology:
+    """The ``[topology]`` table (see the module docstring) for a swarm of ``nodes``."""
+    if not isinstance(raw, dict):
+        raise fail("[topology] must be a table")
+    kind = raw.get("kind", "mesh")
+    if kind not in TOPOLOGIES:
+        raise fail(f"topology kind is {kind!r}, expected one of {', '.join(TOPOLOGIES)}")
+    allowed = {"kind", *(_HOME_NAT_KEYS if kind == "home-nat" else ())}
+    extra = set(raw) - allowed
+    if extra:
+        also = "" if kind == "home-nat" else f" ({', '.join(_HOME_NAT_KEYS)} are for kind = \"home-nat\")"
+        raise fail(f"[topology] ({kind}) has unknown keys {sorted(extra)}; allowed: {sorted(allowed)}{also}")
+    if kind != "home-nat":
+        if nodes + 1 > MAX_HOSTS:
+            raise fail(f"a {kind} topology has at most {MAX_HOSTS - 1} nodes, not {nodes}")
+        return Topology(kind)
+    relays = raw.get("relays", 1)
+    if type(relays) is not int or relays < 1:
+        raise fail(f"[topology] relays must be an integer >= 1, not {relays!r}")
+    if nodes + relays + 1 > MAX_HOSTS:
+        raise fail(f"[topology] nodes + relays must be at most {MAX_HOSTS - 1} (one test network),"
+                   f" not {nodes + relays}")
+    punch = raw.get("hole_punching", False)
+    if isinstance(punch, bool):
+        punch = [punch] * nodes
+    if not isinstance(punch, list) or len(punch) != nodes or not all(isinstance(p, bool) for p in punch):
+        raise fail(f"[topology] hole_punching must be true, false or a list of {nodes} of them"
+                   f" (one per node), not {raw['hole_punching']!r}")
+    serve = raw.get("serve_checkpoints", True)
+    if not isinstance(serve, bool):
+        raise fail(f"[topology] serve_checkpoints must be true or false, not {serve!r}")
+    return Topology(kind, relays=relays, hole_punching=tuple(punch), serve_checkpoints=serve)
 
 
 def _parse_bounds(bounds: dict[str, float], given: dict[str, Any], what: str, fail) -> dict[str, float]:
     for key, value in given.items():
         if key not in BOUND_DEFAULTS:
             raise fail(f"unknown {what} {key!r}; known: {sorted(BOUND_DEFAULTS)}")
-        if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-            raise fail(f"{what} {key} must be a positive number, not {value!r}")
+        if isinstance(value, bool) or not isinstance(value, int | float) or not (
+                value >= 0 if key in _MAY_BE_ZERO else value > 0):
+            least = "a number >= 0" if key in _MAY_BE_ZERO else "a positive number"
+            raise fail(f"{what} {key} must be {least}, not {value!r}")
         bounds[key] = float(value)
-    for key in ("recovery_ratio", "byzantine_ratio"):
+    for key in _RATIOS:
         if bounds[key] > 1:
-            raise fail(f"{what} {key} is a ratio to the no-fault run, at most 1, not {bounds[key]}")
+            ratio = "a share" if key == "min_fetch_success" else "a ratio to the no-fault run"
+            raise fail(f"{what} {key} is {ratio}, at most 1, not {bounds[key]}")
     return bounds
 
 
