@@ -127,7 +127,7 @@ def _usable(addr: object, sender: str) -> bool:
 
 
 async def exchange_addresses(node: IpfsNode, topic: str, *, interval: float = PEX_INTERVAL,
-                             want: int = 16, dial_timeout: float = 10.0,
+                             want: int = 16, dial_timeout: float = 10.0, dial_relayed: bool = True,
                              book: AddressBook | None = None) -> None:
     """Announce ``node``'s addresses on ``topic`` and dial members heard of, until cancelled.
 
@@ -141,6 +141,11 @@ async def exchange_addresses(node: IpfsNode, topic: str, *, interval: float = PE
         interval: seconds between rounds.
         want: peers to be connected to before dialling stops.
         dial_timeout: seconds one dial may take.
+        dial_relayed: also dial members through relays. A member others can dial directly
+            (a relay member) passes False: a relayed connection carries no data, and it would
+            stand in the way of the direct connection the member behind NAT makes to it (Kubo
+            does not dial a peer it holds any connection to, and the direct connections to
+            public members are what confirms a NATed member's address for hole punching).
         book: the address book to fill (a fresh one if None; pass one to read it).
     """
     book = book or AddressBook(node.id)
@@ -155,7 +160,7 @@ async def exchange_addresses(node: IpfsNode, topic: str, *, interval: float = PE
         while True:
             with contextlib.suppress(LearnaeError):
                 await node.publish(topic, json.dumps({"addrs": await node.addrs()}).encode())
-            await _dial_members(node, book, want, dial_timeout)
+            await _dial_members(node, book, want, dial_timeout, dial_relayed)
             await asyncio.sleep(interval)
     finally:
         listener.cancel()
@@ -165,7 +170,8 @@ async def exchange_addresses(node: IpfsNode, topic: str, *, interval: float = PE
             await sub.aclose()
 
 
-async def _dial_members(node: IpfsNode, book: AddressBook, want: int, dial_timeout: float) -> None:
+async def _dial_members(node: IpfsNode, book: AddressBook, want: int, dial_timeout: float,
+                        dial_relayed: bool) -> None:
     try:
         connected = set(await node.peers())
     except LearnaeError as exc:
@@ -174,7 +180,8 @@ async def _dial_members(node: IpfsNode, book: AddressBook, want: int, dial_timeo
     missing = [m for m in reversed(book.members) if m not in connected][:max(0, want - len(connected))]
 
     async def dial(member: str) -> None:
-        for addr in sorted(book.members.get(member, []), key=is_relayed):
+        addrs = [a for a in book.members.get(member, []) if dial_relayed or not is_relayed(a)]
+        for addr in sorted(addrs, key=is_relayed):
             try:
                 await node.connect(addr, timeout=dial_timeout)
                 return

@@ -40,14 +40,16 @@ class NatLab:
             one value, or one per trainer (:class:`~learnae.local.netns.HomeNat`).
         serve_checkpoints: the relay members hold and serve each author's newest checkpoint.
         dataset: the data set the trainers shard (``digits`` and its MLP by default).
-        checkpoint_interval: the manifest's seconds between two checkpoints of a node.
+        checkpoint_interval: the manifest's seconds between two checkpoints of a node (3 s: a
+            node keeps its newest 3 checkpoints, so a relay member that looks once a second
+            still finds the newest one on its author).
 
     Raises:
         LearnaeError: the namespaces could not be made (needs root, ``ip`` and ``nft``).
     """
 
     def __init__(self, out: Path, *, relays: int, trainers: int, hole_punching: bool | Sequence[bool],
-                 serve_checkpoints: bool = True, dataset: str = "digits", checkpoint_interval: float = 1.0):
+                 serve_checkpoints: bool = True, dataset: str = "digits", checkpoint_interval: float = 3.0):
         self.out = Path(out)
         self.relays, self.trainers = relays, trainers
         self.serve_checkpoints = serve_checkpoints

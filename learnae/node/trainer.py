@@ -947,7 +947,8 @@ class TrainerNode:
         dial = [a for a in dial if not a.endswith(self.ipfs.id)]
         if dial:
             self._tasks.append(asyncio.create_task(keep_connected(self.ipfs, dial, interval=2.0, dial_timeout=5)))
-        self._tasks.append(asyncio.create_task(exchange_addresses(self.ipfs, pex_topic(cfg.invite.genesis))))
+        self._tasks.append(asyncio.create_task(exchange_addresses(self.ipfs, pex_topic(cfg.invite.genesis),
+                                                                  dial_relayed=not cfg.relay)))
         api = _api_server(cfg)
         if api is not None:
             serve, host, port = api
