@@ -13,7 +13,7 @@ from conftest import eventually
 from learnae.errors import InvalidMultiaddr
 from learnae.ipfs.base import PubsubMessage
 from learnae.ipfs.memory import MemoryNetwork
-from learnae.ipfs.peering import AddressBook, exchange_addresses, keep_connected
+from learnae.ipfs.peering import AddressBook, _dial_members, exchange_addresses, keep_connected
 
 ME = "12D3KooWD3eckifWpRn9wQpMG9R9hX3sD158z7EqHWmweQAJU5SA"
 B = "12D3KooWRFRxoCLR8sHL3S7ijdUtQjQxk3FvWpA7VNS9VKRKR1mq"
@@ -103,3 +103,24 @@ async def test_members_that_know_only_a_common_peer_learn_each_others_addresses(
         await asyncio.gather(*tasks, return_exceptions=True)
         for node in nodes:
             await node.close()
+
+
+async def test_a_member_that_dials_no_relays_tries_direct_addresses_only():
+    net = MemoryNetwork(seed=1)
+    node, other = net.node("a"), net.node("b")
+    dialled: list[str] = []
+    connect = node.connect
+
+    async def recording(addr: str, timeout: float = 30.0) -> None:
+        dialled.append(addr)
+        await connect(addr, timeout=timeout)
+
+    node.connect = recording
+    relayed = f"/ip4/11.77.0.2/tcp/4001/p2p/{R}/p2p-circuit/p2p/b"
+    book = AddressBook("a")
+    book.members["b"] = [relayed]  # only a relayed address: not dialled at all
+    await _dial_members(node, book, want=4, dial_timeout=0.1, dial_relayed=False)
+    assert dialled == [] and "b" not in await node.peers()
+    book.members["b"] = [relayed, (await other.addrs())[0]]
+    await _dial_members(node, book, want=4, dial_timeout=0.1, dial_relayed=False)
+    assert dialled == ["/memory/b/p2p/b"] and "b" in await node.peers()
