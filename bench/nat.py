@@ -3,7 +3,7 @@
 Usage: python bench/nat.py [--mb 64] [--skip-swarm] [--skip-fetch]
 
 1. **Checkpoint fetch throughput**, direct against through a relay member. Embedded Kubo nodes
-   in a :class:`~learnae.local.netns.HomeNat`: four public relays; C behind a router adds a
+   in a :class:`~learnae.local.netns.HomeNat`: five public relays; C behind a router adds a
    random ``--mb`` MB file; B behind another router fetches it.
    - *hole-punched*: the routers keep ports; B dials C through a relay, waits until the hole
      punch gave it a direct connection, then fetches from C;
@@ -12,7 +12,7 @@ Usage: python bench/nat.py [--mb 64] [--skip-swarm] [--skip-fetch]
 2. **Time to the first merge across routers**: a :class:`~learnae.local.natlab.NatLab` swarm
    of two trainer processes behind routers; seconds from start until B first merged a
    checkpoint authored by C, and until both had merged one of the other's; for ports kept
-   (four relay members, none serving checkpoints) and symmetric NATs (one relay member that
+   (five relay members, none serving checkpoints) and symmetric NATs (one relay member that
    serves them).
 """
 
@@ -36,7 +36,7 @@ from learnae.local import netns
 from learnae.local.natlab import NatLab
 
 MB = 1_000_000
-RELAYS = 4
+RELAYS = 5
 
 
 # ------------------------------------------------------------------ worker (in a namespace)
@@ -110,7 +110,7 @@ def _read(path: Path) -> dict:
 
 # ------------------------------------------------------------------------------ driver
 def fetch_run(mb: int, punch: bool) -> dict:
-    """Four relays, C and B behind routers: B's fetch of C's file; the figures."""
+    """Five relays, C and B behind routers: B's fetch of C's file; the figures."""
     with tempfile.TemporaryDirectory(prefix="bench-nat-") as tmp, \
             netns.HomeNat(RELAYS, 2, hole_punching=punch) as net:
         out = Path(tmp)

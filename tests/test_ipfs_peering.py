@@ -10,7 +10,7 @@ import logging
 import pytest
 from conftest import eventually
 
-from learnae.errors import InvalidMultiaddr
+from learnae.errors import InvalidMultiaddr, IpfsError
 from learnae.ipfs.base import PubsubMessage
 from learnae.ipfs.memory import MemoryNetwork
 from learnae.ipfs.peering import AddressBook, _dial_members, exchange_addresses, keep_connected
@@ -124,3 +124,27 @@ async def test_a_member_that_dials_no_relays_tries_direct_addresses_only():
     book.members["b"] = [relayed, (await other.addrs())[0]]
     await _dial_members(node, book, want=4, dial_timeout=0.1, dial_relayed=False)
     assert dialled == ["/memory/b/p2p/b"] and "b" in await node.peers()
+
+
+async def test_a_member_behind_nat_is_dialled_through_its_relay_only():
+    """A member announcing a relayed address is dialled there, not at its direct addresses
+    (the pending direct dial would hold up the hole punch's own dial)."""
+    net = MemoryNetwork(seed=1)
+    node = net.node("a")
+    dialled: list[str] = []
+
+    async def recording(addr: str, timeout: float = 30.0) -> None:
+        dialled.append(addr)
+        raise IpfsError("unreachable")
+
+    node.connect = recording
+    relayed = f"/ip4/11.77.0.2/tcp/4001/p2p/{R}/p2p-circuit/p2p/b"
+    direct = "/ip4/192.168.1.2/tcp/4001/p2p/b"
+    book = AddressBook("a")
+    book.members["b"] = [direct, relayed]
+    await _dial_members(node, book, want=4, dial_timeout=0.1, dial_relayed=True)
+    assert dialled == [relayed]
+    dialled.clear()
+    book.members["b"] = [direct]  # no reservation: its direct address
+    await _dial_members(node, book, want=4, dial_timeout=0.1, dial_relayed=True)
+    assert dialled == [direct]

@@ -3,10 +3,11 @@
 B and C sit each behind a masquerading router of its own and are told only A, a relay member
 with a public address that trains and merges nothing. Two router setups:
 
-- **hole-punched**: the routers keep ports (endpoint-independent mapping). Three more public
-  relay members run beside A because go-libp2p 0.29 starts hole punching only once four public
-  peers have seen the same address; A serves no checkpoints, so whatever B gets of C's it got
-  from C itself, over the connection the hole punch made.
+- **hole-punched**: the routers keep ports (endpoint-independent mapping). Four more public
+  relay members run beside A (B and C find them by peer exchange) because go-libp2p 0.29 starts
+  hole punching only once four public peers have seen the same address, and two dials to one
+  of them at the same moment can spoil its observation; A serves no checkpoints, so whatever
+  B gets of C's it got from C itself, over the connection the hole punch made.
 - **relayed**: symmetric NATs (a new port per connection): no hole punch can work. B and C stay
   connected through A's relay, which carries no data in Kubo 0.22, so A serves each author's
   newest checkpoint and B and C fetch from it.
@@ -30,7 +31,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.root, pytest.mark.skipif(not ok, rea
 
 @pytest.mark.parametrize("punch", [True, False], ids=["hole-punched", "relayed"])
 def test_trainers_behind_nat_merge_each_others_checkpoints(punch, tmp_path, launch, record_property):
-    with NatLab(tmp_path, relays=4 if punch else 1, trainers=2, hole_punching=punch,
+    with NatLab(tmp_path, relays=5 if punch else 1, trainers=2, hole_punching=punch,
                 serve_checkpoints=not punch) as lab:
         b, c = lab.relays, lab.relays + 1
         try:

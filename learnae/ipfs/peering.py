@@ -132,8 +132,13 @@ async def exchange_addresses(node: IpfsNode, topic: str, *, interval: float = PE
     """Announce ``node``'s addresses on ``topic`` and dial members heard of, until cancelled.
 
     Every ``interval`` seconds: publish ``{"addrs": await node.addrs()}``, then, while fewer than
-    ``want`` peers are connected, dial each member of the book that is not connected, its direct
-    addresses before its relayed ones (one connection per member is enough).
+    ``want`` peers are connected, dial each member of the book that is not connected (one
+    connection per member is enough). A member that announces a relayed address holds a relay
+    reservation: AutoNAT found it cannot be dialled directly. It is dialled through the relay
+    only, and libp2p upgrades the connection by hole punching (DCUtR) where the NATs allow.
+    Dialling its direct addresses too would spoil that: libp2p runs one dial per peer at a
+    time, and the hole punch's dial, which has a few seconds, would wait behind the slow
+    failing one. Other members are dialled at their direct addresses.
 
     Args:
         node: the IPFS node.
@@ -180,8 +185,9 @@ async def _dial_members(node: IpfsNode, book: AddressBook, want: int, dial_timeo
     missing = [m for m in reversed(book.members) if m not in connected][:max(0, want - len(connected))]
 
     async def dial(member: str) -> None:
-        addrs = [a for a in book.members.get(member, []) if dial_relayed or not is_relayed(a)]
-        for addr in sorted(addrs, key=is_relayed):
+        addrs = book.members.get(member, [])
+        relayed = [a for a in addrs if is_relayed(a)] if dial_relayed else []
+        for addr in relayed or [a for a in addrs if not is_relayed(a)]:
             try:
                 await node.connect(addr, timeout=dial_timeout)
                 return

@@ -21,8 +21,12 @@ What Kubo 0.22 (go-libp2p 0.29) does with these, learned the hard way:
   neither bitswap nor gossipsub opens streams on a transient connection: the relay carries
   the hole-punching handshake only, never a checkpoint;
 - hole punching starts only once identify has seen the node's own public address from
-  four distinct observers (``ActivationThresh``), and AutoNAT and hole punching ignore
-  private, loopback and test-net addresses;
+  four distinct observers (``ActivationThresh``; two dials to one observer at once can spoil
+  its observation, so a test swarm has five public members), and AutoNAT and hole punching
+  ignore private, loopback and test-net addresses;
+- DCUtR runs once per inbound relayed connection, and its dial fails when another dial to
+  the same peer is pending (libp2p runs one dial per peer; :mod:`learnae.ipfs.peering` dials
+  a member behind NAT through its relay only);
 - AutoNAT waits 15 s after start before its first probe.
 
 Joining the public network is never done here; it would need an explicit opt-in
