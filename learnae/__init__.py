@@ -20,6 +20,7 @@ own; the contracts are in ``setup.cfg``, ``[importlinter]``):
 - :mod:`learnae.invite`: the invite a node or sensor joins a swarm with.
 - :mod:`learnae.state`: a member's state directory: layout, making a swarm, opening its ledger.
 - :mod:`learnae.merge`: merge rules over weight arrays, and the checks of peers' updates.
+- :mod:`learnae.verify`: who spot-checks which checkpoint, the verdict rules, authors' standings.
 - :mod:`learnae.models`: the model configs learnae knows by name, and their checks.
 - :mod:`learnae.ingest`: the ``POST /ingest`` contract, shared by the node, sensor and API.
 - :mod:`learnae.ledger`: transactions, the SQLite tangle, and its sync by gossip.

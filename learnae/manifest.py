@@ -32,10 +32,18 @@ key                        meaning                                              
                            accepted transaction, checkpoint file and data chunk file            64 MiB, 8 MiB
 ``admission``              ``"open"``, or a list of the author ids allowed to publish           open
 ``created``                ms since the Unix epoch (also the genesis transaction's time)        now
+``verification``           checks of peers' checkpoints and the authors' standings              see below
+                           (:class:`Verification`); written only when not the defaults
 =========================  ==================================================================  ============
 
 The model may have at most ``limits.checkpoint_bytes / 4`` parameters (a float32 parameter
 takes 4 bytes of a checkpoint), counted from its config without building it.
+
+``verification`` is a map of ``rate`` (0.05), ``verifiers`` (2), ``threshold`` (0.5),
+``prior_agree`` (3.0), ``prior_dispute`` (1.0), ``unselected_weight`` (0.25), ``sample_cap`` (4.0)
+and ``tolerance`` (0.0), missing keys taking those defaults (:class:`Verification`, used by
+:mod:`learnae.verify`). The payload has it only when it differs from the defaults, so a manifest
+made before verification existed keeps its payload, and its genesis its id.
 
 Also here: the genesis transaction (:func:`make_genesis`, :func:`manifest_of`), the admission
 list file (:func:`read_admission_file`), and short forms of ids for tables (:func:`short_id`).
@@ -65,7 +73,8 @@ __all__ = [
     "ADMISSION_OPEN", "DEFAULT_BATCH_SIZE", "DEFAULT_LEARNING_RATE", "DEFAULT_MERGE",
     "DEFAULT_OPTIMIZER", "DEFAULT_POW_BITS", "DEFAULT_SYNC_EVERY", "DEFAULT_SYNC_INTERVAL",
     "DEFAULT_CHECKPOINT_INTERVAL",
-    "MAX_NAME", "MAX_POW_BITS", "MERGE_RULES", "OPTIMIZERS", "Limits", "Manifest", "check_name",
+    "MAX_NAME", "MAX_POW_BITS", "MERGE_RULES", "OPTIMIZERS", "Limits", "Manifest", "Verification",
+    "check_name",
     "make_genesis", "manifest_of", "read_admission_file", "short_author", "short_id",
 ]
 
@@ -196,6 +205,90 @@ def _now_ms() -> int:
 
 
 @dataclass(frozen=True)
+class Verification:
+    """How members check each other's checkpoints and whose checkpoints they stop merging.
+
+    The rules that use these parameters are in :mod:`learnae.verify`.
+
+    Attributes:
+        rate: the share of its peers' checkpoints a member checks on average, 0 to 1 (0 turns
+            verification off).
+        verifiers: members in the committee of a checked checkpoint, 1 to 16.
+        threshold: standing (0 to 1) below which an author is flagged and its checkpoints are
+            not merged; it must be below the standing of an author nobody has judged yet,
+            ``prior_agree / (prior_agree + prior_dispute)``.
+        prior_agree: agreements every author starts with (> 0).
+        prior_dispute: disputes every author starts with (> 0).
+        unselected_weight: what an attestation by a member outside the checkpoint's committee
+            counts, 0 to 1 (a committee member's counts 1).
+        sample_cap: a checkpoint's ``samples`` counts at most this multiple of the median claim
+            among the checkpoints merged together, 1 to 1e6.
+        tolerance: how much worse (relative validation loss, 0 to 1) than its base a checkpoint
+            may be and still be agreed with.
+
+    With the defaults an author is flagged after 3 disputes (by committee members) and no
+    agreement: (3 + 0) / (3 + 1 + 0 + 3) = 0.43 < 0.5.
+
+    Raises:
+        ConfigError: a parameter is out of its range, or ``threshold`` is not below the prior
+            standing.
+    """
+
+    rate: float = 0.05
+    verifiers: int = 2
+    threshold: float = 0.5
+    prior_agree: float = 3.0
+    prior_dispute: float = 1.0
+    unselected_weight: float = 0.25
+    sample_cap: float = 4.0
+    tolerance: float = 0.0
+
+    def __post_init__(self) -> None:
+        def put(name: str, value: float) -> None:
+            object.__setattr__(self, name, value)
+
+        put("rate", _number("verification.rate", self.rate, 1.0, zero=True))
+        _int("verification.verifiers", self.verifiers, 1, 16)
+        put("threshold", _number("verification.threshold", self.threshold, 1.0, zero=True))
+        put("prior_agree", _number("verification.prior_agree", self.prior_agree, 1e6))
+        put("prior_dispute", _number("verification.prior_dispute", self.prior_dispute, 1e6))
+        put("unselected_weight", _number("verification.unselected_weight",
+                                         self.unselected_weight, 1.0, zero=True))
+        put("sample_cap", _number("verification.sample_cap", self.sample_cap, 1e6))
+        if self.sample_cap < 1:
+            raise ConfigError(f"manifest verification.sample_cap must be at least 1 (a cap below"
+                              f" the median would cut honest claims), got {self.sample_cap!r}")
+        put("tolerance", _number("verification.tolerance", self.tolerance, 1.0, zero=True))
+        prior = self.prior_agree / (self.prior_agree + self.prior_dispute)
+        if not self.threshold < prior:
+            raise ConfigError(
+                f"manifest verification.threshold {self.threshold:g} is not below the standing"
+                f" every author starts with, prior_agree / (prior_agree + prior_dispute) ="
+                f" {prior:.3g}: every author would be flagged before anyone checked its work;"
+                " lower the threshold or raise prior_agree")
+
+    def to_payload(self) -> dict[str, float | int]:
+        """The payload form: a map of the eight parameters (floats, and the int ``verifiers``)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_payload(cls, value: Any) -> Verification:
+        """Inverse of :meth:`to_payload`; missing keys take the defaults.
+
+        Raises:
+            ConfigError: ``value`` is not a map, has an unknown key, or a bad parameter.
+        """
+        if not isinstance(value, dict):
+            raise ConfigError(f"manifest verification must be a map, not {type(value).__name__}")
+        known = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(value) - set(known), key=str)
+        if unknown:
+            raise ConfigError(f"manifest verification has unknown keys {unknown}"
+                              f" (known: {', '.join(known)})")
+        return cls(**value)
+
+
+@dataclass(frozen=True)
 class Manifest:
     """A swarm's definition; its payload form is the genesis transaction's payload.
 
@@ -225,6 +318,7 @@ class Manifest:
     limits: Limits = field(default_factory=Limits)
     admission: str | tuple[str, ...] = ADMISSION_OPEN
     created: int | None = None
+    verification: Verification = field(default_factory=Verification)
     _keys: frozenset[bytes] | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -234,6 +328,8 @@ class Manifest:
         check_name(self.name)
         if not isinstance(self.limits, Limits):
             raise ConfigError("manifest limits must be a Limits")
+        if not isinstance(self.verification, Verification):
+            raise ConfigError("manifest verification must be a Verification")
         info = check_model(self.model, max_params=self.limits.checkpoint_bytes // PARAM_BYTES)
         if len(self.model.encode()) > self.limits.tx_bytes - 1024:
             raise ConfigError(
@@ -316,6 +412,8 @@ class Manifest:
             "admission": self.admission if self.admission == ADMISSION_OPEN else list(self.admission),
             "created": self.created,
         }
+        if self.verification != Verification():  # absent = defaults: older payloads unchanged
+            payload["verification"] = self.verification.to_payload()
         _no_bytes(payload, "")
         return payload
 
@@ -345,6 +443,8 @@ class Manifest:
         kwargs = {k: v for k, v in payload.items() if k != "v"}
         if "limits" in kwargs:
             kwargs["limits"] = Limits.from_payload(kwargs["limits"])
+        if "verification" in kwargs:
+            kwargs["verification"] = Verification.from_payload(kwargs["verification"])
         if isinstance(kwargs.get("input_shape"), list):
             kwargs["input_shape"] = tuple(kwargs["input_shape"])
         if isinstance(kwargs.get("admission"), list):

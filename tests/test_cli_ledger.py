@@ -479,3 +479,38 @@ def test_show_and_export_a_snapshot_transaction(swarm, history):
                                       "top": snap.payload["top"]}
     assert 'fillcolor="plum"' in run("ledger", "export", swarm, "--format", "dot").output
     assert run("ledger", "verify", swarm).output.startswith("ok: 8 transactions verified")
+
+
+def test_attestations_shows_standings_and_disputes(swarm):
+    from learnae.ledger.tx import attestation_payload
+
+    founder = Identity.load(swarm / "identity.key")
+    tangle, _ = open_tangle(swarm)
+    with tangle:
+        liar = [append_checkpoint(tangle, BOB, n) for n in range(1, 8)]
+        honest = append_checkpoint(tangle, CAROL, 9)
+        # at the default 5% rate no checkpoint here has a committee: each attestation weighs
+        # 0.25, so 12 disputes (3.0) against 2 agreements (0.5) flag BOB
+        for n, c in enumerate(liar):
+            verdict, code = ("agree", "ok") if n == 6 else ("dispute", "holdout-no-gain")
+            for verifier in (founder, CAROL):
+                tangle.append(verifier, "attestation", attestation_payload(
+                    checkpoint=c.id, method="holdout", verdict=verdict, code=code,
+                    figures={"loss": 1.0, "base_loss": 0.9}), approve=c.id)
+        tangle.append(founder, "attestation", attestation_payload(
+            checkpoint=honest.id, method="holdout", verdict="agree", code="ok", figures={}), approve=honest.id)
+    report = json.loads(run("ledger", "attestations", swarm, "--json").output)
+    by_key = {row["author_key"]: row for row in report["standings"]}
+    assert report["attestations"] == 15
+    assert by_key[BOB.public_key.hex()]["flagged"] and not by_key[CAROL.public_key.hex()]["flagged"]
+    assert len(report["disputes"]) == 12 and {d["code"] for d in report["disputes"]} == {"holdout-no-gain"}
+    assert report["disputes"][0]["subject"] == BOB.author_id
+    text = run("ledger", "attestations", swarm, "--disputes", "2").output
+    assert "latest 2 disputes" in text and "holdout-no-gain" in text
+    assert re.search(rf"{re.escape(manifest_module.short_author(BOB.public_key))}.*yes", text)
+    fresh = run("ledger", "attestations", swarm.parent / "nothing", ok=False)
+    assert fresh.exit_code == 2 and "does not exist" in fresh.output
+
+
+def test_attestations_of_a_ledger_nobody_judged(swarm):
+    assert "no author has been judged yet" in run("ledger", "attestations", swarm).output

@@ -38,7 +38,8 @@ def _alone_accuracy(i: int, n: int, epochs: int) -> float:
     return evaluate(model, splits.test.x, splits.test.y)["accuracy"]
 
 
-KEYED_BY_DATA = {"rejections", "errors", "by_kind", "checkpoints_by_author"}
+KEYED_BY_DATA = {"rejections", "errors", "by_kind", "checkpoints_by_author", "merged_from", "by_code",
+                 "standings"}
 """``/status`` maps whose keys are data (reason codes, tx kinds, author ids), not names."""
 UNIT_WORDS = ("time", "uptime", "seconds", "duration", "elapsed", "bytes", "size")
 UNIT_SUFFIXES = ("_s", "_ms", "_bytes")

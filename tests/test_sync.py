@@ -62,7 +62,7 @@ def bad_signature_tx(seq: int) -> Tx:
     return Tx(**{**tx.__dict__, "raw": tx.raw.replace(tx.sig, bytes(64))})
 
 
-def future_kind_tx(seq: int, kind: str = "attestation") -> Tx:
+def future_kind_tx(seq: int, kind: str = "revoke") -> Tx:
     """A well-formed, signed and mined transaction of a kind this version does not know (as a
     newer version, or someone storing junk, would make it)."""
     with mock.patch("learnae.ledger.tx.check_payload"):

@@ -214,7 +214,7 @@ BAD = {
     "not-admitted": lambda a: data_tx(MALLORY, [a.id], NOW + 24).raw,
     "bad-payload": lambda a: resign(a, BOB, payload={"cid": CIDS[0]}, parents=[tx_link(a.id)], time=NOW + 22),
     "bad-fields": lambda a: resign(a, BOB, extra=1, parents=[tx_link(a.id)], time=NOW + 23),
-    "unknown-kind": lambda a: resign(a, BOB, kind="attestation", payload={"pad": b"\x00" * 100},
+    "unknown-kind": lambda a: resign(a, BOB, kind="revoke", payload={"pad": b"\x00" * 100},
                                      parents=[tx_link(a.id)], time=NOW + 25),
 }
 

@@ -1,4 +1,4 @@
-"""``learnae ledger show|verify|lineage|export|prune``: read a swarm's ledger (the tangle), prune it."""
+"""``learnae ledger show|verify|lineage|attestations|export|prune``: read a swarm's ledger, prune it."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ def ledger_group() -> None:
     """Read a swarm's ledger (the tangle) from a state directory.
 
     STATE_DIR is the directory `learnae init` made or a node runs in; the ledger
-    is STATE_DIR/tangle.sqlite. show, verify, lineage and export only read it,
+    is STATE_DIR/tangle.sqlite. show, verify, lineage, attestations and export only read it,
     and can run while the node is running; prune changes it, and only while no
     node runs there (a running node prunes its own ledger).
 
@@ -37,6 +37,7 @@ def ledger_group() -> None:
     Examples:
       learnae ledger show ./swarm
       learnae ledger verify ./swarm
+      learnae ledger attestations ./swarm
       learnae ledger export ./swarm --format dot -o tangle.dot && dot -Tsvg tangle.dot > tangle.svg
       learnae ledger prune ./swarm --window 1h
     """
@@ -119,6 +120,67 @@ def ledger_show(state_dir: Path, last: int, as_json: bool) -> None:
         click.echo(f"  {'TIME (UTC)':<19}  {'KIND':<10}  {'AUTHOR':<13}  ID")
         for tx in reversed(latest):
             click.echo(f"  {_when(tx.time):<19}  {tx.kind:<10}  {short_author(tx.author):<13}  {tx.id}")
+
+
+@ledger_group.command("attestations")
+@click.argument("state_dir", type=click.Path(path_type=Path))
+@click.option("--disputes", "last_disputes", type=click.IntRange(0), default=20, show_default=True,
+              help="How many of the latest disputes to list.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
+def ledger_attestations(state_dir: Path, last_disputes: int, as_json: bool) -> None:
+    """Each author's standing from the ledger's attestations, and the latest disputes.
+
+    Nodes spot-check each other's checkpoints and record the verdict as a signed
+    `attestation` in the ledger. Every node derives the same standings from the same
+    ledger: a score between 0 and 1 from the weighted agreements and disputes about the
+    author's checkpoints; below the swarm's threshold the author is flagged and the
+    others no longer merge its checkpoints (docs/design.md, "Verification").
+
+    \b
+    Examples:
+      learnae ledger attestations ./swarm
+      learnae ledger attestations ./swarm --json | jq '.standings[] | select(.flagged)'
+    """
+    from learnae.identity import author_id
+    from learnae.verify import standings
+
+    _state_tangle(state_dir)
+    with reasons():
+        tangle, manifest = open_tangle(state_dir, read_only=True)
+        with tangle:
+            attestations = tangle.attestations()
+            candidates = list(tangle.latest_checkpoint_per_author())
+    cfg = manifest.verification
+    table = standings(attestations, lambda _checkpoint: candidates, cfg)
+    disputes = [a for a in attestations if a.verdict == "dispute"][-last_disputes:] if last_disputes else []
+    rows: list[dict[str, Any]] = [{"author": author_id(a), "author_key": a.hex(), "agree": s.agree, "dispute": s.dispute,
+             "disputes": s.disputes, "score": round(s.score, 4), "flagged": s.flagged}
+            for a, s in sorted(table.items(), key=lambda item: item[1].score)]
+    info = {
+        "rules": {"rate": cfg.rate, "verifiers": cfg.verifiers, "threshold": cfg.threshold},
+        "attestations": len(attestations), "standings": rows,
+        "disputes": [{"tx": a.tx, "time": a.time, "verifier": author_id(a.verifier),
+                      "subject": author_id(a.subject), "checkpoint": a.checkpoint, "method": a.method,
+                      "code": a.code, "figures": a.figures} for a in reversed(disputes)],
+    }
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return
+    click.echo(f"{len(attestations)} attestations; spot-check rate {cfg.rate:g}, {cfg.verifiers} verifiers"
+               f" per checked checkpoint, flagged below {cfg.threshold:g}")
+    if not table:
+        click.echo("no author has been judged yet")
+        return
+    click.echo(f"\n  {'AUTHOR':<13}  {'AGREE':>7}  {'DISPUTE':>7}  {'SCORE':>5}  FLAGGED")
+    for row in rows:
+        click.echo(f"  {short_author(bytes.fromhex(row['author_key'])):<13}  {row['agree']:>7.2f}"
+                   f"  {row['dispute']:>7.2f}  {row['score']:>5.2f}  {'yes' if row['flagged'] else ''}")
+    if disputes:
+        click.echo(f"\nlatest {len(disputes)} disputes (newest first)")
+        click.echo(f"  {'TIME (UTC)':<19}  {'VERIFIER':<13}  {'SUBJECT':<13}  {'CODE':<20}  CHECKPOINT")
+        for a in reversed(disputes):
+            click.echo(f"  {_when(a.time):<19}  {short_author(a.verifier):<13}  {short_author(a.subject):<13}"
+                       f"  {a.code:<20}  {short_id(a.checkpoint)}")
 
 
 @ledger_group.command("verify")

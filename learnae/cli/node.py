@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import cast
+from typing import Literal, cast
 
 import click
 
@@ -151,6 +151,9 @@ def _node_config_file(ctx: click.Context, _param: click.Parameter, path: str | N
                    " ledger credits the old key's work to it).")
 @click.option("--fault-control", type=click.Path(dir_okay=False, path_type=Path), default=None, hidden=True,
               help="Fault harness only: apply the fault layer's rules from this control file.")
+@click.option("--behaviour", type=click.Choice(["lazy"]), default=None, hidden=True,
+              help="Fault experiments only: misbehave (lazy: train nothing, publish what was merged"
+                   " plus noise).")
 def node_run(invite_path: Path, state: Path, data_spec: str | None, relay: bool, serve_checkpoints: bool,
              reachability: str,
              listen: str | None, peers: tuple[str, ...], ipfs: str,
@@ -158,7 +161,7 @@ def node_run(invite_path: Path, state: Path, data_spec: str | None, relay: bool,
              epochs: int | None, seed: int | None, wait_peers: int, network_nice: int, adopt: str,
              adopt_max_rows: int, disk_max: str, ledger_window: float, ledger_keep: int,
              snapshot_interval: float, quiet: bool, new_identity: bool, fault_control: Path | None,
-             allow_shared_daemon: bool) -> None:
+             behaviour: str | None, allow_shared_daemon: bool) -> None:
     """Train with the swarm until stopped (Ctrl-C or SIGTERM publishes a final checkpoint).
 
     Progress is one line per epoch: step, loss, accuracy (own held-out data and the
@@ -195,7 +198,8 @@ def node_run(invite_path: Path, state: Path, data_spec: str | None, relay: bool,
                             ledger_window=ledger_window, ledger_keep=ledger_keep,
                             snapshot_interval=snapshot_interval,
                             progress=None if quiet else progress, fault_control=fault_control,
-                            new_identity=new_identity, allow_shared_daemon=allow_shared_daemon)
+                            new_identity=new_identity, allow_shared_daemon=allow_shared_daemon,
+                            behaviour=cast(Literal["lazy"] | None, behaviour))
         node = TrainerNode(config)
         click.echo(f"learnae node: swarm {config.invite.name} ({config.invite.genesis[:16]}…), state {state}")
         raise SystemExit(node.run())

@@ -584,13 +584,17 @@ class TangleSync:
                 self.stats["txs_published"] += len(chunk)
 
     async def append(self, identity: Identity, kind: str, payload: dict, *,
-                     time_ms: int | None = None, rng: random.Random | None = None) -> Tx:
+                     time_ms: int | None = None, rng: random.Random | None = None,
+                     approve: str | None = None) -> Tx:
         """:meth:`Tangle.append` a new transaction, then :meth:`publish` it; returns it.
+
+        ``approve``: a transaction it must approve (an attestation's checkpoint), as
+        :meth:`Tangle.append`.
 
         Raises:
             TxRejected, LedgerError: as :meth:`Tangle.append`.
         """
-        tx = self.tangle.append(identity, kind, payload, time_ms=time_ms, rng=rng)
+        tx = self.tangle.append(identity, kind, payload, time_ms=time_ms, rng=rng, approve=approve)
         await self.publish(tx)
         return tx
 

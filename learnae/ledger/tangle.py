@@ -40,13 +40,20 @@ Design choices:
   tip cannot be checked by a receiver, and checking against the receiver's own tips would make
   two nodes' sets depend on delivery order. :meth:`Tangle.select_tips` returns one tip only when
   the tangle has one.
+- **Attestations** (a verifier's verdict on a peer's checkpoint) approve the checkpoint they
+  judge (``validate_tx``'s ``attestation-parent`` rule), so the checkpoint is stored first and an
+  attestation that arrives before it waits in the pending buffer. On storing one, the store
+  checks that the judged transaction is a ``checkpoint`` (else code ``attestation-target``) by
+  another author (else ``self-attestation``), and indexes it in table ``attestation`` with the
+  checkpoint's author as its *subject* (:meth:`Tangle.attestations`).
 
 Pruning (:meth:`Tangle.prune`), on the model of IOTA's local snapshots (Hornet):
 
 - **The rule.** The genesis and every transaction whose kind is neither ``checkpoint`` nor
-  ``snapshot`` (data, and the membership kinds to come) are kept forever. A ``checkpoint`` is
-  kept iff it is its author's newest, or it is among its author's newest ``keep_per_author`` and
-  not older than ``now_ms - window_ms`` (the *cutoff*; times are the authors' clocks). A
+  ``snapshot`` (data, attestations, and the membership kinds to come) are kept forever. A
+  ``checkpoint`` is kept iff it is its author's newest, or it is among its author's newest
+  ``keep_per_author`` and not older than ``now_ms - window_ms`` (the *cutoff*; times are the
+  authors' clocks). A
   ``snapshot`` is kept iff it is its author's newest. "Newest" orders by (time, height, id), as
   :meth:`Tangle.latest_checkpoint_per_author` does. Everything else is pruned: its row and its
   edges are deleted.
@@ -55,6 +62,12 @@ Pruning (:meth:`Tangle.prune`), on the model of IOTA's local snapshots (Hornet):
   it. Kept transactions still verify against it (their parents are known to have been pruned,
   with the time and height the checks need), and a new transaction approving a frontier id is
   accepted as if the id were stored: peers that have not pruned yet may still approve it.
+- **Judged checkpoints keep their bytes.** A pruned checkpoint that an attestation approves
+  keeps its exact signed bytes (table ``judged``), so the attestation's subject stays provable:
+  :meth:`Tangle.verify` re-derives it, snapshots carry the bytes, and an importer checks them
+  (id, signature) instead of trusting a claimed author. An attestation arriving for a checkpoint
+  this store pruned without its bytes (nobody had judged it) is refused (``attestation-target``):
+  its author cannot be checked.
 - **Nothing kept changes.** Heights are fixed at insert, so the order key ``(height, id)`` and
   the ownership of content CIDs of the kept transactions stay as they were. A kept transaction
   whose approvers were all pruned stays approved (an edge from child ``0`` says so): pruning
@@ -156,6 +169,22 @@ CREATE TABLE IF NOT EXISTS pruned (  -- the frontier: pruned transactions that k
     time INTEGER NOT NULL,
     height INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS attestation (  -- index of the attestation txs (never pruned)
+    seq INTEGER PRIMARY KEY,     -- tx.seq of the attestation
+    tx TEXT NOT NULL UNIQUE,     -- its id
+    verifier BLOB NOT NULL,      -- its author
+    subject BLOB NOT NULL,       -- the judged checkpoint's author
+    checkpoint TEXT NOT NULL,    -- the judged checkpoint's id (one of the attestation's parents)
+    method TEXT NOT NULL,
+    verdict TEXT NOT NULL,
+    code TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS attestation_subject ON attestation (subject);
+CREATE INDEX IF NOT EXISTS attestation_checkpoint ON attestation (checkpoint);
+CREATE TABLE IF NOT EXISTS judged (  -- pruned checkpoints that attestations approve: their bytes
+    id TEXT PRIMARY KEY,         -- also in the frontier (the attestations approve it)
+    raw BLOB NOT NULL            -- the exact signed bytes: proof of the attestations' subject
+) WITHOUT ROWID;
 """
 # after _SCHEMA and the migration of stores made before the dseq column existed
 _DSEQ_INDEX = "CREATE INDEX IF NOT EXISTS tx_data_seq ON tx (author, dseq) WHERE dseq IS NOT NULL"
@@ -171,6 +200,34 @@ def _announced_cid(tx: Tx) -> str | None:
 
 def _data_seq(tx: Tx) -> int | None:
     return tx.payload["seq"] if tx.kind == "data" else None
+
+
+def _attestation_row(tx: Tx, seq: int, subject: bytes) -> tuple[int, str, bytes, bytes, str, str, str, str]:
+    """``tx``'s row of table ``attestation`` (``subject``: the judged checkpoint's author)."""
+    p = tx.payload
+    return (seq, tx.id, tx.author, subject, tx_id(p["checkpoint"]), p["method"], p["verdict"], p["code"])
+
+
+def _attestation_target(tx: Tx, target: str, kind: str | None, author: bytes | None) -> bytes:
+    """The subject of attestation ``tx``: the author of ``target``, the transaction it judges.
+
+    ``kind``/``author``: ``target``'s, or ``None`` if this store holds neither it nor its bytes.
+
+    Raises:
+        TxRejected: code ``attestation-target`` (``target`` is not a checkpoint, or was pruned
+            here without its bytes), ``self-attestation`` (``tx``'s author judges its own).
+    """
+    if kind is None or author is None:
+        raise TxRejected(f"attestation {tx.id} judges {target}, which this ledger pruned without keeping its"
+                         " bytes (no attestation had judged it): its author cannot be checked",
+                         code="attestation-target")
+    if kind != "checkpoint":
+        raise TxRejected(f"attestation {tx.id} judges {target}, a {kind} transaction: only checkpoints are"
+                         " judged", code="attestation-target")
+    if author == tx.author:
+        raise TxRejected(f"attestation {tx.id} judges its own author's checkpoint {target}: attest your"
+                         " peers' checkpoints only", code="self-attestation")
+    return author
 
 
 @dataclass(frozen=True)
@@ -233,6 +290,29 @@ class SnapshotStats:
     frontier: int
     bytes: int
     seconds: float
+
+
+class Attestation(NamedTuple):
+    """A stored ``attestation`` transaction, as :meth:`Tangle.attestations` returns it.
+
+    ``tx``: its id; ``seq``: its arrival number in this store (a cursor of
+    :meth:`Tangle.attestations_since`); ``verifier``: its author (32-byte Ed25519 key);
+    ``subject``: the judged checkpoint's author (32 bytes, known also after the checkpoint was
+    pruned); ``checkpoint``: the judged checkpoint's id; ``method``, ``verdict``, ``code``,
+    ``figures``: its payload (:func:`~learnae.ledger.tx.attestation_payload`); ``time``: its
+    time, ms since the epoch by the verifier's clock.
+    """
+
+    tx: str
+    seq: int
+    verifier: bytes
+    subject: bytes
+    checkpoint: str
+    method: str
+    verdict: str
+    code: str
+    figures: dict[str, float]
+    time: int
 
 
 class _Parent(NamedTuple):
@@ -342,6 +422,7 @@ class Tangle:
                 raise LedgerError(f"{self.path} is {'an empty file' if empty else 'an empty database'},"
                                   " not a learnae ledger (a node or `learnae init` makes one)")
         self._has_frontier = "pruned" in tables or not self.read_only
+        self._has_attestations = "attestation" in tables or not self.read_only  # and "judged"
         if self.read_only:
             columns = {row[1] for row in self._db.execute("PRAGMA table_info(tx)")}
             self._has_dseq = "dseq" in columns
@@ -530,19 +611,43 @@ class Tangle:
         if len(found) < len(tx.parents):
             self._hold(tx, [p for p in tx.parents if p not in found])
             return InsertResult(tx.id, "pending")
-        self._store(tx, found.values(), itself)
+        try:
+            subject = self._subject(tx, found)
+        except TxRejected as exc:
+            return self._reject(tx.id, exc)
+        self._store(tx, found.values(), itself, subject)
         return InsertResult(tx.id, "inserted", self._release(tx.id))
+
+    def _subject(self, tx: Tx, parents: dict[str, _Parent]) -> bytes | None:
+        """The subject of attestation ``tx`` (``None`` for other kinds); ``parents``: all of them.
+
+        Raises:
+            TxRejected: as :func:`_attestation_target`.
+        """
+        if tx.kind != "attestation":
+            return None
+        target = tx_id(tx.payload["checkpoint"])
+        parent = parents[target]  # validate_tx: the judged checkpoint is a parent
+        kind = author = None
+        if not parent.frontier:
+            (kind, author), = self._db.execute("SELECT kind, author FROM tx WHERE seq = ?", (parent.seq,))
+        elif row := self._db.execute("SELECT raw FROM judged WHERE id = ?", (target,)).fetchone():
+            judged = decode_tx(row[0])
+            kind, author = judged.kind, judged.author
+        return _attestation_target(tx, target, kind, author)
 
     def _reject(self, tx_id: str | None, exc: TxRejected) -> InsertResult:
         self.rejections[exc.code] += 1
         log.debug("rejected transaction %s (%s): %s", tx_id, exc.code, exc.reason)
         return InsertResult(tx_id, "rejected", error=exc)
 
-    def _store(self, tx: Tx, parents: Iterable[_Parent], frontier: _Parent | None = None) -> None:
+    def _store(self, tx: Tx, parents: Iterable[_Parent], frontier: _Parent | None = None,
+               subject: bytes | None = None) -> None:
         """Store ``tx`` on its ``parents``; ``frontier``: its own entry in the frontier, if any.
 
         A frontier transaction that arrives in full (its approvers' edges point to its frontier
-        seq) takes a new seq, the edges follow it, and it leaves the frontier.
+        seq) takes a new seq, the edges follow it, and it leaves the frontier (and ``judged``).
+        An attestation is indexed with ``subject`` (:meth:`_subject`).
         """
         parents = list(parents)
         height = 1 + max(p.height for p in parents)
@@ -554,11 +659,15 @@ class Tangle:
         )
         self._next_seq += 1
         self._db.executemany("INSERT INTO edge VALUES (?, ?)", ((seq, p.seq) for p in parents))
+        if subject is not None:
+            self._db.execute("INSERT INTO attestation VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                             _attestation_row(tx, seq, subject))
         approved = False
         if frontier is not None:
             approved = self._db.execute("UPDATE edge SET parent = ? WHERE parent = ?",
                                         (seq, frontier.seq)).rowcount > 0
             self._db.execute("DELETE FROM pruned WHERE seq = ?", (frontier.seq,))
+            self._db.execute("DELETE FROM judged WHERE id = ?", (tx.id,))
             self._frontier_size -= 1
         self._tips.difference_update(tx.parents)
         if not approved:
@@ -605,10 +714,11 @@ class Tangle:
                 self._unhold(child)
                 try:
                     check_parent_times(child, {i: p.time for i, p in parents.items()})
+                    subject = self._subject(child, parents)
                 except TxRejected as exc:
                     self._reject(child_id, exc)
                     continue
-                self._store(child, parents.values(), itself)
+                self._store(child, parents.values(), itself, subject)
                 released.append(child_id)
                 arrived.append(child_id)
         return tuple(released)
@@ -624,7 +734,7 @@ class Tangle:
 
     def append(
         self, identity: Identity, kind: str, payload: dict, *, time_ms: int | None = None,
-        rng: random.Random | None = None,
+        rng: random.Random | None = None, approve: str | None = None,
     ) -> Tx:
         """Make one of this node's own transactions on :meth:`select_tips`'s tips, and store it.
 
@@ -632,11 +742,28 @@ class Tangle:
         so a slow clock cannot make a ``before-parent`` transaction. Mining costs about
         ``2**pow_bits`` sha2-256 hashes.
 
+        Args:
+            identity: the author's key.
+            kind: the transaction kind (see :mod:`learnae.ledger.tx`).
+            payload: its payload.
+            time_ms: ms since the epoch; default: the clock.
+            rng: randomness of the tip selection.
+            approve: a transaction the new one must approve (an attestation's judged
+                checkpoint): the parents are then ``approve`` and one tip chosen by
+                :meth:`select_tips` other than it (only ``approve`` if it is the only tip). It
+                must be stored here, or be in the frontier.
+
         Raises:
-            TxRejected: the transaction is not valid (e.g. ``bad-payload``, ``not-admitted``).
-            LedgerError: the database failed.
+            TxRejected: the transaction is not valid (e.g. ``bad-payload``, ``not-admitted``,
+                ``attestation-parent``, ``attestation-target``, ``self-attestation``).
+            LedgerError: ``approve`` is not in this ledger; the database failed.
         """
-        parents = self.select_tips(rng=rng)
+        if approve is None:
+            parents = self.select_tips(rng=rng)
+        elif not self._parents([approve]):
+            raise LedgerError(f"cannot approve {approve}: it is not in this ledger (wait until it is stored)")
+        else:
+            parents = [approve, *[t for t in self.select_tips(rng=rng) if t != approve][:1]]
         now = self._clock() if time_ms is None else time_ms
         tx = make_tx(
             identity, kind=kind, payload=payload, parents=parents, swarm=self.swarm,
@@ -932,6 +1059,42 @@ class Tangle:
             "SELECT raw FROM tx WHERE kind = 'data' AND author = ? ORDER BY height, id", (author,)
         )
 
+    def _attestations(self, where: str, args: tuple, order: str) -> list[Attestation]:
+        if not self._has_attestations:  # a read-only store made before attestations existed
+            return []
+        rows = self._db.execute(
+            "SELECT a.tx, a.seq, a.verifier, a.subject, a.checkpoint, a.method, a.verdict, a.code, t.raw"
+            f" FROM attestation a JOIN tx t ON t.seq = a.seq WHERE {where} ORDER BY {order}", args)
+        found = []
+        for i, seq, verifier, subject, checkpoint, method, verdict, code, raw in rows:
+            tx = decode_tx(raw)
+            found.append(Attestation(i, seq, verifier, subject, checkpoint, method, verdict, code,
+                                     tx.payload["figures"], tx.time))
+        return found
+
+    def attestations_since(self, cursor: int = 0) -> tuple[list[Attestation], int]:
+        """Attestations stored after ``cursor``, and the next cursor.
+
+        In arrival order, as :meth:`checkpoints_since` (start with 0). Cost: the attestations
+        since ``cursor``.
+        """
+        found = self._attestations("a.seq > ?", (cursor,), "a.seq")
+        return found, found[-1].seq if found else cursor
+
+    def attestations(self, subject: bytes | None = None) -> list[Attestation]:
+        """Every stored attestation, or those judging ``subject``'s checkpoints, in tangle order.
+
+        Args:
+            subject: a checkpoint author's 32-byte key; ``None``: every attestation. Subjects
+                stay known after the judged checkpoints were pruned.
+
+        Returns:
+            Ordered by (height, id), the same on every node holding the same attestations.
+        """
+        if subject is None:
+            return self._attestations("1", (), "t.height, t.id")
+        return self._attestations("a.subject = ?", (subject,), "t.height, t.id")
+
     def lineage(self, tx_id: str) -> dict[str, Tx | None]:
         """A checkpoint's lineage, each id mapped to its transaction (``None`` if not stored).
 
@@ -965,24 +1128,32 @@ class Tangle:
         swarm's rules, parents stored or in the frontier (pruned, with the time and height
         recorded there) and not later in time, and index columns (kind, author, time, height,
         content CID, data seq, edges) that agree with the bytes; no frontier id is also stored.
-        Transactions are checked in the tangle's order (parents first).
+        Transactions are checked in the tangle's order (parents first). Attestations: the judged
+        transaction is a checkpoint of another author, and table ``attestation`` holds exactly
+        one row per attestation, derived from its bytes and the checkpoint's (or, pruned, the
+        bytes kept in ``judged``, which must be valid checkpoints of the frontier, at its times).
         """
-        problems = []
+        problems: list[str] = []
         seen: dict[str, tuple[int, int]] = {}  # id -> (time, height) as stored
         parent_id = "p.id"
         if self._has_frontier:
             seen.update((i, (t, h)) for i, t, h in self._db.execute("SELECT id, time, height FROM pruned"))
             parent_id = "coalesce(p.id, (SELECT id FROM pruned WHERE seq = edge.parent))"
         frontier = set(seen)
+        authors = self._verify_judged(seen, problems)  # checkpoint id -> author, filled as stored below
+        indexed: dict[str, tuple] = {}
+        if self._has_attestations:
+            indexed = {row[1]: row for row in self._db.execute("SELECT * FROM attestation")}
         rows = self._db.execute(
             f"SELECT id, raw, kind, author, time, height, cid, {'dseq' if self._has_dseq else 'NULL'},"
             f" (SELECT group_concat({parent_id}) FROM edge LEFT JOIN tx p ON p.seq = edge.parent"
-            " WHERE edge.child = tx.seq) FROM tx ORDER BY height, id"
+            " WHERE edge.child = tx.seq), seq FROM tx ORDER BY height, id"
         )
-        for tx_id_, raw, kind, author, time_ms, height, cid, dseq, edges in rows:
+        for tx_id_, raw, kind, author, time_ms, height, cid, dseq, edges, seq in rows:
             if tx_id_ in frontier:
                 problems.append(f"{tx_id_}: stored, and also in the frontier of pruned transactions")
             seen[tx_id_] = (time_ms, height)
+            index_row = indexed.pop(tx_id_, None)
             try:
                 tx = decode_tx(raw)
                 if tx.id != tx_id_:
@@ -1003,9 +1174,56 @@ class Tangle:
                           sorted(edges.split(",") if edges else []))
                 if derived != stored:
                     raise LedgerError("index columns disagree with the stored bytes")
+                if tx.kind == "checkpoint":
+                    authors[tx.id] = tx.author
+                if (tx.kind == "attestation" or index_row is not None) and self._has_attestations:
+                    self._verify_attestation(tx, seq, index_row, authors)
             except LedgerError as exc:  # TxRejected included
                 problems.append(f"{tx_id_}: {exc.reason}")
+        problems += [f"{i}: in the attestation index, but not a stored attestation" for i in indexed]
         return problems
+
+    def _verify_judged(self, frontier: dict[str, tuple[int, int]], problems: list[str]) -> dict[str, bytes]:
+        """Check table ``judged`` against ``frontier`` (id -> (time, height)); add to ``problems``.
+
+        Returns the author of each judged checkpoint whose bytes are sound.
+        """
+        authors: dict[str, bytes] = {}
+        if not self._has_attestations:
+            return authors
+        for i, raw in self._db.execute("SELECT id, raw FROM judged"):
+            try:
+                tx = decode_tx(raw)
+                if tx.id != i or tx.kind != "checkpoint":
+                    raise LedgerError(f"its kept bytes are a {tx.kind} transaction with id {tx.id}")
+                if i not in frontier or frontier[i][0] != tx.time:
+                    raise LedgerError("its kept bytes are not of a frontier entry, or not at its time")
+                self.validate(tx)
+                authors[i] = tx.author
+            except LedgerError as exc:
+                problems.append(f"{i}: judged checkpoint: {exc.reason}")
+        return authors
+
+    def _verify_attestation(self, tx: Tx, seq: int, row: tuple | None, authors: dict[str, bytes]) -> None:
+        """Check attestation ``tx`` (stored as ``seq``) against its index ``row``.
+
+        ``authors``: checkpoint id -> author, for the checkpoints stored below it and the judged
+        ones pruned.
+
+        Raises:
+            TxRejected: the attestation breaks a rule of :meth:`_subject`.
+            LedgerError: ``row`` does not agree with the bytes (or ``tx`` is no attestation).
+        """
+        if tx.kind != "attestation":
+            raise LedgerError(f"a {tx.kind} transaction in the attestation index")
+        target = tx_id(tx.payload["checkpoint"])
+        author = authors.get(target)
+        kind = "checkpoint" if author is not None else None
+        if author is None and not self.is_pruned(target):  # stored, not a checkpoint
+            (kind, author), = self._db.execute("SELECT kind, author FROM tx WHERE id = ?", (target,))
+        subject = _attestation_target(tx, target, kind, author)
+        if row != _attestation_row(tx, seq, subject):
+            raise LedgerError("its attestation index row disagrees with the stored bytes")
 
     # Pruning and snapshots ---------------------------------------------------------------------
     def prune(self, now_ms: int, *, window_ms: int, keep_per_author: int,
@@ -1132,6 +1350,10 @@ class Tangle:
         db.execute("INSERT INTO pruned (seq, id, time, height) SELECT seq, id, time, height FROM tx"
                    " WHERE seq IN doomed AND EXISTS (SELECT 1 FROM edge WHERE edge.parent = tx.seq"
                    " AND edge.child != ? AND edge.child NOT IN doomed)", (_APPROVED,))
+        # A judged checkpoint keeps its bytes: they prove the subject of the attestations on it.
+        if self._has_attestations:
+            db.execute("INSERT OR IGNORE INTO judged SELECT id, raw FROM tx WHERE seq IN doomed"
+                       " AND kind = 'checkpoint' AND id IN (SELECT checkpoint FROM attestation)")
         # What the doomed approve may lose its last approver.
         db.execute("INSERT OR IGNORE INTO orphaned SELECT parent FROM edge"
                    " WHERE child IN doomed AND parent NOT IN doomed")
@@ -1153,6 +1375,9 @@ class Tangle:
         ``txs``          [bytes]: every stored transaction's exact signed bytes, in the tangle's
                          order (height, id): the genesis first, parents before children
         ``swarm``        text: the genesis id
+        ``judged``       [bytes]: the exact signed bytes of the pruned checkpoints that stored
+                         attestations judge (frontier entries; they prove the attestations'
+                         subjects), by id. Absent in files of versions before attestations.
         ``approved``     [text]: ids of stored transactions approved only by pruned ones (not tips)
         ``frontier``     [[text id, uint time ms, uint height]]: the entry points, by height
         ===============  ==========================================================================
@@ -1163,14 +1388,18 @@ class Tangle:
         frontier: list[tuple[str, int, int]] = []
         if self._has_frontier:
             frontier = self._db.execute("SELECT id, time, height FROM pruned ORDER BY height, id").fetchall()
+        judged: list[bytes] = []
+        if self._has_attestations:
+            judged = [raw for (raw,) in self._db.execute("SELECT raw FROM judged ORDER BY id")]
         approved = [i for (i,) in self._db.execute(
             "SELECT t.id FROM edge JOIN tx t ON t.seq = edge.parent WHERE edge.child = ? ORDER BY t.id",
             (_APPROVED,))]
         parts = [
-            cbor_head(5, 5),
+            cbor_head(5, 6),
             cbor_text("v"), cbor_head(0, SNAPSHOT_VERSION),
             cbor_text("txs"), cbor_head(4, len(txs)), *(cbor_head(2, len(raw)) + raw for raw in txs),
             cbor_text("swarm"), cbor_text(self.swarm),
+            cbor_text("judged"), cbor_head(4, len(judged)), *(cbor_head(2, len(raw)) + raw for raw in judged),
             cbor_text("approved"), cbor_head(4, len(approved)), *map(cbor_text, approved),
             cbor_text("frontier"), cbor_head(4, len(frontier)),
             *(cbor_head(4, 3) + cbor_text(i) + cbor_head(0, t) + cbor_head(0, h) for i, t, h in frontier),
@@ -1197,6 +1426,12 @@ class Tangle:
         later arrives in full is replaced by it (:meth:`verify` then reports heights a lie
         shifted). Import snapshots announced by the swarm's members, and verify after.
 
+        Attestations whose judged checkpoint the file holds only as a frontier entry are
+        accepted when the file also carries that checkpoint's bytes (``judged``): they are kept
+        only if they are a valid checkpoint of this swarm (signature, proof-of-work) with the
+        entry's id and time, so an attestation's subject is proven, never taken on trust.
+        Without them such an attestation is rejected (``attestation-target``).
+
         Args:
             data: the file's bytes.
             max_bytes: the largest file accepted.
@@ -1219,7 +1454,7 @@ class Tangle:
             raise LedgerError(f"the snapshot is {len(data)} bytes, over the {max_bytes}-byte limit"
                               " (raise max_bytes if it comes from a member you trust)",
                               code="snapshot-oversize")
-        txs, frontier, approved = _decode_snapshot(bytes(data), self.swarm)
+        txs, frontier, approved, judged = _decode_snapshot(bytes(data), self.swarm)
         results: list[InsertResult] = []
         try:
             self._db.execute("BEGIN IMMEDIATE")
@@ -1231,6 +1466,7 @@ class Tangle:
                     known[i] = _Parent(self._next_seq, time_ms, height, True)
                     self._next_seq += 1
                     added += 1
+            self._keep_judged(judged)
             results = [self._insert(raw) for raw in txs[1:]]
             for i in approved:
                 row = self._db.execute("SELECT seq FROM tx WHERE id = ?", (i,)).fetchone()
@@ -1240,6 +1476,7 @@ class Tangle:
                     self._tips.discard(i)
             # Entries whose approvers were not stored (rejected, pending) are not entry points.
             self._db.execute("DELETE FROM pruned WHERE NOT EXISTS (SELECT 1 FROM edge WHERE edge.parent = pruned.seq)")
+            self._db.execute("DELETE FROM judged WHERE id NOT IN (SELECT id FROM pruned)")
             self._db.execute("COMMIT")
         except BaseException as exc:
             if self._db.in_transaction:
@@ -1259,9 +1496,31 @@ class Tangle:
             bytes=len(data), seconds=time.perf_counter() - started,
         )
 
+    def _keep_judged(self, raws: list[bytes]) -> None:
+        """Keep the judged checkpoints' bytes of a snapshot that are sound proofs of their author.
 
-def _decode_snapshot(data: bytes, swarm: str) -> tuple[list[bytes], list[tuple[str, int, int]], list[str]]:
-    """The transactions, frontier and approved ids of a snapshot file of ``swarm``.
+        Sound: a valid checkpoint of this swarm (:meth:`validate`) whose id is a frontier entry
+        here, at the entry's time. Others are left out (the attestations on them are then
+        rejected as ``attestation-target``).
+        """
+        for raw in raws:
+            try:
+                tx = decode_tx(raw)
+                self.validate(tx)
+            except TxRejected as exc:
+                log.debug("a snapshot's judged checkpoint is not valid (%s): %s", exc.code, exc.reason)
+                continue
+            entry = self._parents([tx.id]).get(tx.id)
+            if tx.kind == "checkpoint" and entry is not None and entry.frontier and entry.time == tx.time:
+                self._db.execute("INSERT OR IGNORE INTO judged VALUES (?, ?)", (tx.id, tx.raw))
+            else:
+                log.debug("a snapshot's judged checkpoint %s is not a frontier checkpoint here", tx.id)
+
+
+def _decode_snapshot(
+    data: bytes, swarm: str,
+) -> tuple[list[bytes], list[tuple[str, int, int]], list[str], list[bytes]]:
+    """The transactions, frontier, approved ids and judged checkpoints of a snapshot of ``swarm``.
 
     Raises:
         LedgerError: codes as :meth:`Tangle.import_snapshot`.
@@ -1280,6 +1539,7 @@ def _decode_snapshot(data: bytes, swarm: str) -> tuple[list[bytes], list[tuple[s
         raise LedgerError(f"snapshot format version {obj['v']!r} is not {SNAPSHOT_VERSION}, the one this"
                           " version of learnae reads", code="snapshot-version")
     txs, frontier, approved = obj.get("txs"), obj.get("frontier"), obj.get("approved")
+    judged = obj.get("judged", [])  # absent in files of versions before attestations
     if type(obj.get("swarm")) is not str:
         raise malformed("'swarm' is not a transaction id")
     if obj["swarm"] != swarm:
@@ -1289,6 +1549,8 @@ def _decode_snapshot(data: bytes, swarm: str) -> tuple[list[bytes], list[tuple[s
         raise malformed("'txs' is not a non-empty list of transactions' bytes")
     if type(approved) is not list or not all(type(i) is str for i in approved):
         raise malformed("'approved' is not a list of transaction ids")
+    if type(judged) is not list or not all(type(raw) is bytes for raw in judged):
+        raise malformed("'judged' is not a list of transactions' bytes")
     if type(frontier) is not list or not all(
             type(row) is list and len(row) == 3 and type(row[0]) is str
             and all(type(x) is int and x >= 0 for x in row[1:]) and row[2] >= 1 for row in frontier):
@@ -1301,4 +1563,4 @@ def _decode_snapshot(data: bytes, swarm: str) -> tuple[list[bytes], list[tuple[s
     if tx_id(TX_CID_PREFIX + hashlib.sha256(txs[0]).digest()) != swarm:
         raise LedgerError(f"the snapshot's first transaction is not this swarm's genesis {swarm}",
                           code="snapshot-genesis")
-    return txs, [(i, t, h) for i, t, h in frontier], approved
+    return txs, [(i, t, h) for i, t, h in frontier], approved, judged

@@ -5,8 +5,8 @@ A transaction is a DAG-CBOR map (https://ipld.io/specs/codecs/dag-cbor/spec/):
 ===========  ==========================================================================
 ``v``        1
 ``swarm``    link (tag 42) to the genesis transaction; absent on the genesis itself
-``kind``     text: one of :data:`KINDS` (``genesis``, ``checkpoint``, ``data``, ``snapshot``);
-             others are refused
+``kind``     text: one of :data:`KINDS` (``genesis``, ``checkpoint``, ``data``, ``snapshot``,
+             ``attestation``); others are refused
 ``author``   bytes: the author's 32-byte Ed25519 public key
 ``parents``  list of links to 1 or 2 distinct earlier transactions, sorted by their binary
              CIDs (1 only while the tangle has a single tip); empty on the genesis
@@ -24,11 +24,12 @@ encoding, shown in base32 (``"bafyrei..."``).
 Kinds: a node accepts only the kinds its version knows, each with its payload rules
 (:func:`check_payload`); any other kind is refused with code ``unknown-kind``, so nobody can
 store arbitrary payloads in every peer's permanent ledger under a made-up kind. A new kind (the
-planned ``attestation``, ``admit`` and ``revoke``) is added to :data:`KINDS` together with its
-payload rules, in a version the whole swarm runs before anyone issues it: a node of an older
-version refuses the new kind (and whatever approves such a transaction stays pending there).
-``snapshot`` (a ledger snapshot file on IPFS, see :meth:`learnae.ledger.tangle.Tangle.export_snapshot`)
-is such a kind: nodes of the versions before it refuse snapshot transactions.
+planned ``admit`` and ``revoke``) is added to :data:`KINDS` together with its payload rules, in a
+version the whole swarm runs before anyone issues it: a node of an older version refuses the new
+kind (and whatever approves such a transaction stays pending there). ``snapshot`` (a ledger
+snapshot file on IPFS, see :meth:`learnae.ledger.tangle.Tangle.export_snapshot`) and
+``attestation`` (a verifier's verdict on a peer's checkpoint, which it approves) are such kinds:
+nodes of the versions before them refuse these transactions.
 
 The envelope is encoded here rather than by ``libipld``: ``libipld.encode_dag_cbor`` (3.x) writes
 *any* Python ``bytes`` that parse as a binary CID as a link (tag 42), and about 1 in 2,500 random
@@ -44,7 +45,7 @@ from __future__ import annotations
 import hashlib
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -202,9 +203,10 @@ def make_tx(
 
     Args:
         identity: the author's key.
-        kind: one of :data:`KINDS`: ``"genesis"``, ``"checkpoint"``, ``"data"`` or ``"snapshot"``.
-        payload: the kind's map (build with :func:`checkpoint_payload`, :func:`data_payload` or
-            :func:`snapshot_payload`).
+        kind: one of :data:`KINDS`: ``"genesis"``, ``"checkpoint"``, ``"data"``, ``"snapshot"``
+            or ``"attestation"``.
+        payload: the kind's map (build with :func:`checkpoint_payload`, :func:`data_payload`,
+            :func:`snapshot_payload` or :func:`attestation_payload`).
         parents: ids of the approved transactions (any order; sorted here); empty for a genesis.
         swarm: the genesis id; ``None`` for a genesis.
         pow_bits: leading zero bits the proof-of-work needs (0 to 256); the expected work is
@@ -315,6 +317,25 @@ def _metrics(value: Any) -> bool:
     return type(value) is dict and all(type(v) is float and math.isfinite(v) for v in value.values())
 
 
+ATTEST_METHODS = ("holdout", "replay", "claims")
+"""How an attestation's verifier judged the checkpoint (its payload ``method``)."""
+DISPUTE_CODES = ("holdout-worse", "holdout-no-gain", "samples-inconsistent", "replay-mismatch")
+"""Why a ``dispute`` attestation disputes (its payload ``code``); an ``agree`` has code ``ok``."""
+MAX_FIGURES = 16
+"""Most entries in an attestation's ``figures``."""
+MAX_FIGURE_KEY = 32
+"""Longest key of an attestation's ``figures``, in characters."""
+
+
+def _figures(value: Any) -> bool:
+    return (_metrics(value) and len(value) <= MAX_FIGURES
+            and all(type(k) is str and len(k) <= MAX_FIGURE_KEY for k in value))
+
+
+def _one_of(*choices: str) -> Callable[[Any], bool]:
+    return lambda v: type(v) is str and v in choices
+
+
 _PAYLOADS: dict[str, dict[str, Callable[[Any], bool]]] = {
     "checkpoint": {
         "cid": _content_cid, "size": _is_uint, "step": _is_uint, "samples": _is_uint,
@@ -327,13 +348,21 @@ _PAYLOADS: dict[str, dict[str, Callable[[Any], bool]]] = {
         "seq": _is_uint,
     },
     "snapshot": {"cid": _content_cid, "size": _is_uint, "txs": _is_uint, "top": _is_uint},
+    "attestation": {
+        "checkpoint": _is_link, "method": _one_of(*ATTEST_METHODS), "verdict": _one_of("agree", "dispute"),
+        "code": _one_of("ok", *DISPUTE_CODES), "figures": _figures,
+    },
 }
 KINDS = frozenset({"genesis", *_PAYLOADS})
-"""The transaction kinds this version accepts: ``genesis``, ``checkpoint``, ``data`` and
-``snapshot``."""
+"""The transaction kinds this version accepts: ``genesis``, ``checkpoint``, ``data``,
+``snapshot`` and ``attestation``."""
 _PAYLOAD_RULES = {
     "cid": "a CIDv1 base32 string", "base": "a list of tx links", "data": "a list of tx links",
     "metrics": "a map of text to finite floats", "schema": "a map", "source": "a map or text",
+    "checkpoint": "a tx link", "method": f"one of {', '.join(ATTEST_METHODS)}",
+    "verdict": "'agree' or 'dispute'", "code": f"'ok' or one of {', '.join(DISPUTE_CODES)}",
+    "figures": f"a map of at most {MAX_FIGURES} texts of at most {MAX_FIGURE_KEY} characters to finite"
+               " floats",
 }
 
 
@@ -347,8 +376,12 @@ def check_payload(kind: str, payload: Any) -> None:
     finite float). ``data``: ``cid``, ``size``, ``rows``, ``schema`` (map), ``source`` (map or
     text), ``seq`` (unsigned int). ``snapshot``: ``cid`` (content CIDv1 base32 string of the
     snapshot file on IPFS), ``size`` (its bytes), ``txs`` (transactions in it), ``top`` (the
-    highest height among them), unsigned ints. ``genesis``: any map (the manifest is checked by
-    the manifest layer).
+    highest height among them), unsigned ints. ``attestation``: ``checkpoint`` (a tx link: the
+    checkpoint judged), ``method`` (one of :data:`ATTEST_METHODS`), ``verdict`` (``"agree"`` or
+    ``"dispute"``), ``code`` (``"ok"`` for an agree, one of :data:`DISPUTE_CODES` for a dispute),
+    ``figures`` (at most :data:`MAX_FIGURES` entries, text of at most :data:`MAX_FIGURE_KEY`
+    characters to finite float). ``genesis``: any map (the manifest is checked by the manifest
+    layer).
 
     Raises:
         TxRejected: code ``unknown-kind`` for a kind not in :data:`KINDS`; code
@@ -374,6 +407,12 @@ def check_payload(kind: str, payload: Any) -> None:
         if not ok(payload[key]):
             rule = _PAYLOAD_RULES.get(key, "an unsigned int")
             raise TxRejected(f"{kind} payload {key!r} must be {rule}", code="bad-payload")
+    if kind == "attestation" and (payload["verdict"] == "agree") != (payload["code"] == "ok"):
+        raise TxRejected(
+            f"attestation code {payload['code']!r} does not go with verdict {payload['verdict']!r}:"
+            " an agree has code 'ok', a dispute one of " + ", ".join(DISPUTE_CODES),
+            code="bad-payload",
+        )
 
 
 def checkpoint_payload(
@@ -404,6 +443,34 @@ def snapshot_payload(*, cid: str, size: int, txs: int, top: int) -> dict:
         top: the highest height among them.
     """
     return {"cid": cid, "size": size, "txs": txs, "top": top}
+
+
+def attestation_payload(
+    *, checkpoint: str, method: str, verdict: str, code: str, figures: Mapping[str, float],
+) -> dict:
+    """An ``attestation`` payload: a verifier's verdict on a peer's checkpoint.
+
+    The transaction must approve the checkpoint it judges (``validate_tx``'s
+    ``attestation-parent`` rule; :meth:`~learnae.ledger.tangle.Tangle.append` with
+    ``approve=checkpoint`` does it).
+
+    Args:
+        checkpoint: the judged checkpoint transaction's id (stored as a link).
+        method: one of :data:`ATTEST_METHODS`.
+        verdict: ``"agree"`` or ``"dispute"``.
+        code: ``"ok"`` for an agree; one of :data:`DISPUTE_CODES` for a dispute.
+        figures: what the verifier measured (e.g. validation losses), at most
+            :data:`MAX_FIGURES` entries with keys of at most :data:`MAX_FIGURE_KEY` characters;
+            values are stored as floats and must be finite.
+
+    Raises:
+        InvalidCID: ``checkpoint`` is not a transaction id. The other rules are checked when
+            the transaction is made (``bad-payload``).
+    """
+    return {
+        "checkpoint": tx_link(checkpoint), "method": method, "verdict": verdict, "code": code,
+        "figures": {k: float(v) for k, v in figures.items()},
+    }
 
 
 # Validation ------------------------------------------------------------------------------------
@@ -449,7 +516,10 @@ def validate_tx(
         TxRejected: one reason, code ``too-large``, ``wrong-swarm``, ``bad-parents`` (genesis
             with parents; else not 1 or 2 distinct parents sorted by binary CID),
             ``future-time``, ``before-parent``, ``not-admitted``, ``unknown-kind`` (a kind not in
-            :data:`KINDS`), ``bad-payload``, ``low-pow`` or ``bad-signature``.
+            :data:`KINDS`), ``bad-payload``, ``attestation-parent`` (an attestation that does not
+            approve the checkpoint it judges: its ``checkpoint`` must be one of its parents, so
+            that every store holds the checkpoint before the attestation), ``low-pow`` or
+            ``bad-signature``.
     """
     if len(tx.raw) > max_bytes:
         raise TxRejected(f"transaction is {len(tx.raw)} bytes, over the {max_bytes}-byte limit", code="too-large")
@@ -467,6 +537,12 @@ def validate_tx(
     if admitted is not None and not genesis and not admitted(tx.author):
         raise TxRejected(f"author {tx.author.hex()} is not admitted to this swarm", code="not-admitted")
     check_payload(tx.kind, tx.payload)
+    if tx.kind == "attestation" and tx.payload["checkpoint"] not in links:
+        raise TxRejected(
+            f"attestation judges {tx_id(tx.payload['checkpoint'])} but does not approve it: the judged"
+            " checkpoint must be one of its parents (Tangle.append(..., approve=<checkpoint id>))",
+            code="attestation-parent",
+        )
     unsigned = tx.unsigned
     if not _pow_ok(hashlib.sha256(unsigned).digest(), pow_bits):
         raise TxRejected(f"proof-of-work has fewer than {pow_bits} leading zero bits", code="low-pow")

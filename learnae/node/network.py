@@ -18,6 +18,7 @@ what it trained meanwhile (docs/design.md, "Node loop").
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import random
 import time
@@ -37,8 +38,10 @@ from learnae.ledger.tx import Tx, checkpoint_payload
 from learnae.manifest import Manifest
 from learnae.merge import Contribution, MergeResult, merge
 from learnae.node.peers import PeerChoice
+from learnae.node.verifier import CheckpointVerifier, Evaluate
 from learnae.training.bridge import Merged, Offer
 from learnae.training.pool import StoreError
+from learnae.verify import cap_samples
 
 __all__ = ["DEFAULT_FETCH_TIMEOUT", "DEFAULT_K", "DEFAULT_KEEP", "DEFAULT_STALE", "ChunkStore",
            "NetworkSide", "fetch_chunk", "fetch_peer_checkpoint", "merge_contributions",
@@ -220,6 +223,10 @@ class NetworkSide:
         rejections: where to count refusals by code (shared with the training side's
             counts); a new counter by default.
         errors: where to count failures by code, likewise.
+        evaluate: validation loss of a set of weights (blocking; run through ``offload``). With
+            it, and a manifest whose verification ``rate`` is above 0, the node spot-checks
+            its peers' checkpoints (:attr:`verifier`); without it, it checks none but still
+            merges by the standings the ledger's attestations give.
 
     Attributes:
         rejections: refused peer checkpoints and chunks by code: ``timeout``, ``ipfs``,
@@ -240,6 +247,9 @@ class NetworkSide:
         data_pinned: CID -> bytes of the adopted chunks this node keeps pinned (it serves them
             to the swarm for as long as it holds them).
         adopt_paused: while True, :meth:`adopt` takes no new chunks (set over the disk budget).
+        verifier: the node's :class:`~learnae.node.verifier.CheckpointVerifier` (its spot checks
+            and everyone's standings); a flagged author's checkpoints are refused as
+            ``low-standing`` before they are fetched.
     """
 
     def __init__(self, *, ipfs: IpfsNode, sync: TangleSync, identity: Identity, manifest: Manifest,
@@ -249,7 +259,7 @@ class NetworkSide:
                  adopt_authors: frozenset[bytes] | None = None,
                  clock: Callable[[], float] = time.time, rng: random.Random | None = None,
                  offload: Offload = asyncio.to_thread, rejections: Counter[str] | None = None,
-                 errors: Counter[str] | None = None):
+                 errors: Counter[str] | None = None, evaluate: Evaluate | None = None):
         self.ipfs, self.sync, self.identity, self.manifest = ipfs, sync, identity, manifest
         self.expect = expect
         self.k, self.keep, self.fetch_timeout = k, keep, fetch_timeout
@@ -272,6 +282,13 @@ class NetworkSide:
         self._data_cursor = 0  # data seq of the last data tx looked at
         self._waiting: list[Tx] = []  # admitted data txs whose chunks are still to fetch
         self._tries: dict[str, int] = {}
+        self.verifier = CheckpointVerifier(
+            sync=sync, identity=identity, manifest=manifest, evaluate=evaluate,
+            fetch=self._fetch, offload=offload, clock=clock, rng=rng)
+
+    async def _fetch(self, tx: Tx) -> Contribution:
+        return await fetch_peer_checkpoint(self.ipfs, tx, self.manifest, self.expect, genesis=self.tangle.swarm,
+                                           timeout=self.fetch_timeout, offload=self.offload)
 
     @property
     def tangle(self) -> Tangle:
@@ -326,6 +343,8 @@ class NetworkSide:
         for tx in txs:
             if tx.author != me:
                 self.choice.add(tx, now_ms)
+        self.verifier.consider(txs)
+        self.verifier.refresh()
 
     def _pass_over(self, author: bytes) -> None:
         """A checkpoint of ``author`` could not be used: back off from the author."""
@@ -356,12 +375,15 @@ class NetworkSide:
         if stale:
             self.rejections["stale"] += stale
         chosen = self.choice.choose(k or offer.k or self.k, now_ms, at_least=max(offer.min_peers, 1))
+        flagged = [tx for tx in chosen if self.verifier.flagged(tx.author)]
+        for tx in flagged:
+            self.rejections["low-standing"] += 1
+            log.info("peer checkpoint %s by %s refused: the author's standing is below the swarm's threshold",
+                     tx.id[:16], tx.author.hex()[:12])
+        chosen = [tx for tx in chosen if tx not in flagged]
         if not chosen:
             return None
-        results = await asyncio.gather(*(
-            fetch_peer_checkpoint(self.ipfs, tx, self.manifest, self.expect, genesis=self.tangle.swarm,
-                                  timeout=self.fetch_timeout, offload=self.offload)
-            for tx in chosen), return_exceptions=True)
+        results = await asyncio.gather(*(self._fetch(tx) for tx in chosen), return_exceptions=True)
         peers, used_tx = [], {}
         for tx, result in zip(chosen, results, strict=True):
             if isinstance(result, LearnaeError):
@@ -382,6 +404,8 @@ class NetworkSide:
             return None
         own = Contribution(offer.weights, samples=offer.samples, age=offer.step,
                            author=self.identity.public_key.hex())
+        capped = cap_samples([own.samples, *(p.samples for p in peers)], self.manifest.verification.sample_cap)
+        peers = [dataclasses.replace(p, samples=n) for p, n in zip(peers, capped[1:], strict=True)]
         result, delta = await self.offload(_merge_with, self.manifest, own, peers)
         for author, code, reason in result.rejected:
             self.rejections[code] += 1

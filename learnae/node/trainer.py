@@ -56,9 +56,9 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, TextIO
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TextIO
 
 import numpy as np
 
@@ -122,6 +122,8 @@ GC_INTERVAL = 5.0  # seconds at least between two garbage collections after merg
 PRUNE_INTERVAL = 60.0  # seconds between two ledger prunes (half the ledger window if shorter)
 DEFAULT_SNAPSHOT_INTERVAL = 600.0  # seconds between two ledger snapshots
 DISK_WARN_INTERVAL = 600.0  # seconds between two warnings that the disk budget is not met
+VERIFY_INTERVAL = 1.0  # seconds between two looks for a peer checkpoint to spot-check
+LAZY_SIGMA = 0.01  # the noise a lazy node (a fault experiment) adds to what it merged
 
 
 def parse_adopt(policy: str) -> frozenset[bytes] | None:
@@ -285,6 +287,10 @@ class NodeConfig:
         serve_checkpoints: a relay member also holds and serves each author's newest
             checkpoint and recent data chunks (:class:`~learnae.node.serving.ContentServer`), for
             members whose routers defeat hole punching. Costs one download per file published.
+        behaviour: fault experiments only: ``lazy`` trains nothing (learning rate 0) and
+            publishes the weights it merged plus Gaussian noise (``LAZY_SIGMA``), claiming the
+            samples an honest node would: what verification must catch (docs/design.md,
+            "Verification"). None: honest.
         new_identity: make a new author key although the state directory ran a node before
             and its ``identity.key`` is missing (without it the node refuses to start, so
             that a lost key is restored rather than silently replaced). An existing
@@ -323,6 +329,7 @@ class NodeConfig:
     reachability: Reachability = "auto"
     relay: bool = False
     serve_checkpoints: bool = True
+    behaviour: Literal["lazy"] | None = None
 
 
 # --------------------------------------------------------------------------------- node
@@ -387,6 +394,8 @@ class TrainerNode:
         self._net_error: BaseException | None = None
         self._model: keras.Model | None = None
         self.splits: Splits | None = None
+        self._eval_model: keras.Model | None = None  # the spot checks' own model (network side)
+        self._eval_lock = threading.Lock()
         self._cb: SwarmCallback | None = None
         self._offer_lock = asyncio.Lock()  # one publish or merge at a time; new at each start
         self._api_runner: ApiRunner | None = None
@@ -540,7 +549,9 @@ class TrainerNode:
             configure_threads(cfg.threads)
             splits = cfg.data.load()
             self.splits = splits
-            model = build_model(m.model, optimizer=m.optimizer, learning_rate=m.learning_rate, seed=cfg.seed)
+            lazy = cfg.behaviour == "lazy"
+            model = build_model(m.model, optimizer=m.optimizer, learning_rate=0.0 if lazy else m.learning_rate,
+                                seed=cfg.seed)
             self._model = model
             self.expect = self._side.expect = expected_shapes(model)
             self._resume(model, set_weights)
@@ -963,6 +974,7 @@ class TrainerNode:
                 self._tasks.append(asyncio.create_task(self.server.run()))
             return
         self._tasks.append(asyncio.create_task(self._offer_loop()))
+        self._tasks.append(asyncio.create_task(self._verify_loop()))
         if self.adopt_authors != frozenset():
             self._tasks.append(asyncio.create_task(self._adopt_loop()))
 
@@ -983,7 +995,40 @@ class TrainerNode:
         return NetworkSide(ipfs=ipfs, sync=sync, identity=identity, manifest=self.manifest,
                            expect=self.expect, k=cfg.k, keep=cfg.keep, stale=cfg.stale,
                            fetch_timeout=cfg.fetch_timeout, adopt_authors=self.adopt_authors,
-                           rejections=self.rejections, errors=self.errors)
+                           rejections=self.rejections, errors=self.errors, evaluate=self._validation_loss)
+
+    def _validation_loss(self, weights: Mapping[str, np.ndarray]) -> float:
+        """The loss of ``weights`` on the swarm's test split (blocking; the spot checks').
+
+        A model of its own, built at the first call, so the training side's is never touched.
+
+        Raises:
+            LearnaeError: code ``not-ready``: the training side has not loaded the data yet.
+        """
+        splits = self.splits
+        if splits is None:
+            raise LearnaeError("the node has not loaded its data yet", code="not-ready")
+        from learnae.training.model import build_model, evaluate, set_weights
+
+        m = self.manifest
+        with self._eval_lock:
+            if self._eval_model is None:
+                self._eval_model = build_model(m.model, optimizer=m.optimizer, learning_rate=m.learning_rate)
+            set_weights(self._eval_model, weights)
+            return evaluate(self._eval_model, splits.test.x, splits.test.y)["loss"]
+
+    async def _verify_loop(self) -> None:
+        """Check the peer checkpoints this node was selected to check, one at a time."""
+        verifier = self._side.verifier
+        while not self._stopping.is_set():
+            if not verifier.queue:
+                await asyncio.sleep(VERIFY_INTERVAL)
+                continue
+            try:
+                await verifier.check()
+            except LearnaeError as exc:
+                self.errors[f"verify:{exc.code}"] += 1
+                log.warning("a spot check failed: %s", exc.reason)
 
     async def _offer_loop(self) -> None:
         """Publish and merge each offer, at most one per the manifest's ``checkpoint_interval``.
@@ -1129,6 +1174,10 @@ class TrainerNode:
         """Publish ``offer`` naming the adopted chunks not named yet; save the progress."""
         with self._adopt_lock:
             named = self._unnamed[:MAX_DATA_LINKS]
+        if self.config.behaviour == "lazy":
+            noise = np.random.default_rng()
+            offer = replace(offer, weights={
+                k: (w + noise.normal(0.0, LAZY_SIGMA, w.shape)).astype(w.dtype) for k, w in offer.weights.items()})
         tx, data = await self._side.publish(offer, metrics=self.metrics, data=named)
         with self._adopt_lock:
             self._named.update(named)
@@ -1260,7 +1309,8 @@ class TrainerNode:
         (hex); ``checkpoints_fetched``: peer checkpoints fetched and decoded; ``merges_applied``:
         merged sets the training side applied (as displacements); ``rejections``/``errors``:
         counts keyed by reason code (``data:bad-chunk``, ``merge:internal``, ...); ``network``:
-        :meth:`_network_status`.
+        :meth:`_network_status`; ``verification``: the spot checks and standings
+        (:meth:`~learnae.node.verifier.CheckpointVerifier.status`).
         """
         ledger: dict[str, Any] = {}
         if self.tangle is not None:
@@ -1295,6 +1345,7 @@ class TrainerNode:
             "checkpoints_fetched": self.net.fetched if self.net else 0,
             "rejections": dict(self.rejections), "errors": dict(self.errors),
             "peers_passed_over": self.net.choice.backing_off_count(time.time() * 1000) if self.net else 0,
+            "verification": self.net.verifier.status() if self.net else None,
             "adopt": self._adopt_status(),
             "ledger": ledger, "disk": self._disk_status(), "network": self._network_status(),
             "uptime_s": time.time() - self.started,

@@ -1,0 +1,188 @@
+"""A trainer's spot checks of its peers' checkpoints, and the standings it merges by.
+
+docs/design.md, "Verification". :class:`CheckpointVerifier` is part of a trainer's network side
+(:class:`~learnae.node.network.NetworkSide`):
+
+- :meth:`~CheckpointVerifier.consider` is shown every peer checkpoint the node learns of and
+  queues those whose committee (:func:`learnae.verify.committee`) names this node;
+- :meth:`~CheckpointVerifier.check` takes one queued checkpoint, fetches it and the checkpoints
+  it names as its ``base``, checks its claims (:func:`~learnae.verify.claims_verdict`) and its
+  effect on the validation set (:func:`~learnae.verify.holdout_verdict`), and records the
+  verdict in the ledger as a signed ``attestation`` that approves the checkpoint;
+- :meth:`~CheckpointVerifier.refresh` derives every author's standing from the ledger's
+  attestations (:func:`~learnae.verify.standings`), the same on every node holding the same
+  ledger; :meth:`~CheckpointVerifier.flagged` says whose checkpoints the merge leaves out.
+
+The model is evaluated by the driver's ``evaluate`` (validation loss of a set of weights): a
+Keras model on the swarm's public test split in ``learnae node run``, the numpy model in the
+fault harness's memory driver.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter, deque
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import numpy as np
+
+from learnae.errors import LearnaeError
+from learnae.identity import Identity
+from learnae.ledger.sync import TangleSync
+from learnae.ledger.tx import Tx, attestation_payload
+from learnae.manifest import Manifest
+from learnae.verify import (
+    Standing,
+    Verdict,
+    claims_verdict,
+    holdout_verdict,
+    is_selected,
+    standings,
+)
+
+__all__ = ["MAX_QUEUED", "CheckpointVerifier", "Evaluate", "Fetch"]
+
+log = logging.getLogger("learnae.node")
+
+MAX_QUEUED = 64
+"""Selected checkpoints waiting for a check at most (the oldest are dropped first)."""
+
+Evaluate = Callable[[Mapping[str, np.ndarray]], float]
+"""Blocking: the validation loss of a set of weights (weight path -> array)."""
+Fetch = Callable[[Tx], Awaitable[Any]]
+"""Fetch and decode the checkpoint a tx announces (a :class:`~learnae.merge.Contribution`)."""
+
+
+class CheckpointVerifier:
+    """Spot checks and standings for one trainer (see the module docstring).
+
+    Args:
+        sync: the node's ledger syncer (attestations are appended and gossiped through it).
+        identity: the node's author key.
+        manifest: the swarm's manifest (its ``verification`` parameters, its ``batch_size``).
+        evaluate: validation loss of a set of weights (:data:`Evaluate`), run through
+            ``offload``; None: this node checks nothing (it still derives the standings).
+        fetch: fetches and decodes a checkpoint (:data:`Fetch`).
+        offload: how blocking work leaves the event loop.
+        clock: seconds since the Unix epoch (attestation times).
+        rng: random generator for mining and tip selection.
+
+    Attributes:
+        checked: checkpoints checked; disputed: those disputed; by_code: verdict codes counted.
+        standing: author key -> :class:`~learnae.verify.Standing`, as of the last
+            :meth:`refresh`.
+    """
+
+    def __init__(self, *, sync: TangleSync, identity: Identity, manifest: Manifest, evaluate: Evaluate | None,
+                 fetch: Fetch, offload: Callable[..., Awaitable[Any]], clock: Callable[[], float],
+                 rng: Any = None):
+        self.sync, self.identity, self.manifest = sync, identity, manifest
+        self.cfg = manifest.verification
+        self.evaluate, self.fetch, self.offload = evaluate, fetch, offload
+        self.clock, self.rng = clock, rng
+        self.queue: deque[Tx] = deque(maxlen=MAX_QUEUED)
+        self.checked = 0
+        self.disputed = 0
+        self.by_code: Counter[str] = Counter()
+        self.standing: dict[bytes, Standing] = {}
+        self._cursor = 0
+
+    def candidates(self) -> list[bytes]:
+        """Who may verify: every author with a checkpoint in the ledger, and this node.
+
+        A node that has not published yet counts itself in, so its committees can differ
+        from the others' until its first checkpoint arrives there.
+        """
+        authors = set(self.sync.tangle.latest_checkpoint_per_author())
+        return [*authors, *({self.identity.public_key} - authors)]
+
+    def consider(self, txs: list[Tx]) -> None:
+        """Queue the peer checkpoints of ``txs`` whose committee names this node."""
+        if self.evaluate is None or self.cfg.rate <= 0 or not txs:
+            return
+        me, candidates = self.identity.public_key, self.candidates()
+        for tx in txs:
+            if tx.author != me and is_selected(tx.id, tx.author, me, candidates, self.cfg):
+                self.queue.append(tx)
+
+    async def check(self) -> Verdict | None:
+        """Check the oldest queued checkpoint and publish the attestation; None if none could be.
+
+        A checkpoint, or all of its base, that cannot be fetched is not judged (no attestation:
+        an unreachable author is not a liar).
+        """
+        while self.queue:
+            tx = self.queue.popleft()
+            try:
+                verdict = await self._judge(tx)
+            except LearnaeError as exc:
+                log.info("cannot check checkpoint %s by %s: %s", tx.id[:16], tx.author.hex()[:12], exc.reason)
+                continue
+            except ValueError as exc:  # e.g. a base that diverged: no loss to compare with
+                log.info("cannot judge checkpoint %s by %s: %s", tx.id[:16], tx.author.hex()[:12], exc)
+                continue
+            if verdict is None:
+                continue
+            payload = attestation_payload(checkpoint=tx.id, method=verdict.method, verdict=verdict.verdict,
+                                          code=verdict.code, figures=verdict.figures)
+            await self.sync.append(self.identity, "attestation", payload, approve=tx.id,
+                                   time_ms=int(self.clock() * 1000), rng=self.rng)
+            self.checked += 1
+            self.by_code[verdict.code] += 1
+            if verdict.verdict == "dispute":
+                self.disputed += 1
+                log.warning("disputed checkpoint %s by %s: %s %s", tx.id[:16], tx.author.hex()[:12],
+                            verdict.code, verdict.figures)
+            return verdict
+        return None
+
+    async def _judge(self, tx: Tx) -> Verdict | None:
+        tangle = self.sync.tangle
+        bases = [b for b in (tangle.get(t) for t in tx.links("base")) if b is not None]
+        previous = next((b.payload["step"] for b in bases if b.author == tx.author), None)
+        claims = claims_verdict(tx.payload["samples"], tx.payload["step"], previous, self.manifest.batch_size)
+        if claims.verdict == "dispute":
+            return claims
+        if not bases:
+            return None  # a first checkpoint: nothing it claims to start from
+        own = await self.fetch(tx)
+        fetched = []
+        for base in bases:
+            try:
+                fetched.append(await self.fetch(base))
+            except LearnaeError as exc:
+                log.debug("base %s of %s: %s", base.id[:16], tx.id[:16], exc.reason)
+        if not fetched:
+            return None
+        start = {k: np.mean([c.weights[k] for c in fetched], axis=0) for k in own.weights}
+        assert self.evaluate is not None  # consider() queues nothing without it
+        base_loss = await self.offload(self.evaluate, start)
+        loss = await self.offload(self.evaluate, own.weights)
+        verdict = holdout_verdict(base_loss, loss, self.cfg)
+        return verdict._replace(figures={**claims.figures, **verdict.figures,
+                                         "bases": float(len(fetched))})
+
+    def refresh(self) -> bool:
+        """Re-derive the standings if attestations arrived since the last call; whether they did."""
+        tangle = self.sync.tangle
+        new, self._cursor = tangle.attestations_since(self._cursor)
+        if not new and self.standing:
+            return False
+        candidates = self.candidates()
+        self.standing = standings(tangle.attestations(), lambda _checkpoint: candidates, self.cfg)
+        return True
+
+    def flagged(self, author: bytes) -> bool:
+        """Whether ``author``'s standing is below the swarm's threshold."""
+        s = self.standing.get(author)
+        return s is not None and s.flagged
+
+    def status(self) -> dict[str, Any]:
+        """For ``/status``: counts, and the standings of flagged or disputed authors."""
+        return {
+            "checked": self.checked, "disputed": self.disputed, "queued": len(self.queue),
+            "by_code": dict(self.by_code),
+            "flagged": sorted(a.hex() for a, s in self.standing.items() if s.flagged),
+            "standings": {a.hex(): round(s.score, 3) for a, s in self.standing.items()},
+        }

@@ -1,0 +1,403 @@
+"""Verification: who checks which checkpoint, the verdicts, and the authors' standings.
+
+In a volunteer swarm anyone may publish, and a checkpoint transaction's claims (``samples``,
+``base``, ``data``, ``step``) cannot be taken on trust. Members spot-check each other's
+checkpoints and record each verdict in the ledger as a signed ``attestation`` transaction
+(``checkpoint``, ``method``, ``verdict``, ``code``, ``figures``). This module holds the rules
+every member applies alike to what the ledger holds; the callers fetch and evaluate the models.
+
+- :func:`committee`, :func:`is_selected`: which checkpoints are checked and by whom. A
+  committee drawn from the checkpoint's id by hashing, so anyone can recompute it and nobody
+  chooses whom they judge (the verifier-committee idea of Biscotti, Shayan et al., IEEE TPDS
+  2021, and of Proof-of-Learning, Jia et al., IEEE S&P 2021, whose verifiers re-check a
+  sample of a training run's claims).
+- :func:`holdout_verdict`, :func:`claims_verdict`: verdicts as pure functions of numbers.
+- :func:`standings`: each author's standing from the attestations about its checkpoints
+  (the Beta reputation system, Jøsang & Ismail 2002); a flagged author's checkpoints are not
+  merged.
+- :func:`cap_samples`: bounds the ``samples`` claims of the checkpoints merged together, so a
+  claim alone never decides a ``mean`` merge.
+
+The parameters are the manifest's :class:`learnae.manifest.Verification`. Author keys are
+32-byte Ed25519 public keys; checkpoint ids are transaction ids (CIDv1 base32 text).
+
+This module sits below the Keras glue and never imports TensorFlow.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import numbers
+import statistics
+from collections.abc import Callable, Iterable, Sequence
+from typing import NamedTuple, Protocol
+
+from learnae.ledger.tx import tx_link
+from learnae.manifest import Verification
+
+__all__ = [
+    "AGREE",
+    "CODES",
+    "DISPUTE",
+    "METHODS",
+    "WORSE_MARGIN",
+    "AttestationLike",
+    "Standing",
+    "Verdict",
+    "cap_samples",
+    "claims_verdict",
+    "committee",
+    "holdout_verdict",
+    "is_selected",
+    "standings",
+]
+
+AGREE = "agree"
+DISPUTE = "dispute"
+METHODS = ("holdout", "replay", "claims")
+"""How a verifier judged: validation loss against the base, replaying the training, the claims."""
+CODES = ("ok", "holdout-worse", "holdout-no-gain", "samples-inconsistent", "replay-mismatch")
+"""``ok`` goes with ``agree``; every other code names a dispute's reason."""
+WORSE_MARGIN = 0.05
+"""Relative validation loss beyond the tolerance at which ``holdout-no-gain`` becomes
+``holdout-worse``."""
+
+
+# ------------------------------------------------------------------------------- types
+class AttestationLike(Protocol):
+    """What :func:`standings` reads of an attestation (the tangle's ``Attestation`` has it).
+
+    Attributes:
+        verifier: the attestation's author, a 32-byte public key.
+        subject: the author of the judged checkpoint, a 32-byte public key.
+        checkpoint: the judged checkpoint transaction's id.
+        method: one of :data:`METHODS`.
+        verdict: :data:`AGREE` or :data:`DISPUTE`.
+        code: one of :data:`CODES`.
+    """
+
+    @property
+    def verifier(self) -> bytes: ...  # noqa: D102 (documented in the class docstring)
+
+    @property
+    def subject(self) -> bytes: ...  # noqa: D102
+
+    @property
+    def checkpoint(self) -> str: ...  # noqa: D102
+
+    @property
+    def method(self) -> str: ...  # noqa: D102
+
+    @property
+    def verdict(self) -> str: ...  # noqa: D102
+
+    @property
+    def code(self) -> str: ...  # noqa: D102
+
+
+class Verdict(NamedTuple):
+    """A verifier's judgement of one checkpoint: what an attestation transaction carries.
+
+    Attributes:
+        method: one of :data:`METHODS`.
+        verdict: :data:`AGREE` or :data:`DISPUTE`.
+        code: ``"ok"`` for an agreement, else the dispute's reason (:data:`CODES`).
+        figures: the numbers it was decided on, name -> finite float.
+    """
+
+    method: str
+    verdict: str
+    code: str
+    figures: dict[str, float]
+
+
+class Standing(NamedTuple):
+    """An author's standing: the Beta reputation of its checkpoints.
+
+    Attributes:
+        agree: weighted agreements about its checkpoints (``A``).
+        dispute: weighted disputes about its checkpoints (``D``).
+        score: ``(prior_agree + A) / (prior_agree + prior_dispute + A + D)``, in (0, 1).
+        flagged: ``score < threshold``: its checkpoints are not merged.
+        disputes: how many disputes were counted (one per verifier and checkpoint).
+    """
+
+    agree: float
+    dispute: float
+    score: float
+    flagged: bool
+    disputes: int
+
+
+# --------------------------------------------------------------------------- selection
+def _unit(digest: bytes) -> float:
+    """A sha-256 digest as a number in [0, 1) (correctly rounded, so alike on every machine)."""
+    return int.from_bytes(digest, "big") / 2**256
+
+
+def committee(
+    checkpoint: str, subject: bytes, candidates: Iterable[bytes], cfg: Verification
+) -> tuple[bytes, ...]:
+    """The members who check ``checkpoint``: none when it is not drawn for checking.
+
+    With ``n`` candidates (duplicates and ``subject`` dropped) and ``H`` = sha-256 over the
+    checkpoint's binary CID (36 bytes): the checkpoint is checked iff
+    ``H(b"check" + cid) / 2**256 < min(1, rate * n / verifiers)``, and then its committee is
+    the ``verifiers`` candidates (all, if fewer) with the smallest ``H(cid + key)``. So each
+    member sits in the committees of about ``rate`` of its peers' checkpoints, and a checked
+    checkpoint has ``verifiers`` verifiers, as long as ``n <= verifiers / rate`` (40 with the
+    defaults); in larger swarms every checkpoint is checked and a member checks
+    ``verifiers / n`` of them. Anyone holding the same candidates computes the same committee.
+    Verifiers cannot choose their targets; the author can only re-mine its transaction (a new
+    time or nonce, one proof-of-work per try) until the draw passes it by, about 2 tries with
+    the defaults and 19 candidates; members outside the committee may still check anything
+    (their attestations weigh ``unselected_weight``).
+
+    Args:
+        checkpoint: the checkpoint transaction's id.
+        subject: its author's key; never in its own committee.
+        candidates: the keys of the members who may verify (e.g. the authors active when it
+            was published), in any order.
+        cfg: the manifest's verification parameters.
+
+    Returns:
+        The committee's keys, closest (smallest hash) first; empty when not checked or when
+        ``rate`` is 0.
+
+    Raises:
+        InvalidCID: ``checkpoint`` is not a transaction id.
+        TypeError: a candidate is not ``bytes``.
+    """
+    cid = tx_link(checkpoint)
+    keys = set()
+    for key in candidates:
+        if type(key) is not bytes:
+            raise TypeError(f"a candidate is a {type(key).__name__}, expected a public key (bytes)")
+        keys.add(key)
+    keys.discard(subject)
+    if not keys or _unit(hashlib.sha256(b"check" + cid).digest()) >= min(
+        1.0, cfg.rate * len(keys) / cfg.verifiers
+    ):
+        return ()
+    ranked = sorted(keys, key=lambda key: (hashlib.sha256(cid + key).digest(), key))
+    return tuple(ranked[: cfg.verifiers])
+
+
+def is_selected(
+    checkpoint: str, subject: bytes, verifier: bytes, candidates: Iterable[bytes], cfg: Verification
+) -> bool:
+    """Is ``verifier`` in the committee of ``checkpoint`` (:func:`committee`)?
+
+    Raises:
+        InvalidCID: ``checkpoint`` is not a transaction id.
+        TypeError: a candidate is not ``bytes``.
+    """
+    return verifier in committee(checkpoint, subject, candidates, cfg)
+
+
+# ----------------------------------------------------------------------------- verdicts
+def _integer(name: str, value: object, low: int) -> int:
+    """``value`` as an int (numpy's integers too); ValueError unless an integer >= ``low``."""
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool) and int(value) >= low:
+        return int(value)
+    raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+
+
+def _positive(name: str, value: object) -> float:
+    """``value`` as a float (numpy's too); ValueError unless a finite number > 0."""
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        if 0 < float(value) < math.inf:
+            return float(value)
+    raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+
+
+def holdout_verdict(base_loss: float, loss: float, cfg: Verification) -> Verdict:
+    """Judge a checkpoint by its validation loss against its base's.
+
+    The rule, with ``t = cfg.tolerance``:
+
+    - ``loss < base_loss * (1 + t)``: ``agree`` (``ok``): better than its base, or within the
+      tolerance of it;
+    - ``loss > base_loss * (1 + t + WORSE_MARGIN)``: ``dispute``, ``holdout-worse`` (the
+      checkpoint damaged the model, e.g. poisoned or diverged; also a non-finite loss);
+    - otherwise ``dispute``, ``holdout-no-gain``: no better than what it started from, as a
+      lazy member republishing its merge plus noise would be.
+
+    With the default ``t = 0`` a checkpoint must beat its base. A member trained on private or
+    skewed data can only be judged this way: by its effect on the swarm's validation set.
+
+    Args:
+        base_loss: validation loss of the mean of the checkpoint's ``base`` checkpoints (what
+            it claims to have started from; unweighted, so no claim sways it); finite, > 0.
+        loss: the checkpoint's validation loss, on the same set; >= 0 (NaN or infinity is
+            ``holdout-worse``).
+        cfg: the manifest's verification parameters.
+
+    Returns:
+        A :class:`Verdict` of method ``holdout``; figures ``base_loss``, ``loss`` and ``gain``
+        (``(base_loss - loss) / base_loss``, > 0 when better), the last two only when finite.
+
+    Raises:
+        ValueError: ``base_loss`` is not a finite number > 0, or ``loss`` is negative.
+    """
+    base = _positive("base_loss", base_loss)
+    if not isinstance(loss, numbers.Real) or isinstance(loss, bool) or float(loss) < 0:
+        raise ValueError(f"loss must be a number >= 0 (NaN or infinity for a model that"
+                         f" diverged), got {loss!r}")
+    value, t = float(loss), cfg.tolerance
+    figures = {"base_loss": base}
+    if math.isfinite(value):
+        figures |= {"loss": value, "gain": (base - value) / base}
+        if value < base * (1 + t):
+            return Verdict("holdout", AGREE, "ok", figures)
+        if value <= base * (1 + t + WORSE_MARGIN):
+            return Verdict("holdout", DISPUTE, "holdout-no-gain", figures)
+    return Verdict("holdout", DISPUTE, "holdout-worse", figures)
+
+
+def claims_verdict(samples: int, step: int, previous_step: int | None, batch_size: int) -> Verdict:
+    """Judge a checkpoint's ``samples`` against the steps it claims since the previous one.
+
+    ``steps = step - previous_step``; the first checkpoint (``previous_step`` None), and one
+    whose step is below the previous (its author restarted its count), have ``steps = step``.
+    ``dispute`` ``samples-inconsistent`` when ``samples > steps * batch_size`` (more examples
+    than the batches could hold), else ``agree``. This checks the claims against each other
+    only: how many steps were really trained cannot be seen in the ledger.
+
+    Args:
+        samples: the checkpoint's ``samples``, >= 0.
+        step: its ``step`` (local steps, i.e. batches, in all), >= 0.
+        previous_step: the ``step`` of the author's previous checkpoint, or None.
+        batch_size: the manifest's ``batch_size``, >= 1.
+
+    Returns:
+        A :class:`Verdict` of method ``claims``; figures ``samples`` and ``steps``.
+
+    Raises:
+        ValueError: an argument is not an integer in its range.
+    """
+    samples = _integer("samples", samples, 0)
+    step = _integer("step", step, 0)
+    batch_size = _integer("batch_size", batch_size, 1)
+    if previous_step is not None:
+        previous_step = _integer("previous_step", previous_step, 0)
+    steps = step if previous_step is None or step < previous_step else step - previous_step
+    figures = {"samples": float(samples), "steps": float(steps)}
+    if samples > steps * batch_size:
+        return Verdict("claims", DISPUTE, "samples-inconsistent", figures)
+    return Verdict("claims", AGREE, "ok", figures)
+
+
+# ---------------------------------------------------------------------------- standings
+def standings(
+    attestations: Iterable[AttestationLike],
+    candidates_of: Callable[[str], Iterable[bytes]] | None,
+    cfg: Verification,
+) -> dict[bytes, Standing]:
+    """Each judged author's standing, from the attestations about its checkpoints.
+
+    The Beta reputation system (Jøsang & Ismail, *The Beta Reputation System*, 2002):
+    ``score = (prior_agree + A) / (prior_agree + prior_dispute + A + D)``, where ``A`` and
+    ``D`` are the weighted agreements and disputes about the author's checkpoints, and the
+    author is flagged when ``score < threshold``. With the defaults (priors 3 and 1, threshold
+    0.5) an author is flagged once ``D > A + 2``: after 3 disputes by committee members and no
+    agreement (3/7 = 0.43; after 2 it stands at exactly 0.5), or 9 by members outside the
+    committees (9 x 0.25 = 2.25); each agreement makes up for one dispute.
+
+    Counted:
+
+    - one attestation per verifier and checkpoint: its first in the given order;
+    - none about the verifier's own checkpoints;
+    - weight 1 when the verifier is in the checkpoint's :func:`committee` over
+      ``candidates_of(checkpoint)`` (every attestation weighs 1 when ``candidates_of`` is
+      None), ``unselected_weight`` otherwise, so members who pick their targets count less;
+    - in two passes: the verifiers flagged in the first pass do not count in the second, whose
+      result is returned. A member disputing everyone is outvoted once its own checkpoints
+      are disputed, and a single liar cannot flag members that others vouch for.
+
+    The result depends on the attestations and their order only (sums are exactly rounded),
+    so every member holding the same ledger computes the same standings.
+
+    Args:
+        attestations: the ledger's attestations, in ledger order.
+        candidates_of: ``checkpoint id -> candidate verifier keys`` (as given to
+            :func:`committee`), or None to weigh every attestation 1.
+        cfg: the manifest's verification parameters.
+
+    Returns:
+        ``author key -> Standing`` for every author some other member judged. An author not
+        in it stands at the prior, ``prior_agree / (prior_agree + prior_dispute)``, unflagged.
+
+    Raises:
+        InvalidCID: ``candidates_of`` is given and a checkpoint is not a transaction id.
+    """
+    counted: list[tuple[bytes, bytes, bool, float]] = []  # (subject, verifier, agrees, weight)
+    seen: set[tuple[str, bytes]] = set()
+    committees: dict[tuple[str, bytes], tuple[bytes, ...]] = {}
+    for att in attestations:
+        key = (att.checkpoint, att.verifier)
+        if att.verifier == att.subject or key in seen:
+            continue
+        seen.add(key)
+        weight = 1.0
+        if candidates_of is not None:
+            judged = (att.checkpoint, att.subject)
+            if judged not in committees:
+                committees[judged] = committee(
+                    att.checkpoint, att.subject, candidates_of(att.checkpoint), cfg
+                )
+            if att.verifier not in committees[judged]:
+                weight = cfg.unselected_weight
+        counted.append((att.subject, att.verifier, att.verdict == AGREE, weight))
+
+    first = _tally(counted, frozenset(), cfg)
+    flagged = frozenset(author for author, s in first.items() if s.flagged)
+    return _tally(counted, flagged, cfg)
+
+
+def _tally(
+    counted: Sequence[tuple[bytes, bytes, bool, float]],
+    ignored: frozenset[bytes],
+    cfg: Verification,
+) -> dict[bytes, Standing]:
+    """Standings from counted attestations, leaving out those by ``ignored`` verifiers."""
+    agree: dict[bytes, list[float]] = {}
+    dispute: dict[bytes, list[float]] = {}
+    for subject, verifier, agrees, weight in counted:
+        agree.setdefault(subject, [])
+        dispute.setdefault(subject, [])
+        if verifier not in ignored:
+            (agree if agrees else dispute)[subject].append(weight)
+    out = {}
+    for subject in agree:
+        a, d = math.fsum(agree[subject]), math.fsum(dispute[subject])
+        score = (cfg.prior_agree + a) / (cfg.prior_agree + cfg.prior_dispute + a + d)
+        out[subject] = Standing(a, d, score, score < cfg.threshold, len(dispute[subject]))
+    return out
+
+
+# ---------------------------------------------------------------------------------- cap
+def cap_samples(samples: Sequence[int], cap: float) -> list[int]:
+    """Bound sample-count claims: each at most ``cap`` times the median claim.
+
+    The bound is ``max(1, floor(cap * median))`` with the lower median (of two claims, the
+    smaller: a median of two would be their mean, which one huge claim drags along). So under
+    the ``mean`` merge rule no single claim outweighs ``cap`` typical ones.
+
+    Args:
+        samples: the ``samples`` of the contributions merged together (own included), >= 0.
+        cap: the manifest's ``sample_cap``, > 0.
+
+    Returns:
+        The capped counts, in the given order (empty for no input).
+
+    Raises:
+        ValueError: a count is not an integer >= 0, or ``cap`` is not a finite number > 0.
+    """
+    factor = _positive("cap", cap)
+    counts = [_integer("a samples count", s, 0) for s in samples]
+    if not counts:
+        return []
+    bound = max(1, math.floor(factor * statistics.median_low(counts)))
+    return [min(s, bound) for s in counts]
