@@ -117,7 +117,7 @@ def fetch_run(mb: int, punch: bool) -> dict:
         (out / "swarm.key").write_text(privnet.new_swarm_key())
         from learnae.ipfs import libkubo
 
-        ids = [libkubo.create_repo(out / name) for name in ("r0", "r1", "r2", "r3", "c", "b")]
+        ids = [libkubo.create_repo(out / name) for name in [*(f"r{i}" for i in range(RELAYS)), "c", "b"]]
         relays = [f"/ip4/{net.addresses[i]}/tcp/4001/p2p/{ids[i]}" for i in range(RELAYS)]
         procs = []
         try:
@@ -202,7 +202,7 @@ def main() -> None:
             print(f"fetch {args.mb} MB, {label}: {r.get('fetch_s') or float('nan'):.2f} s, {rate:.1f} MB/s"
                   f" (B-C connection: {r.get('via')})", flush=True)
     if not args.skip_swarm:
-        for punch, label in ((True, "ports kept, 4 relay members"), (False, "symmetric NATs, 1 relay member")):
+        for punch, label in ((True, f"ports kept, {RELAYS} relay members"), (False, "symmetric NATs, 1 relay member")):
             r = swarm_run(punch)
             print(f"first merge across routers, {label}: B took C's at {r['first_s']:.1f} s, both each"
                   f" other's at {r['mutual_s']:.1f} s (B-C connection: {r['via']})", flush=True)

@@ -21,6 +21,7 @@ from learnae.local.simulation import simulate
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "faults"
 PASSING = ["partition-heal", "crash-restart", "lossy-links", "byzantine-25pct", "sensor-outage"]
 PROCESSES_ONLY = ["line", "home-nat"]  # topologies: run by tests/test_faults_processes.py
+VERIFICATION = ["verification"]  # liars and spot checks: run by tests/test_faults_verification.py
 
 
 def small(**over) -> dict:
@@ -33,7 +34,7 @@ def small(**over) -> dict:
 def test_every_example_parses():
     names = sorted(p.stem for p in EXAMPLES.glob("*.toml"))
     # every example here must pass in CI; failing ones live in must-fail/
-    assert names == sorted(PASSING + PROCESSES_ONLY)
+    assert names == sorted(PASSING + PROCESSES_ONLY + VERIFICATION)
     for path in [*EXAMPLES.glob("*.toml"), *EXAMPLES.glob("must-fail/*.toml")]:
         scn = load_scenario(path)
         assert scn.name == path.stem and scn.faults

@@ -84,7 +84,7 @@ def test_example_scenario_passes_with_processes_driver(name, tmp_path, launch):
         assert report["network"]["relays"] == 1 and report["network"]["relay_files_fetched"] > 0
         assert report["invariants"]["content_fetchable"]["checked"] == 4
     elif name == "crash-restart":
-        for node, restart in (("n2", 7), ("n4", 8)):
+        for node, restart in (("n2", 7), ("n3", 8)):
             acc = report["accuracy"][node]
             assert all(a is None for a in acc[restart - 3:restart])  # down while crashed
             assert any(a is not None for a in acc[restart:])  # training again after the restart

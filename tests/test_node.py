@@ -132,6 +132,7 @@ def test_sigterm_publishes_final_checkpoint_and_restart_resumes_and_rejoins(tmp_
     assert 1 <= len(progress["pinned"]) <= 3 and progress["last_checkpoint"]["cid"] in progress["pinned"]
     with Tangle(nodes.states[1] / "tangle.sqlite") as tangle:
         before = set(tangle.order())
+        kinds = {t: tangle.get(t).kind for t in before}
         assert progress["last_checkpoint"]["tx"] in before
 
     nodes.start(1, "--wait-peers", "1")
@@ -144,7 +145,12 @@ def test_sigterm_publishes_final_checkpoint_and_restart_resumes_and_rejoins(tmp_
                > stopped["step"], 30, "node 0 receiving the restarted node's checkpoints")
     assert nodes.terminate(1) == 0 and nodes.terminate(0) == 0
     with Tangle(nodes.states[1] / "tangle.sqlite") as tangle:
-        assert before <= set(tangle.order()) and not tangle.verify()
+        # nothing acknowledged is lost; old checkpoints beyond the ledger's keep (16 per
+        # author) may have been pruned meanwhile (a prune runs after a minute), leaving frontier
+        # entries
+        missing = before - set(tangle.order())
+        assert all(kinds[t] == "checkpoint" for t in missing), missing
+        assert tangle.pruning()["total"] >= len(missing) and not tangle.verify()
 
 
 def test_bad_peers_are_rejected_and_counted_while_training_goes_on(tmp_path, launch):

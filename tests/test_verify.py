@@ -35,7 +35,7 @@ from learnae.verify import (
     standings,
 )
 
-CFG = Verification()
+CFG = Verification(rate=0.05)  # the rate verification is designed for (the default is off)
 
 
 def checkpoint_id(n: int | str) -> str:
@@ -298,7 +298,7 @@ def digits(**kw) -> Manifest:
 
 def test_verification_defaults_and_old_manifests():
     m = digits()
-    assert m.verification == Verification(0.05, 2, 0.5, 3.0, 1.0, 0.25, 4.0, 0.0)
+    assert m.verification == Verification(0.0, 2, 0.5, 3.0, 1.0, 0.25, 4.0, 0.0)
     assert "verification" not in m.to_payload()  # default: the payload of an older manifest
     assert Manifest.from_payload(m.to_payload()).verification == Verification()
     partial = m.to_payload() | {"verification": {"rate": 0.2}}

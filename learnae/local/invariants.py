@@ -38,6 +38,17 @@ Each invariant has its measured figure and its bound:
 ``byzantine_resistance``    (scenarios with Byzantine nodes) the lowest final accuracy of a live
                             honest node divided by the reference run's final mean accuracy;
                             bound ``byzantine_ratio``.
+``liars_flagged``           (scenarios with :data:`~learnae.local.scenario.LIARS`) for each
+                            liar, its own checkpoints published under its behaviour up to the
+                            round after whose merges every live honest node had flagged it
+                            (its standing below the swarm's threshold); the figure is the
+                            worst such delay, bound ``detect_updates``. A liar never flagged by
+                            all fails it. A behaviour verification cannot see yet is reported
+                            and left out (:data:`UNDETECTABLE`: ``false-data-claim`` trains
+                            honestly, and only a replay of its training would show that it did
+                            not use the data it names).
+``honest_flagged``          (likewise) honest nodes that any live honest node flagged after any
+                            round's merges; bound 0.
 """
 
 from __future__ import annotations
@@ -49,9 +60,12 @@ import numpy as np
 from learnae.ledger.tangle import Tangle
 from learnae.ledger.tx import Tx
 from learnae.local.results import SimResult
-from learnae.local.scenario import Scenario
+from learnae.local.scenario import LIARS, Scenario
 
-__all__ = ["check_invariants", "final_mean", "kept_content"]
+__all__ = ["UNDETECTABLE", "check_invariants", "final_mean", "kept_content"]
+
+UNDETECTABLE = {"false-data-claim": "undetectable_without_replay"}
+"""Liar behaviours ``liars_flagged`` leaves out, with the reason given in the report."""
 
 
 def kept_content(tangle: Tangle, keep: int) -> dict[str, Tx]:
@@ -142,7 +156,54 @@ def check_invariants(scn: Scenario, run: SimResult, ref: SimResult) -> dict[str,
             "lowest final accuracy of a live honest node over the no-fault run's final mean accuracy",
             reference_accuracy=round(ref_acc, 4), byzantine=sorted(scn.byzantine()),
             merge_rule=scn.merge, honest_final={k: round(v, 4) for k, v in finals.items()})
+    liars = {n: f.behaviour for n, f in scn.byzantine().items() if f.behaviour in LIARS}
+    if liars:
+        out["liars_flagged"] = _liars_flagged(run, liars, int(b["detect_updates"]))
+        out["honest_flagged"] = _honest_flagged(run)
     return out
+
+
+def _liars_flagged(run: SimResult, liars: dict[str, str], bound: int) -> dict[str, Any]:
+    """The ``liars_flagged`` invariant (see the module docstring); ``liars``: name -> behaviour."""
+    per_liar: dict[str, dict[str, Any]] = {}
+    delays: list[int | None] = []
+    for name, behaviour in sorted(liars.items()):
+        by_all = [r for r in sorted(run.flagged) if run.flagged[r]
+                  and all(name in seen for seen in run.flagged[r].values())]
+        detected = by_all[0] if by_all else None
+        lies = run.lied.get(name, [])
+        updates = None if detected is None else sum(1 for r in lies if r <= detected)
+        last = run.flagged[max(run.flagged)] if run.flagged else {}
+        # rounds after its detection in which some live honest node did not flag it (agreements
+        # about some of its checkpoints lifted its standing again)
+        after = 0 if detected is None else sum(1 for r in run.flagged if r > detected)
+        per_liar[name] = {
+            "behaviour": behaviour, "updates_until_flagged": updates, "flagged_in_round": detected,
+            "updates_published": len(lies), "relapsed_rounds": after - max(len(by_all) - 1, 0),
+            "flagged_at_end_by": f"{sum(name in seen for seen in last.values())}/{len(last)}"}
+        if behaviour in UNDETECTABLE:
+            per_liar[name]["excluded"] = UNDETECTABLE[behaviour]
+        else:
+            delays.append(updates)
+    worst = None if None in delays or not delays else max(d for d in delays if d is not None)
+    return _invariant(
+        worst is not None and worst <= bound, worst, bound,
+        "a liar's own checkpoints published until every live honest node flagged it (worst liar)",
+        per_liar=per_liar, checks=run.checks)
+
+
+def _honest_flagged(run: SimResult) -> dict[str, Any]:
+    """The ``honest_flagged`` invariant (see the module docstring)."""
+    honest = set(run.honest)
+    first: dict[str, dict[str, Any]] = {}  # flagged honest node -> when first, and by whom
+    for r in sorted(run.flagged):
+        for observer, seen in sorted(run.flagged[r].items()):
+            for name in seen:
+                if name in honest and name not in first:
+                    first[name] = {"round": r, "by": observer}
+    return _invariant(not first, len(first), 0,
+                      "honest nodes flagged by a live honest node after any round's merges",
+                      observed_rounds=len(run.flagged), flagged=first)
 
 
 def _fetch_scope(scn: Scenario) -> str | None:

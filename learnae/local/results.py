@@ -42,5 +42,12 @@ class SimResult:
     # node -> (IPFS repository bytes right after a garbage collection, the node's bound then),
     # the measurement nearest its bound over the run
     disk: dict[str, tuple[int, int]] = field(default_factory=dict)
+    # round -> live honest trainer -> the authors (node names) it had flagged after that round's
+    # merge, sorted (memory driver; empty where verification is not observed)
+    flagged: dict[int, dict[str, list[str]]] = field(default_factory=dict)
+    # Byzantine node -> the rounds in which it published a checkpoint under its behaviour
+    lied: dict[str, list[int]] = field(default_factory=dict)
+    # the honest trainers' spot checks summed: "checked", "disputed", and one count per verdict code
+    checks: dict[str, int] = field(default_factory=dict)
     converge_unit: str = ("simulated seconds from the recovery point until every live node holds the same"
                           " transactions and tips")

@@ -52,12 +52,20 @@ driver runs topologies other than ``mesh`` (:func:`check_memory_driver`):
                        checkpoint (default ``true``)
 =====================  ======================================================================
 
+``[verification]`` (optional): the swarm manifest's verification parameters
+(:class:`~learnae.manifest.Verification`: ``rate``, ``verifiers``, ``threshold``, ...; missing
+keys take its defaults, and without the table verification is off as in a manifest). With a
+``rate`` above 0 the memory driver's honest trainers spot-check their peers' checkpoints on a
+public validation split (:mod:`learnae.local.simulation`).
+
 ``[bounds]``: ``converge_seconds`` (ledgers identical on every live node within this many
 simulated seconds after the last fault ends; wall seconds for the processes driver), ``recovery_merges`` and ``recovery_ratio``
 (after the last fault ends every live honest node reaches ``recovery_ratio`` of the no-fault
 run's final accuracy within this many merges), ``byzantine_ratio`` (honest nodes' final
 accuracy over the no-fault run's, with Byzantine nodes present), ``min_fetch_success`` (the
-share of peer-checkpoint fetches that succeed, 0..1; default 0: reported, never failed).
+share of peer-checkpoint fetches that succeed, 0..1; default 0: reported, never failed),
+``detect_updates`` (with :data:`LIARS` present: a liar's own published checkpoints until every
+live honest node has flagged it).
 ``[bounds.processes]``
 overrides any of them for the ``processes`` driver: real nodes merge whenever a checkpoint is
 ready (several times per round) and start TensorFlow after a restart, so a bound counted in
@@ -75,8 +83,9 @@ merges or seconds can differ from the simulation's.
 ``delay``          ``at``, ``until`` (optional), ``ms``; ``node`` (optional)
 ``byzantine``      ``at`` (default 0), ``until`` (optional), ``nodes`` (names) or
                    ``fraction`` (of the trainer nodes, the highest-numbered ones),
-                   ``behaviour``: one of :data:`BEHAVIOURS`; ``sigma`` (noise), ``count``
-                   (flood: invalid transactions per round)
+                   ``behaviour``: one of :data:`BEHAVIOURS`; ``sigma`` (noise, lazy),
+                   ``count`` (flood: invalid transactions per round), ``scale``
+                   (poison-within-bound)
 ``sensor-offline`` ``at``, ``until``, ``sensor``
 =================  ==========================================================================
 """
@@ -87,17 +96,37 @@ import math
 import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from learnae.errors import ConfigError
 
-__all__ = ["BEHAVIOURS", "DEFAULTS", "FAULT_KINDS", "TOPOLOGIES", "Fault", "Scenario", "Topology",
-           "check_memory_driver", "load_scenario", "parse_scenario"]
+if TYPE_CHECKING:
+    from learnae.manifest import Verification
 
-BEHAVIOURS = ("sign-flip", "noise", "scale", "stale", "fake-cid", "flood")
-"""Byzantine behaviours: publish ``-w``; ``w + N(0, sigma)``; ``100 w``; replay the first
-checkpoint's CID; announce CIDs of content nobody has; gossip ``count`` invalid transactions
-per round."""
+__all__ = ["BEHAVIOURS", "DEFAULTS", "FAULT_KINDS", "INFLATE", "LAZY_SIGMA", "LIARS", "POISON_SCALE",
+           "TOPOLOGIES", "Fault", "Scenario", "Topology", "check_memory_driver", "load_scenario",
+           "parse_scenario"]
+
+LIARS = ("lazy", "poison-within-bound", "inflate-samples", "false-data-claim")
+"""Byzantine behaviours that take part in merging, as an honest trainer does, and lie only in
+what they publish (what verification is there to catch): ``lazy`` does not train and publishes
+its merged weights plus Gaussian noise of ``sigma`` times each tensor's RMS (default
+:data:`LAZY_SIGMA`) with an honest node's claims; ``poison-within-bound`` trains, then publishes
+``w_prev - scale * (w_new - w_prev)``, the update reversed, its norm held within half the merge's
+norm bound; ``inflate-samples`` trains honestly and claims :data:`INFLATE` times its samples for
+the steps an honest node claims; ``false-data-claim`` trains honestly on its shard, adopts no
+chunk, and names in its checkpoints' ``data`` the swarm's data transactions it did not adopt."""
+BEHAVIOURS = ("sign-flip", "noise", "scale", "stale", "fake-cid", "flood", *LIARS)
+"""Byzantine behaviours. Publish-only (the node never merges): publish ``-w``; ``w + N(0,
+sigma)``; ``100 w``; replay the first checkpoint's CID; announce CIDs of content nobody has;
+gossip ``count`` invalid transactions per round. Then the :data:`LIARS`, which merge too."""
+LAZY_SIGMA = 0.15
+"""``lazy``'s default ``sigma``: noise of 15% of each weight tensor's RMS. (At 5% the noise
+hardly moves the validation loss, so half of a lazy node's checked checkpoints pass.)"""
+POISON_SCALE = 4.0
+"""``poison-within-bound``'s default ``scale``: its update reversed, four times its size."""
+INFLATE = 100
+"""``inflate-samples`` claims this many times the samples it trained on."""
 
 FAULT_KINDS = ("partition", "heal", "crash", "restart", "loss", "delay", "byzantine", "sensor-offline")
 
@@ -129,6 +158,7 @@ BOUND_DEFAULTS: dict[str, float] = {
     "recovery_ratio": 0.98,
     "byzantine_ratio": 0.95,
     "min_fetch_success": 0.0,
+    "detect_updates": 20,
 }
 _RATIOS = ("recovery_ratio", "byzantine_ratio", "min_fetch_success")  # at most 1
 _MAY_BE_ZERO = ("min_fetch_success",)
@@ -145,7 +175,7 @@ _FAULT_KEYS = {
     "restart": {"node"},
     "loss": {"until", "p", "node"},
     "delay": {"until", "ms", "node"},
-    "byzantine": {"until", "nodes", "fraction", "behaviour", "sigma", "count"},
+    "byzantine": {"until", "nodes", "fraction", "behaviour", "sigma", "count", "scale"},
     "sensor-offline": {"until", "sensor"},
 }
 
@@ -162,7 +192,9 @@ class Fault:
         nodes: the nodes or sensors it concerns (empty: every link for loss/delay).
         groups: partition groups.
         p, ms: loss probability, delay in milliseconds.
-        behaviour, sigma, count: a Byzantine behaviour and its parameters.
+        behaviour, sigma, count, scale: a Byzantine behaviour and its parameters (``sigma``:
+            ``noise``'s standard deviation, ``lazy``'s relative to each tensor's RMS;
+            ``scale``: ``poison-within-bound``'s multiple of its update).
     """
 
     kind: str
@@ -175,6 +207,7 @@ class Fault:
     behaviour: str = ""
     sigma: float = 0.5
     count: int = 20
+    scale: float = POISON_SCALE
 
 
 @dataclass(frozen=True)
@@ -222,6 +255,7 @@ class Scenario:
     faults: tuple[Fault, ...] = field(default_factory=tuple)
     process_bounds: dict[str, float] = field(default_factory=dict)
     topology: Topology = field(default_factory=Topology)
+    verification: Verification | None = None  # None: the manifest's defaults (off)
 
     @property
     def node_names(self) -> list[str]:
@@ -304,10 +338,10 @@ def parse_scenario(data: dict[str, Any], *, where: str = "scenario") -> Scenario
 
     if not isinstance(data, dict):
         raise fail("a scenario is a TOML table")
-    unknown = set(data) - set(DEFAULTS) - {"bounds", "faults", "topology"}
+    unknown = set(data) - set(DEFAULTS) - {"bounds", "faults", "topology", "verification"}
     if unknown:
         raise fail(f"unknown keys {sorted(unknown)}; known: {sorted(DEFAULTS)} plus [bounds],"
-                   " [topology] and [[faults]]")
+                   " [topology], [verification] and [[faults]]")
     values: dict[str, Any] = {}
     for key, default in DEFAULTS.items():
         value = data.get(key, default)
@@ -362,8 +396,16 @@ def parse_scenario(data: dict[str, Any], *, where: str = "scenario") -> Scenario
     faults.sort(key=lambda f: f.at)  # stable: same-round entries keep the file's order
     _check_timeline(faults, fail)
     topology = _parse_topology(data.get("topology", {}), values["nodes"], fail)
+    verification = None
+    if "verification" in data:
+        from learnae.manifest import Verification  # noqa: PLC0415 (numpy import only when parsing)
+
+        try:
+            verification = Verification.from_payload(data["verification"])
+        except ConfigError as exc:
+            raise fail(f"[verification]: {exc.reason.removeprefix('manifest ')}") from None
     return Scenario(**values, bounds=bounds, process_bounds=process_bounds, faults=tuple(faults),
-                    topology=topology)
+                    topology=topology, verification=verification)
 
 
 def _parse_topology(raw: Any, nodes: int, fail) -> Topology:
@@ -494,13 +536,16 @@ def _parse_fault(index, raw, rounds, names, sensors, fail) -> Fault:
                 raise fail(f"{where} (byzantine): fraction must be between 0 and 1 (exclusive), not {fraction!r}")
             count = max(1, round(fraction * len(names)))
             fields["nodes"] = tuple(names[len(names) - count:])
-        sigma = raw.get("sigma", 0.5)
+        sigma = raw.get("sigma", LAZY_SIGMA if behaviour == "lazy" else 0.5)
         if isinstance(sigma, bool) or not isinstance(sigma, int | float) or not sigma > 0:
             raise fail(f"{where} (byzantine): sigma must be a positive number, not {sigma!r}")
         count = raw.get("count", 20)
         if type(count) is not int or not 0 < count <= 10_000:
             raise fail(f"{where} (byzantine): count must be an integer 1..10000, not {count!r}")
-        fields.update(sigma=float(sigma), count=count)
+        scale = raw.get("scale", POISON_SCALE)
+        if isinstance(scale, bool) or not isinstance(scale, int | float) or not 0 < scale <= 1000:
+            raise fail(f"{where} (byzantine): scale must be a number in (0, 1000], not {scale!r}")
+        fields.update(sigma=float(sigma), count=count, scale=float(scale))
     elif kind == "sensor-offline":
         fields["nodes"] = (member(raw.get("sensor"), sensors, "sensor"),)
     return Fault(**fields)

@@ -25,8 +25,9 @@ What is real and what is simulated:
   manifest's Keras model.
 - Rounds: each round (``round_seconds`` simulated seconds) every live trainer trains
   ``local_steps`` batches and publishes a checkpoint through its network side, every live
-  sensor publishes one data chunk; half a round later each live honest trainer adopts new
-  sensor chunks and merges through its network side: up to ``peers_per_merge`` of the
+  sensor publishes one data chunk; half a round later each live honest trainer makes up to
+  :data:`CHECKS_PER_ROUND` spot checks (below), adopts new sensor chunks and merges through
+  its network side: up to ``peers_per_merge`` of the
   freshest peer checkpoints announced since its last merge (older than two rounds: stale),
   fetched with ``fetch_timeout``, merged with the scenario's rule and added as a
   displacement; then it collects the garbage of its IPFS node (the node's
@@ -35,9 +36,22 @@ What is real and what is simulated:
   is asynchronous; the rounds only schedule the simulation. Ledgers are not pruned here (the
   runs are shorter than a node's ledger window, and ``ledger_converges`` compares whole
   ledgers).
+- Verification (with a scenario's ``[verification]`` ``rate`` above 0): the honest trainers'
+  network sides get ``evaluate``, the softmax cross-entropy (mean, nats) of a set of weights
+  on a public validation split that every node holds and none trains on
+  (:data:`VALID_FRACTION` of the training split, carved out before sharding; not the test
+  split the accuracies are measured on). Before merging, each checks the oldest checkpoints
+  its committees gave it (:meth:`~learnae.node.verifier.CheckpointVerifier.check`) and
+  publishes the attestations; after each round's merges, whom each honest trainer had flagged
+  is recorded (``SimResult.flagged``).
 - Byzantine trainers publish through the same network side: poisoned weights, or an IPFS
   node that announces bytes it does not serve (``fake-cid``: random; ``stale``: its first
-  checkpoint again); ``flood`` gossips invalid transactions besides.
+  checkpoint again); ``flood`` gossips invalid transactions besides. These only publish. The
+  liars (:data:`~learnae.local.scenario.LIARS`) merge as honest trainers do (they check
+  nothing) and lie in what they publish: ``lazy`` skips training and publishes its weights
+  plus noise; ``poison-within-bound`` publishes its update reversed (:func:`_poison`);
+  ``inflate-samples`` claims :data:`~learnae.local.scenario.INFLATE` times its samples;
+  ``false-data-claim`` adopts no chunk and names the data txs it saw in its checkpoints.
 - Crash: the node's syncer stops and its memory IPFS node closes (it leaves the network);
   its SQLite tangle is closed and kept, as are its pinned content (a Kubo repo is on disk)
   and its adopted chunks. Restart: a new memory node with the same name and content, the
@@ -55,7 +69,7 @@ import logging
 import random
 import shutil
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -75,8 +89,9 @@ from learnae.local.clock import VirtualClockLoop
 from learnae.local.converge import in_step
 from learnae.local.invariants import kept_content
 from learnae.local.results import SimResult
-from learnae.local.scenario import Fault, Scenario
-from learnae.manifest import Limits, Manifest, make_genesis
+from learnae.local.scenario import INFLATE, LIARS, Fault, Scenario
+from learnae.manifest import Limits, Manifest, Verification, make_genesis
+from learnae.merge import DEFAULT_MAX_NORM_RATIO, DEFAULT_MIN_NORM
 from learnae.models import mlp
 from learnae.node.network import DEFAULT_KEEP, NetworkSide
 from learnae.node.upkeep import Upkeep, repo_bound
@@ -91,6 +106,10 @@ EPOCH_MS = 1_700_000_000_000
 LIMITS = Limits(tx_bytes=8192, checkpoint_bytes=1 << 20, chunk_bytes=1 << 20)
 """The simulated swarm's manifest limits (bytes)."""
 _STALE_ROUNDS = 2  # peer checkpoints older than this many rounds are not merged (stale)
+CHECKS_PER_ROUND = 2
+"""Spot checks of peers' checkpoints an honest trainer makes at most in each merge phase."""
+VALID_FRACTION = 0.1
+"""Share of the training split carved out as the public validation split (trained on by nobody)."""
 
 
 async def _inline(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -125,6 +144,44 @@ def _accuracy(w: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray) -> float:
     return float(np.mean(pred == y))
 
 
+def _loss(w: Mapping[str, np.ndarray], x: np.ndarray, y: np.ndarray) -> float:
+    """Softmax cross-entropy of the model ``w`` on ``x`` ``(n, features)``, ``y`` ``(n,)``.
+
+    Returns:
+        The mean over the rows, natural log (nats); NaN or infinity for non-finite weights.
+    """
+    logits = x.astype(np.float64) @ np.asarray(w[KERNEL], np.float64) + np.asarray(w[BIAS], np.float64)
+    top = logits.max(axis=1, keepdims=True)
+    lse = top[:, 0] + np.log(np.exp(logits - top).sum(axis=1))
+    return float(np.mean(lse - logits[np.arange(len(y)), y]))
+
+
+def _jitter(w: dict[str, np.ndarray], sigma: float, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """``w`` plus Gaussian noise of ``sigma`` times each tensor's RMS (what ``lazy`` publishes)."""
+    return {k: (v + rng.normal(0.0, sigma * float(np.sqrt(np.mean(np.square(v, dtype=np.float64)))),
+                               v.shape)).astype(v.dtype) for k, v in w.items()}
+
+
+def _poison(before: dict[str, np.ndarray], after: dict[str, np.ndarray], scale: float,
+            max_norm_ratio: float, min_norm: float) -> dict[str, np.ndarray]:
+    """``before - s * (after - before)``: a training update reversed (``poison-within-bound``).
+
+    ``s`` is ``scale``, made smaller if need be so that the result's global L2 norm is at most
+    half of :func:`~learnae.merge.check_update`'s bound taken against ``before``
+    (``max_norm_ratio * max(norm(before), min_norm)``): peers whose own weights are near
+    ``before`` accept it.
+    """
+    def norm(w: Mapping[str, np.ndarray]) -> float:
+        return float(np.sqrt(sum(np.sum(np.square(v, dtype=np.float64)) for v in w.values())))
+
+    limit = 0.5 * max_norm_ratio * max(norm(before), min_norm)
+    step = {k: after[k].astype(np.float64) - before[k] for k in before}
+    s = scale
+    if norm(before) + s * norm(step) > limit:  # a bound on the result's norm (triangle inequality)
+        s = max(0.0, (limit - norm(before)) / max(norm(step), 1e-12))
+    return {k: (before[k] - s * step[k]).astype(before[k].dtype) for k in before}
+
+
 # ------------------------------------------------------------------------------- nodes
 @dataclass
 class _Parts:
@@ -157,6 +214,7 @@ class _Node:
     first_cid: str | None = None  # its first checkpoint (what a ``stale`` Byzantine node announces)
     adopted: set[str] = field(default_factory=set)  # data tx ids whose rows joined x, y (kept on disk)
     unnamed: list[str] = field(default_factory=list)  # adopted, not yet named in a checkpoint
+    claimed: int = 0  # ``false-data-claim``: data seq of the last data tx it named
     merged_tags: list[tuple[str, ...]] = field(default_factory=list)  # merged since the last publish
     merges: int = 0
     accuracy: dict[int, float] = field(default_factory=dict)  # round -> accuracy after its merge
@@ -261,17 +319,28 @@ def _sub_seed(seed: int, *parts: object) -> int:
     return int.from_bytes(hashlib.sha256("/".join(map(str, (seed, *parts))).encode()).digest()[:8], "big")
 
 
-def _load_data(scn: Scenario):
-    from learnae.training.data import Scaler, assign_shards, load_dataset, split
+def _load_data(scn: Scenario, validation: bool):
+    """Load the scenario's data: ``(train, test, shards, validation)``.
+
+    The common test split (20%: the accuracies), one shard of the rest per node and sensor,
+    and, if ``validation``, the public validation split (:data:`VALID_FRACTION` of the
+    training split, in no shard) on which verifiers evaluate checkpoints; else None (and the
+    shards as before verification existed).
+    """
+    from learnae.training.data import Scaler, assign_shards, load_dataset, split, split_holdout
 
     ds = load_dataset(scn.dataset)
     train, test = split(ds, 0.2, scn.seed)
     if scn.dataset != "digits":
         scaler = Scaler.fit(train)
         train, test = scaler.apply(train), scaler.apply(test)
-    where = assign_shards(train.y, scn.nodes + scn.sensors, scn.partition, scn.seed, train.classes)
-    shards = [train.take(np.flatnonzero(where == i), f"shard-{i}") for i in range(scn.nodes + scn.sensors)]
-    return train, test, shards
+    count = scn.nodes + scn.sensors
+    valid = None
+    if validation:
+        train, valid = split_holdout(train, VALID_FRACTION, scn.seed, index=count)  # no shard's index
+    where = assign_shards(train.y, count, scn.partition, scn.seed, train.classes)
+    shards = [train.take(np.flatnonzero(where == i), f"shard-{i}") for i in range(count)]
+    return train, test, shards, valid
 
 
 # ---------------------------------------------------------------------------- simulation
@@ -291,17 +360,29 @@ class _Sim:
         self.round = 0
         self.checkpoint_size = 0  # bytes of the largest checkpoint file published
         self.disk: dict[str, tuple[int, int]] = {}  # SimResult.disk
+        self.flagged: dict[int, dict[str, list[str]]] = {}  # SimResult.flagged
+        self.lied: dict[str, list[int]] = {}  # SimResult.lied
 
     # -- setup ---------------------------------------------------------------------------------
     async def setup(self) -> None:
         scn = self.scn
-        train, self.test, shards = _load_data(scn)
+        verification = scn.verification or Verification()
+        train, self.test, shards, valid = _load_data(scn, verification.rate > 0)
+        self.evaluate: Callable[[Mapping[str, np.ndarray]], float] | None = None
+        if valid is not None:
+            vx, vy = valid.x.reshape(len(valid.x), -1), valid.y
+
+            def evaluate(w: Mapping[str, np.ndarray]) -> float:
+                return _loss(w, vx, vy)
+
+            self.evaluate = evaluate
         features, classes = train.x.shape[1], train.classes
         self.manifest = Manifest(
             name=scn.name, model=json.dumps(mlp(scn.name, features, [], classes), separators=(",", ":")),
             batch_size=scn.batch_size, learning_rate=scn.learning_rate, merge=scn.merge,
             merge_params=dict(scn.merge_params), pow_bits=scn.pow_bits, limits=LIMITS, created=EPOCH_MS,
-            checkpoint_interval=scn.round_seconds)  # what the rounds do: one checkpoint a round
+            checkpoint_interval=scn.round_seconds,  # what the rounds do: one checkpoint a round
+            verification=verification)
         self.genesis = make_genesis(_identity(scn.seed, "genesis"), self.manifest)
         init = np.random.default_rng(_sub_seed(scn.seed, "init"))
         self.init_weights = {
@@ -364,7 +445,8 @@ class _Sim:
                               stale=_STALE_ROUNDS * self.scn.round_seconds,
                               fetch_timeout=self.scn.fetch_timeout,
                               adopt_authors=self.sensor_keys_or_none(), clock=self._clock,
-                              rng=node.rng, offload=_inline)
+                              rng=node.rng, offload=_inline,
+                              evaluate=None if node.name in self.byz else self.evaluate)
         node.parts = _Parts(ipfs, tangle, sync, net, None if net is None else Upkeep(net))
 
     async def restart(self, node: _Node) -> None:
@@ -452,28 +534,57 @@ class _Sim:
         if node.sensor:
             await self._publish_chunk(node)
             return
-        node.weights = _softmax_train(node.weights, node.x, node.y, scn.local_steps, scn.batch_size,
-                                      scn.learning_rate, node.np_rng)
-        node.step += scn.local_steps
         bad = self.behaviour(node, r)
-        weights = node.weights
-        if bad is not None and bad.behaviour == "sign-flip":
-            weights = {k: -v for k, v in weights.items()}
-        elif bad is not None and bad.behaviour == "noise":
-            weights = {k: (v + node.np_rng.normal(0.0, bad.sigma, v.shape)).astype(np.float32)
-                       for k, v in weights.items()}
-        elif bad is not None and bad.behaviour == "scale":
-            weights = {k: v * np.float32(100.0) for k, v in weights.items()}
-        samples = scn.local_steps * scn.batch_size
+        lie = bad.behaviour if bad is not None else None
+        before = node.weights
+        if lie != "lazy":
+            node.weights = _softmax_train(node.weights, node.x, node.y, scn.local_steps, scn.batch_size,
+                                          scn.learning_rate, node.np_rng)
+        node.step += scn.local_steps
+        weights, samples, data = node.weights, scn.local_steps * scn.batch_size, node.unnamed
+        if bad is not None:
+            weights, samples, data = self._lie(node, bad, before, samples)
+            self.lied.setdefault(node.name, []).append(r)
         offer = Offer(weights, step=node.step, samples=samples, total_samples=node.step * scn.batch_size,
                       merged=tuple(node.merged_tags), k=scn.peers_per_merge)
         metrics = {"accuracy": _accuracy(node.weights, node.x, node.y)}
-        tx, raw = await node.trainer.publish(offer, metrics=metrics, data=node.unnamed)
+        tx, raw = await node.trainer.publish(offer, metrics=metrics, data=data)
         self.checkpoint_size = max(self.checkpoint_size, len(raw))
         node.acked.append(tx.id)
         node.unnamed, node.merged_tags = [], []
         if bad is not None and bad.behaviour == "flood":
             await self._flood(node, bad.count)
+
+    def _lie(self, node: _Node, bad: Fault, before: dict[str, np.ndarray],
+             samples: int) -> tuple[dict[str, np.ndarray], int, list[str]]:
+        """What Byzantine ``node`` publishes: ``(weights, samples, data)`` (see ``BEHAVIOURS``).
+
+        ``before`` are its weights before this round's training, ``samples`` the honest claim.
+        """
+        weights, data, lie = node.weights, node.unnamed, bad.behaviour
+        if lie == "sign-flip":
+            weights = {k: -v for k, v in weights.items()}
+        elif lie == "noise":
+            weights = {k: (v + node.np_rng.normal(0.0, bad.sigma, v.shape)).astype(np.float32)
+                       for k, v in weights.items()}
+        elif lie == "scale":
+            weights = {k: v * np.float32(100.0) for k, v in weights.items()}
+        elif lie == "lazy":  # its merged weights, untrained, for the steps it claims
+            weights = _jitter(weights, bad.sigma, node.np_rng)
+        elif lie == "poison-within-bound":
+            params = self.manifest.merge_params
+            weights = _poison(before, weights, bad.scale, params.get("max_norm_ratio", DEFAULT_MAX_NORM_RATIO),
+                              params.get("min_norm", DEFAULT_MIN_NORM))
+        elif lie == "inflate-samples":
+            samples *= INFLATE
+        elif lie == "false-data-claim":
+            data = self._unadopted(node)
+        return weights, samples, data
+
+    def _unadopted(self, node: _Node) -> list[str]:
+        """The data txs stored since the node last looked that it did not adopt (all of them)."""
+        txs, node.claimed = node.up.tangle.data_since(node.claimed)
+        return [tx.id for tx in txs if tx.id not in node.adopted]
 
     async def _flood(self, node: _Node, count: int) -> None:
         """Gossip ``count`` invalid transactions: garbage bytes and forged signatures."""
@@ -510,15 +621,22 @@ class _Sim:
         node.seq += 1
 
     async def merge(self, node: _Node, r: int) -> None:
-        """Adopt new chunks and merge, half a round after publishing; record the accuracy.
+        """Check, adopt new chunks and merge, half a round after publishing; record the accuracy.
 
-        An honest trainer adopts and merges through its network side; a Byzantine one only
-        publishes.
+        An honest trainer first makes up to :data:`CHECKS_PER_ROUND` spot checks of the peer
+        checkpoints it was selected to verify, then adopts and merges through its network
+        side. A liar (:data:`~learnae.local.scenario.LIARS`) merges likewise but checks nothing
+        (``false-data-claim`` adopts nothing either); the other Byzantine nodes only publish.
         """
         scn = self.scn
-        if self.byz.get(node.name) is None:
+        bad = self.byz.get(node.name)
+        if bad is None or bad.behaviour in LIARS:
             net = node.trainer
-            await net.adopt(_Adopted(node))
+            for _ in range(CHECKS_PER_ROUND if bad is None else 0):
+                if await net.verifier.check() is None:
+                    break
+            if bad is None or bad.behaviour != "false-data-claim":
+                await net.adopt(_Adopted(node))
             offer = Offer(node.weights, step=node.step, samples=scn.local_steps * scn.batch_size,
                           total_samples=node.step * scn.batch_size, k=scn.peers_per_merge)
             merged = await net.merge(offer)
@@ -532,7 +650,7 @@ class _Sim:
         node.accuracy[r] = _accuracy(node.weights, self.test.x, self.test.y)
 
     async def _collect_garbage(self, node: _Node) -> None:
-        """Collect garbage on an honest trainer and note its repository against its bound."""
+        """Collect garbage on a merging trainer and note its repository against its bound."""
         parts, net = node.up, node.trainer
         assert parts.upkeep is not None  # a trainer's
         await parts.upkeep.collect_garbage()
@@ -544,6 +662,17 @@ class _Sim:
             self.disk[node.name] = (used, bound)
 
     # -- observation ---------------------------------------------------------------------------
+    def note_standings(self, r: int) -> None:
+        """Record whom each live honest trainer flagged in round ``r``'s merge (its standings then)."""
+        names = {n.identity.public_key: n.name for n in self.nodes.values()}
+        seen: dict[str, list[str]] = {}
+        for node in self.nodes.values():
+            if node.sensor or not node.alive or node.name in self.byz:
+                continue
+            standing = node.trainer.verifier.standing
+            seen[node.name] = sorted(names.get(a, a.hex()) for a, s in standing.items() if s.flagged)
+        self.flagged[r] = seen
+
     def live(self) -> list[_Node]:
         """The nodes that run and are not down on the network (``sensor-offline``)."""
         return [n for n in self.nodes.values()
@@ -574,6 +703,7 @@ class _Sim:
                 watcher = asyncio.create_task(self.watch())
             await asyncio.sleep(scn.round_seconds / 2)
             await asyncio.gather(*(self.merge(n, r) for n in self.nodes.values() if n.alive and not n.sensor))
+            self.note_standings(r)
             live = self.live()
             sizes = [n.up.tangle.count() for n in live]
             self.ledger_size.append(float(np.mean(sizes)) if live else 0.0)
@@ -616,6 +746,14 @@ class _Sim:
             except LearnaeError:
                 fetch_missing.append(cid)
         problems = live[0].up.tangle.verify() if live else []
+        checks: dict[str, int] = {"checked": 0, "disputed": 0}
+        for n in self.nodes.values():  # the honest trainers' spot checks (counted in memory)
+            if n.alive and not n.sensor and n.name not in self.byz:
+                verifier = n.trainer.verifier
+                checks["checked"] += verifier.checked
+                checks["disputed"] += verifier.disputed
+                for code, count in verifier.by_code.items():
+                    checks[code] = checks.get(code, 0) + count
         rejections: dict[str, int] = {}
         for n in live:  # the ledgers' refusals, and the network sides' (peer checkpoints, chunks)
             parts = n.up
@@ -625,7 +763,7 @@ class _Sim:
                 rejections[code] = rejections.get(code, 0) + count
         return {"acked_missing": missing, "acked_checked": len(acked), "fetch_checked": len(cids),
                 "fetch_missing": fetch_missing, "fetch_excluded": excluded, "verify_problems": problems,
-                "rejections": rejections}
+                "rejections": rejections, "checks": checks}
 
 
 async def _simulate(scn: Scenario, workdir: Path, with_faults: bool) -> SimResult:
@@ -644,7 +782,7 @@ async def _simulate(scn: Scenario, workdir: Path, with_faults: bool) -> SimResul
             final_in_step=sim.final_in_step,
             recovery_time=sim.recovery_time,
             restart_missing=sim.restart_missing,
-            counters=dict(sim.net.counters), disk=sim.disk,
+            counters=dict(sim.net.counters), disk=sim.disk, flagged=sim.flagged, lied=sim.lied,
             simulated_seconds=sim.loop.time(),
             **end,
         )

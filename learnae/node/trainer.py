@@ -124,6 +124,7 @@ DEFAULT_SNAPSHOT_INTERVAL = 600.0  # seconds between two ledger snapshots
 DISK_WARN_INTERVAL = 600.0  # seconds between two warnings that the disk budget is not met
 VERIFY_INTERVAL = 1.0  # seconds between two looks for a peer checkpoint to spot-check
 LAZY_SIGMA = 0.01  # the noise a lazy node (a fault experiment) adds to what it merged
+LAZY_LEARNING_RATE = 1e-9  # a lazy node's: its batches run, its weights do not move
 
 
 def parse_adopt(policy: str) -> frozenset[bytes] | None:
@@ -287,7 +288,7 @@ class NodeConfig:
         serve_checkpoints: a relay member also holds and serves each author's newest
             checkpoint and recent data chunks (:class:`~learnae.node.serving.ContentServer`), for
             members whose routers defeat hole punching. Costs one download per file published.
-        behaviour: fault experiments only: ``lazy`` trains nothing (learning rate 0) and
+        behaviour: fault experiments only: ``lazy`` trains nothing (learning rate 1e-9) and
             publishes the weights it merged plus Gaussian noise (``LAZY_SIGMA``), claiming the
             samples an honest node would: what verification must catch (docs/design.md,
             "Verification"). None: honest.
@@ -550,7 +551,8 @@ class TrainerNode:
             splits = cfg.data.load()
             self.splits = splits
             lazy = cfg.behaviour == "lazy"
-            model = build_model(m.model, optimizer=m.optimizer, learning_rate=0.0 if lazy else m.learning_rate,
+            model = build_model(m.model, optimizer=m.optimizer,
+                                learning_rate=LAZY_LEARNING_RATE if lazy else m.learning_rate,
                                 seed=cfg.seed)
             self._model = model
             self.expect = self._side.expect = expected_shapes(model)

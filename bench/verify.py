@@ -1,0 +1,137 @@
+"""Benchmark: what spot checks cost a node, and how often they wrongly dispute an honest update.
+
+Usage: python bench/verify.py [--segments 200] [--batches 30] [--peers 20] [--interval 30]
+                              [--rate 0.05] [--data SPEC]
+
+One Keras process, the digits MLP of ``learnae init --model digits-mlp`` on a shard of digits
+(``--data``: a Dirichlet(0.5) quarter by default), as ``learnae node run`` trains it:
+
+1. **Cost of one check**, process CPU seconds, as :class:`learnae.node.verifier.CheckpointVerifier`
+   does it: decode the checkpoint and its base (``--bases`` files, from safetensors bytes),
+   average the base, evaluate both on the test split (a model of the verifier's own).
+2. **Training CPU** per second of wall time (the same process, ``model.fit`` on the shard).
+3. **Share**: a swarm of ``--peers`` other members that each publish one checkpoint per
+   ``--interval`` seconds (the manifest's ``checkpoint_interval``, 30 s by default) sends a
+   node ``peers / interval`` checkpoints a second, of which it checks ``--rate`` (5%): the share
+   is ``rate * peers / interval * check_cpu`` over the training CPU a second.
+4. **False disputes**: ``--segments`` honest updates of ``--batches`` batches each (what a
+   node trains between two checkpoints), each judged by :func:`learnae.verify.holdout_verdict`
+   against the checkpoint before it, from the first update to well past convergence. Replay
+   is not built yet: no replay figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import resource
+import time
+
+import numpy as np
+
+
+def cpu() -> float:
+    """This process's user + system CPU seconds."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--segments", type=int, default=200, help="honest updates judged")
+    parser.add_argument("--batches", type=int, default=30, help="batches per honest update")
+    parser.add_argument("--peers", type=int, default=20, help="other members publishing")
+    parser.add_argument("--interval", type=float, default=30.0, help="seconds between a member's checkpoints")
+    parser.add_argument("--bases", type=int, default=5, help="base checkpoints per check (own + k peers)")
+    parser.add_argument("--data", default="digits:shard=0/4,partition=dirichlet:0.5,seed=3",
+                        help="the node's data (a `learnae node run --data` spec)")
+    parser.add_argument("--rate", type=float, default=0.05,
+                        help="spot-check rate (the manifest's default is 0: off; 0.05 is the design rate)")
+    args = parser.parse_args()
+
+    from learnae.formats import Checkpoint, decode_checkpoint, encode_checkpoint
+    from learnae.manifest import Manifest, Verification
+    from learnae.models import model_config
+    from learnae.training.data import DataSpec
+    from learnae.training.model import (
+        build_model,
+        configure_threads,
+        evaluate,
+        expected_shapes,
+        get_weights,
+        set_weights,
+    )
+    from learnae.verify import holdout_verdict
+
+    configure_threads(1)
+    m = Manifest(name="bench", model=model_config("digits-mlp"), learning_rate=0.003)
+    cfg = Verification(rate=args.rate)
+    splits = DataSpec.parse(args.data).load()
+    model = build_model(m.model, optimizer=m.optimizer, learning_rate=m.learning_rate, seed=0)
+    checker = build_model(m.model, optimizer=m.optimizer, learning_rate=m.learning_rate, seed=1)
+    expect = expected_shapes(model)
+    x, y, batch = splits.train.x, splits.train.y, m.batch_size
+
+    def validation_loss(weights) -> float:
+        set_weights(checker, weights)
+        return evaluate(checker, splits.test.x, splits.test.y)["loss"]
+
+    def train(batches: int) -> None:
+        rows = np.random.default_rng().integers(0, len(x), size=batches * batch)
+        model.fit(x[rows], y[rows], batch_size=batch, epochs=1, verbose=0, shuffle=False)
+
+    # 4. honest updates, judged against the checkpoint before them (also warms TensorFlow up)
+    disputes: dict[str, int] = {}
+    gains = []
+    before = get_weights(model)
+    base_loss = validation_loss(before)
+    for _ in range(args.segments):
+        train(args.batches)
+        after = get_weights(model)
+        loss = validation_loss(after)
+        verdict = holdout_verdict(base_loss, loss, cfg)
+        gains.append(verdict.figures.get("gain", float("nan")))
+        if verdict.verdict == "dispute":
+            disputes[verdict.code] = disputes.get(verdict.code, 0) + 1
+        base_loss = loss
+
+    # 1. one check: decode the checkpoint and its bases, average, evaluate two models
+    genesis = "b" + "a" * 58
+    raw = encode_checkpoint(Checkpoint(get_weights(model), genesis, 1, batch))
+    checks, t0 = 20, cpu()
+    for _ in range(checks):
+        files = [decode_checkpoint(raw, max_bytes=m.limits.checkpoint_bytes, expect=expect, genesis=genesis)
+                 for _ in range(args.bases + 1)]
+        own, bases = files[0], files[1:]
+        start = {k: np.mean([c.weights[k] for c in bases], axis=0) for k in own.weights}
+        validation_loss(start)
+        validation_loss(own.weights)
+    check_cpu = (cpu() - t0) / checks
+
+    # 2. training CPU per wall second
+    t0, w0 = cpu(), time.perf_counter()
+    while time.perf_counter() - w0 < 10:
+        train(20)
+    train_cpu = (cpu() - t0) / (time.perf_counter() - w0)
+
+    per_second = cfg.rate * args.peers / args.interval
+    share = per_second * check_cpu / train_cpu
+    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, {platform.python_version()}")
+    print(f"one check ({args.bases} bases + the checkpoint decoded, 2 evaluations on"
+          f" {len(splits.test.y)} test rows): {check_cpu * 1000:.1f} ms CPU")
+    print(f"training: {train_cpu:.2f} CPU s per wall second")
+    print(f"checks at rate {cfg.rate:g}, {args.peers} peers, one checkpoint per {args.interval:g} s each:"
+          f" {per_second:.3f}/s -> {share * 100:.2f}% of the training CPU")
+    worst = max(args.peers, int(cfg.verifiers / cfg.rate))
+    print(f"  (at most, with {worst}+ peers every checkpoint is checked by {cfg.verifiers}: "
+          f"{cfg.verifiers / args.interval * check_cpu / train_cpu * 100:.2f}%)")
+    late = gains[len(gains) // 2:]
+    print(f"honest updates judged ({args.data}): {args.segments} of {args.batches} batches;"
+          f" wrongly disputed: {sum(disputes.values())} {disputes or ''}")
+    print(f"  gain per update: first {gains[0]:.3f}, median of the second half {np.median(late):.4f},"
+          f" lowest {min(gains):.4f}")
+
+
+if __name__ == "__main__":
+    main()
