@@ -135,6 +135,8 @@ def ledger_attestations(state_dir: Path, last_disputes: int, as_json: bool) -> N
     ledger: a score between 0 and 1 from the weighted agreements and disputes about the
     author's checkpoints; below the swarm's threshold the author is flagged and the
     others no longer merge its checkpoints (docs/design.md, "Verification").
+    Nodes check only in swarms whose manifest turns it on (`verification.rate`
+    above 0; off by default).
 
     \b
     Examples:
