@@ -139,14 +139,23 @@ class Limits:
         Raises:
             ConfigError: ``value`` is not a map, has an unknown key, or a bad limit.
         """
-        if not isinstance(value, dict):
-            raise ConfigError(f"manifest limits must be a map, not {type(value).__name__}")
-        unknown = sorted(set(value) - {f.name for f in dataclasses.fields(cls)}, key=str)
-        if unknown:
-            raise ConfigError(f"manifest limits has unknown keys {unknown}"
-                              " (known: tx_bytes, checkpoint_bytes, chunk_bytes)")
-        return cls(**value)
+        return cls(**_fields_map("limits", cls, value))
 
+
+
+def _fields_map(what: str, cls: type, value: Any) -> dict[str, Any]:
+    """``value`` checked to be a map whose keys are fields of dataclass ``cls``.
+
+    Raises:
+        ConfigError: ``value`` is not a map, or has a key that is not a field (named by ``what``).
+    """
+    if not isinstance(value, dict):
+        raise ConfigError(f"manifest {what} must be a map, not {type(value).__name__}")
+    known = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(value) - set(known), key=str)
+    if unknown:
+        raise ConfigError(f"manifest {what} has unknown keys {unknown} (known: {', '.join(known)})")
+    return value
 
 def _int(name: str, value: Any, low: int, high: int) -> int:
     if type(value) is not int or not low <= value <= high:
@@ -283,14 +292,7 @@ class Verification:
         Raises:
             ConfigError: ``value`` is not a map, has an unknown key, or a bad parameter.
         """
-        if not isinstance(value, dict):
-            raise ConfigError(f"manifest verification must be a map, not {type(value).__name__}")
-        known = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(set(value) - set(known), key=str)
-        if unknown:
-            raise ConfigError(f"manifest verification has unknown keys {unknown}"
-                              f" (known: {', '.join(known)})")
-        return cls(**value)
+        return cls(**_fields_map("verification", cls, value))
 
 
 @dataclass(frozen=True)

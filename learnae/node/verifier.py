@@ -167,7 +167,7 @@ class CheckpointVerifier:
         """Re-derive the standings if attestations arrived since the last call; whether they did."""
         tangle = self.sync.tangle
         new, self._cursor = tangle.attestations_since(self._cursor)
-        if not new and self.standing:
+        if not new:
             return False
         candidates = self.candidates()
         self.standing = standings(tangle.attestations(), lambda _checkpoint: candidates, self.cfg)
