@@ -40,7 +40,8 @@ what it should).
 Rounds are wall-clock here: round ``r`` starts ``r * round_seconds`` seconds after every
 node has begun training; faults are applied at round starts, and at each round's end the
 driver records each live node's test accuracy and merge count (from ``STATE/status.json``)
-and the transaction ids in its tangle (read-only from its SQLite file). After the last round
+and the transaction ids in its tangle (read-only from its SQLite file). The no-fault
+reference run stops after its last round. After the last round of the run with faults
 the driver keeps recording (at most :data:`EXTRA_ROUNDS` more) until every live node has
 reached the target accuracy or made ``recovery_merges`` merges since the recovery point,
 so the accuracy invariant is decided also for a node restarted late. The scenario's
@@ -179,6 +180,7 @@ class _Run:
         self.target = target
         self.out = out
         self.faults = scn.faults if with_faults else ()
+        self.reference = not with_faults
         self.echo = echo
         self.n = scn.nodes
         self.topology = scn.topology
@@ -470,8 +472,10 @@ class _Run:
         where = f" in a {self.topology.kind} of network namespaces" if self.lan else " on 127.0.0.1"
         relays = f" and {self.relays} relay member{'s' * (self.relays > 1)}" if self.relays else ""
         self.echo(f"  {self.n} node processes{relays}{where}; waiting for every node to train…")
+        started = time.monotonic()
         self.swarm.wait(self.swarm.all_training, START_TIMEOUT, "every node training")
         t0 = time.monotonic()
+        self.echo(f"  every node training after {t0 - started:.1f} s")
         recovery_round = min(scn.recovery_round(), scn.rounds) if self.faults else 0
         self._watch = None
         self._converge = None
@@ -484,6 +488,8 @@ class _Run:
                 self._watch = (time.monotonic(), self.union())
                 self.backlog = max((len(self._watch[1] - tangle_ids(self.swarm.members[i].state))
                                     for i in self.live()), default=0)
+        if self.reference:
+            return self._reference_result(time.monotonic() - t0)
         # Observe on until every live node has made the merges the accuracy invariant allows
         # after the recovery point (a restarted node first loads TensorFlow again).
         r = scn.rounds + 1
@@ -491,6 +497,7 @@ class _Run:
             self._sleep_until(t0 + r * scn.round_seconds)
             self.record(r - 1)
             r += 1
+        self.echo(f"  {r} rounds observed in {time.monotonic() - t0:.1f} s; checking the ledgers and the content")
         watch_from, converge = self._watch, self._converge
         if watch_from is None:  # set in the loop above: the recovery round is at most `rounds`
             raise RuntimeError(f"recovery round {recovery_round} was never reached in"
@@ -532,6 +539,16 @@ class _Run:
             rejections=self.rejections, simulated_seconds=wall, merges=self.merges, disk=self.disk,
             converge_unit="wall seconds from the recovery point until every live node holds every transaction"
                           " any live node held there")
+
+    def _reference_result(self, wall: float) -> SimResult:
+        """Stop the swarm after the last round; the result holds what a reference gives."""
+        self.swarm.stop()
+        return SimResult(
+            accuracy=self.accuracy, ledger_size=self.ledger_size, honest=list(self.names),
+            live_at_end=[self.names[i] for i in self.live()], converge_seconds=None, final_in_step=False,
+            recovery_time=0.0, acked_missing=[], acked_checked=0, restart_missing=[], fetch_checked=0,
+            fetch_missing=[], fetch_excluded=0, verify_problems=[], counters={}, rejections=self.rejections,
+            simulated_seconds=wall, merges=self.merges, disk=self.disk)
 
     def fetch_check(self) -> dict:
         """What the swarm keeps (:func:`content_cids`), fetched by a fresh peer process.
@@ -613,6 +630,11 @@ def simulate_processes(scn: Scenario, workdir: Path, *, with_faults: bool = True
     mesh only). ``target``: the accuracy the ``accuracy_recovers`` invariant asks for (from
     the reference run); after the last round the run ends once every node has reached it or
     used up its ``recovery_merges``.
+
+    The reference run (``with_faults`` False) gives the accuracy the other run is judged
+    against, as the memory driver's does: it runs the scenario's ``rounds`` and stops, with no
+    observation window after them and no ledger, content or disk check (its result's other
+    fields are empty).
 
     Counters in the result: ``backlog_at_recovery`` (the most transactions a live node lacked
     at the recovery point: above 0 shows a partition really cut the ledger),
