@@ -37,6 +37,7 @@ Everything is streamed: one preallocated :data:`CHUNK_SIZE` buffer, and at most
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 from collections.abc import Callable, Iterator
@@ -262,10 +263,20 @@ def parse_cid(text: str) -> CID:
     if text.startswith("Qm") and len(text) != 46:
         raise InvalidCID(f"{text!r} is not a CID: a CIDv0 is 46 base58btc characters starting 'Qm'")
     try:
-        return CID.decode(text)
+        return _decoded(text)
     except (LookupError, ValueError) as exc:  # multiformats' errors, IndexError when truncated
         reason = exc.args[0] if exc.args else type(exc).__name__
         raise InvalidCID(f"{text!r} is not a CID: {reason}") from exc
+
+
+@functools.lru_cache(maxsize=8192)
+def _decoded(text: str) -> CID:
+    """``CID.decode``, remembered.
+
+    multiformats checks every argument's type at run time (about 0.8 ms a CID), and a node
+    parses the same few thousand CIDs over and over.
+    """
+    return CID.decode(text)
 
 
 def to_v1(cid: str | CID) -> str:
@@ -274,9 +285,17 @@ def to_v1(cid: str | CID) -> str:
     Raises:
         InvalidCID: ``cid`` is a string that does not parse.
     """
+    if isinstance(cid, str):
+        return _v1_text(cid)
     if not isinstance(cid, CID):
-        cid = parse_cid(cid)
+        cid = parse_cid(cid)  # raises InvalidCID
     return str(cid.set(version=1, base="base32"))
+
+
+@functools.lru_cache(maxsize=8192)
+def _v1_text(text: str) -> str:
+    """:func:`to_v1` of a string, remembered."""
+    return str(parse_cid(text).set(version=1, base="base32"))
 
 
 def content_id(data: Source) -> str:

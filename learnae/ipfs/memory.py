@@ -53,7 +53,7 @@ import weakref
 from collections import Counter
 from collections.abc import AsyncIterator, Iterable, Iterator
 
-from learnae.content import content_id, parse_cid, to_v1
+from learnae.content import content_id, to_v1
 from learnae.errors import InvalidMultiaddr, IpfsError, IpfsTimeout, NodeClosed, OversizeError
 from learnae.ipfs.addr import check_multiaddr
 from learnae.ipfs.base import (
@@ -345,7 +345,7 @@ class MemoryNode(IpfsNode):
             NodeClosed: the node is closed, before or while waiting.
         """
         self._check_open()
-        key = to_v1(parse_cid(cid))
+        key = to_v1(cid)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while True:
@@ -373,7 +373,7 @@ class MemoryNode(IpfsNode):
     async def pin(self, cid: str, timeout: float = 30.0) -> None:
         """Pin ``cid``, fetching it first (as :meth:`cat`, within ``timeout`` s) when not here."""
         self._check_open()
-        key = to_v1(parse_cid(cid))
+        key = to_v1(cid)
         if key not in self._blocks:
             await self.cat(key, timeout=timeout)
         self._pins[key] = None
@@ -384,7 +384,7 @@ class MemoryNode(IpfsNode):
         The content stays until :meth:`collect_garbage`.
         """
         self._check_open()
-        self._pins.pop(to_v1(parse_cid(cid)), None)
+        self._pins.pop(to_v1(cid), None)
 
     async def pins(self) -> set[str]:
         """The CIDs pinned here (CIDv1 base32)."""
@@ -394,7 +394,7 @@ class MemoryNode(IpfsNode):
     def has(self, cid: str) -> bool:
         """Whether this node stores ``cid`` (pinned or not). Not a coroutine."""
         self._check_open()
-        return to_v1(parse_cid(cid)) in self._blocks
+        return to_v1(cid) in self._blocks
 
     async def collect_garbage(self, *, grace: float = DEFAULT_GC_GRACE) -> GcStats:
         """Drop every unpinned object this node stores; see :meth:`IpfsNode.collect_garbage`.

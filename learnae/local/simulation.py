@@ -76,7 +76,7 @@ from typing import Any
 
 import numpy as np
 
-from learnae.content import content_id, parse_cid, to_v1
+from learnae.content import content_id, to_v1
 from learnae.errors import IpfsError, LearnaeError
 from learnae.formats import Chunk, decode_checkpoint, encode_chunk
 from learnae.identity import Identity
@@ -279,12 +279,12 @@ class _SimIpfs(ForwardingNode):
     async def pin(self, cid: str, timeout: float = 30.0) -> None:
         """Pin ``cid`` on the memory node and keep its bytes in ``node.repo``."""
         await self.inner.pin(cid, timeout)
-        self.node.repo[to_v1(parse_cid(cid))] = await self.inner.cat(cid, timeout)
+        self.node.repo[to_v1(cid)] = await self.inner.cat(cid, timeout)
 
     async def unpin(self, cid: str) -> None:
         """Unpin ``cid`` on the memory node and drop it from ``node.repo``."""
         await self.inner.unpin(cid)
-        self.node.repo.pop(to_v1(parse_cid(cid)), None)
+        self.node.repo.pop(to_v1(cid), None)
 
 
 class _Adopted:
