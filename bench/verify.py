@@ -18,6 +18,16 @@ One Keras process, the digits MLP of ``learnae init --model digits-mlp`` on a sh
    node trains between two checkpoints), each judged by :func:`learnae.verify.holdout_verdict`
    against the checkpoint before it, from the first update to well past convergence. Replay
    is not built yet: no replay figure.
+5. **Who the holdout can tell apart** (``--swarm-rounds``, 0 to skip): ``--members`` members on
+   shards of ``--partition`` train ``--batches`` batches each from a common base, the mean of
+   the previous round's updates (gossip averaging at its best). Each round also makes a
+   ``lazy`` update (the base plus N(0, 0.01) on every weight, what ``learnae node run
+   --behaviour lazy`` publishes) and a poisoned one (the first member's update reversed, the
+   harness's ``poison-within-bound``). For each kind: how often the shipped rule agrees
+   (:func:`learnae.verify.holdout_verdict` with the manifest's defaults but ``--rate``), how
+   often the loss on the whole test split fell (the rule before 2026-12-01), and the quantiles
+   of the best relative gain on one class's rows (what the shipped rule compares with
+   ``min_gain``).
 """
 
 from __future__ import annotations
@@ -46,6 +56,10 @@ def main() -> None:
     parser.add_argument("--bases", type=int, default=5, help="base checkpoints per check (own + k peers)")
     parser.add_argument("--data", default="digits:shard=0/4,partition=dirichlet:0.5,seed=3",
                         help="the node's data (a `learnae node run --data` spec)")
+    parser.add_argument("--swarm-rounds", type=int, default=40, help="rounds of section 5 (0: skip it)")
+    parser.add_argument("--members", type=int, default=4, help="members in section 5")
+    parser.add_argument("--partition", action="append",
+                        help="section 5's shards, a --data partition (repeatable; default iid and dirichlet:0.5)")
     parser.add_argument("--rate", type=float, default=0.05,
                         help="spot-check rate (the manifest's default is 0: off; 0.05 is the design rate)")
     args = parser.parse_args()
@@ -57,12 +71,12 @@ def main() -> None:
     from learnae.training.model import (
         build_model,
         configure_threads,
-        evaluate,
         expected_shapes,
         get_weights,
+        row_losses,
         set_weights,
     )
-    from learnae.verify import holdout_verdict
+    from learnae.verify import HoldoutLoss, holdout_loss, holdout_verdict
 
     configure_threads(1)
     m = Manifest(name="bench", model=model_config("digits-mlp"), learning_rate=0.003)
@@ -73,9 +87,9 @@ def main() -> None:
     expect = expected_shapes(model)
     x, y, batch = splits.train.x, splits.train.y, m.batch_size
 
-    def validation_loss(weights) -> float:
+    def validation_loss(weights) -> HoldoutLoss:
         set_weights(checker, weights)
-        return evaluate(checker, splits.test.x, splits.test.y)["loss"]
+        return holdout_loss(row_losses(checker, splits.test.x, splits.test.y), splits.test.y)
 
     def train(batches: int) -> None:
         rows = np.random.default_rng().integers(0, len(x), size=batches * batch)
@@ -84,17 +98,15 @@ def main() -> None:
     # 4. honest updates, judged against the checkpoint before them (also warms TensorFlow up)
     disputes: dict[str, int] = {}
     gains = []
-    before = get_weights(model)
-    base_loss = validation_loss(before)
+    at_base = validation_loss(get_weights(model))
     for _ in range(args.segments):
         train(args.batches)
-        after = get_weights(model)
-        loss = validation_loss(after)
-        verdict = holdout_verdict(base_loss, loss, cfg)
+        checked = validation_loss(get_weights(model))
+        verdict = holdout_verdict(at_base, checked, cfg)
         gains.append(verdict.figures.get("gain", float("nan")))
         if verdict.verdict == "dispute":
             disputes[verdict.code] = disputes.get(verdict.code, 0) + 1
-        base_loss = loss
+        at_base = checked
 
     # 1. one check: decode the checkpoint and its bases, average, evaluate two models
     genesis = "b" + "a" * 58
@@ -129,8 +141,63 @@ def main() -> None:
     late = gains[len(gains) // 2:]
     print(f"honest updates judged ({args.data}): {args.segments} of {args.batches} batches;"
           f" wrongly disputed: {sum(disputes.values())} {disputes or ''}")
-    print(f"  gain per update: first {gains[0]:.3f}, median of the second half {np.median(late):.4f},"
+    print(f"  gain in all per update: first {gains[0]:.3f}, median of the second half {np.median(late):.4f},"
           f" lowest {min(gains):.4f}")
+
+    for partition in args.partition or ["iid", "dirichlet:0.5"]:
+        if args.swarm_rounds > 0:
+            swarm_rounds(m, partition, args)
+
+
+def swarm_rounds(m, partition: str, args: argparse.Namespace) -> None:
+    """Section 5 for one partition: agree rates and best-class gains of honest, lazy and
+    poisoned updates over ``args.swarm_rounds`` rounds."""
+    from learnae.manifest import Verification
+    from learnae.training.data import DataSpec
+    from learnae.training.model import build_model, get_weights, row_losses, set_weights
+    from learnae.verify import HoldoutLoss, holdout_loss, holdout_verdict
+
+    cfg = Verification(rate=args.rate)
+    n = args.members
+    shards = [DataSpec.parse(f"digits:shard={i}/{n},partition={partition},seed=3").load() for i in range(n)]
+    test = shards[0].test
+    models = [build_model(m.model, optimizer=m.optimizer, learning_rate=m.learning_rate, seed=0) for _ in range(n)]
+    checker = build_model(m.model, optimizer=m.optimizer, learning_rate=m.learning_rate, seed=1)
+    rng = np.random.default_rng(0)
+
+    def losses(weights) -> HoldoutLoss:
+        set_weights(checker, weights)
+        return holdout_loss(row_losses(checker, test.x, test.y), test.y)
+
+    def judged(at_base: HoldoutLoss, weights) -> tuple[bool, bool, float]:
+        """(the shipped rule agrees, the loss in all fell, the best class's relative gain)."""
+        verdict = holdout_verdict(at_base, losses(weights), cfg)
+        return verdict.verdict == "agree", verdict.figures["gain"] > 0, verdict.figures["class_gain"]
+
+    seen: dict[str, list[tuple[bool, bool, float]]] = {"honest": [], "lazy": [], "poisoned": []}
+    base = get_weights(models[0])
+    for _ in range(args.swarm_rounds):
+        at_base = losses(base)
+        updates = []
+        for model, shard in zip(models, shards, strict=True):
+            set_weights(model, base)
+            rows = rng.integers(0, len(shard.train.x), size=args.batches * m.batch_size)
+            model.fit(shard.train.x[rows], shard.train.y[rows], batch_size=m.batch_size, epochs=1,
+                      verbose=0, shuffle=False)
+            updates.append(get_weights(model))
+            seen["honest"].append(judged(at_base, updates[-1]))
+        seen["lazy"].append(judged(at_base, {k: w + rng.normal(0.0, 0.01, w.shape).astype(w.dtype)
+                                             for k, w in base.items()}))
+        seen["poisoned"].append(judged(at_base, {k: 2 * w - updates[0][k] for k, w in base.items()}))
+        base = {k: np.mean([u[k] for u in updates], axis=0) for k in base}
+    print(f"{n} members on {partition} shards, {args.swarm_rounds} rounds of {args.batches} batches"
+          f" from the mean of the last round's updates:")
+    for kind, rows in seen.items():
+        agree, fell = (sum(r[i] for r in rows) / len(rows) for i in (0, 1))
+        q5, q50, q95 = np.quantile([r[2] for r in rows], [0.05, 0.5, 0.95])
+        print(f"  {kind:9s} {len(rows):4d} updates: agreed {agree:6.1%} (min_gain {cfg.min_gain:g});"
+              f" loss in all fell {fell:6.1%}; best gain on one class's rows: 5% {q5:.3f},"
+              f" median {q50:.3f}, 95% {q95:.3f}")
 
 
 if __name__ == "__main__":

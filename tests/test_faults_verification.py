@@ -27,7 +27,7 @@ from learnae.local.scenario import (
     load_scenario,
     parse_scenario,
 )
-from learnae.local.simulation import LIMITS, _loss, _poison, _Sim, simulate
+from learnae.local.simulation import LIMITS, _poison, _row_loss, _Sim, simulate
 from learnae.merge import RejectedUpdate, check_update
 from learnae.verify import claims_verdict
 
@@ -169,7 +169,7 @@ def test_poison_within_bound_reverses_its_update_and_passes_the_norm_check(tmp_p
             for name in ("n0", "n1", "n2"):  # and against every honest node's weights
                 check_update(sim.nodes[name].weights, weights)
             x, y = sim.test.x, sim.test.y
-            valid_loss.append((_loss(before, x, y), _loss(weights, x, y)))
+            valid_loss.append((_row_loss(before, x, y).mean(), _row_loss(weights, x, y).mean()))
 
     drive(scn, tmp_path, inspect)
     assert all(poisoned > start for start, poisoned in valid_loss[1:]), valid_loss  # it does harm

@@ -18,6 +18,7 @@ from learnae.models import model_config
 from learnae.node.network import NetworkSide
 from learnae.state import init_swarm, open_tangle
 from learnae.training.bridge import Offer
+from learnae.verify import HoldoutLoss
 
 
 def identity(n: int) -> Identity:
@@ -33,9 +34,11 @@ def weights(value: float) -> dict[str, np.ndarray]:
     return {k: np.full(s, value, np.float32) for k, s in SHAPES.items()}
 
 
-def validation_loss(w) -> float:
-    """A stand-in validation loss: squared distance to the weights every node wants."""
-    return float(sum(np.sum((w[k].astype(np.float64) - TARGET[k]) ** 2) for k in TARGET))
+def validation_loss(w) -> HoldoutLoss:
+    """A stand-in validation loss: squared distance to the weights every node wants, one
+    "class" per tensor."""
+    per_tensor = tuple(float(np.sum((w[k].astype(np.float64) - TARGET[k]) ** 2)) for k in sorted(TARGET))
+    return HoldoutLoss(sum(per_tensor), per_tensor)
 
 
 async def test_a_lazy_peer_is_disputed_flagged_and_refused_and_claims_are_capped(tmp_path):

@@ -24,6 +24,7 @@ from learnae.training.model import (  # importing this module does not import Te
     expected_shapes,
     fit_passes,
     get_weights,
+    row_losses,
     set_weights,
 )
 
@@ -639,6 +640,19 @@ def test_evaluate_reports_what_keras_evaluate_reports(digits):
             ours = evaluate(model, test.x, test.y, batch_size=batch_size)
             assert ours["accuracy"] == pytest.approx(keras_says["accuracy"], abs=1e-6)
             assert ours["loss"] == pytest.approx(keras_says["loss"], rel=1e-5)
+
+
+def test_row_losses_average_to_what_evaluate_reports(digits):
+    train, _, test = digits
+    model = build_model(digits_json(), optimizer="adam", learning_rate=0.003, seed=0)
+    model.fit(train.x, train.y, batch_size=32, epochs=1, verbose=0)
+    for batch_size in (256, 50):
+        rows = row_losses(model, test.x, test.y, batch_size=batch_size)
+        assert rows.shape == (len(test.y),) and rows.dtype == np.float64 and (rows >= 0).all()
+        assert rows.mean() == pytest.approx(evaluate(model, test.x, test.y)["loss"], rel=1e-5)
+    probs = np.asarray(model(test.x[:3], training=False), np.float64)
+    expected = -np.log(probs[np.arange(3), test.y[:3]])
+    assert row_losses(model, test.x[:3], test.y[:3]) == pytest.approx(expected, rel=1e-4)
 
 
 def test_evaluate_needs_a_compiled_model_and_a_batch_size():

@@ -26,10 +26,12 @@ from learnae.models import model_config
 from learnae.verify import (
     AGREE,
     DISPUTE,
+    HoldoutLoss,
     Standing,
     cap_samples,
     claims_verdict,
     committee,
+    holdout_loss,
     holdout_verdict,
     is_selected,
     standings,
@@ -125,37 +127,72 @@ def test_committee_refuses_bad_ids_and_keys():
 
 
 # -------------------------------------------------------------------------------- verdicts
-@pytest.mark.parametrize(("loss", "tolerance", "code"), [
-    (1.99, 0.0, "ok"),
-    (2.0, 0.0, "holdout-no-gain"),  # not better at all
-    (2.1, 0.0, "holdout-no-gain"),  # 5% worse: still only no gain
-    (2.1001, 0.0, "holdout-worse"),
-    (0.0, 0.0, "ok"),
-    (2.19, 0.1, "ok"),  # within the tolerance
-    (2.2, 0.1, "holdout-no-gain"),
-    (2.3, 0.1, "holdout-no-gain"),
-    (2.3001, 0.1, "holdout-worse"),
+BASE = HoldoutLoss(2.0, (1.0, 4.0))  # two classes, the second one's rows twice as many
+
+
+@pytest.mark.parametrize(("checked", "min_gain", "code"), [
+    (HoldoutLoss(3.0, (0.75, 5.0)), 0.25, "ok"),  # 25% lower on class 0: agreed though worse in all
+    (HoldoutLoss(3.0, (0.7501, 5.0)), 0.25, "holdout-worse"),  # just under: and 50% worse in all
+    (HoldoutLoss(2.1, (0.9, 4.0)), 0.25, "holdout-no-gain"),  # 10% lower on one class, 5% worse in all
+    (HoldoutLoss(2.1001, (0.9, 4.0)), 0.25, "holdout-worse"),
+    (HoldoutLoss(1.9, (0.85, 3.9)), 0.25, "holdout-no-gain"),  # a little better everywhere: too little
+    (HoldoutLoss(1.9, (0.85, 3.9)), 0.1, "ok"),
+    (HoldoutLoss(0.0, (0.0, 0.0)), 0.25, "ok"),
+    (HoldoutLoss(2.0, (1.0, 4.0)), 0.0, "ok"),  # min_gain 0: anything not worse on every class
 ])
-def test_holdout_verdict_boundaries(loss, tolerance, code):
-    verdict = holdout_verdict(2.0, loss, dataclasses.replace(CFG, tolerance=tolerance))
+def test_holdout_verdict_boundaries(checked, min_gain, code):
+    verdict = holdout_verdict(BASE, checked, dataclasses.replace(CFG, min_gain=min_gain))
+    _check_figures(verdict, checked, code)
+
+
+@pytest.mark.parametrize(("checked", "code"), [
+    (HoldoutLoss(2.1, (0.5, 5.0)), "ok"),  # taught class 0, 5% worse in all: within max_rise
+    (HoldoutLoss(2.1001, (0.5, 5.0)), "holdout-worse"),  # beyond it, whatever it taught
+])
+def test_holdout_verdict_max_rise(checked, code):
+    verdict = holdout_verdict(BASE, checked, dataclasses.replace(CFG, max_rise=0.05))
+    _check_figures(verdict, checked, code)
+
+
+def _check_figures(verdict, checked, code):
     assert (verdict.method, verdict.code) == ("holdout", code)
     assert verdict.verdict == (AGREE if code == "ok" else DISPUTE)
-    assert verdict.figures == {"base_loss": 2.0, "loss": loss, "gain": (2.0 - loss) / 2.0}
+    best = max((b - c) / b for b, c in zip(BASE.per_class, checked.per_class, strict=True))
+    assert verdict.figures == {"base_loss": 2.0, "loss": checked.loss, "gain": (2.0 - checked.loss) / 2.0,
+                               "class_gain": best}
     assert all(type(v) is float and math.isfinite(v) for v in verdict.figures.values())
 
 
 def test_holdout_verdict_diverged_model_and_bad_inputs():
     for loss in (math.inf, math.nan, np.float32("nan")):
-        verdict = holdout_verdict(1.0, loss, CFG)
-        assert (verdict.verdict, verdict.code, verdict.figures) == (
-            DISPUTE, "holdout-worse", {"base_loss": 1.0})
-    assert holdout_verdict(np.float32(1.0), np.float32(0.5), CFG).figures["gain"] == 0.5
-    for base in (0.0, -1.0, math.inf, math.nan, True, "1"):
+        for checked in (HoldoutLoss(loss, (1.0, 1.0)), HoldoutLoss(1.0, (1.0, loss))):
+            verdict = holdout_verdict(BASE, checked, CFG)
+            assert (verdict.verdict, verdict.code, verdict.figures) == (DISPUTE, "holdout-worse", {"base_loss": 2.0})
+    exact = holdout_verdict(HoldoutLoss(2.0, (0.0, 4.0)), HoldoutLoss(1.0, (0.1, 2.0)), CFG)
+    assert exact.code == "ok" and exact.figures["class_gain"] == 0.5  # class 0 could not fall
+    numpy_floats = HoldoutLoss(np.float32(1.0), (np.float32(0.5), np.float64(3.0)))
+    assert holdout_verdict(BASE, numpy_floats, CFG).figures["class_gain"] == 0.5
+    for bad in (0.0, -1.0, math.inf, math.nan, True, "1"):
         with pytest.raises(ValueError, match="base_loss must be a finite number > 0"):
-            holdout_verdict(base, 1.0, CFG)
+            holdout_verdict(HoldoutLoss(bad, (1.0, 4.0)), BASE, CFG)
+        if bad != 0.0:
+            with pytest.raises(ValueError, match="a base class loss must be a finite number > 0"):
+                holdout_verdict(HoldoutLoss(2.0, (1.0, bad)), BASE, CFG)
     for loss in (-0.1, None, False):
-        with pytest.raises(ValueError, match="loss must be a number >= 0"):
-            holdout_verdict(1.0, loss, CFG)
+        with pytest.raises(ValueError, match="a loss must be a number >= 0"):
+            holdout_verdict(BASE, HoldoutLoss(1.0, (loss, 1.0)), CFG)
+    for classes in ((1.0,), (1.0, 1.0, 1.0)):
+        with pytest.raises(ValueError, match="the base covers 2 classes and the checkpoint"):
+            holdout_verdict(BASE, HoldoutLoss(1.0, classes), CFG)
+
+
+def test_holdout_loss_groups_rows_by_class_in_label_order():
+    got = holdout_loss(np.array([1.0, 2.0, 3.0, 5.0]), np.array([7, 3, 7, 3]))
+    assert got == HoldoutLoss(2.75, (3.5, 2.0))  # classes 3 and 7
+    assert all(type(v) is float for v in (got.loss, *got.per_class))
+    for rows, labels in ((np.zeros(0), np.zeros(0)), (np.zeros(3), np.zeros(2)), (np.zeros((2, 2)), np.zeros((2, 2)))):
+        with pytest.raises(ValueError, match="need two equal"):
+            holdout_loss(rows, labels)
 
 
 def test_claims_verdict_boundaries():
@@ -298,7 +335,7 @@ def digits(**kw) -> Manifest:
 
 def test_verification_defaults_and_old_manifests():
     m = digits()
-    assert m.verification == Verification(0.0, 2, 0.5, 3.0, 1.0, 0.25, 4.0, 0.0)
+    assert m.verification == Verification(0.0, 2, 0.5, 3.0, 1.0, 0.25, 4.0, 0.25, 0.0)
     assert "verification" not in m.to_payload()  # default: the payload of an older manifest
     assert Manifest.from_payload(m.to_payload()).verification == Verification()
     partial = m.to_payload() | {"verification": {"rate": 0.2}}
@@ -307,13 +344,14 @@ def test_verification_defaults_and_old_manifests():
 
 def test_verification_round_trip():
     v = Verification(rate=0.1, verifiers=3, threshold=0.4, prior_agree=4, prior_dispute=2.0,
-                     unselected_weight=0.0, sample_cap=2.5, tolerance=0.02)
+                     unselected_weight=0.0, sample_cap=2.5, min_gain=0.02, max_rise=2)
     assert type(v.prior_agree) is float  # ints given are kept as floats
     m = digits(verification=v)
     payload = m.to_payload()
     assert payload["verification"] == {
         "rate": 0.1, "verifiers": 3, "threshold": 0.4, "prior_agree": 4.0, "prior_dispute": 2.0,
-        "unselected_weight": 0.0, "sample_cap": 2.5, "tolerance": 0.02}
+        "unselected_weight": 0.0, "sample_cap": 2.5, "min_gain": 0.02,
+        "max_rise": 2.0}
     assert Manifest.from_payload(payload) == m
     assert Manifest.from_payload(libipld.decode_dag_cbor(libipld.encode_dag_cbor(payload))) == m
     assert Manifest.from_payload(json.loads(json.dumps(payload))) == m
@@ -335,8 +373,11 @@ INVALID = [
     ({"unselected_weight": 2}, "verification.unselected_weight"),
     ({"sample_cap": 0.5}, "verification.sample_cap must be at least 1"),
     ({"sample_cap": math.nan}, "verification.sample_cap"),
-    ({"tolerance": -0.01}, "verification.tolerance"),
-    ({"tolerance": "0"}, "verification.tolerance"),
+    ({"min_gain": -0.01}, "verification.min_gain"),
+    ({"min_gain": 1.5}, "verification.min_gain"),
+    ({"min_gain": "0"}, "verification.min_gain"),
+    ({"max_rise": -1}, "verification.max_rise"),
+    ({"max_rise": math.inf}, "verification.max_rise"),
 ]
 
 

@@ -37,8 +37,8 @@ What is real and what is simulated:
   runs are shorter than a node's ledger window, and ``ledger_converges`` compares whole
   ledgers).
 - Verification (with a scenario's ``[verification]`` ``rate`` above 0): the honest trainers'
-  network sides get ``evaluate``, the softmax cross-entropy (mean, nats) of a set of weights
-  on a public validation split that every node holds and none trains on
+  network sides get ``evaluate``, the softmax cross-entropy (nats, in all and per class:
+  :class:`~learnae.verify.HoldoutLoss`) of a set of weights on a public validation split that every node holds and none trains on
   (:data:`VALID_FRACTION` of the training split, carved out before sharding; not the test
   split the accuracies are measured on). Before merging, each checks the oldest checkpoints
   its committees gave it (:meth:`~learnae.node.verifier.CheckpointVerifier.check`) and
@@ -96,6 +96,7 @@ from learnae.models import mlp
 from learnae.node.network import DEFAULT_KEEP, NetworkSide
 from learnae.node.upkeep import Upkeep, repo_bound
 from learnae.training.bridge import Offer
+from learnae.verify import HoldoutLoss, holdout_loss
 
 __all__ = ["simulate"]
 
@@ -144,16 +145,16 @@ def _accuracy(w: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray) -> float:
     return float(np.mean(pred == y))
 
 
-def _loss(w: Mapping[str, np.ndarray], x: np.ndarray, y: np.ndarray) -> float:
-    """Softmax cross-entropy of the model ``w`` on ``x`` ``(n, features)``, ``y`` ``(n,)``.
+def _row_loss(w: Mapping[str, np.ndarray], x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Softmax cross-entropy of the model ``w`` on each row of ``x`` ``(n, features)``, ``y`` ``(n,)``.
 
     Returns:
-        The mean over the rows, natural log (nats); NaN or infinity for non-finite weights.
+        ``(n,)`` losses, natural log (nats); NaN or infinity for non-finite weights.
     """
     logits = x.astype(np.float64) @ np.asarray(w[KERNEL], np.float64) + np.asarray(w[BIAS], np.float64)
     top = logits.max(axis=1, keepdims=True)
     lse = top[:, 0] + np.log(np.exp(logits - top).sum(axis=1))
-    return float(np.mean(lse - logits[np.arange(len(y)), y]))
+    return lse - logits[np.arange(len(y)), y]
 
 
 def _jitter(w: dict[str, np.ndarray], sigma: float, rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -368,12 +369,12 @@ class _Sim:
         scn = self.scn
         verification = scn.verification or Verification()
         train, self.test, shards, valid = _load_data(scn, verification.rate > 0)
-        self.evaluate: Callable[[Mapping[str, np.ndarray]], float] | None = None
+        self.evaluate: Callable[[Mapping[str, np.ndarray]], HoldoutLoss] | None = None
         if valid is not None:
             vx, vy = valid.x.reshape(len(valid.x), -1), valid.y
 
-            def evaluate(w: Mapping[str, np.ndarray]) -> float:
-                return _loss(w, vx, vy)
+            def evaluate(w: Mapping[str, np.ndarray]) -> HoldoutLoss:
+                return holdout_loss(_row_loss(w, vx, vy), vy)
 
             self.evaluate = evaluate
         features, classes = train.x.shape[1], train.classes

@@ -101,6 +101,7 @@ from learnae.training.pool import (
     TrainingPool,
     seed_from,
 )
+from learnae.verify import HoldoutLoss, holdout_loss
 
 if TYPE_CHECKING:
     import keras
@@ -999,10 +1000,10 @@ class TrainerNode:
                            fetch_timeout=cfg.fetch_timeout, adopt_authors=self.adopt_authors,
                            rejections=self.rejections, errors=self.errors, evaluate=self._validation_loss)
 
-    def _validation_loss(self, weights: Mapping[str, np.ndarray]) -> float:
-        """The loss of ``weights`` on the swarm's test split (blocking; the spot checks').
+    def _validation_loss(self, weights: Mapping[str, np.ndarray]) -> HoldoutLoss:
+        """The losses of ``weights`` on the swarm's test split, in all and per class.
 
-        A model of its own, built at the first call, so the training side's is never touched.
+        Blocking (the spot checks'); a model of its own, built at the first call, so the training side's is never touched.
 
         Raises:
             LearnaeError: code ``not-ready``: the training side has not loaded the data yet.
@@ -1010,14 +1011,14 @@ class TrainerNode:
         splits = self.splits
         if splits is None:
             raise LearnaeError("the node has not loaded its data yet", code="not-ready")
-        from learnae.training.model import build_model, evaluate, set_weights
+        from learnae.training.model import build_model, row_losses, set_weights
 
         m = self.manifest
         with self._eval_lock:
             if self._eval_model is None:
                 self._eval_model = build_model(m.model, optimizer=m.optimizer, learning_rate=m.learning_rate)
             set_weights(self._eval_model, weights)
-            return evaluate(self._eval_model, splits.test.x, splits.test.y)["loss"]
+            return holdout_loss(row_losses(self._eval_model, splits.test.x, splits.test.y), splits.test.y)
 
     async def _verify_loop(self) -> None:
         """Check the peer checkpoints this node was selected to check, one at a time."""

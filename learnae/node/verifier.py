@@ -13,7 +13,8 @@ docs/design.md, "Verification". :class:`CheckpointVerifier` is part of a trainer
   attestations (:func:`~learnae.verify.standings`), the same on every node holding the same
   ledger; :meth:`~CheckpointVerifier.flagged` says whose checkpoints the merge leaves out.
 
-The model is evaluated by the driver's ``evaluate`` (validation loss of a set of weights): a
+The model is evaluated by the driver's ``evaluate`` (validation losses of a set of weights,
+in all and per class: :class:`~learnae.verify.HoldoutLoss`): a
 Keras model on the swarm's public test split in ``learnae node run``, the numpy model in the
 fault harness's memory driver.
 """
@@ -33,6 +34,7 @@ from learnae.ledger.sync import TangleSync
 from learnae.ledger.tx import Tx, attestation_payload
 from learnae.manifest import Manifest
 from learnae.verify import (
+    HoldoutLoss,
     Standing,
     Verdict,
     claims_verdict,
@@ -48,8 +50,8 @@ log = logging.getLogger("learnae.node")
 MAX_QUEUED = 64
 """Selected checkpoints waiting for a check at most (the oldest are dropped first)."""
 
-Evaluate = Callable[[Mapping[str, np.ndarray]], float]
-"""Blocking: the validation loss of a set of weights (weight path -> array)."""
+Evaluate = Callable[[Mapping[str, np.ndarray]], HoldoutLoss]
+"""Blocking: the validation losses of a set of weights (weight path -> array), in all and per class."""
 Fetch = Callable[[Tx], Awaitable[Any]]
 """Fetch and decode the checkpoint a tx announces (a :class:`~learnae.merge.Contribution`)."""
 
@@ -61,7 +63,7 @@ class CheckpointVerifier:
         sync: the node's ledger syncer (attestations are appended and gossiped through it).
         identity: the node's author key.
         manifest: the swarm's manifest (its ``verification`` parameters, its ``batch_size``).
-        evaluate: validation loss of a set of weights (:data:`Evaluate`), run through
+        evaluate: validation losses of a set of weights (:data:`Evaluate`), run through
             ``offload``; None: this node checks nothing (it still derives the standings).
         fetch: fetches and decodes a checkpoint (:data:`Fetch`).
         offload: how blocking work leaves the event loop.
@@ -157,9 +159,9 @@ class CheckpointVerifier:
             return None
         start = {k: np.mean([c.weights[k] for c in fetched], axis=0) for k in own.weights}
         assert self.evaluate is not None  # consider() queues nothing without it
-        base_loss = await self.offload(self.evaluate, start)
-        loss = await self.offload(self.evaluate, own.weights)
-        verdict = holdout_verdict(base_loss, loss, self.cfg)
+        at_base = await self.offload(self.evaluate, start)
+        checked = await self.offload(self.evaluate, own.weights)
+        verdict = holdout_verdict(at_base, checked, self.cfg)
         return verdict._replace(figures={**claims.figures, **verdict.figures,
                                          "bases": float(len(fetched))})
 

@@ -400,6 +400,44 @@ def fit_passes(
 
 
 # --------------------------------------------------------------------------- metrics
+def _loss_fn(model: keras.Model, x: np.ndarray, y: np.ndarray, batch_size: int) -> Any:
+    """The model's compiled loss function after checking the arguments (see :func:`evaluate`)."""
+    if len(x) == 0 or len(x) != len(y):
+        raise DataError(f"cannot evaluate on {len(x)} feature rows and {len(y)} labels")
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise ConfigError(f"batch_size is {batch_size!r}, expected an integer >= 1")
+    loss_fn = getattr(model, "loss", None)
+    if isinstance(loss_fn, str):
+        loss_fn = _keras().losses.get(loss_fn)
+    if not callable(loss_fn):
+        raise ConfigError("model has no compiled loss; build it with build_model")
+    return loss_fn
+
+
+def row_losses(model: keras.Model, x: np.ndarray, y: np.ndarray, *, batch_size: int = 256) -> np.ndarray:
+    """The compiled loss of each row of ``(x, y)`` (no regularization losses).
+
+    Args:
+        model: a model built by :func:`build_model`.
+        x: features, ``(n, *features)``, ``n >= 1``.
+        y: int class labels ``(n,)``.
+        batch_size: rows per inference call (>= 1).
+
+    Returns:
+        ``(n,)`` float64 losses (cross-entropy in nats for the built-in models).
+
+    Raises:
+        DataError, ConfigError: as :func:`evaluate`.
+    """
+    keras, loss_fn = _keras(), _loss_fn(model, x, y, batch_size)
+    if isinstance(loss_fn, keras.losses.Loss):  # compiled as an object: the same loss, unreduced
+        loss_fn = type(loss_fn).from_config({**loss_fn.get_config(), "reduction": None})
+    y = np.asarray(y)
+    out = [keras.ops.convert_to_numpy(loss_fn(y[i : i + batch_size], model(x[i : i + batch_size], training=False)))
+           for i in range(0, len(x), batch_size)]
+    return np.concatenate(out).astype(np.float64).reshape(len(x))
+
+
 def evaluate(model: keras.Model, x: np.ndarray, y: np.ndarray, *, batch_size: int = 256) -> dict[str, float]:
     """Loss and accuracy of a model built by :func:`build_model` on ``(x, y)``.
 
@@ -425,16 +463,7 @@ def evaluate(model: keras.Model, x: np.ndarray, y: np.ndarray, *, batch_size: in
         ConfigError: the model was not compiled with a loss (build it with build_model), or
             a bad batch_size.
     """
-    if len(x) == 0 or len(x) != len(y):
-        raise DataError(f"cannot evaluate on {len(x)} feature rows and {len(y)} labels")
-    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-        raise ConfigError(f"batch_size is {batch_size!r}, expected an integer >= 1")
-    keras = _keras()
-    loss_fn = getattr(model, "loss", None)
-    if isinstance(loss_fn, str):
-        loss_fn = keras.losses.get(loss_fn)
-    if not callable(loss_fn):
-        raise ConfigError("model has no compiled loss; build it with build_model")
+    keras, loss_fn = _keras(), _loss_fn(model, x, y, batch_size)
     y = np.asarray(y)
     loss = 0.0
     correct = 0
