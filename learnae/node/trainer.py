@@ -1003,7 +1003,8 @@ class TrainerNode:
     def _validation_loss(self, weights: Mapping[str, np.ndarray]) -> HoldoutLoss:
         """The losses of ``weights`` on the swarm's test split, in all and per class.
 
-        Blocking (the spot checks'); a model of its own, built at the first call, so the training side's is never touched.
+        Blocking (the spot checks'); a model of its own, built at the first call, so the
+        training side's is never touched.
 
         Raises:
             LearnaeError: code ``not-ready``: the training side has not loaded the data yet.
