@@ -40,9 +40,9 @@ The model may have at most ``limits.checkpoint_bytes / 4`` parameters (a float32
 takes 4 bytes of a checkpoint), counted from its config without building it.
 
 ``verification`` is a map of ``rate`` (0: off), ``verifiers`` (2), ``threshold`` (0.5),
-``prior_agree`` (3.0), ``prior_dispute`` (1.0), ``unselected_weight`` (0.25), ``sample_cap`` (4.0),
-``min_gain`` (0.25) and ``max_rise`` (0.0), missing keys taking those defaults (:class:`Verification`, used by
-:mod:`learnae.verify`). The payload has it only when it differs from the defaults, so a manifest
+``prior_agree`` (3.0), ``prior_dispute`` (1.0), ``unselected_weight`` (0.25), ``sample_cap``
+(4.0), ``min_gain`` (0.25) and ``max_rise`` (0.0), missing keys taking those defaults
+(:class:`Verification`, used by :mod:`learnae.verify`). The payload has it only when it differs from the defaults, so a manifest
 made before verification existed keeps its payload, and its genesis its id.
 
 Also here: the genesis transaction (:func:`make_genesis`, :func:`manifest_of`), the admission
@@ -142,7 +142,6 @@ class Limits:
         return cls(**_fields_map("limits", cls, value))
 
 
-
 def _fields_map(what: str, cls: type, value: Any) -> dict[str, Any]:
     """``value`` checked to be a map whose keys are fields of dataclass ``cls``.
 
@@ -156,6 +155,7 @@ def _fields_map(what: str, cls: type, value: Any) -> dict[str, Any]:
     if unknown:
         raise ConfigError(f"manifest {what} has unknown keys {unknown} (known: {', '.join(known)})")
     return value
+
 
 def _int(name: str, value: Any, low: int, high: int) -> int:
     if type(value) is not int or not low <= value <= high:
