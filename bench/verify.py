@@ -8,7 +8,8 @@ One Keras process, the digits MLP of ``learnae init --model digits-mlp`` on a sh
 
 1. **Cost of one check**, process CPU seconds, as :class:`learnae.node.verifier.CheckpointVerifier`
    does it: decode the checkpoint and its base (``--bases`` files, from safetensors bytes),
-   average the base, evaluate both on the test split (a model of the verifier's own).
+   find the mix of the bases nearest to the checkpoint (:func:`learnae.verify.nearest_mix`),
+   evaluate both on the test split (a model of the verifier's own).
 2. **Training CPU** per second of wall time (the same process, ``model.fit`` on the shard).
 3. **Share**: a swarm of ``--peers`` other members that each publish one checkpoint per
    ``--interval`` seconds (the manifest's ``checkpoint_interval``, 30 s by default) sends a
@@ -16,18 +17,19 @@ One Keras process, the digits MLP of ``learnae init --model digits-mlp`` on a sh
    is ``rate * peers / interval * check_cpu`` over the training CPU a second.
 4. **False disputes**: ``--segments`` honest updates of ``--batches`` batches each (what a
    node trains between two checkpoints), each judged by :func:`learnae.verify.holdout_verdict`
-   against the checkpoint before it, from the first update to well past convergence. Replay
+   against the checkpoint before it, with the bar :func:`learnae.verify.gain_bar` sets from the
+   gains judged before, from the first update to well past convergence. Replay
    is not built yet: no replay figure.
 5. **Who the holdout can tell apart** (``--swarm-rounds``, 0 to skip): ``--members`` members on
-   shards of ``--partition`` train ``--batches`` batches each from a common base, the mean of
-   the previous round's updates (gossip averaging at its best). Each round also makes a
-   ``lazy`` update (the base plus N(0, 0.01) on every weight, what ``learnae node run
-   --behaviour lazy`` publishes) and a poisoned one (the first member's update reversed, the
-   harness's ``poison-within-bound``). For each kind: how often the shipped rule agrees
-   (:func:`learnae.verify.holdout_verdict` with the manifest's defaults but ``--rate``), how
-   often the loss on the whole test split fell (the rule before 2026-12-01), and the quantiles
-   of the best relative gain on one class's rows (what the shipped rule compares with
-   ``min_gain``).
+   shards of ``--partition`` each train ``--batches`` batches from an unequal mix (Dirichlet(1)
+   weights) of the previous round's updates, as merges made one peer at a time weight them;
+   those updates are its ``base``. Each round also makes a ``lazy`` update (such a mix plus
+   N(0, 0.01) on every weight, what ``learnae node run --behaviour lazy`` publishes) and a
+   poisoned one (the last member's update reversed, the harness's ``poison-within-bound``).
+   For each kind: how often the shipped rule agrees (against the nearest mix of the bases,
+   with the bar :func:`learnae.verify.gain_bar` sets from the honest gains judged so far), how
+   often the rule before it agreed (against the plain mean, a fixed ``min_gain``), and the
+   quantiles of the best relative gain on one class's rows against each.
 """
 
 from __future__ import annotations
@@ -37,8 +39,18 @@ import os
 import platform
 import resource
 import time
+from collections import deque
 
 import numpy as np
+
+from learnae.verify import (
+    RECENT_GAINS,
+    HoldoutLoss,
+    gain_bar,
+    holdout_loss,
+    holdout_verdict,
+    nearest_mix,
+)
 
 
 def cpu() -> float:
@@ -61,7 +73,7 @@ def main() -> None:
     parser.add_argument("--partition", action="append",
                         help="section 5's shards, a --data partition (repeatable; default iid and dirichlet:0.5)")
     parser.add_argument("--rate", type=float, default=0.05,
-                        help="spot-check rate (the manifest's default is 0: off; 0.05 is the design rate)")
+                        help="spot-check rate (the manifest's default, 0.05)")
     args = parser.parse_args()
 
     from learnae.formats import Checkpoint, decode_checkpoint, encode_checkpoint
@@ -76,7 +88,6 @@ def main() -> None:
         row_losses,
         set_weights,
     )
-    from learnae.verify import HoldoutLoss, holdout_loss, holdout_verdict
 
     configure_threads(1)
     m = Manifest(name="bench", model=model_config("digits-mlp"), learning_rate=0.003)
@@ -98,11 +109,13 @@ def main() -> None:
     # 4. honest updates, judged against the checkpoint before them (also warms TensorFlow up)
     disputes: dict[str, int] = {}
     gains = []
+    recent: deque[float] = deque(maxlen=RECENT_GAINS)
     at_base = validation_loss(get_weights(model))
     for _ in range(args.segments):
         train(args.batches)
         checked = validation_loss(get_weights(model))
-        verdict = holdout_verdict(at_base, checked, cfg)
+        verdict = holdout_verdict(at_base, checked, cfg, min_gain=gain_bar(recent, cfg))
+        recent.append(verdict.figures.get("class_gain", float("nan")))
         gains.append(verdict.figures.get("gain", float("nan")))
         if verdict.verdict == "dispute":
             disputes[verdict.code] = disputes.get(verdict.code, 0) + 1
@@ -116,7 +129,7 @@ def main() -> None:
         files = [decode_checkpoint(raw, max_bytes=m.limits.checkpoint_bytes, expect=expect, genesis=genesis)
                  for _ in range(args.bases + 1)]
         own, bases = files[0], files[1:]
-        start = {k: np.mean([c.weights[k] for c in bases], axis=0) for k in own.weights}
+        start, _ = nearest_mix(own.weights, [c.weights for c in bases])
         validation_loss(start)
         validation_loss(own.weights)
     check_cpu = (cpu() - t0) / checks
@@ -150,12 +163,11 @@ def main() -> None:
 
 
 def swarm_rounds(m, partition: str, args: argparse.Namespace) -> None:
-    """Section 5 for one partition: agree rates and best-class gains of honest, lazy and
-    poisoned updates over ``args.swarm_rounds`` rounds."""
+    """Section 5 for one partition: how often each rule agrees with honest, lazy and poisoned
+    updates over ``args.swarm_rounds`` rounds."""
     from learnae.manifest import Verification
     from learnae.training.data import DataSpec
     from learnae.training.model import build_model, get_weights, row_losses, set_weights
-    from learnae.verify import HoldoutLoss, holdout_loss, holdout_verdict
 
     cfg = Verification(rate=args.rate)
     n = args.members
@@ -164,40 +176,55 @@ def swarm_rounds(m, partition: str, args: argparse.Namespace) -> None:
     models = [build_model(m.model, optimizer=m.optimizer, learning_rate=m.learning_rate, seed=0) for _ in range(n)]
     checker = build_model(m.model, optimizer=m.optimizer, learning_rate=m.learning_rate, seed=1)
     rng = np.random.default_rng(0)
+    recent: deque[float] = deque(maxlen=RECENT_GAINS)
 
     def losses(weights) -> HoldoutLoss:
         set_weights(checker, weights)
         return holdout_loss(row_losses(checker, test.x, test.y), test.y)
 
-    def judged(at_base: HoldoutLoss, weights) -> tuple[bool, bool, float]:
-        """(the shipped rule agrees, the loss in all fell, the best class's relative gain)."""
-        verdict = holdout_verdict(at_base, losses(weights), cfg)
-        return verdict.verdict == "agree", verdict.figures["gain"] > 0, verdict.figures["class_gain"]
+    def judged(weights, bases) -> tuple[bool, bool, float, float]:
+        """(the shipped rule agrees, the rule before agrees, the best class gain against the
+        nearest mix, against the plain mean)."""
+        checked = losses(weights)
+        mix, _ = nearest_mix(weights, bases)
+        shipped = holdout_verdict(losses(mix), checked, cfg, min_gain=gain_bar(recent, cfg))
+        mean = {k: np.mean([b[k] for b in bases], axis=0) for k in weights}
+        before = holdout_verdict(losses(mean), checked, cfg)
+        return (shipped.verdict == "agree", before.verdict == "agree",
+                shipped.figures["class_gain"], before.figures["class_gain"])
 
-    seen: dict[str, list[tuple[bool, bool, float]]] = {"honest": [], "lazy": [], "poisoned": []}
-    base = get_weights(models[0])
+    def mixed(bases) -> dict[str, np.ndarray]:
+        """A merge as members make them, one peer at a time: unequal weights on the bases."""
+        a = rng.dirichlet(np.ones(len(bases)))
+        return {k: sum(c * b[k] for c, b in zip(a, bases, strict=True)).astype(np.float32) for k in bases[0]}
+
+    seen: dict[str, list[tuple[bool, bool, float, float]]] = {"honest": [], "lazy": [], "poisoned": []}
+    bases = [get_weights(model) for model in models]
     for _ in range(args.swarm_rounds):
-        at_base = losses(base)
         updates = []
         for model, shard in zip(models, shards, strict=True):
-            set_weights(model, base)
+            start = mixed(bases)
+            set_weights(model, start)
             rows = rng.integers(0, len(shard.train.x), size=args.batches * m.batch_size)
             model.fit(shard.train.x[rows], shard.train.y[rows], batch_size=m.batch_size, epochs=1,
                       verbose=0, shuffle=False)
             updates.append(get_weights(model))
-            seen["honest"].append(judged(at_base, updates[-1]))
-        seen["lazy"].append(judged(at_base, {k: w + rng.normal(0.0, 0.01, w.shape).astype(w.dtype)
-                                             for k, w in base.items()}))
-        seen["poisoned"].append(judged(at_base, {k: 2 * w - updates[0][k] for k, w in base.items()}))
-        base = {k: np.mean([u[k] for u in updates], axis=0) for k in base}
-    print(f"{n} members on {partition} shards, {args.swarm_rounds} rounds of {args.batches} batches"
-          f" from the mean of the last round's updates:")
+            seen["honest"].append(verdict := judged(updates[-1], bases))
+            recent.append(verdict[2])
+        lazy = {k: w + rng.normal(0.0, 0.01, w.shape).astype(w.dtype) for k, w in mixed(bases).items()}
+        seen["lazy"].append(judged(lazy, bases))
+        seen["poisoned"].append(judged({k: 2 * w - updates[-1][k] for k, w in start.items()}, bases))
+        bases = updates
+    print(f"{n} members on {partition} shards, {args.swarm_rounds} rounds of {args.batches} batches, each"
+          f" from an unequal mix of the last round's updates (its bases); agreed by the shipped rule"
+          f" (nearest mix, min_gain {cfg.min_gain:g} or half the recent median gain) and by the rule"
+          f" before (plain mean, min_gain {cfg.min_gain:g}):")
     for kind, rows in seen.items():
-        agree, fell = (sum(r[i] for r in rows) / len(rows) for i in (0, 1))
-        q5, q50, q95 = np.quantile([r[2] for r in rows], [0.05, 0.5, 0.95])
-        print(f"  {kind:9s} {len(rows):4d} updates: agreed {agree:6.1%} (min_gain {cfg.min_gain:g});"
-              f" loss in all fell {fell:6.1%}; best gain on one class's rows: 5% {q5:.3f},"
-              f" median {q50:.3f}, 95% {q95:.3f}")
+        shipped, before = (sum(r[i] for r in rows) / len(rows) for i in (0, 1))
+        q = [np.quantile([r[i] for r in rows], [0.1, 0.5, 0.9]) for i in (2, 3)]
+        print(f"  {kind:9s} {len(rows):4d} updates: agreed {shipped:6.1%} (shipped), {before:6.1%} (before);"
+              f" best class gain 10/50/90%: mix {q[0][0]:.3f} {q[0][1]:.3f} {q[0][2]:.3f},"
+              f" mean {q[1][0]:.3f} {q[1][1]:.3f} {q[1][2]:.3f}")
 
 
 if __name__ == "__main__":

@@ -39,11 +39,12 @@ key                        meaning                                              
 The model may have at most ``limits.checkpoint_bytes / 4`` parameters (a float32 parameter
 takes 4 bytes of a checkpoint), counted from its config without building it.
 
-``verification`` is a map of ``rate`` (0: off), ``verifiers`` (2), ``threshold`` (0.5),
+``verification`` is a map of ``rate`` (0.05; 0 turns it off), ``verifiers`` (2), ``threshold`` (0.5),
 ``prior_agree`` (3.0), ``prior_dispute`` (1.0), ``unselected_weight`` (0.25), ``sample_cap``
 (4.0), ``min_gain`` (0.25) and ``max_rise`` (0.0), missing keys taking those defaults
 (:class:`Verification`, used by :mod:`learnae.verify`). The payload has it only when it differs from the defaults, so a manifest
-made before verification existed keeps its payload, and its genesis its id.
+made before verification existed keeps its payload, and its genesis its id (and now verifies at
+the default rate).
 
 Also here: the genesis transaction (:func:`make_genesis`, :func:`manifest_of`), the admission
 list file (:func:`read_admission_file`), and short forms of ids for tables (:func:`short_id`).
@@ -221,13 +222,9 @@ class Verification:
 
     Attributes:
         rate: the share of its peers' checkpoints a member checks on average, 0 to 1 (0 turns
-            verification off). Off by default: measured on four ``learnae node run`` processes
-            on Dirichlet(0.5) shards of digits, honest checkpoints were often far worse on the
-            common test split than the mean of their base (local training drifts; relative
-            gain down to -3.2), so the first holdout rule (the loss in all must fall) flagged
-            two of the three honest members and not the lazy one. The per-class rule that
-            replaced it (``min_gain``) separates them in ``bench/verify.py`` but has not yet
-            been tried on processes. A swarm turns it on at 0.05, the rate it is designed for.
+            verification off); 5% by default, the rate it is designed for (docs/design.md,
+            "Verification": on four ``learnae node run`` processes with one lazy member it
+            disputed 1 of 49 honest checks and 13 of the lazy member's 16).
         verifiers: members in the committee of a checked checkpoint, 1 to 16.
         threshold: standing (0 to 1) below which an author is flagged and its checkpoints are
             not merged; it must be below the standing of an author nobody has judged yet,
@@ -239,13 +236,15 @@ class Verification:
         sample_cap: a checkpoint's ``samples`` counts at most this multiple of the median claim
             among the checkpoints merged together, 1 to 1e6.
         min_gain: the relative fall of the validation loss on some class's rows, 0 to 1, at
-            which a checkpoint is agreed with (:func:`learnae.verify.holdout_verdict`).
+            which a checkpoint is agreed with (:func:`learnae.verify.holdout_verdict`); a
+            verifier lowers it to half the median gain of the checkpoints it judged lately,
+            once the swarm's updates teach less (:func:`learnae.verify.gain_bar`).
         max_rise: the relative rise of the validation loss in all, 0 to 1e6, beyond which a
             checkpoint is disputed whatever it taught; 0 (the default) checks no such bound,
             which suits members whose data differ (their honest updates rose up to 4.7 times
             their base's loss in all); a swarm of alike shards can set e.g. 0.05.
 
-    With the defaults (and a rate above 0) an author is flagged after 3 disputes (by committee members) and no
+    With the defaults an author is flagged after 3 disputes (by committee members) and no
     agreement: (3 + 0) / (3 + 1 + 0 + 3) = 0.43 < 0.5.
 
     Raises:
@@ -253,7 +252,7 @@ class Verification:
             standing.
     """
 
-    rate: float = 0.0
+    rate: float = 0.05
     verifiers: int = 2
     threshold: float = 0.5
     prior_agree: float = 3.0

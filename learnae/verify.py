@@ -12,7 +12,8 @@ every member applies alike to what the ledger holds; the callers fetch and evalu
   2021, and of Proof-of-Learning, Jia et al., IEEE S&P 2021, whose verifiers re-check a
   sample of a training run's claims).
 - :func:`holdout_verdict`, :func:`claims_verdict`: verdicts as pure functions of numbers
-  (:func:`holdout_loss` groups a model's per-row validation losses by class).
+  (:func:`holdout_loss` groups a model's per-row validation losses by class;
+  :func:`nearest_mix` finds the start a checkpoint is judged against).
 - :func:`standings`: each author's standing from the attestations about its checkpoints
   (the Beta reputation system, Jøsang & Ismail 2002); a flagged author's checkpoints are not
   merged.
@@ -31,7 +32,7 @@ import hashlib
 import math
 import numbers
 import statistics
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import NamedTuple, Protocol
 
 import numpy as np
@@ -43,7 +44,10 @@ __all__ = [
     "AGREE",
     "CODES",
     "DISPUTE",
+    "GAIN_SHARE",
     "METHODS",
+    "MIN_RECENT",
+    "RECENT_GAINS",
     "WORSE_MARGIN",
     "AttestationLike",
     "HoldoutLoss",
@@ -52,9 +56,11 @@ __all__ = [
     "cap_samples",
     "claims_verdict",
     "committee",
+    "gain_bar",
     "holdout_loss",
     "holdout_verdict",
     "is_selected",
+    "nearest_mix",
     "standings",
 ]
 
@@ -67,6 +73,12 @@ CODES = ("ok", "holdout-worse", "holdout-no-gain", "samples-inconsistent", "repl
 WORSE_MARGIN = 0.05
 """Relative rise of the validation loss in all at which a checkpoint that taught nothing
 (``holdout-no-gain``) is called ``holdout-worse``."""
+GAIN_SHARE = 0.5
+"""The share of the swarm's typical best class gain a checkpoint must show (:func:`gain_bar`)."""
+RECENT_GAINS = 32
+"""How many of a verifier's latest judged gains :func:`gain_bar` takes the median of."""
+MIN_RECENT = 8
+"""Gains a verifier must have judged before :func:`gain_bar` lowers the manifest's bar."""
 
 
 # ------------------------------------------------------------------------------- types
@@ -248,7 +260,77 @@ def holdout_loss(row_loss: np.ndarray, labels: np.ndarray) -> HoldoutLoss:
                        tuple(float(row_loss[labels == c].mean()) for c in np.unique(labels)))
 
 
-def holdout_verdict(base: HoldoutLoss, checked: HoldoutLoss, cfg: Verification) -> Verdict:
+def nearest_mix(
+    checked: Mapping[str, np.ndarray], bases: Sequence[Mapping[str, np.ndarray]], *, iterations: int = 500,
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """The mix of ``bases`` nearest to ``checked``: what a checkpoint is judged against.
+
+    A checkpoint names as its ``base`` the checkpoints it merged since its author's previous
+    one, but not how it weighted them: merges come one at a time (each a ``mean`` weighted by
+    claimed samples, or a robust rule), so the start the author trained from is some convex
+    combination ``sum_i a_i * base_i`` (``a_i >= 0``, ``sum a_i = 1``) that the ledger does not
+    record. Judged against the plain mean, a member that republishes its merge (``lazy``) looks
+    as if it had learned whatever its merge weights favoured (four real processes: a lazy
+    member's best class gain had a median of 0.28 against the mean of its bases). So the start
+    is the mix nearest to the checkpoint: ``a = argmin ||checked - sum_i a_i base_i||`` over the
+    simplex (all tensors flattened into one vector, Euclidean norm), solved on the ``n x n`` Gram
+    matrix by accelerated projected gradient (FISTA, Beck & Teboulle 2009; projection onto the
+    simplex, Duchi et al. 2008). A republished merge is then judged against (nearly) itself; an
+    honest update keeps the part of its training that no mix of its bases explains.
+
+    Args:
+        checked: the checkpoint's weights (path -> array).
+        bases: its bases' weights, each with every path of ``checked`` and the same shapes; n >= 1.
+        iterations: FISTA steps (n is small: a few hundred reach float precision).
+
+    Returns:
+        ``(mix, a)``: the mix (path -> float32 array) and its coefficients, shape ``(n,)``.
+
+    Raises:
+        ValueError: no bases, or a base lacks a path or has another shape.
+    """
+    if not bases:
+        raise ValueError("a mix needs at least one base")
+    keys = list(checked)
+    for base in bases:
+        for k in keys:
+            if k not in base or np.shape(base[k]) != np.shape(checked[k]):
+                raise ValueError(f"base weight {k!r} is missing or has another shape than the checkpoint's")
+
+    def flat(w: Mapping[str, np.ndarray]) -> np.ndarray:
+        return np.concatenate([np.ravel(w[k]).astype(np.float64) for k in keys])
+
+    stack = np.stack([flat(b) for b in bases])  # (n, P)
+    centre = stack.mean(axis=0)
+    stack -= centre
+    gram, target = stack @ stack.T, stack @ (flat(checked) - centre)
+    n = len(bases)
+    step = 1.0 / max(float(np.linalg.eigvalsh(gram)[-1]), 1e-300)
+    a = y = np.full(n, 1.0 / n)
+    t = 1.0
+    for _ in range(iterations):
+        nxt = _onto_simplex(y - step * (gram @ y - target))
+        t_next = (1 + math.sqrt(1 + 4 * t * t)) / 2
+        y, a, t = nxt + (t - 1) / t_next * (nxt - a), nxt, t_next
+    mixed = a @ stack + centre
+    mix, at = {}, 0
+    for k in keys:
+        size = int(np.size(checked[k]))
+        mix[k] = mixed[at:at + size].reshape(np.shape(checked[k])).astype(np.float32)
+        at += size
+    return mix, a
+
+
+def _onto_simplex(v: np.ndarray) -> np.ndarray:
+    """Euclidean projection of ``v`` onto the probability simplex (Duchi et al., ICML 2008)."""
+    u = np.sort(v)[::-1]
+    cumulative = np.cumsum(u) - 1.0
+    rho = np.nonzero(u - cumulative / np.arange(1, len(v) + 1) > 0)[0][-1]
+    return np.maximum(v - cumulative[rho] / (rho + 1), 0.0)
+
+
+def holdout_verdict(base: HoldoutLoss, checked: HoldoutLoss, cfg: Verification, *,
+                    min_gain: float | None = None) -> Verdict:
     """Judge a checkpoint by its validation losses against its base's, class by class.
 
     Training teaches a model about the data it trains on; on skewed data (each member holds
@@ -261,7 +343,7 @@ def holdout_verdict(base: HoldoutLoss, checked: HoldoutLoss, cfg: Verification) 
     - a loss that is not finite, or (when ``cfg.max_rise`` > 0) a loss in all above
       ``base_loss * (1 + cfg.max_rise)``: ``dispute``, ``holdout-worse`` (diverged, or damaged
       as a reversed update damages);
-    - ``best >= cfg.min_gain``: ``agree`` (``ok``): the loss fell on some class's rows;
+    - ``best >= min_gain``: ``agree`` (``ok``): the loss fell on some class's rows;
     - otherwise ``dispute``: ``holdout-worse`` when the loss in all rose more than
       :data:`WORSE_MARGIN` (relative), else ``holdout-no-gain`` (a lazy member republishing
       its merge plus noise).
@@ -282,10 +364,13 @@ def holdout_verdict(base: HoldoutLoss, checked: HoldoutLoss, cfg: Verification) 
             class's may be 0: it gains 0).
         checked: the checkpoint's, on the same set and classes.
         cfg: the manifest's verification parameters.
+        min_gain: the bar for ``best``, 0 to ``cfg.min_gain``; None: ``cfg.min_gain``. A
+            verifier lowers it once the swarm's updates teach less (:func:`gain_bar`).
 
     Returns:
         A :class:`Verdict` of method ``holdout``; figures ``base_loss``, and when finite
-        ``loss``, ``gain`` (``(base_loss - loss) / base_loss``) and ``class_gain`` (``best``).
+        ``loss``, ``gain`` (``(base_loss - loss) / base_loss``), ``class_gain`` (``best``) and
+        ``min_gain`` (the bar).
 
     Raises:
         ValueError: a base loss is not a finite number > 0, a loss is negative, or the two
@@ -302,19 +387,48 @@ def holdout_verdict(base: HoldoutLoss, checked: HoldoutLoss, cfg: Verification) 
     if len(checked.per_class) != len(base_classes) or not base_classes:
         raise ValueError(f"the base covers {len(base_classes)} classes and the checkpoint"
                          f" {len(checked.per_class)}: compare on the same validation set")
+    bar = cfg.min_gain if min_gain is None else min(max(float(min_gain), 0.0), cfg.min_gain)
     figures = {"base_loss": base_loss}
     if not all(math.isfinite(float(v)) for v in values):
         return Verdict("holdout", DISPUTE, "holdout-worse", figures)
     loss = float(checked.loss)
     best = max((b - float(c)) / b if b else 0.0 for b, c in zip(base_classes, checked.per_class, strict=True))
-    figures |= {"loss": loss, "gain": (base_loss - loss) / base_loss, "class_gain": best}
+    figures |= {"loss": loss, "gain": (base_loss - loss) / base_loss, "class_gain": best, "min_gain": bar}
     if cfg.max_rise > 0 and loss > base_loss * (1 + cfg.max_rise):
         return Verdict("holdout", DISPUTE, "holdout-worse", figures)
-    if best >= cfg.min_gain:
+    if best >= bar:
         return Verdict("holdout", AGREE, "ok", figures)
     if loss > base_loss * (1 + WORSE_MARGIN):
         return Verdict("holdout", DISPUTE, "holdout-worse", figures)
     return Verdict("holdout", DISPUTE, "holdout-no-gain", figures)
+
+
+def gain_bar(recent: Sequence[float], cfg: Verification) -> float:
+    """The ``min_gain`` bar a verifier holds checkpoints to, given the gains it measured lately.
+
+    ``min(cfg.min_gain, GAIN_SHARE * median(recent))``, ``recent`` being the best class gains
+    (``class_gain``) of the last :data:`RECENT_GAINS` checkpoints this verifier judged, whoever
+    their authors; ``cfg.min_gain`` until it has judged :data:`MIN_RECENT` of them. A swarm
+    that has converged teaches little per update: in the memory driver's verification scenario
+    (IID shards, softmax regression) the honest updates' median best class gain fell to about
+    0.25 after a few rounds, so a fixed bar of 0.25 disputed a third or more of every honest
+    author's updates and standings drifted toward the threshold by chance. Held to half of what
+    the swarm's updates typically show, a checkpoint must teach at least half as much as its
+    peers do; a member that republishes its merge shows far less (four real processes: a lazy
+    member's median 0.10 against the honest members' 0.58 to 0.79). The median of many authors'
+    gains moves only when most of them do, so a few liars cannot lower the bar for themselves.
+
+    Args:
+        recent: best class gains, any order (non-finite ones are left out).
+        cfg: the manifest's verification parameters.
+
+    Returns:
+        The bar, ``0 <= bar <= cfg.min_gain``.
+    """
+    finite = [float(g) for g in recent if math.isfinite(g)]
+    if len(finite) < MIN_RECENT:
+        return cfg.min_gain
+    return min(cfg.min_gain, max(GAIN_SHARE * statistics.median(finite), 0.0))
 
 
 def claims_verdict(samples: int, step: int, previous_step: int | None, batch_size: int) -> Verdict:

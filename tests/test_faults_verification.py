@@ -71,7 +71,7 @@ def test_detect_updates_bound_parses_and_defaults_to_20():
 def test_verification_table_gives_the_manifest_s_parameters():
     from learnae.manifest import Verification
 
-    assert parse_scenario(small()).verification is None  # the manifest's default: off
+    assert parse_scenario(small()).verification is None  # no table: the scenario runs without
     scn = parse_scenario(small(verification={"rate": 0.2, "verifiers": 3}))
     assert scn.verification == Verification(rate=0.2, verifiers=3)
 

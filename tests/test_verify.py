@@ -15,7 +15,7 @@ import libipld
 import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from learnae.errors import ConfigError, InvalidCID
@@ -26,18 +26,21 @@ from learnae.models import model_config
 from learnae.verify import (
     AGREE,
     DISPUTE,
+    MIN_RECENT,
     HoldoutLoss,
     Standing,
     cap_samples,
     claims_verdict,
     committee,
+    gain_bar,
     holdout_loss,
     holdout_verdict,
     is_selected,
+    nearest_mix,
     standings,
 )
 
-CFG = Verification(rate=0.05)  # the rate verification is designed for (the default is off)
+CFG = Verification(rate=0.05)  # the default rate, the one verification is designed for
 
 
 def checkpoint_id(n: int | str) -> str:
@@ -142,7 +145,18 @@ BASE = HoldoutLoss(2.0, (1.0, 4.0))  # two classes, the second one's rows twice 
 ])
 def test_holdout_verdict_boundaries(checked, min_gain, code):
     verdict = holdout_verdict(BASE, checked, dataclasses.replace(CFG, min_gain=min_gain))
-    _check_figures(verdict, checked, code)
+    _check_figures(verdict, checked, code, bar=min_gain)
+    # The same bar given by the caller (a verifier's gain_bar) under the manifest's 0.25.
+    lowered = holdout_verdict(BASE, checked, dataclasses.replace(CFG, min_gain=0.25), min_gain=min_gain)
+    _check_figures(lowered, checked, code, bar=min_gain)
+
+
+def test_holdout_verdict_bar_never_rises_above_the_manifest_s():
+    checked = HoldoutLoss(1.9, (0.85, 3.9))  # best class gain 0.15
+    assert holdout_verdict(BASE, checked, CFG, min_gain=0.1).code == "ok"
+    raised = holdout_verdict(BASE, checked, dataclasses.replace(CFG, min_gain=0.1), min_gain=0.9)
+    assert (raised.code, raised.figures["min_gain"]) == ("ok", 0.1)
+    assert holdout_verdict(BASE, checked, CFG, min_gain=-1.0).figures["min_gain"] == 0.0
 
 
 @pytest.mark.parametrize(("checked", "code"), [
@@ -151,15 +165,15 @@ def test_holdout_verdict_boundaries(checked, min_gain, code):
 ])
 def test_holdout_verdict_max_rise(checked, code):
     verdict = holdout_verdict(BASE, checked, dataclasses.replace(CFG, max_rise=0.05))
-    _check_figures(verdict, checked, code)
+    _check_figures(verdict, checked, code, bar=CFG.min_gain)
 
 
-def _check_figures(verdict, checked, code):
+def _check_figures(verdict, checked, code, *, bar):
     assert (verdict.method, verdict.code) == ("holdout", code)
     assert verdict.verdict == (AGREE if code == "ok" else DISPUTE)
     best = max((b - c) / b for b, c in zip(BASE.per_class, checked.per_class, strict=True))
     assert verdict.figures == {"base_loss": 2.0, "loss": checked.loss, "gain": (2.0 - checked.loss) / 2.0,
-                               "class_gain": best}
+                               "class_gain": best, "min_gain": bar}
     assert all(type(v) is float and math.isfinite(v) for v in verdict.figures.values())
 
 
@@ -184,6 +198,48 @@ def test_holdout_verdict_diverged_model_and_bad_inputs():
     for classes in ((1.0,), (1.0, 1.0, 1.0)):
         with pytest.raises(ValueError, match="the base covers 2 classes and the checkpoint"):
             holdout_verdict(BASE, HoldoutLoss(1.0, classes), CFG)
+
+
+def test_gain_bar_is_half_the_median_of_recent_gains_and_never_above_the_manifest_s():
+    assert gain_bar([0.1] * (MIN_RECENT - 1), CFG) == CFG.min_gain  # too few judged yet
+    assert gain_bar([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, math.nan, 0.2], CFG) == pytest.approx(0.175)
+    assert gain_bar([0.9] * MIN_RECENT, CFG) == CFG.min_gain
+    assert gain_bar([-0.5] * MIN_RECENT, CFG) == 0.0
+    # A few liars' gains do not move the median of many honest ones.
+    assert gain_bar([0.4] * 20 + [0.0] * 5, CFG) == pytest.approx(0.2)
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(1, 6), seed=st.integers(0, 2**32 - 1), dirichlet=st.booleans())
+def test_nearest_mix_finds_the_mix_a_checkpoint_is_and_stays_on_the_simplex(n, seed, dirichlet):
+    rng = np.random.default_rng(seed)
+    bases = [{"kernel": rng.normal(size=(7, 5)).astype(np.float32), "bias": rng.normal(size=5).astype(np.float32)}
+             for _ in range(n)]
+    a_true = rng.dirichlet(np.ones(n)) if dirichlet else np.eye(n)[rng.integers(n)]
+    checked = {k: sum(a * b[k] for a, b in zip(a_true, bases, strict=True)).astype(np.float32) for k in bases[0]}
+    mix, a = nearest_mix(checked, bases, iterations=3000)
+    assert a.shape == (n,) and np.all(a >= 0) and a.sum() == pytest.approx(1.0)
+    for k in checked:
+        assert mix[k].dtype == np.float32 and mix[k].shape == checked[k].shape
+        np.testing.assert_allclose(mix[k], checked[k], atol=1e-3)
+
+
+def test_nearest_mix_projects_a_point_outside_onto_the_nearest_base_or_edge():
+    bases = [{"w": np.array([0.0, 0.0])}, {"w": np.array([2.0, 0.0])}]
+    mix, a = nearest_mix({"w": np.array([1.0, 5.0])}, bases)  # above the segment's middle
+    np.testing.assert_allclose(a, [0.5, 0.5], atol=1e-9)
+    mix, a = nearest_mix({"w": np.array([9.0, 1.0])}, bases)  # beyond its end: that base
+    np.testing.assert_allclose(a, [0.0, 1.0], atol=1e-9)
+    np.testing.assert_allclose(mix["w"], [2.0, 0.0])
+
+
+def test_nearest_mix_refuses_no_bases_and_other_shapes():
+    with pytest.raises(ValueError, match="at least one base"):
+        nearest_mix({"w": np.zeros(2)}, [])
+    with pytest.raises(ValueError, match="missing or has another shape"):
+        nearest_mix({"w": np.zeros(2)}, [{"w": np.zeros(3)}])
+    with pytest.raises(ValueError, match="missing or has another shape"):
+        nearest_mix({"w": np.zeros(2)}, [{"v": np.zeros(2)}])
 
 
 def test_holdout_loss_groups_rows_by_class_in_label_order():
@@ -335,9 +391,11 @@ def digits(**kw) -> Manifest:
 
 def test_verification_defaults_and_old_manifests():
     m = digits()
-    assert m.verification == Verification(0.0, 2, 0.5, 3.0, 1.0, 0.25, 4.0, 0.25, 0.0)
+    assert m.verification == Verification(0.05, 2, 0.5, 3.0, 1.0, 0.25, 4.0, 0.25, 0.0)
     assert "verification" not in m.to_payload()  # default: the payload of an older manifest
     assert Manifest.from_payload(m.to_payload()).verification == Verification()
+    off = digits(verification=Verification(rate=0.0)).to_payload()  # off is said explicitly
+    assert Manifest.from_payload(off).verification.rate == 0.0
     partial = m.to_payload() | {"verification": {"rate": 0.2}}
     assert Manifest.from_payload(partial).verification == Verification(rate=0.2)
 

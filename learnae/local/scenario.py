@@ -54,7 +54,9 @@ driver runs topologies other than ``mesh`` (:func:`check_memory_driver`):
 
 ``[verification]`` (optional): the swarm manifest's verification parameters
 (:class:`~learnae.manifest.Verification`: ``rate``, ``verifiers``, ``threshold``, ...; missing
-keys take its defaults, and without the table verification is off as in a manifest). With a
+keys take its defaults; without the table a scenario runs without verification, unlike a
+manifest, whose default rate is 5%, so that scenarios written before verification keep their
+data split and figures). With a
 ``rate`` above 0 the memory driver's honest trainers spot-check their peers' checkpoints on a
 public validation split (:mod:`learnae.local.simulation`).
 
@@ -255,7 +257,7 @@ class Scenario:
     faults: tuple[Fault, ...] = field(default_factory=tuple)
     process_bounds: dict[str, float] = field(default_factory=dict)
     topology: Topology = field(default_factory=Topology)
-    verification: Verification | None = None  # None: the manifest's defaults (off)
+    verification: Verification | None = None  # None: no verification (rate 0)
 
     @property
     def node_names(self) -> list[str]:

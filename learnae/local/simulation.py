@@ -40,7 +40,7 @@ What is real and what is simulated:
   network sides get ``evaluate``, the softmax cross-entropy (nats, in all and per class:
   :class:`~learnae.verify.HoldoutLoss`) of a set of weights on a public validation split
   that every node holds and none trains on (:data:`VALID_FRACTION` of the training split,
-  carved out before sharding; not the test split the accuracies are measured on). Before merging, each checks the oldest checkpoints
+  carved out before sharding; not the test split the accuracies are measured on). Before merging, each checks the newest checkpoints
   its committees gave it (:meth:`~learnae.node.verifier.CheckpointVerifier.check`) and
   publishes the attestations; after each round's merges, whom each honest trainer had flagged
   is recorded (``SimResult.flagged``).
@@ -367,7 +367,7 @@ class _Sim:
     # -- setup ---------------------------------------------------------------------------------
     async def setup(self) -> None:
         scn = self.scn
-        verification = scn.verification or Verification()
+        verification = scn.verification or Verification(rate=0.0)
         train, self.test, shards, valid = _load_data(scn, verification.rate > 0)
         self.evaluate: Callable[[Mapping[str, np.ndarray]], HoldoutLoss] | None = None
         if valid is not None:

@@ -5,9 +5,10 @@ docs/design.md, "Verification". :class:`CheckpointVerifier` is part of a trainer
 
 - :meth:`~CheckpointVerifier.consider` is shown every peer checkpoint the node learns of and
   queues those whose committee (:func:`learnae.verify.committee`) names this node;
-- :meth:`~CheckpointVerifier.check` takes one queued checkpoint, fetches it and the checkpoints
-  it names as its ``base``, checks its claims (:func:`~learnae.verify.claims_verdict`) and its
-  effect on the validation set (:func:`~learnae.verify.holdout_verdict`), and records the
+- :meth:`~CheckpointVerifier.check` takes the newest queued checkpoint, fetches it and the
+  checkpoints it names as its ``base``, checks its claims (:func:`~learnae.verify.claims_verdict`) and its
+  effect on the validation set against the mix of its bases nearest to it
+  (:func:`~learnae.verify.nearest_mix`, :func:`~learnae.verify.holdout_verdict`), and records the
   verdict in the ledger as a signed ``attestation`` that approves the checkpoint;
 - :meth:`~CheckpointVerifier.refresh` derives every author's standing from the ledger's
   attestations (:func:`~learnae.verify.standings`), the same on every node holding the same
@@ -34,12 +35,15 @@ from learnae.ledger.sync import TangleSync
 from learnae.ledger.tx import Tx, attestation_payload
 from learnae.manifest import Manifest
 from learnae.verify import (
+    RECENT_GAINS,
     HoldoutLoss,
     Standing,
     Verdict,
     claims_verdict,
+    gain_bar,
     holdout_verdict,
     is_selected,
+    nearest_mix,
     standings,
 )
 
@@ -72,6 +76,11 @@ class CheckpointVerifier:
 
     Attributes:
         checked: checkpoints checked; disputed: those disputed; by_code: verdict codes counted.
+        recent_gains: the best class gains of the latest checkpoints judged, which set the
+            bar the next one is held to (:func:`~learnae.verify.gain_bar`).
+        skipped: checkpoints taken from the queue but not judged, by reason (the error code of
+            a fetch that failed, ``first`` for a first checkpoint, ``diverged`` for bases whose
+            losses cannot be compared).
         standing: author key -> :class:`~learnae.verify.Standing`, as of the last
             :meth:`refresh`.
     """
@@ -87,6 +96,8 @@ class CheckpointVerifier:
         self.checked = 0
         self.disputed = 0
         self.by_code: Counter[str] = Counter()
+        self.skipped: Counter[str] = Counter()
+        self.recent_gains: deque[float] = deque(maxlen=RECENT_GAINS)
         self.standing: dict[bytes, Standing] = {}
         self._cursor = 0
 
@@ -109,20 +120,24 @@ class CheckpointVerifier:
                 self.queue.append(tx)
 
     async def check(self) -> Verdict | None:
-        """Check the oldest queued checkpoint and publish the attestation; None if none could be.
+        """Check the newest queued checkpoint and publish the attestation; None if none could be.
 
-        A checkpoint, or all of its base, that cannot be fetched is not judged (no attestation:
-        an unreachable author is not a liar).
+        Newest first: authors keep only their last few checkpoints (``--keep``), so under a
+        backlog the oldest queued ones are the likeliest to be gone, and each of those would
+        cost a fetch timeout. A checkpoint, or all of its base, that cannot be fetched is not
+        judged (no attestation: an unreachable author is not a liar); :attr:`skipped` counts it.
         """
         while self.queue:
-            tx = self.queue.popleft()
+            tx = self.queue.pop()
             try:
                 verdict = await self._judge(tx)
             except LearnaeError as exc:
                 log.info("cannot check checkpoint %s by %s: %s", tx.id[:16], tx.author.hex()[:12], exc.reason)
+                self.skipped[exc.code] += 1
                 continue
             except ValueError as exc:  # e.g. a base that diverged: no loss to compare with
                 log.info("cannot judge checkpoint %s by %s: %s", tx.id[:16], tx.author.hex()[:12], exc)
+                self.skipped["diverged"] += 1
                 continue
             if verdict is None:
                 continue
@@ -147,23 +162,28 @@ class CheckpointVerifier:
         if claims.verdict == "dispute":
             return claims
         if not bases:
-            return None  # a first checkpoint: nothing it claims to start from
+            self.skipped["first"] += 1  # nothing it claims to start from
+            return None
         own = await self.fetch(tx)
-        fetched = []
+        fetched, failed = [], Counter[str]()
         for base in bases:
             try:
                 fetched.append(await self.fetch(base))
             except LearnaeError as exc:
                 log.debug("base %s of %s: %s", base.id[:16], tx.id[:16], exc.reason)
+                failed[f"base:{exc.code}"] += 1
         if not fetched:
+            self.skipped.update(failed)
             return None
-        start = {k: np.mean([c.weights[k] for c in fetched], axis=0) for k in own.weights}
+        start, mix = await self.offload(nearest_mix, own.weights, [c.weights for c in fetched])
         assert self.evaluate is not None  # consider() queues nothing without it
         at_base = await self.offload(self.evaluate, start)
         checked = await self.offload(self.evaluate, own.weights)
-        verdict = holdout_verdict(at_base, checked, self.cfg)
+        verdict = holdout_verdict(at_base, checked, self.cfg, min_gain=gain_bar(self.recent_gains, self.cfg))
+        if "class_gain" in verdict.figures:
+            self.recent_gains.append(verdict.figures["class_gain"])
         return verdict._replace(figures={**claims.figures, **verdict.figures,
-                                         "bases": float(len(fetched))})
+                                         "bases": float(len(fetched)), "mix_max": float(mix.max())})
 
     def refresh(self) -> bool:
         """Re-derive the standings if attestations arrived since the last call; whether they did."""
@@ -181,10 +201,10 @@ class CheckpointVerifier:
         return s is not None and s.flagged
 
     def status(self) -> dict[str, Any]:
-        """For ``/status``: counts, and the standings of flagged or disputed authors."""
+        """For ``/status``: counts (skipped checks by reason too), and the standings."""
         return {
             "checked": self.checked, "disputed": self.disputed, "queued": len(self.queue),
-            "by_code": dict(self.by_code),
+            "by_code": dict(self.by_code), "skipped": dict(self.skipped),
             "flagged": sorted(a.hex() for a, s in self.standing.items() if s.flagged),
             "standings": {a.hex(): round(s.score, 3) for a, s in self.standing.items()},
         }
