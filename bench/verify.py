@@ -1,6 +1,6 @@
 """Benchmark: what spot checks cost a node, and how often they wrongly dispute an honest update.
 
-Usage: python bench/verify.py [--segments 200] [--batches 30] [--peers 20] [--interval 30]
+Usage: python bench/verify.py [--segments 200] [--batches 30] [--peers 20] [--interval 30] [--replays 200]
                               [--rate 0.05] [--data SPEC]
 
 One Keras process, the digits MLP of ``learnae init --model digits-mlp`` on a shard of digits
@@ -30,6 +30,13 @@ One Keras process, the digits MLP of ``learnae init --model digits-mlp`` on a sh
    with the bar :func:`learnae.verify.gain_bar` sets from the honest gains judged so far), how
    often the rule before it agreed (against the plain mean, a fixed ``min_gain``), and the
    quantiles of the best relative gain on one class's rows against each.
+6. **Replay** (``--replays``, 0 to skip): honest segments of ``--batches`` batches trained by
+   one model (:func:`learnae.training.replay.train_segment`, on the rows
+   :func:`learnae.verify.segment_rows` draws from the node's data, each from where the last
+   one ended) and replayed by another; judged by :func:`learnae.verify.replay_verdict` at
+   :data:`learnae.verify.REPLAY_TOLERANCE`: the false-dispute rate (goal 0), the largest
+   distance, the distance of a replay that drew other rows (what a ``false-data-claim``
+   shows), and what one replay costs against the training CPU at ``--rate``.
 """
 
 from __future__ import annotations
@@ -45,11 +52,13 @@ import numpy as np
 
 from learnae.verify import (
     RECENT_GAINS,
+    REPLAY_TOLERANCE,
     HoldoutLoss,
     gain_bar,
     holdout_loss,
     holdout_verdict,
     nearest_mix,
+    replay_verdict,
 )
 
 
@@ -72,6 +81,7 @@ def main() -> None:
     parser.add_argument("--members", type=int, default=4, help="members in section 5")
     parser.add_argument("--partition", action="append",
                         help="section 5's shards, a --data partition (repeatable; default iid and dirichlet:0.5)")
+    parser.add_argument("--replays", type=int, default=200, help="honest segments replayed in section 6 (0: skip it)")
     parser.add_argument("--rate", type=float, default=0.05,
                         help="spot-check rate (the manifest's default, 0.05)")
     args = parser.parse_args()
@@ -160,6 +170,8 @@ def main() -> None:
     for partition in args.partition or ["iid", "dirichlet:0.5"]:
         if args.swarm_rounds > 0:
             swarm_rounds(m, partition, args)
+    if args.replays > 0:
+        replays(m, splits.train, per_second, args)
 
 
 def swarm_rounds(m, partition: str, args: argparse.Namespace) -> None:
@@ -225,6 +237,38 @@ def swarm_rounds(m, partition: str, args: argparse.Namespace) -> None:
         print(f"  {kind:9s} {len(rows):4d} updates: agreed {shipped:6.1%} (shipped), {before:6.1%} (before);"
               f" best class gain 10/50/90%: mix {q[0][0]:.3f} {q[0][1]:.3f} {q[0][2]:.3f},"
               f" mean {q[1][0]:.3f} {q[1][1]:.3f} {q[1][2]:.3f}")
+
+
+def replays(m, train, per_second: float, args: argparse.Namespace) -> None:
+    """Section 6: ``args.replays`` honest segments trained, replayed and judged."""
+    from learnae.training.model import build_model, get_weights
+    from learnae.training.replay import train_segment
+
+    prover, verifier = (build_model(m.model, optimizer=m.optimizer, learning_rate=m.learning_rate, seed=s)
+                        for s in (0, 1))
+    segment = {"x": train.x, "y": train.y, "steps": args.batches, "batch_size": m.batch_size}
+    start = get_weights(prover)
+    distances, others, disputes, replay_cpu = [], [], 0, 0.0
+    for i in range(args.replays):
+        claimed = train_segment(prover, start, seed=i, **segment)
+        t0 = cpu()
+        replayed = train_segment(verifier, start, seed=i, **segment)
+        replay_cpu += cpu() - t0
+        verdict = replay_verdict(start, claimed, replayed)
+        disputes += verdict.verdict == "dispute"
+        distances.append(verdict.figures.get("replay_distance", float("inf")))
+        if i % 10 == 0:  # a replay that drew other rows: what a false-data claim shows
+            other = train_segment(verifier, start, seed=i + 2**40, **segment)
+            others.append(replay_verdict(start, claimed, other).figures["replay_distance"])
+        start = claimed
+    per_replay = replay_cpu / args.replays
+    print(f"replays: {args.replays} honest segments of {args.batches} batches, replayed by a second model:"
+          f" disputed {disputes} at tolerance {REPLAY_TOLERANCE:g}; largest distance {max(distances):.3g}")
+    print(f"  a replay that drew other rows: distance {min(others):.3f} to {max(others):.3f} ({len(others)} tried)")
+    print(f"  one replay of {args.batches} batches: {per_replay * 1000:.0f} ms CPU. A whole segment costs"
+          f" what its author's training did, so replaying every checked checkpoint of {args.peers} peers"
+          f" (one per {args.interval:g} s of training each) at rate {args.rate:g} costs"
+          f" {per_second * args.interval * 100:.0f}% of a node's training CPU")
 
 
 if __name__ == "__main__":

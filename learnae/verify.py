@@ -48,6 +48,7 @@ __all__ = [
     "METHODS",
     "MIN_RECENT",
     "RECENT_GAINS",
+    "REPLAY_TOLERANCE",
     "WORSE_MARGIN",
     "AttestationLike",
     "HoldoutLoss",
@@ -61,6 +62,8 @@ __all__ = [
     "holdout_verdict",
     "is_selected",
     "nearest_mix",
+    "replay_verdict",
+    "segment_rows",
     "standings",
 ]
 
@@ -79,6 +82,8 @@ RECENT_GAINS = 32
 """How many of a verifier's latest judged gains :func:`gain_bar` takes the median of."""
 MIN_RECENT = 8
 """Gains a verifier must have judged before :func:`gain_bar` lowers the manifest's bar."""
+REPLAY_TOLERANCE = 0.01
+"""The largest replay distance (relative to the update) :func:`replay_verdict` agrees with."""
 
 
 # ------------------------------------------------------------------------------- types
@@ -429,6 +434,84 @@ def gain_bar(recent: Sequence[float], cfg: Verification) -> float:
     if len(finite) < MIN_RECENT:
         return cfg.min_gain
     return min(cfg.min_gain, max(GAIN_SHARE * statistics.median(finite), 0.0))
+
+
+def segment_rows(seed: int, rows: int, steps: int, batch_size: int) -> np.ndarray:
+    """The rows a replayable training segment trains on, batch by batch: anyone recomputes them.
+
+    NumPy's ``default_rng(seed)`` (PCG64, the same stream on every platform NumPy supports)
+    draws ``steps * batch_size`` row indices uniformly with replacement, as a node draws its
+    batches. A replayable update names its data (the public chunks, concatenated in the order
+    named), its ``seed`` and ``steps``; a verifier draws the same rows and trains them again
+    (:func:`learnae.training.replay.train_segment`).
+
+    Args:
+        seed: the segment's seed, 0 <= seed < 2**63.
+        rows: rows in the named data, >= 1.
+        steps: batches, >= 1.
+        batch_size: rows per batch, >= 1.
+
+    Returns:
+        Row indices, shape ``(steps, batch_size)``, int64.
+
+    Raises:
+        ValueError: an argument out of range.
+    """
+    seed = _integer("seed", seed, 0)
+    if seed >= 2**63:
+        raise ValueError(f"seed must be below 2**63, got {seed}")
+    rows, steps, batch_size = (_integer(name, v, 1) for name, v in
+                               (("rows", rows), ("steps", steps), ("batch_size", batch_size)))
+    return np.random.default_rng(seed).integers(0, rows, size=(steps, batch_size), dtype=np.int64)
+
+
+def replay_verdict(
+    base: Mapping[str, np.ndarray], claimed: Mapping[str, np.ndarray], replayed: Mapping[str, np.ndarray],
+    tolerance: float = REPLAY_TOLERANCE,
+) -> Verdict:
+    """Judge a checkpoint by training it again: Proof-of-Learning's check (Jia et al., IEEE S&P 2021).
+
+    ``distance = ||claimed - replayed|| / ||claimed - base||``: how far the replay lands from
+    the checkpoint, relative to the update the checkpoint claims (all tensors flattened into
+    one vector, float64, Euclidean norm). ``agree`` (``ok``) when ``distance <= tolerance``,
+    else ``dispute`` ``replay-mismatch``: the update was not trained from ``base`` on the named
+    data with the named seed (a ``false-data-claim``, or training that did not happen). A zero
+    update replays to a distance of 0 if the replay is equal too, else infinity. With
+    TensorFlow's op determinism on one CPU the replay is bit-identical (``bench/verify.py``);
+    the tolerance leaves room for other CPUs' floating-point paths.
+
+    Args:
+        base: the weights the segment started from (path -> array).
+        claimed: the checkpoint's weights, the same paths and shapes.
+        replayed: the verifier's replay's, the same paths and shapes.
+        tolerance: the largest distance agreed with, >= 0.
+
+    Returns:
+        A :class:`Verdict` of method ``replay``; figures ``replay_distance`` (when finite) and
+        ``update_norm``.
+
+    Raises:
+        ValueError: the three differ in paths or shapes, or ``tolerance`` is negative.
+    """
+    if not tolerance >= 0:
+        raise ValueError(f"tolerance must be >= 0, got {tolerance!r}")
+    keys = sorted(claimed)
+    for name, weights in (("base", base), ("replayed", replayed)):
+        if sorted(weights) != keys or any(np.shape(weights[k]) != np.shape(claimed[k]) for k in keys):
+            raise ValueError(f"{name} has other weight paths or shapes than the checkpoint")
+
+    def norm(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray]) -> float:
+        return math.sqrt(sum(float(np.sum((np.asarray(a[k], np.float64) - np.asarray(b[k], np.float64)) ** 2))
+                             for k in keys))
+
+    update, gap = norm(claimed, base), norm(claimed, replayed)
+    distance = gap / update if update > 0 else (0.0 if gap == 0 else math.inf)
+    figures = {"update_norm": update}
+    if math.isfinite(distance):
+        figures["replay_distance"] = distance
+    if distance <= tolerance:
+        return Verdict("replay", AGREE, "ok", figures)
+    return Verdict("replay", DISPUTE, "replay-mismatch", figures)
 
 
 def claims_verdict(samples: int, step: int, previous_step: int | None, batch_size: int) -> Verdict:

@@ -1,12 +1,12 @@
 """Spot checks between real node processes: a lazy member is disputed and left out of merges.
 
-Three ``learnae node run`` processes (embedded Kubo, TensorFlow, digits on Dirichlet(0.5)
+Four ``learnae node run`` processes (embedded Kubo, TensorFlow, digits on Dirichlet(0.5)
 shards) on loopback; one of them runs ``--behaviour lazy``: it trains nothing and republishes
-what it merged plus noise. The swarm checks every checkpoint (``rate`` 1: the two others judge
-each one; the default 5% is exercised by the memory driver's ``verification`` scenario, which
-needs 20 nodes). The honest nodes dispute the lazy node's checkpoints, flag it, refuse its
-checkpoints as ``low-standing``, never flag each other, and ``learnae ledger attestations``
-shows it.
+what it merged plus noise. The swarm checks every checkpoint (``rate`` 1: two of the three
+others judge each one; the default 5% is exercised by the memory driver's ``verification``
+scenario, which needs 20 nodes). The honest nodes dispute the lazy node's checkpoints, flag
+it, refuse its checkpoints as ``low-standing``, never flag each other, and ``learnae ledger
+attestations`` shows it.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from learnae.models import model_config
 
 pytestmark = pytest.mark.slow
 
-NODES, LAZY = 3, 2
+NODES, LAZY = 4, 3
 
 
 def test_a_lazy_node_is_disputed_flagged_and_left_out_of_merges(tmp_path, launch):
