@@ -164,3 +164,30 @@ async def test_future_dated_unfetchable_checkpoints_do_not_starve_an_honest_one(
         await ipfs.close()
         await server.close()
         tangle.close()
+
+
+async def test_the_final_merge_waits_a_short_time_for_a_peer_that_is_gone(tmp_path, monkeypatch):
+    """A stopping node merges with every peer's freshest checkpoint; a peer that stopped first
+    serves nothing, and the final merge gives it FINAL_FETCH_TIMEOUT, not the fetch timeout."""
+    import learnae.node.network as network
+
+    monkeypatch.setattr(network, "FINAL_FETCH_TIMEOUT", 0.2)
+    manifest = Manifest(checkpoint_interval=0, name="peers", model=model_config("iris-mlp"), pow_bits=2, merge="mean")
+    swarm = init_swarm(tmp_path / "swarm", manifest, founder=identity(1))
+    tangle, _ = open_tangle(swarm.directory)
+    ipfs = MemoryNetwork(seed=0).node("node")
+    node = NetworkSide(ipfs=ipfs, sync=TangleSync(tangle, ipfs), identity=identity(2), manifest=manifest,
+                       expect={k: (v.shape, v.dtype.name) for k, v in WEIGHTS.items()}, k=4,
+                       fetch_timeout=30.0)
+    gone = content_id(os.urandom(64))  # its author stopped: nobody serves it
+    tangle.append(identity(3), "checkpoint", checkpoint_payload(
+        cid=gone, size=64, step=10, samples=100, base=[], data=[], metrics={}))
+    offer = Offer(weights=dict(WEIGHTS), step=5, samples=50, total_samples=50, k=4)
+    try:
+        started = time.monotonic()
+        assert await node.merge_all(offer) is None
+        assert time.monotonic() - started < 10  # the fetch timeout would have been 30 s
+        assert node.rejections["timeout"] == 1
+    finally:
+        await ipfs.close()
+        tangle.close()
