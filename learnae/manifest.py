@@ -39,12 +39,12 @@ key                        meaning                                              
 The model may have at most ``limits.checkpoint_bytes / 4`` parameters (a float32 parameter
 takes 4 bytes of a checkpoint), counted from its config without building it.
 
-``verification`` is a map of ``rate`` (0.05; 0 turns it off), ``verifiers`` (2), ``threshold`` (0.5),
-``prior_agree`` (3.0), ``prior_dispute`` (1.0), ``unselected_weight`` (0.25), ``sample_cap``
-(4.0), ``min_gain`` (0.25) and ``max_rise`` (0.0), missing keys taking those defaults
-(:class:`Verification`, used by :mod:`learnae.verify`). The payload has it only when it differs from the defaults, so a manifest
-made before verification existed keeps its payload, and its genesis its id (and now verifies at
-the default rate).
+``verification`` is a map of ``rate`` (0.05; 0 turns it off), ``verifiers`` (2),
+``threshold`` (0.5), ``prior_agree`` (3.0), ``prior_dispute`` (1.0), ``unselected_weight``
+(0.25), ``sample_cap`` (4.0), ``min_gain`` (0.25) and ``max_rise`` (0.0), missing keys taking
+those defaults (:class:`Verification`, used by :mod:`learnae.verify`). The payload has it only
+when it differs from the defaults, so a manifest made before verification existed keeps its
+payload, and its genesis its id (and now verifies at the default rate).
 
 Also here: the genesis transaction (:func:`make_genesis`, :func:`manifest_of`), the admission
 list file (:func:`read_admission_file`), and short forms of ids for tables (:func:`short_id`).

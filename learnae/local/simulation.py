@@ -40,8 +40,8 @@ What is real and what is simulated:
   network sides get ``evaluate``, the softmax cross-entropy (nats, in all and per class:
   :class:`~learnae.verify.HoldoutLoss`) of a set of weights on a public validation split
   that every node holds and none trains on (:data:`VALID_FRACTION` of the training split,
-  carved out before sharding; not the test split the accuracies are measured on). Before merging, each checks the newest checkpoints
-  its committees gave it (:meth:`~learnae.node.verifier.CheckpointVerifier.check`) and
+  carved out before sharding; not the test split the accuracies are measured on). Before
+  merging, each checks the newest checkpoints its committees gave it (:meth:`~learnae.node.verifier.CheckpointVerifier.check`) and
   publishes the attestations; after each round's merges, whom each honest trainer had flagged
   is recorded (``SimResult.flagged``).
 - Byzantine trainers publish through the same network side: poisoned weights, or an IPFS
