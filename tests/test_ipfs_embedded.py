@@ -200,6 +200,33 @@ async def test_a_reader_that_falls_behind_holds_a_bounded_number_of_bytes(embedd
         await sub.aclose()
 
 
+async def test_a_fetch_whose_caller_was_cancelled_leaves_no_unretrieved_exception(tmp_path, swarm_key):
+    """A node stopping cancels its merge mid-fetch, then closes: the fetch then fails with
+    NodeClosed, and nobody may be left to log "Future exception was never retrieved"."""
+    import gc
+
+    loop = asyncio.get_running_loop()
+    reported: list[dict] = []
+    saved = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _loop, context: reported.append(context))
+    node = await EmbeddedNode.start(tmp_path / "a", swarm_key)
+    try:
+        task = asyncio.create_task(node.cat(content_id(b"nobody has this " + os.urandom(8)), timeout=30))
+        await eventually(lambda: bool(node._inflight), timeout=10)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    finally:
+        await node.close()
+    await eventually(lambda: not node._inflight, timeout=10)  # the fetch ended (NodeClosed)
+    del task
+    for _ in range(3):
+        await asyncio.sleep(0)
+        gc.collect()
+    loop.set_exception_handler(saved)
+    assert [c.get("message") for c in reported] == []
+
+
 async def test_a_call_given_up_on_leaves_no_thread_exception(tmp_path):
     """A Kubo call that outlives its timeout: the caller gets IpfsTimeout, and the worker
     thread that finishes later must not die on the cancelled future (InvalidStateError)."""

@@ -325,7 +325,11 @@ class EmbeddedNode(IpfsNode):
         if running is None:  # outside the lock: a fetch already done runs the callback at once
             fut.add_done_callback(lambda _f: self._forget(key))
         waiter = asyncio.wrap_future(fut)
-        done, _ = await asyncio.wait({waiter}, timeout=max(timeout, 0.0))  # never cancels the fetch
+        try:
+            done, _ = await asyncio.wait({waiter}, timeout=max(timeout, 0.0))  # never cancels the fetch
+        except asyncio.CancelledError:  # the caller stopped waiting: nobody reads the outcome
+            waiter.add_done_callback(_consume)
+            raise
         if not done:
             waiter.add_done_callback(_consume)
             raise IpfsTimeout(f"no peer served {to_v1(key)} within {timeout:g} s")
