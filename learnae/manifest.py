@@ -41,7 +41,8 @@ takes 4 bytes of a checkpoint), counted from its config without building it.
 
 ``verification`` is a map of ``rate`` (0.05; 0 turns it off), ``verifiers`` (2),
 ``threshold`` (0.5), ``prior_agree`` (3.0), ``prior_dispute`` (1.0), ``unselected_weight``
-(0.25), ``sample_cap`` (4.0), ``min_gain`` (0.25) and ``max_rise`` (0.0), missing keys taking
+(0.25), ``sample_cap`` (4.0), ``min_gain`` (0.25), ``max_rise`` (0.0) and ``data_claims``
+(``"trust"``; ``"replay"``: data are named only by replayable segments), missing keys taking
 those defaults (:class:`Verification`, used by :mod:`learnae.verify`). The payload has it only
 when it differs from the defaults, so a manifest made before verification existed keeps its
 payload, and its genesis its id (and now verifies at the default rate).
@@ -214,6 +215,10 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
+DATA_CLAIMS = ("trust", "replay")
+"""The choices of :attr:`Verification.data_claims`."""
+
+
 @dataclass(frozen=True)
 class Verification:
     """How members check each other's checkpoints and whose checkpoints they stop merging.
@@ -243,6 +248,12 @@ class Verification:
             checkpoint is disputed whatever it taught; 0 (the default) checks no such bound,
             which suits members whose data differ (their honest updates rose up to 4.7 times
             their base's loss in all); a swarm of alike shards can set e.g. 0.05.
+        data_claims: what a checkpoint's ``data`` links (the public chunks it says it trained
+            on) must carry. ``"trust"`` (the default, while ``learnae node run`` cannot yet
+            train replayable segments): nothing, and they are not checked. ``"replay"``: a
+            checkpoint that names data must be a replayable ``segment`` on it, which its
+            committee trains again (:func:`learnae.verify.replay_verdict`); one without is
+            disputed ``data-unreplayable``.
 
     With the defaults an author is flagged after 3 disputes (by committee members) and no
     agreement: (3 + 0) / (3 + 1 + 0 + 3) = 0.43 < 0.5.
@@ -261,6 +272,7 @@ class Verification:
     sample_cap: float = 4.0
     min_gain: float = 0.25
     max_rise: float = 0.0
+    data_claims: str = "trust"
 
     def __post_init__(self) -> None:
         def put(name: str, value: float) -> None:
@@ -279,6 +291,7 @@ class Verification:
                               f" the median would cut honest claims), got {self.sample_cap!r}")
         put("min_gain", _number("verification.min_gain", self.min_gain, 1.0, zero=True))
         put("max_rise", _number("verification.max_rise", self.max_rise, 1e6, zero=True))
+        _choice("verification.data_claims", self.data_claims, DATA_CLAIMS)
         prior = self.prior_agree / (self.prior_agree + self.prior_dispute)
         if not self.threshold < prior:
             raise ConfigError(
@@ -287,8 +300,8 @@ class Verification:
                 f" {prior:.3g}: every author would be flagged before anyone checked its work;"
                 " lower the threshold or raise prior_agree")
 
-    def to_payload(self) -> dict[str, float | int]:
-        """The payload form: a map of the eight parameters (floats, and the int ``verifiers``)."""
+    def to_payload(self) -> dict[str, float | int | str]:
+        """The payload form: a map of the ten parameters (floats, ``verifiers``, ``data_claims``)."""
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
     @classmethod

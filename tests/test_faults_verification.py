@@ -225,6 +225,36 @@ def test_false_data_claim_names_chunks_it_never_adopted(tmp_path):
     drive(scn, tmp_path, inspect)
 
 
+def test_under_replay_segments_are_replayed_and_a_false_data_claim_is_disputed(tmp_path):
+    scn = parse_scenario(small(nodes=6, sensors=1, rounds=8, verification={"rate": 1.0, "data_claims": "replay"},
+                               faults=[liar("n5", "false-data-claim")]))
+
+    def inspect(sim, _published):
+        tangle = sim.nodes["n0"].up.tangle
+        names = {n.identity.public_key: n for n in sim.nodes.values()}
+        segments = [tx for tx in tangle.checkpoints_since(0)[0] if "segment" in tx.payload]
+        by = {name: [tx for tx in segments if names[tx.author].name == name] for name in sim.nodes}
+        assert all(by[f"n{i}"] for i in range(6)), {k: len(v) for k, v in by.items()}
+        for tx in segments:
+            start = tangle.get(tx.links("base")[0])
+            assert start.author == tx.author and tx.payload["step"] - start.payload["step"] == \
+                tx.payload["segment"]["steps"]
+        for name in ("n0", "n1"):  # honest: one pass over the chunks adopted since the last segment
+            node = sim.nodes[name]
+            assert all(set(tx.links("data")) <= node.adopted for tx in by[name])
+        judged = {}
+        for a in tangle.attestations():
+            judged.setdefault(names[a.subject].name == "n5", set()).add((a.checkpoint in {t.id for t in segments},
+                                                                         a.method, a.code))
+        assert (True, "replay", "replay-mismatch") in judged[True]
+        assert not {j for j in judged[True] if j[2] == "ok"}  # every check of the liar disputes it
+        assert (True, "replay", "ok") in judged[False]
+        assert not {j for j in judged[False] if j[1] == "replay" and j[2] != "ok"}  # honest replays agree
+        assert sim.nodes["n0"].trainer.verifier.flagged(sim.nodes["n5"].identity.public_key)
+
+    drive(scn, tmp_path, inspect)
+
+
 def test_publish_only_behaviours_still_do_not_merge(tmp_path):
     scn = parse_scenario(small(rounds=3, faults=[liar("n3", "sign-flip")]))
 
@@ -302,11 +332,11 @@ def test_verification_example_flags_each_detectable_liar_and_no_honest_node(tmp_
     per = liars["per_liar"]
     assert {n: v["behaviour"] for n, v in per.items()} == {
         "n16": "lazy", "n17": "poison-within-bound", "n18": "inflate-samples", "n19": "false-data-claim"}
-    for name in ("n16", "n17", "n18"):
+    for name in ("n16", "n17", "n18", "n19"):  # false-data-claim too: the example replays segments
         assert 1 <= per[name]["updates_until_flagged"] <= 20, per[name]
         assert "excluded" not in per[name]
-    assert per["n19"]["excluded"] == "undetectable_without_replay"
     assert liars["checks"]["checked"] > 0 and liars["checks"]["samples-inconsistent"] > 0
+    assert liars["checks"]["replay-mismatch"] > 0
     assert inv["honest_flagged"]["pass"] and inv["honest_flagged"]["figure"] == 0
     assert inv["byzantine_resistance"]["pass"] and inv["byzantine_resistance"]["bound"] == 0.98
     assert report["rejections"].get("low-standing", 0) > 0  # flagged liars' checkpoints refused

@@ -6,6 +6,7 @@ agreed with; claimed samples are capped in the merge."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from learnae.formats import Checkpoint, encode_checkpoint
@@ -41,9 +42,9 @@ def validation_loss(w) -> HoldoutLoss:
     return HoldoutLoss(sum(per_tensor), per_tensor)
 
 
-async def test_a_lazy_peer_is_disputed_flagged_and_refused_and_claims_are_capped(tmp_path):
-    manifest = Manifest(checkpoint_interval=0, name="verify", model=model_config("iris-mlp"), pow_bits=2,
-                        merge="mean", verification=Verification(rate=1.0))
+async def ledger_and_peer(tmp_path, manifest: Manifest):
+    """A swarm's tangle synced through a memory IPFS node, and a connected peer node that
+    serves what the test adds: ``(tangle, ipfs, peer, sync)``."""
     swarm = init_swarm(tmp_path / "swarm", manifest, founder=identity(1))
     tangle, _ = open_tangle(swarm.directory)
     net = MemoryNetwork(seed=0)
@@ -51,6 +52,20 @@ async def test_a_lazy_peer_is_disputed_flagged_and_refused_and_claims_are_capped
     await peer.connect((await ipfs.addrs())[0])
     sync = TangleSync(tangle, ipfs)
     await sync.start()
+    return tangle, ipfs, peer, sync
+
+
+async def close(tangle, ipfs, peer, sync) -> None:
+    await sync.stop()
+    await ipfs.close()
+    await peer.close()
+    tangle.close()
+
+
+async def test_a_lazy_peer_is_disputed_flagged_and_refused_and_claims_are_capped(tmp_path):
+    manifest = Manifest(checkpoint_interval=0, name="verify", model=model_config("iris-mlp"), pow_bits=2,
+                        merge="mean", verification=Verification(rate=1.0))
+    tangle, ipfs, peer, sync = await ledger_and_peer(tmp_path, manifest)
     node = NetworkSide(ipfs=ipfs, sync=sync, identity=ME, manifest=manifest,
                        expect={k: (s, "float32") for k, s in SHAPES.items()}, k=4, fetch_timeout=1.0,
                        evaluate=validation_loss)
@@ -91,7 +106,70 @@ async def test_a_lazy_peer_is_disputed_flagged_and_refused_and_claims_are_capped
         expected = (50 * 0.0 + 200 * 0.7) / 250
         np.testing.assert_allclose(merged.weights["dense/bias"], expected, rtol=1e-6)
     finally:
-        await sync.stop()
-        await ipfs.close()
-        await peer.close()
-        tangle.close()
+        await close(tangle, ipfs, peer, sync)
+
+
+SENSOR, LIAR = identity(5), identity(6)
+
+
+def replay_by_rows(start, x, y, rows):
+    """A stand-in for training: each batch moves every weight by 0.01 x (its mean feature + label)."""
+    out = {k: v.astype(np.float64) for k, v in start.items()}
+    for batch in rows:
+        step = 0.01 * (float(x[batch].mean()) + float(y[batch].mean()))
+        out = {k: v + step for k, v in out.items()}
+    return {k: v.astype(np.float32) for k, v in out.items()}
+
+
+async def test_segments_are_replayed_and_data_named_without_one_is_disputed(tmp_path):
+    from learnae.formats import Chunk, encode_chunk
+    from learnae.ledger.tx import data_payload
+    from learnae.verify import segment_rows
+
+    manifest = Manifest(checkpoint_interval=0, name="replay", model=model_config("iris-mlp"), pow_bits=2,
+                        merge="mean", batch_size=4,
+                        verification=Verification(rate=1.0, verifiers=3, data_claims="replay"))  # 3 candidates: ME judges all
+    tangle, ipfs, peer, sync = await ledger_and_peer(tmp_path, manifest)
+    expect = {k: (s, "float32") for k, s in SHAPES.items()}
+    sides = [NetworkSide(ipfs=ipfs, sync=sync, identity=ME, manifest=manifest, expect=expect, fetch_timeout=1.0,
+                         evaluate=validation_loss, replay=replay) for replay in (replay_by_rows, None)]
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(10, 4)).astype(np.float32), rng.integers(0, 3, 10).astype(np.int64)
+    raw = encode_chunk(Chunk(x, y, manifest.schema, "sensor", 0, (0, 1)))
+    chunk = tangle.append(SENSOR, "data", data_payload(cid=await peer.add(raw), size=len(raw), rows=10,
+                                                       schema=manifest.schema.to_dict(), source="sensor", seq=0)).id
+
+    async def publish(author: Identity, w, step: int, base=(), data=(), segment=None) -> str:
+        raw = encode_checkpoint(Checkpoint(w, tangle.swarm, step, 12))
+        return tangle.append(author, "checkpoint", checkpoint_payload(
+            cid=await peer.add(raw), size=len(raw), step=step, samples=12, base=list(base), data=list(data),
+            metrics={}, segment=segment)).id
+
+    try:
+        rows = segment_rows(7, 10, 3, manifest.batch_size)
+        honest_start = await publish(HONEST, weights(0.2), 10)
+        await publish(HONEST, replay_by_rows(weights(0.2), x, y, rows), 13, [honest_start], [chunk],
+                      {"seed": 7, "steps": 3})
+        liar_start = await publish(LIAR, weights(0.2), 10)
+        await publish(LIAR, weights(0.3), 13, [liar_start], [chunk], {"seed": 7, "steps": 3})  # never trained
+        unreplayable = await publish(LAZY, weights(0.4), 10, data=[chunk])
+        verdicts = {}
+        for side in sides:
+            side._collect()
+            while (verdict := await side.verifier.check()) is not None:
+                verdicts.setdefault(side.verifier.replay is not None, []).append(verdict)
+        replaying = sorted((v.method, v.code) for v in verdicts[True])
+        assert replaying == [("replay", "data-unreplayable"), ("replay", "ok"), ("replay", "replay-mismatch")]
+        ok = next(v for v in verdicts[True] if v.code == "ok")
+        assert ok.figures["replay_distance"] == 0.0 and ok.figures["steps"] == 3
+        # a node that cannot replay leaves segments unjudged; a data claim without one it still disputes
+        assert [v.code for v in verdicts[False]] == ["data-unreplayable"]
+        assert sides[1].verifier.skipped["no-replay"] == 2
+        disputed = {a.checkpoint for a in tangle.attestations() if a.verdict == "dispute"}
+        assert unreplayable in disputed and len(disputed) == 2
+        # a node's own segment starts from its previous checkpoint, with nothing merged since
+        offer = Offer(weights=weights(0.0), step=5, samples=12, total_samples=12)
+        with pytest.raises(ValueError, match="previous checkpoint"):
+            await sides[0].publish(offer, data=[chunk], segment={"seed": 1, "steps": 3})
+    finally:
+        await close(tangle, ipfs, peer, sync)

@@ -302,6 +302,30 @@ def test_bad_payload_checkpoint(change):
         make_tx(ALICE, kind="checkpoint", payload=payload, parents=[GENESIS.id], swarm=GENESIS.id, pow_bits=0)
 
 
+def test_a_checkpoint_may_claim_a_replayable_segment():
+    payload = checkpoint_payload(cid=CID_B, size=1000, step=110, samples=320, base=[CHECKPOINT.id],
+                                 data=[DATA.id], metrics={}, segment={"seed": 2**63 - 1, "steps": 10})
+    tx = make_tx(ALICE, kind="checkpoint", payload=payload, parents=[CHECKPOINT.id], swarm=GENESIS.id,
+                 pow_bits=POW, time_ms=NOW + 3)
+    assert decode_tx(tx.raw) == tx and tx.payload["segment"] == {"seed": 2**63 - 1, "steps": 10}
+    check(tx)
+
+
+@pytest.mark.parametrize("segment, base, data", [
+    ({"seed": 2**63, "steps": 10}, True, True), ({"seed": 1, "steps": 0}, True, True),
+    ({"seed": 1, "steps": 100_001}, True, True), ({"seed": 1}, True, True),
+    ({"seed": 1, "steps": 1, "lr": 1}, True, True), ({"seed": -1, "steps": 1}, True, True),
+    ([1, 2], True, True), ({"seed": 1, "steps": 1}, False, True), ({"seed": 1, "steps": 1}, True, False),
+], ids=["seed-too-big", "no-steps", "too-many-steps", "steps-missing", "extra-key", "negative-seed",
+        "not-a-map", "no-base", "no-data"])
+def test_bad_segments(segment, base, data):
+    """A segment names its seed and steps, starts from exactly one base, trains on some data."""
+    payload = {**CHECKPOINT.payload, "base": [tx_link(CHECKPOINT.id)] if base else [],
+               "data": [tx_link(DATA.id)] if data else [], "segment": segment}
+    with rejected("bad-payload"):
+        check(decode_tx(forge(kind="checkpoint", payload=payload)))
+
+
 def test_snapshot_transactions():
     """A ledger snapshot is announced by a ``snapshot`` transaction: content CID, size, count, top."""
     payload = snapshot_payload(cid=CID_B, size=123_456, txs=900, top=4000)

@@ -402,14 +402,14 @@ def test_verification_defaults_and_old_manifests():
 
 def test_verification_round_trip():
     v = Verification(rate=0.1, verifiers=3, threshold=0.4, prior_agree=4, prior_dispute=2.0,
-                     unselected_weight=0.0, sample_cap=2.5, min_gain=0.02, max_rise=2)
+                     unselected_weight=0.0, sample_cap=2.5, min_gain=0.02, max_rise=2, data_claims="replay")
     assert type(v.prior_agree) is float  # ints given are kept as floats
     m = digits(verification=v)
     payload = m.to_payload()
     assert payload["verification"] == {
         "rate": 0.1, "verifiers": 3, "threshold": 0.4, "prior_agree": 4.0, "prior_dispute": 2.0,
         "unselected_weight": 0.0, "sample_cap": 2.5, "min_gain": 0.02,
-        "max_rise": 2.0}
+        "max_rise": 2.0, "data_claims": "replay"}
     assert Manifest.from_payload(payload) == m
     assert Manifest.from_payload(libipld.decode_dag_cbor(libipld.encode_dag_cbor(payload))) == m
     assert Manifest.from_payload(json.loads(json.dumps(payload))) == m
@@ -436,6 +436,8 @@ INVALID = [
     ({"min_gain": "0"}, "verification.min_gain"),
     ({"max_rise": -1}, "verification.max_rise"),
     ({"max_rise": math.inf}, "verification.max_rise"),
+    ({"data_claims": "verify"}, "verification.data_claims must be one of trust, replay"),
+    ({"data_claims": True}, "verification.data_claims"),
 ]
 
 

@@ -319,7 +319,8 @@ def _metrics(value: Any) -> bool:
 
 ATTEST_METHODS = ("holdout", "replay", "claims")
 """How an attestation's verifier judged the checkpoint (its payload ``method``)."""
-DISPUTE_CODES = ("holdout-worse", "holdout-no-gain", "samples-inconsistent", "replay-mismatch")
+DISPUTE_CODES = ("holdout-worse", "holdout-no-gain", "samples-inconsistent", "replay-mismatch",
+                 "data-unreplayable")
 """Why a ``dispute`` attestation disputes (its payload ``code``); an ``agree`` has code ``ok``."""
 MAX_FIGURES = 16
 """Most entries in an attestation's ``figures``."""
@@ -334,6 +335,16 @@ def _figures(value: Any) -> bool:
 
 def _one_of(*choices: str) -> Callable[[Any], bool]:
     return lambda v: type(v) is str and v in choices
+
+
+MAX_SEGMENT_STEPS = 100_000
+"""Most batches a checkpoint's replayable ``segment`` may claim (what a verifier replays)."""
+
+
+def _segment(value: Any) -> bool:
+    return (type(value) is dict and value.keys() == {"seed", "steps"}
+            and _is_uint(value["seed"]) and value["seed"] < 2**63
+            and _is_uint(value["steps"]) and 1 <= value["steps"] <= MAX_SEGMENT_STEPS)
 
 
 _PAYLOADS: dict[str, dict[str, Callable[[Any], bool]]] = {
@@ -353,6 +364,8 @@ _PAYLOADS: dict[str, dict[str, Callable[[Any], bool]]] = {
         "code": _one_of("ok", *DISPUTE_CODES), "figures": _figures,
     },
 }
+_OPTIONAL: dict[str, dict[str, Callable[[Any], bool]]] = {"checkpoint": {"segment": _segment}}
+"""Keys a kind's payload may hold besides its own (absent, they say nothing)."""
 KINDS = frozenset({"genesis", *_PAYLOADS})
 """The transaction kinds this version accepts: ``genesis``, ``checkpoint``, ``data``,
 ``snapshot`` and ``attestation``."""
@@ -363,6 +376,7 @@ _PAYLOAD_RULES = {
     "verdict": "'agree' or 'dispute'", "code": f"'ok' or one of {', '.join(DISPUTE_CODES)}",
     "figures": f"a map of at most {MAX_FIGURES} texts of at most {MAX_FIGURE_KEY} characters to finite"
                " floats",
+    "segment": f"a map of 'seed' (an unsigned int below 2**63) and 'steps' (1 to {MAX_SEGMENT_STEPS})",
 }
 
 
@@ -373,7 +387,10 @@ def check_payload(kind: str, payload: Any) -> None:
 
     ``checkpoint``: ``cid`` (content CIDv1 base32 string), ``size`` (bytes), ``step``,
     ``samples`` (unsigned ints), ``base``, ``data`` (lists of tx links), ``metrics`` (text to
-    finite float). ``data``: ``cid``, ``size``, ``rows``, ``schema`` (map), ``source`` (map or
+    finite float), and optionally ``segment``: the update is a replayable training segment
+    (``seed``, ``steps``: :func:`learnae.verify.segment_rows`) that starts from its only
+    ``base`` and trains on the rows of its ``data`` (at least one), in the order named.
+    ``data``: ``cid``, ``size``, ``rows``, ``schema`` (map), ``source`` (map or
     text), ``seq`` (unsigned int). ``snapshot``: ``cid`` (content CIDv1 base32 string of the
     snapshot file on IPFS), ``size`` (its bytes), ``txs`` (transactions in it), ``top`` (the
     highest height among them), unsigned ints. ``attestation``: ``checkpoint`` (a tx link: the
@@ -399,14 +416,21 @@ def check_payload(kind: str, payload: Any) -> None:
     rules = _PAYLOADS.get(kind)
     if rules is None:
         return
-    if payload.keys() != rules.keys():
+    optional = _OPTIONAL.get(kind, {})
+    if not rules.keys() <= payload.keys() <= rules.keys() | optional.keys():
+        also = f" (optionally also {sorted(optional)})" if optional else ""
         raise TxRejected(
-            f"{kind} payload keys {sorted(payload)} are not {sorted(rules)}", code="bad-payload"
+            f"{kind} payload keys {sorted(payload)} are not {sorted(rules)}{also}", code="bad-payload"
         )
-    for key, ok in rules.items():
-        if not ok(payload[key]):
+    for key, ok in (*rules.items(), *optional.items()):
+        if key in payload and not ok(payload[key]):
             rule = _PAYLOAD_RULES.get(key, "an unsigned int")
             raise TxRejected(f"{kind} payload {key!r} must be {rule}", code="bad-payload")
+    if "segment" in payload and (len(payload["base"]) != 1 or not payload["data"]):
+        raise TxRejected(
+            f"checkpoint segment needs exactly one base (the weights it starts from) and some data"
+            f" (the rows it trains on); it has {len(payload['base'])} base and"
+            f" {len(payload['data'])} data links", code="bad-payload")
     if kind == "attestation" and (payload["verdict"] == "agree") != (payload["code"] == "ok"):
         raise TxRejected(
             f"attestation code {payload['code']!r} does not go with verdict {payload['verdict']!r}:"
@@ -417,14 +441,21 @@ def check_payload(kind: str, payload: Any) -> None:
 
 def checkpoint_payload(
     *, cid: str, size: int, step: int, samples: int, base: Iterable[str], data: Iterable[str],
-    metrics: dict[str, float],
+    metrics: dict[str, float], segment: Mapping[str, int] | None = None,
 ) -> dict:
-    """A ``checkpoint`` payload; ``base``/``data`` are tx ids (stored as links)."""
-    return {
+    """A ``checkpoint`` payload; ``base``/``data`` are tx ids (stored as links).
+
+    ``segment`` (``seed``, ``steps``), if given, says the update is a replayable training
+    segment from the only ``base`` on the ``data`` rows (:func:`check_payload`).
+    """
+    payload = {
         "cid": cid, "size": size, "step": step, "samples": samples,
         "base": [tx_link(b) for b in base], "data": [tx_link(d) for d in data],
         "metrics": {k: float(v) for k, v in metrics.items()},
     }
+    if segment is not None:
+        payload["segment"] = {"seed": int(segment["seed"]), "steps": int(segment["steps"])}
+    return payload
 
 
 def data_payload(*, cid: str, size: int, rows: int, schema: dict, source: dict | str, seq: int) -> dict:

@@ -43,10 +43,11 @@ Each invariant has its measured figure and its bound:
                             round after whose merges every live honest node had flagged it
                             (its standing below the swarm's threshold); the figure is the
                             worst such delay, bound ``detect_updates``. A liar never flagged by
-                            all fails it. A behaviour verification cannot see yet is reported
-                            and left out (:data:`UNDETECTABLE`: ``false-data-claim`` trains
-                            honestly, and only a replay of its training would show that it did
-                            not use the data it names).
+                            all fails it. A behaviour verification cannot see is reported and
+                            left out (:data:`UNDETECTABLE`): ``false-data-claim`` unless the
+                            scenario's ``data_claims`` is ``"replay"`` (it trains honestly, and
+                            only a replay of its training shows that it did not use the data it
+                            names).
 ``honest_flagged``          (likewise) honest nodes that any live honest node flagged after any
                             round's merges; bound 0.
 """
@@ -65,7 +66,8 @@ from learnae.local.scenario import LIARS, Scenario
 __all__ = ["UNDETECTABLE", "check_invariants", "final_mean", "kept_content"]
 
 UNDETECTABLE = {"false-data-claim": "undetectable_without_replay"}
-"""Liar behaviours ``liars_flagged`` leaves out, with the reason given in the report."""
+"""Liar behaviours ``liars_flagged`` leaves out when data claims are trusted (the manifest's
+verification ``data_claims``), with the reason given in the report."""
 
 
 def kept_content(tangle: Tangle, keep: int) -> dict[str, Tx]:
@@ -158,13 +160,19 @@ def check_invariants(scn: Scenario, run: SimResult, ref: SimResult) -> dict[str,
             merge_rule=scn.merge, honest_final={k: round(v, 4) for k, v in finals.items()})
     liars = {n: f.behaviour for n, f in scn.byzantine().items() if f.behaviour in LIARS}
     if liars:
-        out["liars_flagged"] = _liars_flagged(run, liars, int(b["detect_updates"]))
+        replay = scn.verification is not None and scn.verification.data_claims == "replay"
+        out["liars_flagged"] = _liars_flagged(run, liars, int(b["detect_updates"]),
+                                              {} if replay else UNDETECTABLE)
         out["honest_flagged"] = _honest_flagged(run)
     return out
 
 
-def _liars_flagged(run: SimResult, liars: dict[str, str], bound: int) -> dict[str, Any]:
-    """The ``liars_flagged`` invariant (see the module docstring); ``liars``: name -> behaviour."""
+def _liars_flagged(run: SimResult, liars: dict[str, str], bound: int,
+                   undetectable: dict[str, str]) -> dict[str, Any]:
+    """The ``liars_flagged`` invariant (see the module docstring).
+
+    ``liars``: name -> behaviour; ``undetectable``: behaviour -> why it is left out.
+    """
     per_liar: dict[str, dict[str, Any]] = {}
     delays: list[int | None] = []
     for name, behaviour in sorted(liars.items()):
@@ -181,8 +189,8 @@ def _liars_flagged(run: SimResult, liars: dict[str, str], bound: int) -> dict[st
             "behaviour": behaviour, "updates_until_flagged": updates, "flagged_in_round": detected,
             "updates_published": len(lies), "relapsed_rounds": after - max(len(by_all) - 1, 0),
             "flagged_at_end_by": f"{sum(name in seen for seen in last.values())}/{len(last)}"}
-        if behaviour in UNDETECTABLE:
-            per_liar[name]["excluded"] = UNDETECTABLE[behaviour]
+        if behaviour in undetectable:
+            per_liar[name]["excluded"] = undetectable[behaviour]
         else:
             delays.append(updates)
     worst = None if None in delays or not delays else max(d for d in delays if d is not None)

@@ -117,7 +117,9 @@ its merged weights plus Gaussian noise of ``sigma`` times each tensor's RMS (def
 ``w_prev - scale * (w_new - w_prev)``, the update reversed, its norm held within half the merge's
 norm bound; ``inflate-samples`` trains honestly and claims :data:`INFLATE` times its samples for
 the steps an honest node claims; ``false-data-claim`` trains honestly on its shard, adopts no
-chunk, and names in its checkpoints' ``data`` the swarm's data transactions it did not adopt."""
+chunk, and names in its checkpoints' ``data`` the swarm's data transactions it did not adopt
+(under ``data_claims = "replay"``, as replayable segments from its previous checkpoint that it
+never trained)."""
 BEHAVIOURS = ("sign-flip", "noise", "scale", "stale", "fake-cid", "flood", *LIARS)
 """Byzantine behaviours. Publish-only (the node never merges): publish ``-w``; ``w + N(0,
 sigma)``; ``100 w``; replay the first checkpoint's CID; announce CIDs of content nobody has;

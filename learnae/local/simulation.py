@@ -43,7 +43,11 @@ What is real and what is simulated:
   carved out before sharding; not the test split the accuracies are measured on). Before
   merging, each checks the newest checkpoints its committees gave it (:meth:`~learnae.node.verifier.CheckpointVerifier.check`) and
   publishes the attestations; after each round's merges, whom each honest trainer had flagged
-  is recorded (``SimResult.flagged``).
+  is recorded (``SimResult.flagged``). Under ``data_claims = "replay"`` checkpoints name data
+  only as replayable segments: every :data:`REPLAY_EVERY` rounds an honest trainer follows its
+  checkpoint with one pass of SGD over the chunks it adopted since its last segment
+  (:func:`_softmax_segment`, rows by :func:`~learnae.verify.segment_rows`), which verifiers
+  train again to judge it.
 - Byzantine trainers publish through the same network side: poisoned weights, or an IPFS
   node that announces bytes it does not serve (``fake-cid``: random; ``stale``: its first
   checkpoint again); ``flood`` gossips invalid transactions besides. These only publish. The
@@ -51,7 +55,8 @@ What is real and what is simulated:
   nothing) and lie in what they publish: ``lazy`` skips training and publishes its weights
   plus noise; ``poison-within-bound`` publishes its update reversed (:func:`_poison`);
   ``inflate-samples`` claims :data:`~learnae.local.scenario.INFLATE` times its samples;
-  ``false-data-claim`` adopts no chunk and names the data txs it saw in its checkpoints.
+  ``false-data-claim`` adopts no chunk and names the data txs it saw in its checkpoints (under
+  replay, as segments it did not train).
 - Crash: the node's syncer stops and its memory IPFS node closes (it leaves the network);
   its SQLite tangle is closed and kept, as are its pinned content (a Kubo repo is on disk)
   and its adopted chunks. Restart: a new memory node with the same name and content, the
@@ -63,6 +68,7 @@ What is real and what is simulated:
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import json
 import logging
@@ -96,7 +102,7 @@ from learnae.models import mlp
 from learnae.node.network import DEFAULT_KEEP, NetworkSide
 from learnae.node.upkeep import Upkeep, repo_bound
 from learnae.training.bridge import Offer
-from learnae.verify import HoldoutLoss, holdout_loss
+from learnae.verify import HoldoutLoss, holdout_loss, segment_rows
 
 __all__ = ["simulate"]
 
@@ -109,6 +115,9 @@ LIMITS = Limits(tx_bytes=8192, checkpoint_bytes=1 << 20, chunk_bytes=1 << 20)
 _STALE_ROUNDS = 2  # peer checkpoints older than this many rounds are not merged (stale)
 CHECKS_PER_ROUND = 2
 """Spot checks of peers' checkpoints an honest trainer makes at most in each merge phase."""
+REPLAY_EVERY = 3
+"""Under ``data_claims = "replay"``, an honest trainer publishes a replayable segment over the
+chunks it adopted since its last one every this many rounds (after that round's checkpoint)."""
 VALID_FRACTION = 0.1
 """Share of the training split carved out as the public validation split (trained on by nobody)."""
 
@@ -122,6 +131,17 @@ async def _inline(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
 KERNEL, BIAS = "output/kernel", "output/bias"  # the weights of the manifest's model
 
 
+def _sgd_step(kernel: np.ndarray, bias: np.ndarray, xb: np.ndarray, yb: np.ndarray, lr: float) -> None:
+    """One SGD step of softmax regression (cross-entropy) on a float64 batch, in place."""
+    logits = xb @ kernel + bias
+    logits -= logits.max(axis=1, keepdims=True)
+    p = np.exp(logits)
+    p /= p.sum(axis=1, keepdims=True)
+    p[np.arange(len(yb)), yb] -= 1.0
+    kernel -= lr * (xb.T @ p) / len(yb)
+    bias -= lr * p.mean(axis=0)
+
+
 def _softmax_train(w: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray, steps: int, batch: int,
                    lr: float, rng: np.random.Generator) -> dict[str, np.ndarray]:
     """``steps`` minibatch SGD steps of softmax regression (cross-entropy); returns new weights."""
@@ -129,14 +149,24 @@ def _softmax_train(w: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray, steps
     bias = w[BIAS].astype(np.float64)
     for _ in range(steps):
         rows = rng.integers(0, len(x), size=min(batch, len(x)))
-        xb, yb = x[rows].astype(np.float64), y[rows]
-        logits = xb @ kernel + bias
-        logits -= logits.max(axis=1, keepdims=True)
-        p = np.exp(logits)
-        p /= p.sum(axis=1, keepdims=True)
-        p[np.arange(len(yb)), yb] -= 1.0
-        kernel -= lr * (xb.T @ p) / len(yb)
-        bias -= lr * p.mean(axis=0)
+        _sgd_step(kernel, bias, x[rows].astype(np.float64), y[rows], lr)
+    return {KERNEL: kernel.astype(np.float32), BIAS: bias.astype(np.float32)}
+
+
+def _softmax_segment(w: Mapping[str, np.ndarray], x: np.ndarray, y: np.ndarray, rows: np.ndarray,
+                     lr: float) -> dict[str, np.ndarray]:
+    """SGD of softmax regression on the batches ``x[rows[i]]``: a replayable segment.
+
+    What an honest trainer trains and a verifier replays (a
+    :data:`~learnae.node.verifier.Replay`): the same ``w``, rows ``(steps, batch)`` and
+    arrays give bit-identical weights. ``x`` ``(n, ...)`` is flattened per row, as the
+    trainers' data are.
+    """
+    flat = x.reshape(len(x), -1).astype(np.float64)
+    kernel = np.asarray(w[KERNEL], np.float64).copy()
+    bias = np.asarray(w[BIAS], np.float64).copy()
+    for batch in rows:
+        _sgd_step(kernel, bias, flat[batch], y[batch], lr)
     return {KERNEL: kernel.astype(np.float32), BIAS: bias.astype(np.float32)}
 
 
@@ -215,6 +245,7 @@ class _Node:
     first_cid: str | None = None  # its first checkpoint (what a ``stale`` Byzantine node announces)
     adopted: set[str] = field(default_factory=set)  # data tx ids whose rows joined x, y (kept on disk)
     unnamed: list[str] = field(default_factory=list)  # adopted, not yet named in a checkpoint
+    chunks: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)  # adopted tx -> its rows
     claimed: int = 0  # ``false-data-claim``: data seq of the last data tx it named
     merged_tags: list[tuple[str, ...]] = field(default_factory=list)  # merged since the last publish
     merges: int = 0
@@ -308,6 +339,7 @@ class _Adopted:
         node.y = np.concatenate([node.y, y.astype(node.y.dtype)])
         node.adopted.add(tx)
         node.unnamed.append(tx)
+        node.chunks[tx] = (x, y)  # as decoded: what a verifier replays its segment on
 
 
 def _identity(seed: int, name: str) -> Identity:
@@ -368,6 +400,7 @@ class _Sim:
     async def setup(self) -> None:
         scn = self.scn
         verification = scn.verification or Verification(rate=0.0)
+        self.replay = verification.data_claims == "replay"
         train, self.test, shards, valid = _load_data(scn, verification.rate > 0)
         self.evaluate: Callable[[Mapping[str, np.ndarray]], HoldoutLoss] | None = None
         if valid is not None:
@@ -447,7 +480,8 @@ class _Sim:
                               fetch_timeout=self.scn.fetch_timeout,
                               adopt_authors=self.sensor_keys_or_none(), clock=self._clock,
                               rng=node.rng, offload=_inline,
-                              evaluate=None if node.name in self.byz else self.evaluate)
+                              evaluate=None if node.name in self.byz else self.evaluate,
+                              replay=functools.partial(_softmax_segment, lr=self.scn.learning_rate))
         node.parts = _Parts(ipfs, tangle, sync, net, None if net is None else Upkeep(net))
 
     async def restart(self, node: _Node) -> None:
@@ -542,27 +576,66 @@ class _Sim:
             node.weights = _softmax_train(node.weights, node.x, node.y, scn.local_steps, scn.batch_size,
                                           scn.learning_rate, node.np_rng)
         node.step += scn.local_steps
-        weights, samples, data = node.weights, scn.local_steps * scn.batch_size, node.unnamed
+        # Under data_claims = "replay" data are named only by segments (below).
+        weights, samples, data = node.weights, scn.local_steps * scn.batch_size, [] if self.replay else node.unnamed
+        segment = None
         if bad is not None:
-            weights, samples, data = self._lie(node, bad, before, samples)
+            weights, samples, data = self._lie(node, bad, before, samples, data)
+            if lie == "false-data-claim" and self.replay and data and node.trainer.last_checkpoint:
+                # it claims a segment on the data, from its previous checkpoint, that it never trained
+                segment = {"seed": int(node.np_rng.integers(2**63)), "steps": max(1, samples // scn.batch_size)}
             self.lied.setdefault(node.name, []).append(r)
-        offer = Offer(weights, step=node.step, samples=samples, total_samples=node.step * scn.batch_size,
-                      merged=tuple(node.merged_tags), k=scn.peers_per_merge)
-        metrics = {"accuracy": _accuracy(node.weights, node.x, node.y)}
-        tx, raw = await node.trainer.publish(offer, metrics=metrics, data=data)
-        self.checkpoint_size = max(self.checkpoint_size, len(raw))
-        node.acked.append(tx.id)
-        node.unnamed, node.merged_tags = [], []
+        merged = () if segment is not None else tuple(node.merged_tags)
+        await self._publish_checkpoint(node, Offer(weights, step=node.step, samples=samples,
+                                                   total_samples=node.step * scn.batch_size, merged=merged,
+                                                   k=scn.peers_per_merge), data, segment)
+        if self.replay and bad is None and node.unnamed and r % REPLAY_EVERY == 0:
+            await self._publish_segment(node)
+        if not (self.replay and bad is None):  # named now, or never (a liar's)
+            for t in node.unnamed:
+                node.chunks.pop(t, None)
+            node.unnamed = []
+        node.merged_tags = []
         if bad is not None and bad.behaviour == "flood":
             await self._flood(node, bad.count)
 
-    def _lie(self, node: _Node, bad: Fault, before: dict[str, np.ndarray],
-             samples: int) -> tuple[dict[str, np.ndarray], int, list[str]]:
+    async def _publish_checkpoint(self, node: _Node, offer: Offer, data: list[str],
+                                  segment: dict[str, int] | None = None) -> None:
+        metrics = {"accuracy": _accuracy(node.weights, node.x, node.y)}
+        tx, raw = await node.trainer.publish(offer, metrics=metrics, data=data, segment=segment)
+        self.checkpoint_size = max(self.checkpoint_size, len(raw))
+        node.acked.append(tx.id)
+
+    async def _publish_segment(self, node: _Node) -> None:
+        """Train one pass over the chunks adopted since the last segment, replayably, and publish it.
+
+        The segment starts from the checkpoint just published; its batches are
+        :func:`~learnae.verify.segment_rows` of a fresh seed over the chunks' rows, in the
+        order named, so the committee can train it again (:func:`_softmax_segment`).
+        """
+        scn = self.scn
+        x = np.concatenate([node.chunks[t][0] for t in node.unnamed])
+        y = np.concatenate([node.chunks[t][1] for t in node.unnamed])
+        steps = -(-len(x) // scn.batch_size)
+        segment = {"seed": int(node.np_rng.integers(2**63)), "steps": steps}
+        rows = segment_rows(segment["seed"], len(x), steps, scn.batch_size)
+        node.weights = _softmax_segment(node.weights, x, y, rows, scn.learning_rate)
+        node.step += steps
+        offer = Offer(node.weights, step=node.step, samples=steps * scn.batch_size,
+                      total_samples=node.step * scn.batch_size, k=scn.peers_per_merge)
+        await self._publish_checkpoint(node, offer, node.unnamed, segment)
+        for t in node.unnamed:
+            del node.chunks[t]
+        node.unnamed = []
+
+    def _lie(self, node: _Node, bad: Fault, before: dict[str, np.ndarray], samples: int,
+             data: list[str]) -> tuple[dict[str, np.ndarray], int, list[str]]:
         """What Byzantine ``node`` publishes: ``(weights, samples, data)`` (see ``BEHAVIOURS``).
 
-        ``before`` are its weights before this round's training, ``samples`` the honest claim.
+        ``before`` are its weights before this round's training, ``samples`` and ``data`` the
+        honest claims.
         """
-        weights, data, lie = node.weights, node.unnamed, bad.behaviour
+        weights, lie = node.weights, bad.behaviour
         if lie == "sign-flip":
             weights = {k: -v for k, v in weights.items()}
         elif lie == "noise":

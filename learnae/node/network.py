@@ -38,7 +38,7 @@ from learnae.ledger.tx import Tx, checkpoint_payload
 from learnae.manifest import Manifest
 from learnae.merge import Contribution, MergeResult, merge
 from learnae.node.peers import PeerChoice
-from learnae.node.verifier import CheckpointVerifier, Evaluate
+from learnae.node.verifier import CheckpointVerifier, Evaluate, Replay
 from learnae.training.bridge import Merged, Offer
 from learnae.training.pool import StoreError
 from learnae.verify import cap_samples
@@ -96,8 +96,8 @@ async def publish_checkpoint(ipfs: IpfsNode, sync: TangleSync, identity: Identit
                              weights: Mapping[str, np.ndarray], step: int, samples: int,
                              base: Sequence[str] = (), metrics: Mapping[str, float] | None = None,
                              data: Sequence[str] = (), offload: Offload = asyncio.to_thread,
-                             time_ms: int | None = None,
-                             rng: random.Random | None = None) -> tuple[Tx, bytes]:
+                             time_ms: int | None = None, rng: random.Random | None = None,
+                             segment: Mapping[str, int] | None = None) -> tuple[Tx, bytes]:
     """Publish weights as a checkpoint and announce it in a signed ``checkpoint`` tx.
 
     The steps: safetensors -> ``ipfs.add`` (pinned) -> signed ``checkpoint`` tx -> gossip.
@@ -115,6 +115,8 @@ async def publish_checkpoint(ipfs: IpfsNode, sync: TangleSync, identity: Identit
         offload: how the encoding leaves the event loop (:data:`Offload`).
         time_ms: the tx's time, ms since the Unix epoch (None: now).
         rng: random generator for mining and tip selection (None: seeded by the system).
+        segment: ``seed`` and ``steps`` of a replayable training segment from the only
+            ``base`` on the rows of ``data`` (:func:`learnae.verify.segment_rows`), or None.
 
     Returns:
         ``(tx, file bytes)``.
@@ -127,7 +129,8 @@ async def publish_checkpoint(ipfs: IpfsNode, sync: TangleSync, identity: Identit
     raw = await offload(encode_checkpoint, ckpt)
     cid = await ipfs.add(raw)
     payload = checkpoint_payload(cid=cid, size=len(raw), step=int(step), samples=int(samples),
-                                 base=list(dict.fromkeys(base)), data=adopted, metrics=dict(metrics or {}))
+                                 base=list(dict.fromkeys(base)), data=adopted, metrics=dict(metrics or {}),
+                                 segment=segment)
     tx = await sync.append(identity, "checkpoint", payload, time_ms=time_ms, rng=rng)
     return tx, raw
 
@@ -229,6 +232,8 @@ class NetworkSide:
             it, and a manifest whose verification ``rate`` is above 0, the node spot-checks
             its peers' checkpoints (:attr:`verifier`); without it, it checks none but still
             merges by the standings the ledger's attestations give.
+        replay: trains a segment again (blocking; :data:`~learnae.node.verifier.Replay`); with
+            it the node's checks replay the peers' replayable segments.
 
     Attributes:
         rejections: refused peer checkpoints and chunks by code: ``timeout``, ``ipfs``,
@@ -261,7 +266,8 @@ class NetworkSide:
                  adopt_authors: frozenset[bytes] | None = None,
                  clock: Callable[[], float] = time.time, rng: random.Random | None = None,
                  offload: Offload = asyncio.to_thread, rejections: Counter[str] | None = None,
-                 errors: Counter[str] | None = None, evaluate: Evaluate | None = None):
+                 errors: Counter[str] | None = None, evaluate: Evaluate | None = None,
+                 replay: Replay | None = None):
         self.ipfs, self.sync, self.identity, self.manifest = ipfs, sync, identity, manifest
         self.expect = expect
         self.k, self.keep, self.fetch_timeout = k, keep, fetch_timeout
@@ -286,7 +292,9 @@ class NetworkSide:
         self._tries: dict[str, int] = {}
         self.verifier = CheckpointVerifier(
             sync=sync, identity=identity, manifest=manifest, evaluate=evaluate,
-            fetch=self._fetch, offload=offload, clock=clock, rng=rng)
+            fetch=self._fetch, offload=offload, clock=clock, rng=rng, replay=replay,
+            fetch_data=lambda tx: fetch_chunk(self.ipfs, tx, self.manifest, timeout=self.fetch_timeout,
+                                              offload=self.offload))
 
     async def _fetch(self, tx: Tx, timeout: float | None = None) -> Contribution:
         return await fetch_peer_checkpoint(self.ipfs, tx, self.manifest, self.expect, genesis=self.tangle.swarm,
@@ -300,29 +308,39 @@ class NetworkSide:
 
     # -------------------------------------------------------------------------- publish
     async def publish(self, offer: Offer, *, metrics: Mapping[str, float] | None = None,
-                      data: Sequence[str] = ()) -> tuple[Tx, bytes]:
+                      data: Sequence[str] = (), segment: Mapping[str, int] | None = None) -> tuple[Tx, bytes]:
         """Publish ``offer``'s weights as a checkpoint; keep the last ``keep`` own ones pinned.
 
         The checkpoint descends from this node's previous checkpoint and from the peers'
-        merged since (``offer.merged``'s tags), and names the data txs ``data``.
+        merged since (``offer.merged``'s tags), and names the data txs ``data``. Its time is
+        at least 1 ms after the previous one's, so an author's checkpoints sort by time as
+        they were published (which of them are its newest ``keep``).
 
         Args:
             offer: the training side's snapshot.
             metrics: metric name -> value on the node's own held-out data.
             data: data tx ids adopted into the training pool since the previous checkpoint.
+            segment: ``seed`` and ``steps`` when ``offer``'s weights are a replayable segment
+                trained from this node's previous checkpoint on the rows of ``data``
+                (:func:`learnae.verify.segment_rows`); nothing may be merged in between.
 
         Returns:
             ``(tx, file bytes)``.
 
         Raises:
+            ValueError: a ``segment`` without a previous checkpoint, or after a merge.
             NonFiniteError, IpfsError, TxRejected, LedgerError: as :func:`publish_checkpoint`.
         """
         base = [self.last_checkpoint["tx"]] if self.last_checkpoint else []
+        if segment is not None and (not base or any(offer.merged)):
+            raise ValueError("a segment starts from the node's previous checkpoint, with nothing merged since")
         base += [tx_id for tag in offer.merged if tag for tx_id in tag]
+        # strictly after the previous one: "newest" by time then names the one kept pinned
+        time_ms = max(int(self.clock() * 1000), self.last_checkpoint.get("time", -1) + 1 if self.last_checkpoint else 0)
         tx, raw = await publish_checkpoint(self.ipfs, self.sync, self.identity, weights=offer.weights,
                                            step=offer.step, samples=offer.samples, base=base,
                                            metrics=metrics, data=data, offload=self.offload,
-                                           time_ms=int(self.clock() * 1000), rng=self.rng)
+                                           time_ms=time_ms, rng=self.rng, segment=segment)
         self.published += 1
         self.last_checkpoint = {"tx": tx.id, "cid": tx.payload["cid"], "step": offer.step,
                                 "samples": offer.samples, "base": base, "time": tx.time}

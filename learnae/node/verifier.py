@@ -6,10 +6,14 @@ docs/design.md, "Verification". :class:`CheckpointVerifier` is part of a trainer
 - :meth:`~CheckpointVerifier.consider` is shown every peer checkpoint the node learns of and
   queues those whose committee (:func:`learnae.verify.committee`) names this node;
 - :meth:`~CheckpointVerifier.check` takes the newest queued checkpoint, fetches it and the
-  checkpoints it names as its ``base``, checks its claims (:func:`~learnae.verify.claims_verdict`) and its
+  checkpoints it names as its ``base``, checks its claims (:func:`~learnae.verify.claims_verdict`),
+  then either replays it, when it is a replayable ``segment`` on public data
+  (:func:`~learnae.verify.segment_rows`, :func:`~learnae.verify.replay_verdict`), or judges its
   effect on the validation set against the mix of its bases nearest to it
   (:func:`~learnae.verify.nearest_mix`, :func:`~learnae.verify.holdout_verdict`), and records the
-  verdict in the ledger as a signed ``attestation`` that approves the checkpoint;
+  verdict in the ledger as a signed ``attestation`` that approves the checkpoint. Under the
+  manifest's ``data_claims = "replay"`` a checkpoint that names data without a segment is
+  disputed ``data-unreplayable``;
 - :meth:`~CheckpointVerifier.refresh` derives every author's standing from the ledger's
   attestations (:func:`~learnae.verify.standings`), the same on every node holding the same
   ledger; :meth:`~CheckpointVerifier.flagged` says whose checkpoints the merge leaves out.
@@ -17,7 +21,9 @@ docs/design.md, "Verification". :class:`CheckpointVerifier` is part of a trainer
 The model is evaluated by the driver's ``evaluate`` (validation losses of a set of weights,
 in all and per class: :class:`~learnae.verify.HoldoutLoss`): a
 Keras model on the swarm's public test split in ``learnae node run``, the numpy model in the
-fault harness's memory driver.
+fault harness's memory driver. Segments are trained again by the driver's ``replay``
+(:data:`Replay`): the numpy model's SGD in the memory driver; ``learnae node run`` has none
+yet, so it leaves segments unchecked (``skipped["no-replay"]``).
 """
 
 from __future__ import annotations
@@ -30,11 +36,13 @@ from typing import Any
 import numpy as np
 
 from learnae.errors import LearnaeError
+from learnae.formats import Chunk
 from learnae.identity import Identity
 from learnae.ledger.sync import TangleSync
 from learnae.ledger.tx import Tx, attestation_payload
 from learnae.manifest import Manifest
 from learnae.verify import (
+    DISPUTE,
     RECENT_GAINS,
     HoldoutLoss,
     Standing,
@@ -44,10 +52,12 @@ from learnae.verify import (
     holdout_verdict,
     is_selected,
     nearest_mix,
+    replay_verdict,
+    segment_rows,
     standings,
 )
 
-__all__ = ["MAX_QUEUED", "CheckpointVerifier", "Evaluate", "Fetch"]
+__all__ = ["MAX_QUEUED", "CheckpointVerifier", "Evaluate", "Fetch", "FetchData", "Replay"]
 
 log = logging.getLogger("learnae.node")
 
@@ -58,6 +68,12 @@ Evaluate = Callable[[Mapping[str, np.ndarray]], HoldoutLoss]
 """Blocking: the validation losses of a set of weights (weight path -> array), in all and per class."""
 Fetch = Callable[[Tx], Awaitable[Any]]
 """Fetch and decode the checkpoint a tx announces (a :class:`~learnae.merge.Contribution`)."""
+FetchData = Callable[[Tx], Awaitable[Chunk]]
+"""Fetch and decode the labelled chunk a ``data`` tx announces."""
+Replay = Callable[[Mapping[str, np.ndarray], np.ndarray, np.ndarray, np.ndarray], Mapping[str, np.ndarray]]
+"""Blocking: ``replay(start, x, y, rows)`` trains ``start`` (weight path -> array) one batch per
+row of ``rows`` ``(steps, batch_size)`` (indices into ``x`` ``(n, ...)``, ``y`` ``(n,)``), with
+the manifest's optimizer and learning rate, as the segment's author did; returns the weights."""
 
 
 class CheckpointVerifier:
@@ -70,6 +86,8 @@ class CheckpointVerifier:
         evaluate: validation losses of a set of weights (:data:`Evaluate`), run through
             ``offload``; None: this node checks nothing (it still derives the standings).
         fetch: fetches and decodes a checkpoint (:data:`Fetch`).
+        fetch_data: fetches and decodes a data chunk (:data:`FetchData`); with ``replay``.
+        replay: trains a segment again (:data:`Replay`); None: segments are not checked.
         offload: how blocking work leaves the event loop.
         clock: seconds since the Unix epoch (attestation times).
         rng: random generator for mining and tip selection.
@@ -80,17 +98,19 @@ class CheckpointVerifier:
             bar the next one is held to (:func:`~learnae.verify.gain_bar`).
         skipped: checkpoints taken from the queue but not judged, by reason (the error code of
             a fetch that failed, ``first`` for a first checkpoint, ``diverged`` for bases whose
-            losses cannot be compared).
+            losses cannot be compared, ``no-replay`` for a segment this node cannot train
+            again).
         standing: author key -> :class:`~learnae.verify.Standing`, as of the last
             :meth:`refresh`.
     """
 
     def __init__(self, *, sync: TangleSync, identity: Identity, manifest: Manifest, evaluate: Evaluate | None,
                  fetch: Fetch, offload: Callable[..., Awaitable[Any]], clock: Callable[[], float],
-                 rng: Any = None):
+                 rng: Any = None, fetch_data: FetchData | None = None, replay: Replay | None = None):
         self.sync, self.identity, self.manifest = sync, identity, manifest
         self.cfg = manifest.verification
         self.evaluate, self.fetch, self.offload = evaluate, fetch, offload
+        self.fetch_data, self.replay = fetch_data, replay
         self.clock, self.rng = clock, rng
         self.queue: deque[Tx] = deque(maxlen=MAX_QUEUED)
         self.checked = 0
@@ -161,9 +181,16 @@ class CheckpointVerifier:
         claims = claims_verdict(tx.payload["samples"], tx.payload["step"], previous, self.manifest.batch_size)
         if claims.verdict == "dispute":
             return claims
+        segment = tx.payload.get("segment")
+        if segment is None and tx.links("data") and self.cfg.data_claims == "replay":
+            return Verdict("replay", DISPUTE, "data-unreplayable",
+                           {**claims.figures, "data": float(len(tx.links("data")))})
         if not bases:
             self.skipped["first"] += 1  # nothing it claims to start from
             return None
+        if segment is not None:
+            verdict = await self._replay(tx, bases[0], segment)
+            return None if verdict is None else verdict._replace(figures={**claims.figures, **verdict.figures})
         own = await self.fetch(tx)
         fetched, failed = [], Counter[str]()
         for base in bases:
@@ -184,6 +211,25 @@ class CheckpointVerifier:
             self.recent_gains.append(verdict.figures["class_gain"])
         return verdict._replace(figures={**claims.figures, **verdict.figures,
                                          "bases": float(len(fetched)), "mix_max": float(mix.max())})
+
+    async def _replay(self, tx: Tx, start: Tx, segment: Mapping[str, int]) -> Verdict | None:
+        """Train ``tx``'s segment again from ``start`` on its data; None if it cannot be."""
+        if self.replay is None or self.fetch_data is None:
+            self.skipped["no-replay"] += 1
+            return None
+        chunks = []
+        for data_id in tx.links("data"):
+            data_tx = self.sync.tangle.get(data_id)
+            if data_tx is None:  # validation holds links to stored txs; a pruned one is gone
+                self.skipped["data:missing"] += 1
+                return None
+            chunks.append(await self.fetch_data(data_tx))
+        x = np.concatenate([c.x for c in chunks])
+        y = np.concatenate([c.y for c in chunks])
+        rows = segment_rows(segment["seed"], len(x), segment["steps"], self.manifest.batch_size)
+        own, base = await self.fetch(tx), await self.fetch(start)
+        replayed = await self.offload(self.replay, base.weights, x, y, rows)
+        return replay_verdict(base.weights, own.weights, replayed)
 
     def refresh(self) -> bool:
         """Re-derive the standings if attestations arrived since the last call; whether they did."""
