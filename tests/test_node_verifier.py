@@ -173,3 +173,29 @@ async def test_segments_are_replayed_and_data_named_without_one_is_disputed(tmp_
             await sides[0].publish(offer, data=[chunk], segment={"seed": 1, "steps": 3})
     finally:
         await close(tangle, ipfs, peer, sync)
+
+
+async def test_a_holdout_check_loads_at_most_max_bases_bases(tmp_path):
+    from learnae.node.verifier import MAX_BASES
+
+    manifest = Manifest(checkpoint_interval=0, name="bases", model=model_config("iris-mlp"), pow_bits=2,
+                        merge="mean", verification=Verification(rate=1.0, verifiers=1))  # ME judges all
+    tangle, ipfs, peer, sync = await ledger_and_peer(tmp_path, manifest)
+    side = NetworkSide(ipfs=ipfs, sync=sync, identity=ME, manifest=manifest,
+                       expect={k: (s, "float32") for k, s in SHAPES.items()}, fetch_timeout=1.0,
+                       evaluate=validation_loss)
+    try:
+        bases = []
+        for n in range(MAX_BASES + 4):
+            raw = encode_checkpoint(Checkpoint(weights(0.01 * n), tangle.swarm, 10, 320))
+            bases.append(tangle.append(HONEST, "checkpoint", checkpoint_payload(
+                cid=await peer.add(raw), size=len(raw), step=10, samples=320, base=[], data=[], metrics={})).id)
+        raw = encode_checkpoint(Checkpoint(weights(0.8), tangle.swarm, 20, 320))
+        tangle.append(HONEST, "checkpoint", checkpoint_payload(
+            cid=await peer.add(raw), size=len(raw), step=20, samples=320, base=bases, data=[], metrics={}))
+        side._collect()
+        verdict = await side.verifier.check()
+        assert verdict is not None and verdict.figures["bases"] == MAX_BASES
+        assert side.verifier.skipped == {}  # judged the newest first; the firsts wait in the queue
+    finally:
+        await close(tangle, ipfs, peer, sync)

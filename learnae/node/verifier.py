@@ -57,12 +57,18 @@ from learnae.verify import (
     standings,
 )
 
-__all__ = ["MAX_QUEUED", "CheckpointVerifier", "Evaluate", "Fetch", "FetchData", "Replay"]
+__all__ = ["MAX_BASES", "MAX_QUEUED", "CheckpointVerifier", "Evaluate", "Fetch", "FetchData", "Replay"]
 
 log = logging.getLogger("learnae.node")
 
 MAX_QUEUED = 64
 """Selected checkpoints waiting for a check at most (the oldest are dropped first)."""
+MAX_BASES = 16
+"""Bases of a checkpoint a holdout check loads at most: the first named (the author's previous
+checkpoint, then the peers merged since, in merge order). A checkpoint may name hundreds (a
+node that merged every peer on stopping), and each base is a model's weights in memory. The
+start of an update that merged more lies outside the mix of these 16, which makes the update
+look better than it is, never worse: no honest member is disputed for it."""
 
 Evaluate = Callable[[Mapping[str, np.ndarray]], HoldoutLoss]
 """Blocking: the validation losses of a set of weights (weight path -> array), in all and per class."""
@@ -193,7 +199,7 @@ class CheckpointVerifier:
             return None if verdict is None else verdict._replace(figures={**claims.figures, **verdict.figures})
         own = await self.fetch(tx)
         fetched, failed = [], Counter[str]()
-        for base in bases:
+        for base in bases[:MAX_BASES]:
             try:
                 fetched.append(await self.fetch(base))
             except LearnaeError as exc:
