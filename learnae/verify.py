@@ -71,7 +71,7 @@ AGREE = "agree"
 DISPUTE = "dispute"
 METHODS = ("holdout", "replay", "claims")
 """How a verifier judged: validation loss against the base, replaying the training, the claims."""
-CODES = ("ok", "holdout-worse", "holdout-no-gain", "samples-inconsistent", "replay-mismatch")
+CODES = ("ok", "holdout-worse", "holdout-no-gain", "samples-inconsistent", "replay-mismatch", "data-unreplayable")
 """``ok`` goes with ``agree``; every other code names a dispute's reason."""
 WORSE_MARGIN = 0.05
 """Relative rise of the validation loss in all at which a checkpoint that taught nothing
@@ -552,6 +552,7 @@ def standings(
     attestations: Iterable[AttestationLike],
     candidates_of: Callable[[str], Iterable[bytes]] | None,
     cfg: Verification,
+    committees: dict[tuple[str, bytes], tuple[bytes, ...]] | None = None,
 ) -> dict[bytes, Standing]:
     """Each judged author's standing, from the attestations about its checkpoints.
 
@@ -582,6 +583,9 @@ def standings(
         candidates_of: ``checkpoint id -> candidate verifier keys`` (as given to
             :func:`committee`), or None to weigh every attestation 1.
         cfg: the manifest's verification parameters.
+        committees: a cache of the committees computed, by ``(checkpoint, subject)``, kept by
+            a caller that computes standings again as attestations arrive; valid only while
+            ``candidates_of`` gives the same (the caller clears it when they change).
 
     Returns:
         ``author key -> Standing`` for every author some other member judged. An author not
@@ -592,7 +596,7 @@ def standings(
     """
     counted: list[tuple[bytes, bytes, bool, float]] = []  # (subject, verifier, agrees, weight)
     seen: set[tuple[str, bytes]] = set()
-    committees: dict[tuple[str, bytes], tuple[bytes, ...]] = {}
+    committees = {} if committees is None else committees
     for att in attestations:
         key = (att.checkpoint, att.verifier)
         if att.verifier == att.subject or key in seen:

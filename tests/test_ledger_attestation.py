@@ -103,7 +103,10 @@ def ledger(tmp_path):
 def test_the_kind_and_its_constants():
     assert "attestation" in KINDS
     assert ATTEST_METHODS == ("holdout", "replay", "claims")
-    assert DISPUTE_CODES == ("holdout-worse", "holdout-no-gain", "samples-inconsistent", "replay-mismatch")
+    assert DISPUTE_CODES == ("holdout-worse", "holdout-no-gain", "samples-inconsistent", "replay-mismatch",
+                             "data-unreplayable")
+    from learnae import verify
+    assert verify.CODES == ("ok", *DISPUTE_CODES) and verify.METHODS == ATTEST_METHODS  # the rules' names
 
 
 def test_good_payloads_pass():
@@ -249,6 +252,7 @@ def test_queries(ledger):
     assert first == Attestation(tx=a1.id, seq=seq, verifier=CAROL.public_key, subject=BOB.public_key,
                                 checkpoint=c.id, method="holdout", verdict="dispute", code="holdout-worse",
                                 figures={"loss": 2.5}, time=NOW + 6)
+    assert t.attestations(figures=False) == [a._replace(figures={}) for a in everything]
     assert {a.tx for a in t.attestations(BOB.public_key)} == {a1.id, a3.id}
     assert [a.tx for a in t.attestations(CAROL.public_key)] == [a2.id]
     assert t.attestations(DAVE.public_key) == []

@@ -349,9 +349,12 @@ def test_standings_do_not_depend_on_the_order_of_distinct_attestations():
         return keys
 
     expected = standings(atts, candidates_of, cfg)
+    cache: dict = {}
     for _ in range(5):
         rng.shuffle(atts)
         assert standings(atts, candidates_of, cfg) == expected
+        assert standings(atts, candidates_of, cfg, cache) == expected  # the committees cached
+    assert len(cache) == len({(a.checkpoint, a.subject) for a in atts})
 
 
 # ------------------------------------------------------------------------------------- cap

@@ -126,6 +126,8 @@ class CheckpointVerifier:
         self.recent_gains: deque[float] = deque(maxlen=RECENT_GAINS)
         self.standing: dict[bytes, Standing] = {}
         self._cursor = 0
+        self._committees: dict[tuple[str, bytes], tuple[bytes, ...]] = {}  # standings' cache
+        self._committee_candidates: set[bytes] = set()  # what it was computed for
 
     def candidates(self) -> list[bytes]:
         """Who may verify: every author with a checkpoint in the ledger, and this node.
@@ -244,7 +246,11 @@ class CheckpointVerifier:
         if not new:
             return False
         candidates = self.candidates()
-        self.standing = standings(tangle.attestations(), lambda _checkpoint: candidates, self.cfg)
+        if set(candidates) != self._committee_candidates:
+            self._committees.clear()
+            self._committee_candidates = set(candidates)
+        self.standing = standings(tangle.attestations(figures=False), lambda _checkpoint: candidates, self.cfg,
+                                  self._committees)
         return True
 
     def flagged(self, author: bytes) -> bool:
