@@ -5,11 +5,16 @@ namespace of its own when the nodes are in namespaces), so the fetch goes over t
 network the nodes use, from a peer that held none of the content::
 
     python -m learnae.local.fetcher --repo DIR --invite FILE --listen HOST:PORT \\
-        --peer MULTIADDR ... --cids CIDS.txt --timeout 10 --out RESULT.json
+        --peer MULTIADDR ... --cids CIDS.txt --timeout 10 --out RESULT.json [--kept-by STATE]
 
 ``CIDS.txt`` holds one CID per line. ``RESULT.json``: ``{"fetched": N, "missing": [CID, ...],
-"peer_count": N, "elapsed_s": S}``. Fetches run 30 at a time (the embedded node takes 32), each with ``--timeout`` seconds.
-Exit status 0 when every CID came, 1 otherwise.
+"rotated": [CID, ...], "peer_count": N, "elapsed_s": S}``. Fetches run 30 at a time (the
+embedded node takes 32), each with ``--timeout`` seconds. With ``--kept-by`` (a live node's
+state directory) a fetch is given up as soon as that node's ledger no longer keeps its CID
+(:func:`~learnae.local.procdriver.content_cids`, read every :data:`KEPT_POLL` s): authors
+rotate their old checkpoints out while the check runs, and waiting out the timeout for each
+of those would add nothing. Given-up CIDs are listed in ``rotated``, not ``missing``.
+Exit status 0 when every CID came or was rotated out, 1 otherwise.
 """
 
 from __future__ import annotations
@@ -25,9 +30,12 @@ from pathlib import Path
 from learnae.errors import LearnaeError
 from learnae.invite import Invite
 from learnae.ipfs.embedded import MAX_FETCHES, EmbeddedNode
+from learnae.local.procdriver import content_cids
 from learnae.state import parse_listen
 
 CONCURRENCY = MAX_FETCHES - 2  # the embedded node refuses more fetches at once
+KEPT_POLL = 0.5
+"""Seconds between two reads of what ``--kept-by``'s ledger keeps."""
 
 
 async def fetch_all(args: argparse.Namespace) -> dict:
@@ -43,6 +51,7 @@ async def fetch_all(args: argparse.Namespace) -> dict:
         cids = [c for c in Path(args.cids).read_text().split() if c]
         gate = asyncio.Semaphore(CONCURRENCY)
         missing: list[str] = []
+        rotated: list[str] = []
 
         async def one(cid: str) -> None:
             async with gate:
@@ -51,9 +60,21 @@ async def fetch_all(args: argparse.Namespace) -> dict:
                 except LearnaeError:
                     missing.append(cid)
 
-        await asyncio.gather(*(one(c) for c in cids))
-        return {"fetched": len(cids) - len(missing), "missing": sorted(missing),
-                "peer_count": len(await node.peers()), "elapsed_s": round(time.monotonic() - started, 2)}
+        tasks = {cid: asyncio.create_task(one(cid)) for cid in cids}
+        # A given-up fetch goes on inside Kubo until the node closes: give up only while every
+        # fetch can have its own slot, or later ones would be refused for want of one.
+        watch = args.kept_by is not None and len(cids) <= CONCURRENCY
+        while watch and not all(t.done() for t in tasks.values()):
+            await asyncio.wait(tasks.values(), timeout=KEPT_POLL)
+            kept = set(await asyncio.to_thread(content_cids, Path(args.kept_by), relayed=args.relayed))
+            for cid, task in tasks.items():
+                if not task.done() and cid not in kept:
+                    task.cancel()
+                    rotated.append(cid)
+        await asyncio.gather(*tasks.values(), return_exceptions=True)
+        return {"fetched": len(cids) - len(missing) - len(rotated), "missing": sorted(missing),
+                "rotated": sorted(rotated), "peer_count": len(await node.peers()),
+                "elapsed_s": round(time.monotonic() - started, 2)}
     finally:
         await node.close()
 
@@ -68,6 +89,10 @@ def main() -> None:
     parser.add_argument("--cids", required=True, help="File of CIDs, one per line.")
     parser.add_argument("--timeout", type=float, default=10.0, help="Seconds per fetch.")
     parser.add_argument("--out", required=True, help="Where to write the JSON result.")
+    parser.add_argument("--kept-by", help="A live node's state directory: give up a fetch once its"
+                                          " ledger no longer keeps the CID (rotated out).")
+    parser.add_argument("--relayed", action="store_true",
+                        help="With --kept-by: only what its relay members hold counts as kept.")
     args = parser.parse_args()
     result = asyncio.run(fetch_all(args))
     Path(args.out).write_text(json.dumps(result))

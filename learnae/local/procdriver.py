@@ -555,7 +555,9 @@ class _Run:
 
         The nodes train on meanwhile: a checkpoint that falls out of its author's newest
         ``keep`` during the check is unpinned and collected by design. A CID the peer did not
-        get counts as missing only if the ledger still says it is kept after the fetches.
+        get counts as missing only if the ledger still says it is kept after the fetches, and
+        the peer gives up waiting for one as soon as that ledger stops keeping it
+        (:mod:`learnae.local.fetcher`'s ``--kept-by``: ``rotated``).
         In a home-nat topology the peer dials the relay members only (nobody can dial the
         nodes behind NAT) and asks for what they hold (:func:`content_cids`, ``relayed``), or
         nothing when they serve no content; the rest of what the swarm keeps is ``excluded``.
@@ -580,6 +582,8 @@ class _Run:
                 "--invite", str(self.swarm.invite), "--listen", f"{host}:{4001 if self.lan else free_port()}",
                 "--cids", str(work / "cids.txt"), "--timeout", str(max(self.scn.fetch_timeout, 10.0)),
                 "--out", str(work / "result.json")]
+        if state is not None:
+            argv += ["--kept-by", str(state), *(["--relayed"] if home_nat else [])]
         peers = self.swarm.relays if home_nat else [self.swarm.members[i] for i in live]
         for m in peers:
             argv += ["--peer", m.addr]
@@ -599,7 +603,7 @@ class _Run:
         still = set(kept())  # after the fetches
         missing = [cid for cid in result["missing"] if cid in still]
         return {"checked": len(cids), "missing": missing, "seconds": result["elapsed_s"],
-                "rotated": len(result["missing"]) - len(missing), "excluded": excluded}
+                "rotated": len(result["rotated"]) + len(result["missing"]) - len(missing), "excluded": excluded}
 
     def verify(self, i: int) -> list[str]:
         """``learnae ledger verify`` of node ``i``'s tangle (after the nodes stopped)."""
