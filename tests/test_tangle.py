@@ -369,6 +369,8 @@ def test_queries(tmp_path):
         assert t.owner(CIDS[2]) == ALICE.public_key and t.owner("bafkreiunknown") is None
         assert t.count() == 7 and t.counts() == {"checkpoint": 3, "data": 3, "genesis": 1}
         assert t.get(c2.id) == c2 and c2.id in t and t.get("nope") is None and "nope" not in t
+        assert t.stored(["nope", c2.id, c2.id, GENESIS.id]) == {c2.id, GENESIS.id}
+        assert t.stored([f"bafy{n}" for n in range(1200)] + [c2.id]) == {c2.id}  # past one query's 500
         assert t.approvers(GENESIS.id) == sorted([d1.id, d2.id]) and t.tips() == [c3.id]
         assert [i for i, _ in t.iter_raw()] == [GENESIS.id, d1.id, d2.id, d3.id, c1.id, c2.id, c3.id]
         assert dict(t.iter_raw())[c2.id] == c2.raw

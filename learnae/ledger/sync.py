@@ -787,7 +787,9 @@ class TangleSync:
         self.stats["tips_received"] += 1
         ids = msg.ids[:MAX_TIP_IDS]
         peer.tips = (msg.n or 0, ids)
-        unknown = [i for i in ids if i not in self._held and i not in self._pruned and i not in self.tangle]
+        maybe = [i for i in ids if i not in self._held and i not in self._pruned]
+        stored = self.tangle.stored(maybe)
+        unknown = [i for i in maybe if i not in stored]
         for i in unknown:
             if i not in self._wish and len(self._wish) < 16 * MAX_TIP_IDS:
                 self._wish[i] = 0

@@ -916,6 +916,19 @@ class Tangle:
         """Is ``tx_id`` stored? Pending transactions are not."""
         return self._db.execute("SELECT 1 FROM tx WHERE id = ?", (tx_id,)).fetchone() is not None
 
+    def stored(self, ids: Iterable[str]) -> set[str]:
+        """Those of ``ids`` that are stored (pending ones are not).
+
+        ``{i for i in ids if i in self}`` in one query per 500 ids: for peers' tip lists.
+        """
+        wanted = list(dict.fromkeys(ids))
+        found: set[str] = set()
+        for k in range(0, len(wanted), 500):
+            part = wanted[k:k + 500]
+            found.update(row[0] for row in self._db.execute(
+                f"SELECT id FROM tx WHERE id IN ({','.join('?' * len(part))})", part))
+        return found
+
     def get(self, tx_id: str) -> Tx | None:
         """The stored transaction ``tx_id``, or ``None``."""
         row = self._db.execute("SELECT raw FROM tx WHERE id = ?", (tx_id,)).fetchone()
