@@ -515,3 +515,44 @@ def test_attestations_shows_standings_and_disputes(swarm):
 
 def test_attestations_of_a_ledger_nobody_judged(swarm):
     assert "no author has been judged yet" in run("ledger", "attestations", swarm).output
+
+
+def test_credits_count_checkpoints_lineage_data_and_verdicts(swarm):
+    from learnae.ledger.credits import Credit, credits
+    from learnae.ledger.tx import attestation_payload
+
+    dave, sensor = identity(4), identity(5)
+    tangle, _ = open_tangle(swarm)
+    with tangle:
+        d1, d2, _unused = (append_data(tangle, sensor, n) for n in range(3))  # 5 rows each
+        a1 = append_checkpoint(tangle, BOB, 1, data=[d1])
+        a2 = append_checkpoint(tangle, BOB, 2, base=[a1])
+        b1 = append_checkpoint(tangle, CAROL, 3, base=[a2], data=[d1, d2])  # merges a2 (a1 through it)
+        c1 = append_checkpoint(tangle, dave, 4)
+        append_checkpoint(tangle, dave, 5, base=[c1])  # its own: not merged by another
+        append_checkpoint(tangle, sensor, 6, data=[d2])  # its own data: not adopted by another
+        for verifier, target, verdict in ((dave, b1, "agree"), (BOB, b1, "dispute"), (BOB, c1, "agree"),
+                                          (CAROL, c1, "agree")):
+            tangle.append(verifier, "attestation", attestation_payload(
+                checkpoint=target.id, method="holdout", verdict=verdict,
+                code="ok" if verdict == "agree" else "holdout-no-gain", figures={}), approve=target.id)
+        table = credits(tangle)
+    assert table[BOB.public_key] == Credit(checkpoints=2, merged=2)
+    assert table[CAROL.public_key] == Credit(checkpoints=1, attested=1, disputed=1)
+    assert table[dave.public_key] == Credit(checkpoints=2, attested=1)
+    assert table[sensor.public_key] == Credit(checkpoints=1, data_chunks=3, data_rows=15, rows_adopted=10)
+    assert Identity.load(swarm / "identity.key").public_key not in table  # the founder made the genesis only
+
+    report = json.loads(run("ledger", "credits", swarm, "--json").output)
+    assert report["transactions"] == 14 and len(report["credits"]) == 4  # genesis, 3 data, 6 checkpoints, 4 verdicts
+    by_key = {row["author_key"]: row for row in report["credits"]}
+    assert by_key[sensor.public_key.hex()]["rows_adopted"] == 10 and by_key[BOB.public_key.hex()]["merged"] == 2
+    text = run("ledger", "credits", swarm).output
+    assert "14 transactions; 4 contributors" in text and "ADOPTED" in text
+    assert re.search(rf"{re.escape(manifest_module.short_author(BOB.public_key))}\s+2\s+2\s+0", text)
+
+
+def test_credits_of_a_fresh_swarm_and_a_missing_directory(swarm):
+    assert "nobody has published a checkpoint or data yet" in run("ledger", "credits", swarm).output
+    missing = run("ledger", "credits", swarm.parent / "nothing", ok=False)
+    assert missing.exit_code == 2 and "does not exist" in missing.output

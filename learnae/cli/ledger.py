@@ -1,4 +1,4 @@
-"""``learnae ledger show|verify|lineage|attestations|export|prune``: read a swarm's ledger, prune it."""
+"""``learnae ledger show|verify|lineage|attestations|credits|export|prune``: read a swarm's ledger, prune it."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ def ledger_group() -> None:
     """Read a swarm's ledger (the tangle) from a state directory.
 
     STATE_DIR is the directory `learnae init` made or a node runs in; the ledger
-    is STATE_DIR/tangle.sqlite. show, verify, lineage, attestations and export only read it,
+    is STATE_DIR/tangle.sqlite. show, verify, lineage, attestations, credits and export only read it,
     and can run while the node is running; prune changes it, and only while no
     node runs there (a running node prunes its own ledger).
 
@@ -38,6 +38,7 @@ def ledger_group() -> None:
       learnae ledger show ./swarm
       learnae ledger verify ./swarm
       learnae ledger attestations ./swarm
+      learnae ledger credits ./swarm
       learnae ledger export ./swarm --format dot -o tangle.dot && dot -Tsvg tangle.dot > tangle.svg
       learnae ledger prune ./swarm --window 1h
     """
@@ -135,8 +136,8 @@ def ledger_attestations(state_dir: Path, last_disputes: int, as_json: bool) -> N
     ledger: a score between 0 and 1 from the weighted agreements and disputes about the
     author's checkpoints; below the swarm's threshold the author is flagged and the
     others no longer merge its checkpoints (docs/design.md, "Verification").
-    Nodes check only in swarms whose manifest turns it on (`verification.rate`
-    above 0; off by default).
+    Nodes check at the manifest's `verification.rate` (5% of their peers'
+    checkpoints by default; 0 turns checking off).
 
     \b
     Examples:
@@ -183,6 +184,48 @@ def ledger_attestations(state_dir: Path, last_disputes: int, as_json: bool) -> N
         for a in reversed(disputes):
             click.echo(f"  {_when(a.time):<19}  {short_author(a.verifier):<13}  {short_author(a.subject):<13}"
                        f"  {a.code:<20}  {short_id(a.checkpoint)}")
+
+
+@ledger_group.command("credits")
+@click.argument("state_dir", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
+def ledger_credits(state_dir: Path, as_json: bool) -> None:
+    """Who contributed what: each author's checkpoints, data, and what others made of them.
+
+    Counted from the ledger alone, so every node holding the same ledger prints the
+    same table. Per author: CKPT checkpoints published; MERGED those of them in the
+    lineage of another author's checkpoint (merged directly, or an ancestor of one
+    that was); DATA data chunks published and ROWS their rows; ADOPTED the rows of
+    those chunks that another author's checkpoint names as trained on; AGREED and
+    DISPUTED its checkpoints that another member's attestation agreed with or disputed
+    (docs/design.md, "Credits"). A pruned ledger counts what it still holds.
+
+    \b
+    Examples:
+      learnae ledger credits ./swarm
+      learnae ledger credits ./node0 --json | jq '.credits[] | select(.rows_adopted > 0)'
+    """
+    from learnae.ledger.credits import credits_json
+
+    _state_tangle(state_dir)
+    with reasons():
+        tangle, _ = open_tangle(state_dir, read_only=True)
+        with tangle:
+            rows = credits_json(tangle)
+            total = sum(tangle.counts().values())
+    if as_json:
+        click.echo(json.dumps({"transactions": total, "credits": rows}, indent=2))
+        return
+    if not rows:
+        click.echo(f"{total} transactions; nobody has published a checkpoint or data yet")
+        return
+    click.echo(f"{total} transactions; {len(rows)} contributors")
+    heads = ("CKPT", "MERGED", "DATA", "ROWS", "ADOPTED", "AGREED", "DISPUTED")
+    keys = ("checkpoints", "merged", "data_chunks", "data_rows", "rows_adopted", "attested", "disputed")
+    click.echo(f"\n  {'AUTHOR':<13}" + "".join(f"  {h:>8}" for h in heads))
+    for row in sorted(rows, key=lambda r: (-r["checkpoints"], -r["data_rows"], r["author"])):
+        click.echo(f"  {short_author(bytes.fromhex(row['author_key'])):<13}"
+                   + "".join(f"  {row[k]:>8}" for k in keys))
 
 
 @ledger_group.command("verify")
