@@ -99,6 +99,8 @@ def test_three_nodes_share_merge_and_beat_training_alone(tmp_path, launch):
         assert codes[i] == 0, f"node{i} exited with {codes[i]}:\n{nodes.procs[i].tail()}"
         assert set(s["ledger"]["checkpoints_by_author"]) == authors, f"node{i} lacks a peer's checkpoints"
         assert s["merges"] > 0 and s["merges_applied"] > 0
+        # its line of the credits table: its checkpoints, some of them merged by the others
+        assert s["credits"]["checkpoints"] > 0 and s["credits"]["merged"] > 0, s["credits"]
         # No honest checkpoint may be refused for its content. A fetch timeout is not such a
         # refusal: each node's final merge on stop fetches from peers stopping at the same moment.
         refused = {code: n for code, n in s["rejections"].items() if code != "timeout"}

@@ -69,6 +69,7 @@ from learnae.identity import Identity, read_author_file
 from learnae.invite import Invite
 from learnae.ipfs.base import Connection, IpfsNode, is_relayed
 from learnae.ipfs.privnet import Reachability
+from learnae.ledger.credits import Credit, credits
 from learnae.ledger.sync import TangleSync
 from learnae.ledger.tangle import Tangle
 from learnae.ledger.tx import Tx
@@ -124,6 +125,7 @@ PRUNE_INTERVAL = 60.0  # seconds between two ledger prunes (half the ledger wind
 DEFAULT_SNAPSHOT_INTERVAL = 600.0  # seconds between two ledger snapshots
 DISK_WARN_INTERVAL = 600.0  # seconds between two warnings that the disk budget is not met
 VERIFY_INTERVAL = 1.0  # seconds between two looks for a peer checkpoint to spot-check
+CREDITS_INTERVAL = 5.0  # seconds at least between two countings of the node's credits (/status)
 LAZY_SIGMA = 0.01  # the noise a lazy node (a fault experiment) adds to what it merged
 LAZY_LEARNING_RATE = 1e-9  # a lazy node's: its batches run, its weights do not move
 
@@ -401,6 +403,7 @@ class TrainerNode:
         self._cb: SwarmCallback | None = None
         self._offer_lock = asyncio.Lock()  # one publish or merge at a time; new at each start
         self._api_runner: ApiRunner | None = None
+        self._credits: tuple[float, int, dict[str, int] | None] = (-math.inf, -1, None)  # (when, txs, line)
         # data adoption: network side -> disk (STATE/adopted.sqlite) -> training side's pool
         self.adopt_authors = parse_adopt(config.adopt)
         max_rows = config.adopt_max_rows
@@ -1241,6 +1244,18 @@ class TrainerNode:
             self.tangle = None
 
     # ------------------------------------------------------------------------ status
+    def _own_credits(self) -> dict[str, int] | None:
+        """This node's line of the credits table (None before the ledger is open)."""
+        if self.tangle is None or self.identity is None:
+            return None
+        when, txs, line = self._credits
+        now, count = time.monotonic(), self.tangle.count()
+        if count != txs and now - when >= CREDITS_INTERVAL:
+            own = credits(self.tangle).get(self.identity.public_key, Credit())
+            line = own.to_dict()
+            self._credits = (now, count, line)
+        return line
+
     def _adopt_status(self) -> dict[str, Any]:
         """Return ``/status``'s ``adopt`` map.
 
@@ -1314,7 +1329,9 @@ class TrainerNode:
         merged sets the training side applied (as displacements); ``rejections``/``errors``:
         counts keyed by reason code (``data:bad-chunk``, ``merge:internal``, ...); ``network``:
         :meth:`_network_status`; ``verification``: the spot checks and standings
-        (:meth:`~learnae.node.verifier.CheckpointVerifier.status`).
+        (:meth:`~learnae.node.verifier.CheckpointVerifier.status`); ``credits``: this node's line
+        of ``learnae ledger credits`` (:func:`~learnae.ledger.credits.credits`), counted again
+        when the ledger grew, at most every :data:`CREDITS_INTERVAL` seconds.
         """
         ledger: dict[str, Any] = {}
         if self.tangle is not None:
@@ -1350,7 +1367,7 @@ class TrainerNode:
             "rejections": dict(self.rejections), "errors": dict(self.errors),
             "peers_passed_over": self.net.choice.backing_off_count(time.time() * 1000) if self.net else 0,
             "verification": self.net.verifier.status() if self.net else None,
-            "adopt": self._adopt_status(),
+            "adopt": self._adopt_status(), "credits": self._own_credits(),
             "ledger": ledger, "disk": self._disk_status(), "network": self._network_status(),
             "uptime_s": time.time() - self.started,
             "stopping": self._stopping.is_set(),
