@@ -24,7 +24,8 @@ The ``POST /ingest`` contract (``--via http://NODE:PORT``):
 * ``4xx``: ``{"error": CODE, "reason": TEXT}`` (plus ``tips`` on ``409``): ``400`` bad request
   or transaction (``bad-request``, the :class:`~learnae.errors.TxRejected` codes, ``wrong-kind``,
   ``mismatch``, ``cid-mismatch``, chunk codes ``corrupt``/``format``/``non-finite``),
-  ``403`` ``not-admitted``/``wrong-swarm``, ``409`` ``unknown-parent``/``before-parent``
+  ``403`` ``not-admitted``/``wrong-swarm``/``not-owner`` (the chunk's ``sensor`` is not the
+  transaction author's id), ``409`` ``unknown-parent``/``before-parent``
   (re-sign on the returned tips) or ``duplicate-seq`` (another transaction of this author
   holds this ``seq``, stored or being ingested; the answer carries ``next_seq`` as above),
   ``413`` ``too-large``/``oversize``, ``422`` ``schema``; ``5xx``: the node failed, try again
@@ -47,7 +48,7 @@ from typing import TYPE_CHECKING, Any
 from learnae.content import content_id
 from learnae.errors import FormatError, LearnaeError, TxRejected
 from learnae.formats import Chunk, Schema, decode_chunk
-from learnae.identity import parse_author_id
+from learnae.identity import author_id, parse_author_id
 from learnae.ledger.tx import Tx, decode_tx, validate_tx
 
 if TYPE_CHECKING:  # for annotations only: the sensor imports this module, keep it light
@@ -232,6 +233,10 @@ def check_ingest(manifest: Manifest, tangle: Tangle, chunk_bytes: bytes, tx_raw:
             or payload["schema"] != chunk.schema.to_dict()):
         raise IngestRejected("the transaction's rows, seq or schema differ from the chunk's",
                              code="mismatch")
+    if chunk.sensor != author_id(tx.author):
+        raise IngestRejected(f"the chunk names sensor {chunk.sensor[:48]!r}, the transaction is signed by"
+                             f" {author_id(tx.author)}: a chunk is announced by the sensor that made it",
+                             code="not-owner", status=403)
     if tx.id not in tangle:
         seq = payload["seq"]
         other = tangle.data_tx_at_seq(tx.author, seq)

@@ -54,7 +54,9 @@ def sensor_group() -> None:
               help="Post chunks to a trainer node's POST /ingest (http://NODE:PORT) instead"
                    " of running an embedded Kubo node.")
 @click.option("--name", envvar="LEARNAE_SENSOR_NAME", default=None,
-              help="Sensor id written in chunk files (default: its author id).")
+              help="A name for this sensor, recorded in its data transactions' source. Chunk"
+                   " files name the sensor by its author id, which nodes check against the"
+                   " transaction's signer (a chunk copied by someone else is refused).")
 @click.option("--rows", envvar="LEARNAE_SENSOR_ROWS", default=1000, show_default=True, type=click.IntRange(1),
               help="Readings per chunk (fewer if the swarm's chunk limit needs it).")
 @click.option("--max-age", envvar="LEARNAE_SENSOR_MAX_AGE", default=60.0, show_default=True, type=click.FloatRange(0.01),
@@ -152,11 +154,13 @@ def _build(invite_path: Path, state: Path, source: str, via: str | None, name: s
     src = parse_source(source)
     identity = load_identity(state)
     schema = sensor_schema(manifest.schema, labelled=not unlabelled)
-    queue = SensorQueue(state / "queue.sqlite", schema=schema, sensor=name or identity.author_id,
+    queue = SensorQueue(state / "queue.sqlite", schema=schema, sensor=identity.author_id,
                         genesis=invite.genesis, max_bytes=int(max_queue_mb * 2**20),
                         policy=on_full, chunk_rows=rows,
                         max_chunk_bytes=manifest.limits.chunk_bytes)
     described = src.describe()
+    if name:
+        described = {**described, "name": name}
     outlet: Outlet
     if via:
         outlet = ViaOutlet(via, Signer(identity, genesis, manifest.pow_bits, described), schema)

@@ -22,12 +22,13 @@ from conftest import eventually
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from procs.launch import Launcher, get_json, read_json
 
+from learnae.content import content_id
 from learnae.errors import ConfigError
 from learnae.formats import Chunk, encode_chunk
 from learnae.identity import Identity
 from learnae.ipfs.memory import MemoryNetwork
 from learnae.ledger.sync import TangleSync
-from learnae.ledger.tx import data_payload, decode_tx, make_tx
+from learnae.ledger.tx import checkpoint_payload, data_payload, decode_tx, make_tx
 from learnae.manifest import Manifest
 from learnae.models import model_config
 from learnae.node import NodeConfig, TrainerNode, parse_adopt
@@ -114,11 +115,12 @@ async def _announce(node, who, data: bytes, rows: int, seq: int) -> str:
 
 def _chunk(rows: int, seq: int, schema, start: int = 0, **kw) -> bytes:
     """``rows`` rows whose features count on from ``start`` (row i's first one is ``start + i``
-    times the number of features)."""
+    times the number of features), made by ``SENSOR`` (or ``kw["sensor"]``, an author id)."""
     features = int(np.prod(schema.features))
     x = np.arange(start * features, (start + rows) * features, dtype=np.float32).reshape(rows, *schema.features)
     y = np.arange(start, start + rows, dtype=np.int64) % 3
-    return encode_chunk(Chunk(x=kw.get("x", x), y=y, schema=schema, sensor="p", seq=seq, time_range=(0, 1)))
+    return encode_chunk(Chunk(x=kw.get("x", x), y=y, schema=schema, sensor=kw.get("sensor", SENSOR.author_id),
+                              seq=seq, time_range=(0, 1)))
 
 
 async def _adopt_until(node, done) -> None:
@@ -161,6 +163,30 @@ async def test_the_network_side_checks_chunks_and_counts_refusals(tmp_path):
         refused = _refused(node)
         assert sum(refused.values()) == 3, refused
         assert refused.get("data:schema") == 1, refused
+    finally:
+        node.tangle.close()
+
+
+async def test_a_copy_of_another_sensors_chunk_is_refused_and_its_owner_keeps_it(tmp_path):
+    from learnae.ledger.credits import credits
+
+    node = await _node(tmp_path)
+    schema = node.manifest.schema
+    try:
+        data = _chunk(5, 0, schema)  # SENSOR's bytes
+        await _announce(node, OTHER, data, 5, 0)  # a copy, announced first, by a third author
+        own = await _announce(node, SENSOR, data, 5, 0)
+        await _announce(node, SENSOR, data, 5, 1)  # the owner's same CID once more: a duplicate
+        # bytes that name SENSOR but that SENSOR never announced: OTHER's, refused likewise
+        await _announce(node, OTHER, _chunk(5, 1, schema, start=5), 5, 1)
+        await _adopt_until(node, lambda: node.net.data_accepted + sum(_refused(node).values()) == 4)
+        assert [c.tx for c in _stored(node)] == [own]
+        assert _refused(node) == {"data:not-owner": 2, "data:duplicate": 1}
+        # named in a checkpoint, the chunk's rows are credited to its owner, not to the copier
+        node.tangle.append(identity(2), "checkpoint", checkpoint_payload(
+            cid=content_id(b"a checkpoint"), size=1, step=1, samples=1, base=[], data=[own], metrics={}))
+        table = credits(node.tangle)
+        assert table[SENSOR.public_key].rows_adopted == 5 and table[OTHER.public_key].rows_adopted == 0
     finally:
         node.tangle.close()
 

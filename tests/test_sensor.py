@@ -76,7 +76,7 @@ def swarm(tmp_path):
 def queue_for(path, swarm, **kw) -> SensorQueue:
     kw.setdefault("chunk_rows", 10)
     kw.setdefault("max_bytes", 1 << 20)
-    return SensorQueue(path, schema=swarm.manifest.schema, sensor="probe-1",
+    return SensorQueue(path, schema=swarm.manifest.schema, sensor=SENSOR.author_id,
                        genesis=swarm.genesis.id, **kw)
 
 
@@ -251,7 +251,7 @@ def test_bad_lines_are_counted_and_do_not_stop_the_feeder(swarm, tmp_path):
     assert stats["published_rows"] == 3 and stats["queued_chunks"] == 0
     chunk = decode_chunk(outlet.sent[0].data, max_bytes=1 << 20, schema=swarm.manifest.schema)
     assert chunk.x.tolist() == [[1, 2, 3, 4], [5, 6, 7, 8], [9, 9, 9, 9]]
-    assert chunk.y.tolist() == [1, 2, 0] and chunk.sensor == "probe-1" and chunk.seq == 0
+    assert chunk.y.tolist() == [1, 2, 0] and chunk.sensor == SENSOR.author_id and chunk.seq == 0
     assert chunk.time_range[0] == 1700000000000
 
 
@@ -387,9 +387,10 @@ def test_full_queue_drop_oldest_policy_counts_what_it_drops(swarm, tmp_path):
 
 
 # --------------------------------------------------------------------------- /ingest
-def chunk_and_tx(swarm, tangle, who=SENSOR, seq=0, rows=5, parents=None, labelled=True):
+def chunk_and_tx(swarm, tangle, who=SENSOR, seq=0, rows=5, parents=None, labelled=True, maker=None):
+    """A chunk made by ``maker`` (default ``who``) and its ``data`` tx signed by ``who``."""
     schema = sensor_schema(swarm.manifest.schema, labelled)
-    q = SensorQueue(":memory:", schema=schema, sensor="p", genesis=swarm.genesis.id,
+    q = SensorQueue(":memory:", schema=schema, sensor=(maker or who).author_id, genesis=swarm.genesis.id,
                     chunk_rows=rows, max_bytes=1 << 20)
     q.put("next_seq", seq)
     parser = RowParser(schema)
@@ -448,6 +449,9 @@ def test_check_ingest_refusals(swarm, tmp_path):
         # a chunk of another schema, honestly announced
         wrong, tx_wrong = _wrong_schema_chunk(swarm)
         _expect("schema", 422, lambda: check_ingest(manifest, tangle, wrong, tx_wrong.raw))
+        # another sensor's chunk, signed by this one: a copy
+        copied, tx_copied = chunk_and_tx(swarm, tangle, maker=STRANGER, seq=4)
+        _expect("not-owner", 403, lambda: check_ingest(manifest, tangle, copied, tx_copied.raw))
         # a checkpoint is not data
         ck = make_tx(SENSOR, kind="genesis", payload={}, parents=[], swarm=None, pow_bits=2)
         _expect("wrong-kind", 400, lambda: check_ingest(manifest, tangle, data, ck.raw))
@@ -650,7 +654,7 @@ async def test_embedded_sensor_publishes_chunks_another_node_receives(swarm, tmp
 
         me = load_identity(state)
         schema = swarm.manifest.schema
-        q = SensorQueue(state / "queue.sqlite", schema=schema, sensor="pi", chunk_rows=10,
+        q = SensorQueue(state / "queue.sqlite", schema=schema, sensor=me.author_id, chunk_rows=10,
                         genesis=swarm.genesis.id, max_bytes=1 << 20)
         csv_path = write_csv(tmp_path / "series.csv", 30)
         outlet = EmbeddedOutlet(state, Invite.load(invite_path), me, schema, {"kind": "csv"})

@@ -684,7 +684,8 @@ class _Sim:
         take = np.arange(start, start + rows) % len(node.x)
         t = int(self._clock() * 1000)
         schema = self.manifest.schema
-        chunk = Chunk(node.x[take], node.y[take].astype(np.int64), schema, node.name, node.seq, (t - 1000, t))
+        chunk = Chunk(node.x[take], node.y[take].astype(np.int64), schema, node.identity.author_id, node.seq,
+                      (t - 1000, t))
         data = encode_chunk(chunk)
         parts = node.up
         cid = await parts.ipfs.add(data)

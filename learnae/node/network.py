@@ -30,7 +30,7 @@ import numpy as np
 
 from learnae.errors import FormatError, LearnaeError
 from learnae.formats import Checkpoint, Chunk, decode_checkpoint, decode_chunk, encode_checkpoint
-from learnae.identity import Identity
+from learnae.identity import Identity, author_id
 from learnae.ipfs.base import IpfsNode
 from learnae.ledger.sync import TangleSync
 from learnae.ledger.tangle import Tangle
@@ -462,11 +462,27 @@ class NetworkSide:
         return await self.merge(offer, k=max(len(self.choice), 1), timeout=FINAL_FETCH_TIMEOUT)
 
     # ---------------------------------------------------------------------------- adopt
+    def _ownership(self, tx: Tx, chunk: Chunk) -> str | None:
+        """Why ``chunk``, announced by ``tx``, is not its author's to announce; None if it is."""
+        owner = author_id(tx.author)
+        if chunk.sensor != owner:
+            log.info("data chunk %s refused: its bytes name sensor %.24s, the transaction's author is"
+                     " %.24s (a copy of another sensor's chunk)", tx.id[:16], chunk.sensor, owner)
+            return "not-owner"
+        if tx.payload["cid"] in self.data_pinned:
+            log.info("data chunk %s refused: its CID is already adopted under another transaction", tx.id[:16])
+            return "duplicate"
+        return None
+
     async def adopt(self, store: ChunkStore, *, stopping: Callable[[], bool] = lambda: False) -> int:
         """Make one pass of data adoption over the ``data`` txs stored since the last pass.
 
         It takes those by admitted authors (others counted as ``data:not-admitted``), fetches
         and checks each chunk the store does not hold yet (:func:`fetch_chunk`) and stores it.
+        Ownership: a chunk is taken only from the author its bytes name (its ``sensor`` is the
+        transaction author's id; else ``data:not-owner``: a copy re-announced by another
+        author), and a chunk already taken under another transaction is not taken again
+        (``data:duplicate``).
         A chunk whose fetch timed out or failed is tried again in the next passes,
         :data:`ADOPT_TRIES` times in all, then refused as ``data:<code>``; store failures count
         as ``adopt:store``. A stored chunk is pinned (``adopt:pin`` counts failures), so the
@@ -519,6 +535,10 @@ class NetworkSide:
                 log.info("data chunk %s by %s refused: %r", tx.id[:16], tx.author.hex()[:12], exc)
                 continue
             self._tries.pop(tx.id, None)
+            refused = self._ownership(tx, chunk)
+            if refused is not None:
+                self.rejections[f"data:{refused}"] += 1
+                continue
             try:
                 await self.offload(store.add, tx.id, tx.author, chunk.x, chunk.y)
             except (StoreError, ValueError) as exc:  # e.g. disk full: fetched at a restart

@@ -38,6 +38,18 @@ _HEADER_MARGIN = 1024
 """Bytes a chunk file needs besides its tensors (safetensors header with metadata)."""
 
 
+def _header_bytes(schema: Schema, sensor: str, per_row: int) -> int:
+    """The most a chunk file of ``sensor`` takes besides its rows.
+
+    Its safetensors header and metadata, measured on a one-row chunk with the longest seq and
+    times it can hold.
+    """
+    x = np.zeros((1, *schema.features), dtype=schema.dtype)
+    y = None if schema.label_dtype is None else np.zeros(1, dtype=schema.label_dtype)
+    big = 10**15
+    return len(encode_chunk(Chunk(x, y, schema, sensor, big, (big, big)))) - per_row
+
+
 class QueuedChunk(NamedTuple):
     """An unpublished chunk.
 
@@ -103,6 +115,7 @@ class SensorQueue:
             raise ConfigError(f"one row ({per_row} bytes) does not fit a chunk of"
                               f" {max_chunk_bytes} bytes")
         self.chunk_rows = max(1, min(chunk_rows, fit))
+        self.header_bytes = _header_bytes(schema, sensor, per_row)
         if max_bytes < 2 * (self.chunk_rows * per_row + _HEADER_MARGIN):
             raise ConfigError(f"queue limit {max_bytes} bytes is below two chunks"
                               f" ({self.chunk_rows} rows of {per_row} bytes)")
@@ -178,8 +191,13 @@ class SensorQueue:
 
     # readings --------------------------------------------------------------------------------
     def full(self, extra: int = 0) -> bool:
-        """Would ``extra`` more readings go over :attr:`max_bytes`?"""
-        return self.bytes + extra * (self.row_bytes + _ROW_OVERHEAD) > self.max_bytes
+        """Would ``extra`` more readings go over :attr:`max_bytes`?
+
+        Counted with the file headers of the chunks the queued readings will be cut into
+        (:attr:`header_bytes` each), so cutting them never takes the queue over its bound.
+        """
+        headers = -(-(self.readings + extra) // self.chunk_rows) * self.header_bytes
+        return self.bytes + extra * (self.row_bytes + _ROW_OVERHEAD) + headers > self.max_bytes
 
     def add(self, rows: Iterable[Row]) -> int:
         """Store readings (one commit); returns the rows stored.
