@@ -32,20 +32,28 @@ async def test_a_cid_the_ledger_stops_keeping_is_given_up_not_waited_for(tmp_pat
             tangle.append(Identity.load(swarm.directory / "identity.key"), "checkpoint", checkpoint_payload(
                 cid=kept, size=10, step=1, samples=1, base=[], data=[], metrics={}))
         (tmp_path / "cids.txt").write_text(f"{kept}\n{gone}\n")
-        libkubo.create_repo(tmp_path / "fetcher")
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "learnae.local.fetcher", "--repo", str(tmp_path / "fetcher"),
-            "--invite", str(invite), "--listen", f"127.0.0.1:{free_port()}", "--peer", (await server.addrs())[0],
-            "--cids", str(tmp_path / "cids.txt"), "--timeout", "120", "--out", str(tmp_path / "result.json"),
-            "--kept-by", str(swarm.directory))
-        try:
-            assert await asyncio.wait_for(proc.wait(), 100) == 0
-        finally:
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
-        result = json.loads((tmp_path / "result.json").read_text())
+
+        async def fetch(*how: str) -> dict:
+            repo = tmp_path / f"fetcher{len(how)}"
+            libkubo.create_repo(repo)
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "learnae.local.fetcher", "--repo", str(repo), "--invite", str(invite),
+                "--listen", f"127.0.0.1:{free_port()}", "--peer", (await server.addrs())[0], "--timeout", "120",
+                "--out", str(repo / "result.json"), "--kept-by", str(swarm.directory), *how)
+            try:
+                assert await asyncio.wait_for(proc.wait(), 100) == 0
+            finally:
+                if proc.returncode is None:
+                    proc.kill()
+                    await proc.wait()
+            return json.loads((repo / "result.json").read_text())
+
+        # what the ledger keeps, read by the peer itself
+        result = await fetch()
+        assert result["checked"] == [kept] and result["fetched"] == 1 and result["rotated"] == []
+        # a list of which one CID is no longer kept: given up, not waited out (120 s)
+        result = await fetch("--cids", str(tmp_path / "cids.txt"))
         assert result["fetched"] == 1 and result["missing"] == [] and result["rotated"] == [gone]
-        assert result["elapsed_s"] < 100  # given up, not waited out (120 s)
+        assert result["elapsed_s"] < 100
     finally:
         await server.close()

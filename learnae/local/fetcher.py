@@ -5,16 +5,17 @@ namespace of its own when the nodes are in namespaces), so the fetch goes over t
 network the nodes use, from a peer that held none of the content::
 
     python -m learnae.local.fetcher --repo DIR --invite FILE --listen HOST:PORT \\
-        --peer MULTIADDR ... --cids CIDS.txt --timeout 10 --out RESULT.json [--kept-by STATE]
+        --peer MULTIADDR ... (--cids CIDS.txt | --kept-by STATE) --timeout 10 --out RESULT.json
 
-``CIDS.txt`` holds one CID per line. ``RESULT.json``: ``{"fetched": N, "missing": [CID, ...],
-"rotated": [CID, ...], "peer_count": N, "elapsed_s": S}``. Fetches run 30 at a time (the
-embedded node takes 32), each with ``--timeout`` seconds. With ``--kept-by`` (a live node's
-state directory) a fetch is given up as soon as that node's ledger no longer keeps its CID
-(:func:`~learnae.local.procdriver.content_cids`, read every :data:`KEPT_POLL` s): authors
-rotate their old checkpoints out while the check runs, and waiting out the timeout for each
-of those would add nothing. Given-up CIDs are listed in ``rotated``, not ``missing``.
-Exit status 0 when every CID came or was rotated out, 1 otherwise.
+``CIDS.txt`` holds one CID per line. ``--kept-by`` names a live node's state directory
+instead: the CIDs are what its ledger keeps (:func:`~learnae.local.procdriver.content_cids`),
+read once the peer is connected, and a fetch is given up as soon as that ledger no longer
+keeps its CID (read every :data:`KEPT_POLL` s): authors rotate their old checkpoints out
+while the check runs, and waiting out the timeout for each of those would prove nothing.
+``RESULT.json``: ``{"checked": [CID, ...], "fetched": N, "missing": [CID, ...], "rotated":
+[CID, ...], "peer_count": N, "elapsed_s": S}``; given-up CIDs are in ``rotated``, not
+``missing``. Fetches run 30 at a time (the embedded node takes 32), each with ``--timeout``
+seconds. Exit status 0 when every CID came or was rotated out, 1 otherwise.
 """
 
 from __future__ import annotations
@@ -48,7 +49,10 @@ async def fetch_all(args: argparse.Namespace) -> dict:
         for addr in args.peer:
             with contextlib.suppress(LearnaeError):
                 await node.connect(addr, timeout=5)
-        cids = [c for c in Path(args.cids).read_text().split() if c]
+        if args.cids is not None:
+            cids = [c for c in Path(args.cids).read_text().split() if c]
+        else:  # as late as can be: what is still kept when the peer can fetch
+            cids = await asyncio.to_thread(content_cids, Path(args.kept_by), relayed=args.relayed)
         gate = asyncio.Semaphore(CONCURRENCY)
         missing: list[str] = []
         rotated: list[str] = []
@@ -72,7 +76,7 @@ async def fetch_all(args: argparse.Namespace) -> dict:
                     task.cancel()
                     rotated.append(cid)
         await asyncio.gather(*tasks.values(), return_exceptions=True)
-        return {"fetched": len(cids) - len(missing) - len(rotated), "missing": sorted(missing),
+        return {"checked": cids, "fetched": len(cids) - len(missing) - len(rotated), "missing": sorted(missing),
                 "rotated": sorted(rotated), "peer_count": len(await node.peers()),
                 "elapsed_s": round(time.monotonic() - started, 2)}
     finally:
@@ -86,14 +90,17 @@ def main() -> None:
     parser.add_argument("--invite", required=True, help="The swarm's invite.json (its swarm key).")
     parser.add_argument("--listen", default="127.0.0.1:0", help="HOST:PORT to listen on.")
     parser.add_argument("--peer", action="append", default=[], help="A peer's multiaddr (repeat).")
-    parser.add_argument("--cids", required=True, help="File of CIDs, one per line.")
+    parser.add_argument("--cids", help="File of CIDs, one per line (or --kept-by).")
     parser.add_argument("--timeout", type=float, default=10.0, help="Seconds per fetch.")
     parser.add_argument("--out", required=True, help="Where to write the JSON result.")
-    parser.add_argument("--kept-by", help="A live node's state directory: give up a fetch once its"
-                                          " ledger no longer keeps the CID (rotated out).")
+    parser.add_argument("--kept-by", help="A live node's state directory: fetch what its ledger keeps"
+                                          " (unless --cids), and give up a fetch once the ledger no"
+                                          " longer keeps the CID (rotated out).")
     parser.add_argument("--relayed", action="store_true",
                         help="With --kept-by: only what its relay members hold counts as kept.")
     args = parser.parse_args()
+    if args.cids is None and args.kept_by is None:
+        parser.error("give --cids or --kept-by")
     result = asyncio.run(fetch_all(args))
     Path(args.out).write_text(json.dumps(result))
     sys.exit(0 if not result["missing"] else 1)

@@ -555,9 +555,10 @@ class _Run:
 
         The nodes train on meanwhile: a checkpoint that falls out of its author's newest
         ``keep`` during the check is unpinned and collected by design. A CID the peer did not
-        get counts as missing only if the ledger still says it is kept after the fetches, and
-        the peer gives up waiting for one as soon as that ledger stops keeping it
-        (:mod:`learnae.local.fetcher`'s ``--kept-by``: ``rotated``).
+        get counts as missing only if the ledger still says it is kept after the fetches. The
+        peer reads what the first live node's ledger keeps once it is connected, and gives up
+        waiting for a CID as soon as that ledger stops keeping it (:mod:`learnae.local.fetcher`'s
+        ``--kept-by``: ``rotated``).
         In a home-nat topology the peer dials the relay members only (nobody can dial the
         nodes behind NAT) and asks for what they hold (:func:`content_cids`, ``relayed``), or
         nothing when they serve no content; the rest of what the swarm keeps is ``excluded``.
@@ -571,18 +572,18 @@ class _Run:
                 return []
             return content_cids(state, relayed=home_nat)
 
-        cids = kept()
-        excluded = len(content_cids(state)) - len(cids) if home_nat and state else 0
+        excluded = len(content_cids(state)) - len(kept()) if home_nat and state else 0
         work = self.out / "fetcher"
         work.mkdir(exist_ok=True)
-        (work / "cids.txt").write_text("\n".join(cids))
         libkubo.create_repo(work / "ipfs")
         host = self.lan.addresses[self.fetcher_host()] if self.lan else "127.0.0.1"
         argv = [sys.executable, "-m", "learnae.local.fetcher", "--repo", str(work / "ipfs"),
                 "--invite", str(self.swarm.invite), "--listen", f"{host}:{4001 if self.lan else free_port()}",
-                "--cids", str(work / "cids.txt"), "--timeout", str(max(self.scn.fetch_timeout, 10.0)),
-                "--out", str(work / "result.json")]
-        if state is not None:
+                "--timeout", str(max(self.scn.fetch_timeout, 10.0)), "--out", str(work / "result.json")]
+        if state is None or (home_nat and not self.topology.serve_checkpoints):  # nothing to fetch
+            (work / "cids.txt").write_text("")
+            argv += ["--cids", str(work / "cids.txt")]
+        else:  # what it keeps, read by the peer once it is connected
             argv += ["--kept-by", str(state), *(["--relayed"] if home_nat else [])]
         peers = self.swarm.relays if home_nat else [self.swarm.members[i] for i in live]
         for m in peers:
@@ -598,11 +599,12 @@ class _Run:
                 proc.wait()
         try:
             result = json.loads((work / "result.json").read_text())
-        except (OSError, ValueError):
+        except (OSError, ValueError):  # the peer failed: everything kept counts as missing
+            cids = kept()
             return {"checked": len(cids), "missing": cids, "excluded": excluded}
         still = set(kept())  # after the fetches
         missing = [cid for cid in result["missing"] if cid in still]
-        return {"checked": len(cids), "missing": missing, "seconds": result["elapsed_s"],
+        return {"checked": len(result["checked"]), "missing": missing, "seconds": result["elapsed_s"],
                 "rotated": len(result["rotated"]) + len(result["missing"]) - len(missing), "excluded": excluded}
 
     def verify(self, i: int) -> list[str]:
