@@ -52,11 +52,11 @@ def timed(fn, repeat: int) -> tuple[float, float]:
     return statistics.median(runs), runs[int(0.95 * (len(runs) - 1))]
 
 
-def chunk_bytes(manifest: Manifest, seq: int) -> bytes:
+def chunk_bytes(manifest: Manifest, seq: int, sensor: Identity) -> bytes:
     schema = manifest.schema
     x = np.zeros((4, *schema.features), dtype=schema.dtype)
     y = np.zeros(4, dtype="int64")
-    return encode_chunk(Chunk(x, y, schema, "bench-probe", seq, (0, 1)))
+    return encode_chunk(Chunk(x, y, schema, sensor.author_id, seq, (0, 1)))
 
 
 def data_tx(sensor: Identity, genesis, manifest: Manifest, seq: int, parent, data: bytes, now: int):
@@ -82,7 +82,7 @@ def bench_size(root: Path, n: int, repeat: int) -> dict[str, tuple[float, float]
     swarm = init_swarm(root / f"swarm-{n}", manifest)
     genesis, now = swarm.genesis, swarm.genesis.time + 1
     sensor = Identity.generate()
-    small = chunk_bytes(manifest, 0)  # the stored history's chunks need not exist anywhere
+    small = chunk_bytes(manifest, 0, sensor)  # the stored history's chunks need not exist anywhere
     data = history(n, lambda i, p: data_tx(sensor, genesis, manifest, i, p or genesis, small, now))
     authors = [Identity.generate() for _ in range(AUTHORS)]
     ckpts = history(n, lambda i, p: make_tx(
@@ -95,7 +95,7 @@ def bench_size(root: Path, n: int, repeat: int) -> dict[str, tuple[float, float]
     tangle, _ = open_tangle(ingest_dir, invite=swarm.invite)
     for i in range(0, n, 5000):
         tangle.insert_many(data[i:i + 5000])
-    new = chunk_bytes(manifest, n)
+    new = chunk_bytes(manifest, n, sensor)
     last = data[-1] if data else genesis
     tx = data_tx(sensor, genesis, manifest, n, last, new, now + 1)
     figures = {"check_ingest": timed(lambda: check_ingest(manifest, tangle, new, tx.raw), repeat)}

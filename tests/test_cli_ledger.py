@@ -552,6 +552,26 @@ def test_credits_count_checkpoints_lineage_data_and_verdicts(swarm):
     assert re.search(rf"{re.escape(manifest_module.short_author(BOB.public_key))}\s+2\s+2\s+0", text)
 
 
+def test_credits_follow_base_links_to_a_checkpoint_higher_in_the_tangle(swarm):
+    """A ``base`` link is not a parent: a checkpoint on old tips (low in the tangle) can name a
+    base far above it. Its lineage still counts, whatever the tangle's order."""
+    from learnae.ledger.credits import credits
+    from learnae.ledger.tx import make_tx
+
+    tangle, manifest = open_tangle(swarm)
+    with tangle:
+        chain = [append_checkpoint(tangle, BOB, 1)]
+        for n in range(2, 6):
+            chain.append(append_checkpoint(tangle, BOB, n, base=[chain[-1]]))
+        late = make_tx(CAROL, kind="checkpoint", parents=[tangle.genesis.id], swarm=tangle.genesis.id,
+                       pow_bits=manifest.pow_bits, payload=checkpoint_payload(
+                           cid=content_id(b"late"), size=1, step=1, samples=1, base=[chain[-1].id], data=[],
+                           metrics={}))
+        tangle.insert(late)
+        assert tangle.order().index(late.id) < tangle.order().index(chain[-1].id)
+        assert credits(tangle)[BOB.public_key].merged == 5
+
+
 def test_credits_of_a_fresh_swarm_and_a_missing_directory(swarm):
     assert "nobody has published a checkpoint or data yet" in run("ledger", "credits", swarm).output
     missing = run("ledger", "credits", swarm.parent / "nothing", ok=False)

@@ -208,7 +208,7 @@ def _ingest_body(invite, sensor: Identity, rows: int) -> bytes:
     now = int(time.time() * 1000)
     chunk = encode_chunk(Chunk(x=rng.normal(size=(rows, *schema.features)).astype(schema.dtype),
                                y=(np.arange(rows) % schema.classes).astype(schema.label_dtype), schema=schema,
-                               sensor="pi", seq=0, time_range=(now, now)))
+                               sensor=sensor.author_id, seq=0, time_range=(now, now)))
     payload = data_payload(cid=content_id(chunk), size=len(chunk), rows=rows, schema=schema.to_dict(),
                            source={"kind": "test"}, seq=0)
     tx = make_tx(sensor, kind="data", payload=payload, parents=[invite.genesis], swarm=invite.genesis,

@@ -6,9 +6,9 @@ author:
 
 - ``checkpoints``: ``checkpoint`` transactions published;
 - ``merged``: those of them in the lineage of another author's checkpoint: named in its
-  ``base``, or an ancestor (through ``base`` links) of one so named. Computed in one pass from
-  the highest checkpoints down: a checkpoint counts if one of its children (the checkpoints
-  naming it as a base) is another author's or counts itself;
+  ``base``, or an ancestor (through ``base`` links) of one so named. A checkpoint counts if
+  one of its children (the checkpoints naming it as a base) is another author's or counts
+  itself;
 - ``data_chunks``, ``data_rows``: ``data`` transactions published, and the rows they announce;
 - ``rows_adopted``: the rows of those data transactions that another author's checkpoint names
   in its ``data`` (each data transaction counted once). Under the manifest's ``data_claims =
@@ -78,12 +78,8 @@ def credits(tangle: Tangle) -> dict[bytes, Credit]:
     for d in adopted:
         author, rows = rows_of[d]
         table[author].rows_adopted += rows
-    # Last in the order first, so every child is settled before its bases (a child is higher).
-    place = {tx_id: i for i, tx_id in enumerate(tangle.order())}
-    used: dict[str, bool] = {}
-    for tx_id in sorted(author_of, key=place.__getitem__, reverse=True):
-        me = author_of[tx_id]
-        used[tx_id] = any(author_of[c] != me or used[c] for c in children.get(tx_id, ()))
+    used = _used_by_others(author_of, children)
+    for tx_id, me in author_of.items():
         if used[tx_id]:
             table[me].merged += 1
     judged: dict[str, set[str]] = {"agree": set(), "dispute": set()}
@@ -96,6 +92,31 @@ def credits(tangle: Tangle) -> dict[bytes, Credit]:
             else:
                 line.disputed += 1
     return dict(table)
+
+
+def _used_by_others(author_of: dict[str, bytes], children: dict[str, list[str]]) -> dict[str, bool]:
+    """For each checkpoint: whether it is in the lineage of another author's checkpoint.
+
+    Children (the checkpoints naming one as a base) are settled before their bases, depth
+    first with a stack of its own. ``base`` links are payload links, not parents: a child can
+    sit lower in the tangle's order than its base, so the order cannot be walked instead. The
+    links form a DAG (a transaction names ids that existed before it).
+    """
+    used: dict[str, bool] = {}
+    for root in author_of:
+        stack = [(root, False)]
+        while stack:
+            tx_id, ready = stack.pop()
+            if tx_id in used:
+                continue
+            kids = children.get(tx_id, [])
+            if not ready:
+                stack.append((tx_id, True))
+                stack.extend((c, False) for c in kids if c not in used)
+                continue
+            me = author_of[tx_id]
+            used[tx_id] = any(author_of[c] != me or used[c] for c in kids)
+    return used
 
 
 def credits_json(tangle: Tangle) -> list[dict[str, Any]]:

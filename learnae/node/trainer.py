@@ -126,6 +126,7 @@ DEFAULT_SNAPSHOT_INTERVAL = 600.0  # seconds between two ledger snapshots
 DISK_WARN_INTERVAL = 600.0  # seconds between two warnings that the disk budget is not met
 VERIFY_INTERVAL = 1.0  # seconds between two looks for a peer checkpoint to spot-check
 CREDITS_INTERVAL = 5.0  # seconds at least between two countings of the node's credits (/status)
+CREDITS_SHARE = 0.05  # and at most this share of the network loop's time spent counting them
 LAZY_SIGMA = 0.01  # the noise a lazy node (a fault experiment) adds to what it merged
 LAZY_LEARNING_RATE = 1e-9  # a lazy node's: its batches run, its weights do not move
 
@@ -403,7 +404,7 @@ class TrainerNode:
         self._cb: SwarmCallback | None = None
         self._offer_lock = asyncio.Lock()  # one publish or merge at a time; new at each start
         self._api_runner: ApiRunner | None = None
-        self._credits: tuple[float, int, dict[str, int] | None] = (-math.inf, -1, None)  # (when, txs, line)
+        self._credits: tuple[float, int, dict[str, int] | None] = (-math.inf, -1, None)  # (next, txs, line)
         # data adoption: network side -> disk (STATE/adopted.sqlite) -> training side's pool
         self.adopt_authors = parse_adopt(config.adopt)
         max_rows = config.adopt_max_rows
@@ -1248,12 +1249,12 @@ class TrainerNode:
         """This node's line of the credits table (None before the ledger is open)."""
         if self.tangle is None or self.identity is None:
             return None
-        when, txs, line = self._credits
+        due, txs, line = self._credits
         now, count = time.monotonic(), self.tangle.count()
-        if count != txs and now - when >= CREDITS_INTERVAL:
-            own = credits(self.tangle).get(self.identity.public_key, Credit())
-            line = own.to_dict()
-            self._credits = (now, count, line)
+        if count != txs and now >= due:
+            line = credits(self.tangle).get(self.identity.public_key, Credit()).to_dict()
+            took = time.monotonic() - now
+            self._credits = (now + max(CREDITS_INTERVAL, took / CREDITS_SHARE), count, line)
         return line
 
     def _adopt_status(self) -> dict[str, Any]:
@@ -1331,7 +1332,8 @@ class TrainerNode:
         :meth:`_network_status`; ``verification``: the spot checks and standings
         (:meth:`~learnae.node.verifier.CheckpointVerifier.status`); ``credits``: this node's line
         of ``learnae ledger credits`` (:func:`~learnae.ledger.credits.credits`), counted again
-        when the ledger grew, at most every :data:`CREDITS_INTERVAL` seconds.
+        when the ledger grew, at most every :data:`CREDITS_INTERVAL` seconds and with at most
+        :data:`CREDITS_SHARE` of the loop's time (a long ledger is counted less often).
         """
         ledger: dict[str, Any] = {}
         if self.tangle is not None:
