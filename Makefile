@@ -15,9 +15,9 @@ $(STAMP): setup.cfg pyproject.toml
 
 install: $(STAMP)
 
-## test: the whole suite, slow integration tests included (what CI runs)
+## test: the whole suite, slow integration tests included (what CI runs): scripts/run-tests
 test: install
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	PYTHON=$(BIN)/python bash scripts/run-tests $(PYTEST_ARGS)
 
 ## test-fast: unit tests only, for the edit-test loop
 test-fast: install

@@ -12,7 +12,7 @@ import pytest
 
 from learnae.local.runner import LocalSwarm
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.swarm]
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "keras_callback.py"
 

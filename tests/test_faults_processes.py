@@ -18,7 +18,7 @@ from learnae.local.scenario import parse_scenario
 
 # each scenario is two runs of 6 node processes (about 4 minutes on 2 cores): beyond the
 # suite's default 600 s per test only when the machine is much slower or busier than that
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
+pytestmark = [pytest.mark.slow, pytest.mark.swarm, pytest.mark.timeout(1200)]
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "faults"
 CLI = "from learnae.cli import main; main()"

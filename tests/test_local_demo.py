@@ -15,7 +15,7 @@ import pytest
 
 from learnae.local.runner import pid_alive
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.swarm]
 
 DEMO = "from learnae.cli import main; main()"
 

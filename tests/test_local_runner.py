@@ -8,7 +8,7 @@ import pytest
 
 from learnae.local.runner import LocalSwarm, pid_alive, port_open
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.swarm]
 
 
 def test_two_nodes_train_merge_and_stop_cleanly(tmp_path):

@@ -26,7 +26,7 @@ from learnae.local import netns
 from learnae.local.natlab import NatLab
 
 ok, why = netns.nat_available()
-pytestmark = [pytest.mark.slow, pytest.mark.root, pytest.mark.skipif(not ok, reason=why or "nat available")]
+pytestmark = [pytest.mark.slow, pytest.mark.swarm, pytest.mark.root, pytest.mark.skipif(not ok, reason=why or "nat available")]
 
 
 @pytest.mark.parametrize("punch", [True, False], ids=["hole-punched", "relayed"])

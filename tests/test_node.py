@@ -23,7 +23,7 @@ from learnae.ledger.tangle import Tangle
 from learnae.manifest import Manifest
 from learnae.models import model_config
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.swarm]
 
 
 def _alone_accuracy(i: int, n: int, epochs: int) -> float:

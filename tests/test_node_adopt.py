@@ -385,6 +385,7 @@ class NodeProcess:
 
 
 @pytest.mark.slow
+@pytest.mark.swarm
 def test_a_node_process_bounds_its_pool_and_restarts_without_fetching(tmp_path, launch):
     from learnae.content import content_id
     from learnae.ingest import encode_ingest_request

@@ -38,7 +38,7 @@ from learnae.node import NodeConfig, TrainerNode
 from learnae.state import init_swarm
 from learnae.training.data import DataSpec
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.swarm]
 
 NODE = "from learnae.cli import main; main()"
 

@@ -77,6 +77,7 @@ def test_the_state_directory_is_measured_by_part(tmp_path):
 
 # --------------------------------------------------------------------------- node processes
 @pytest.mark.slow
+@pytest.mark.swarm
 def test_checkpoints_are_paced_by_the_manifest_interval(tmp_path, launch):
     manifest = Manifest(name="paced", model=model_config("digits-mlp"), pow_bits=2, sync_every=1,
                         learning_rate=0.003, checkpoint_interval=1.0)
@@ -91,6 +92,7 @@ def test_checkpoints_are_paced_by_the_manifest_interval(tmp_path, launch):
 
 
 @pytest.mark.slow
+@pytest.mark.swarm
 def test_the_repository_shrinks_back_under_its_bound_and_keeps_its_pins(tmp_path, launch):
     manifest = Manifest(name="upkeep", model=model_config("mlp-1m"), pow_bits=2, sync_every=5,
                         learning_rate=0.001, checkpoint_interval=0.5)
@@ -161,6 +163,7 @@ async def _fetch_from(nodes: Nodes, i: int, kept: list[str], dropped: str) -> No
 
 
 @pytest.mark.slow
+@pytest.mark.swarm
 def test_a_pruned_swarm_goes_on_and_a_late_node_joins_from_a_snapshot(tmp_path, launch):
     manifest = Manifest(name="pruned", model=model_config("digits-mlp"), pow_bits=2, sync_every=5,
                         learning_rate=0.003, checkpoint_interval=0.2)

@@ -21,7 +21,7 @@ from procs.nodes import Nodes
 from learnae.manifest import Manifest, Verification
 from learnae.models import model_config
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.swarm]
 
 NODES, LAZY = 4, 3
 

@@ -22,7 +22,7 @@ from learnae.ledger.tx import make_tx
 from learnae.local import netns
 from learnae.local.runner import free_port
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.swarm]
 
 PEER = Path(__file__).parent / "procs" / "ledger_peer.py"
 POW = 4

@@ -30,7 +30,7 @@ from learnae.manifest import Manifest
 from learnae.models import model_config
 from learnae.state import init_swarm
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.swarm]
 
 ROOT = Path(__file__).resolve().parents[1]
 # SIGUSR1 dumps every thread's stack into the node's log (what a node that does not stop is doing)
