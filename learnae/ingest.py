@@ -24,7 +24,7 @@ The ``POST /ingest`` contract (``--via http://NODE:PORT``):
 * ``4xx``: ``{"error": CODE, "reason": TEXT}`` (plus ``tips`` on ``409``): ``400`` bad request
   or transaction (``bad-request``, the :class:`~learnae.errors.TxRejected` codes, ``wrong-kind``,
   ``mismatch``, ``cid-mismatch``, chunk codes ``corrupt``/``format``/``non-finite``),
-  ``403`` ``not-admitted``/``wrong-swarm``/``not-owner`` (the chunk's ``sensor`` is not the
+  ``403`` ``not-admitted``/``revoked``/``wrong-swarm``/``not-owner`` (the chunk's ``sensor`` is not the
   transaction author's id), ``409`` ``unknown-parent``/``before-parent``
   (re-sign on the returned tips) or ``duplicate-seq`` (another transaction of this author
   holds this ``seq``, stored or being ingested; the answer carries ``next_seq`` as above),
@@ -103,7 +103,8 @@ class IngestRejected(LearnaeError):
         return d
 
 
-TX_STATUS = {"not-admitted": 403, "wrong-swarm": 403, "too-large": 413, "before-parent": 409}
+TX_STATUS = {"not-admitted": 403, "revoked": 403, "sensor-role": 403, "wrong-swarm": 403, "too-large": 413,
+             "before-parent": 409}
 """HTTP status of a refused transaction by :class:`~learnae.errors.TxRejected` code (else 400)."""
 
 
@@ -201,8 +202,9 @@ def check_ingest(manifest: Manifest, tangle: Tangle, chunk_bytes: bytes, tx_raw:
             raise unknown
         try:
             validate_tx(tx, swarm=tangle.swarm, pow_bits=manifest.pow_bits,
-                        max_bytes=limits.tx_bytes, now_ms=now, admitted=manifest.admitted,
+                        max_bytes=limits.tx_bytes, now_ms=now,
                         parent_times={p: t.time for p, t in parents.items() if t is not None})
+            tangle.check_author(tx)
         except TxRejected as exc:
             err = IngestRejected(exc.reason, code=exc.code, status=TX_STATUS.get(exc.code, 400))
             if err.status == 409:

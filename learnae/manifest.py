@@ -31,6 +31,11 @@ key                        meaning                                              
 ``limits``                 ``tx_bytes``, ``checkpoint_bytes``, ``chunk_bytes``: largest          64 KiB,
                            accepted transaction, checkpoint file and data chunk file            64 MiB, 8 MiB
 ``admission``              ``"open"``, or a list of the author ids allowed to publish           open
+                           from the start (``admit`` transactions add members later)
+``stewards``               author ids that may sign ``admit`` and ``revoke`` besides the        none
+                           founder (:mod:`learnae.ledger.members`); written only when some
+``steward_quorum``         distinct stewards whose votes an ``admit`` or ``revoke`` needs;      1
+                           written only when not 1
 ``created``                ms since the Unix epoch (also the genesis transaction's time)        now
 ``verification``           checks of peers' checkpoints and the authors' standings              see below
                            (:class:`Verification`); written only when not the defaults
@@ -58,7 +63,7 @@ import dataclasses
 import math
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -67,6 +72,7 @@ import libipld
 from learnae.errors import ConfigError, IdentityError
 from learnae.formats import DTYPES, Schema
 from learnae.identity import Identity, author_id, parse_author_id, read_author_file
+from learnae.ledger.members import Rules
 from learnae.ledger.tx import Tx, make_tx
 from learnae.merge import RULES, MergeError, check_params
 from learnae.models.check import DEFAULT_MAX_PARAMS, PARAM_BYTES, check_model
@@ -89,6 +95,7 @@ MERGE_RULES = RULES
 """Merge rule names (:data:`learnae.merge.RULES`)."""
 ADMISSION_OPEN = "open"
 MAX_ADMISSION = 10_000
+MAX_STEWARDS = 64
 MAX_MERGE_PARAMS = 32
 
 DEFAULT_OPTIMIZER = "adam"
@@ -343,9 +350,12 @@ class Manifest:
     pow_bits: int = DEFAULT_POW_BITS
     limits: Limits = field(default_factory=Limits)
     admission: str | tuple[str, ...] = ADMISSION_OPEN
+    stewards: tuple[str, ...] = ()
+    steward_quorum: int = 1
     created: int | None = None
     verification: Verification = field(default_factory=Verification)
     _keys: frozenset[bytes] | None = field(default=None, init=False, repr=False, compare=False)
+    _steward_keys: frozenset[bytes] = field(default=frozenset(), init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         def put(name: str, value: Any) -> None:
@@ -407,6 +417,10 @@ class Manifest:
         put("admission", admission)
         if keys is not None:
             put("_keys", keys)
+        stewards = _author_ids("stewards", self.stewards, 0, MAX_STEWARDS)
+        put("stewards", tuple(stewards))
+        put("_steward_keys", frozenset(stewards.values()))
+        _int("steward_quorum", self.steward_quorum, 1, max(1, len(stewards)))
         put("created", _now_ms() if self.created is None else
             _int("created (ms since the epoch)", self.created, 0, 2**63 - 1))
         size = len(libipld.encode_dag_cbor(self.to_payload()))
@@ -440,6 +454,10 @@ class Manifest:
         }
         if self.verification != Verification():  # absent = defaults: older payloads unchanged
             payload["verification"] = self.verification.to_payload()
+        if self.stewards:  # likewise
+            payload["stewards"] = list(self.stewards)
+        if self.steward_quorum != 1:
+            payload["steward_quorum"] = self.steward_quorum
         _no_bytes(payload, "")
         return payload
 
@@ -473,19 +491,20 @@ class Manifest:
             kwargs["verification"] = Verification.from_payload(kwargs["verification"])
         if isinstance(kwargs.get("input_shape"), list):
             kwargs["input_shape"] = tuple(kwargs["input_shape"])
-        if isinstance(kwargs.get("admission"), list):
-            kwargs["admission"] = tuple(kwargs["admission"])
+        for key in ("admission", "stewards"):
+            if isinstance(kwargs.get(key), list):
+                kwargs[key] = tuple(kwargs[key])
         return cls(**kwargs)
 
     # derived views -----------------------------------------------------------------------------
-    @property
-    def admitted(self) -> Callable[[bytes], bool] | None:
-        """``admitted(author_key) -> bool`` for the tangle; ``None`` for an open swarm."""
-        return None if self._keys is None else self._keys.__contains__
+    def membership(self, founder: bytes) -> Rules:
+        """The membership rules for the ledger (:mod:`learnae.ledger.members`).
 
-    def admits(self, author_key: bytes) -> bool:
-        """May this 32-byte public key publish in the swarm?"""
-        return self._keys is None or author_key in self._keys
+        Args:
+            founder: the genesis author's 32-byte public key.
+        """
+        return Rules(founder=founder, admission=self._keys, stewards=self._steward_keys,
+                     quorum=self.steward_quorum)
 
     @property
     def schema(self) -> Schema:
@@ -534,19 +553,27 @@ def _check_admission(value: Any) -> tuple[str | tuple[str, ...], frozenset[bytes
         return ADMISSION_OPEN, None
     if isinstance(value, str) or not isinstance(value, list | tuple):
         raise ConfigError(f"manifest admission must be 'open' or a list of author ids, got {value!r}")
-    if not 1 <= len(value) <= MAX_ADMISSION:
+    if not value:
         raise ConfigError(f"manifest admission list must hold 1 to {MAX_ADMISSION} author ids"
                           " (use 'open' to admit everyone)")
+    keys = _author_ids("admission", value, 1, MAX_ADMISSION)
+    return tuple(value), frozenset(keys.values())
+
+
+def _author_ids(name: str, value: Any, least: int, most: int) -> dict[str, bytes]:
+    """Check a list of ``least`` to ``most`` distinct author ids; their public keys by id."""
+    if isinstance(value, str) or not isinstance(value, list | tuple) or not least <= len(value) <= most:
+        raise ConfigError(f"manifest {name} must be a list of {least} to {most} author ids, got {value!r}")
     keys: dict[str, bytes] = {}
     for i, aid in enumerate(value):
         try:
             key = parse_author_id(aid)
         except IdentityError as exc:
-            raise ConfigError(f"manifest admission[{i}]: {exc.reason}") from None
+            raise ConfigError(f"manifest {name}[{i}]: {exc.reason}") from None
         if aid in keys:
-            raise ConfigError(f"manifest admission lists {aid} twice")
+            raise ConfigError(f"manifest {name} lists {aid} twice")
         keys[aid] = key
-    return tuple(value), frozenset(keys.values())
+    return keys
 
 
 # --------------------------------------------------------------------------- genesis

@@ -287,7 +287,7 @@ def init_swarm(
         created.append(state.identity)
         created.append(state.tangle)
         Tangle(state.tangle, genesis_raw=genesis.raw, pow_bits=manifest.pow_bits,
-               max_tx_bytes=manifest.limits.tx_bytes, admitted=manifest.admitted).close()
+               max_tx_bytes=manifest.limits.tx_bytes, rules=manifest.membership(genesis.author)).close()
     except BaseException as exc:
         for path in created:
             path.unlink(missing_ok=True)
@@ -343,7 +343,7 @@ def open_tangle(
         manifest = manifest_of(genesis)
         d.mkdir(mode=0o700, parents=True, exist_ok=True)
         tangle = Tangle(path, genesis_raw=genesis.raw, pow_bits=manifest.pow_bits,
-                        max_tx_bytes=manifest.limits.tx_bytes, admitted=manifest.admitted,
+                        max_tx_bytes=manifest.limits.tx_bytes, rules=manifest.membership(genesis.author),
                         **tangle_kwargs)
         return tangle, manifest
     with Tangle(path, read_only=read_only) as probe:
@@ -358,4 +358,5 @@ def open_tangle(
     if invite is not None and invite.genesis != swarm:
         raise ConfigError(f"{path} holds swarm {swarm}, not the invite's {invite.genesis}")
     manifest = manifest_of(genesis)
-    return Tangle(path, admitted=manifest.admitted, read_only=read_only, **tangle_kwargs), manifest
+    return Tangle(path, rules=manifest.membership(genesis.author), read_only=read_only,
+                  **tangle_kwargs), manifest

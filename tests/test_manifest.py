@@ -18,6 +18,7 @@ from learnae.errors import ConfigError
 from learnae.identity import Identity
 from learnae.invite import Invite
 from learnae.ipfs.privnet import new_swarm_key
+from learnae.ledger.members import Rules
 from learnae.ledger.tx import decode_tx, make_tx, validate_tx
 from learnae.manifest import Limits, Manifest, make_genesis, manifest_of, read_admission_file
 from learnae.models import MODELS, model_config
@@ -67,7 +68,8 @@ def test_defaults_come_from_the_model_and_the_manifest():
     assert (m.input_shape, m.dtype, m.classes) == ((64,), "float32", 10)
     assert (m.optimizer, m.merge, m.admission, m.limits) == ("adam", "mean", "open", Limits())
     assert m.limits.tx_bytes == 64 * 1024 and m.limits.checkpoint_bytes == 64 * 2**20
-    assert m.admitted is None and m.admits(BOB.public_key)
+    assert m.membership(ALICE.public_key) == Rules(founder=ALICE.public_key)  # open, no stewards
+    assert (m.stewards, m.steward_quorum) == ((), 1) and "stewards" not in m.to_payload()
     assert m.schema.features == (64,) and m.schema.classes == 10 and m.schema.label_dtype == "int64"
     assert Manifest(name="x", model=DIGITS).created > NOW  # now, by default
 
@@ -371,9 +373,24 @@ def test_a_layer_whose_parameters_cannot_be_counted_is_refused():
 
 def test_admission_list_is_author_ids_and_admits_only_them():
     m = digits(admission=(ALICE.author_id, BOB.author_id))
-    assert m.admits(ALICE.public_key) and not m.admits(identity(3).public_key)
-    assert m.admitted(BOB.public_key) and not m.admitted(identity(3).public_key)
+    assert m.membership(ALICE.public_key).admission == {ALICE.public_key, BOB.public_key}
     assert m.to_payload()["admission"] == [ALICE.author_id, BOB.author_id]
+
+
+def test_stewards_and_their_quorum_reach_the_membership_rules_and_the_payload():
+    carol = identity(3)
+    m = digits(stewards=(BOB.author_id, carol.author_id), steward_quorum=2)
+    rules = m.membership(ALICE.public_key)
+    assert rules.stewards == {BOB.public_key, carol.public_key} and rules.quorum == 2
+    payload = m.to_payload()
+    assert payload["stewards"] == [BOB.author_id, carol.author_id] and payload["steward_quorum"] == 2
+    assert Manifest.from_payload(payload) == m
+    with pytest.raises(ConfigError, match="steward_quorum"):
+        digits(stewards=(BOB.author_id,), steward_quorum=2)
+    with pytest.raises(ConfigError, match="stewards lists .* twice"):
+        digits(stewards=(BOB.author_id, BOB.author_id))
+    with pytest.raises(ConfigError, match=r"stewards\[0\]"):
+        digits(stewards=("z6Mknot-an-id",))
 
 
 def test_admission_file(tmp_path):

@@ -62,7 +62,7 @@ def bad_signature_tx(seq: int) -> Tx:
     return Tx(**{**tx.__dict__, "raw": tx.raw.replace(tx.sig, bytes(64))})
 
 
-def future_kind_tx(seq: int, kind: str = "revoke") -> Tx:
+def future_kind_tx(seq: int, kind: str = "evict") -> Tx:
     """A well-formed, signed and mined transaction of a kind this version does not know (as a
     newer version, or someone storing junk, would make it)."""
     with mock.patch("learnae.ledger.tx.check_payload"):
@@ -480,7 +480,7 @@ async def test_unknown_kinds_are_refused_by_insert_and_by_sync(swarm, tmp_path):
     mallory = swarm.net.node("mallory")
     await mallory.connect((await swarm.nodes["a"].addrs())[0])
     topic = tx_topic(GENESIS.id)
-    await mallory.publish(topic, encode_message("tx", txs=[tx.raw, future_kind_tx(2, "admit").raw]))
+    await mallory.publish(topic, encode_message("tx", txs=[tx.raw, future_kind_tx(2, "ban").raw]))
     await eventually(lambda: a.rejections["unknown-kind"] == 2)
     assert swarm.tangles["a"].rejections == {"unknown-kind": 2}
     assert swarm.tangles["a"].count() == 1 and a.peer_stats()["mallory"]["rejected"] == 2

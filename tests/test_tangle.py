@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 
 from learnae.errors import LedgerError, TxRejected
 from learnae.identity import Identity
+from learnae.ledger.members import Rules
 from learnae.ledger.tangle import Tangle
 from learnae.ledger.tx import Tx, checkpoint_payload, data_payload, make_tx, tx_link
 
@@ -39,6 +40,7 @@ CIDS = [
     "bafybeifx7yeb55armcsxwwitkymga5xf53dxiarykms3ygqic223w5sk3m",
 ]
 GENESIS = make_tx(ALICE, kind="genesis", payload={"name": "t"}, parents=[], swarm=None, pow_bits=POW, time_ms=NOW)
+CLOSED = Rules(founder=ALICE.public_key, admission=frozenset(i.public_key for i in (ALICE, BOB, CAROL)))
 
 
 def open_tangle(path, **kw) -> Tangle:
@@ -214,14 +216,14 @@ BAD = {
     "not-admitted": lambda a: data_tx(MALLORY, [a.id], NOW + 24).raw,
     "bad-payload": lambda a: resign(a, BOB, payload={"cid": CIDS[0]}, parents=[tx_link(a.id)], time=NOW + 22),
     "bad-fields": lambda a: resign(a, BOB, extra=1, parents=[tx_link(a.id)], time=NOW + 23),
-    "unknown-kind": lambda a: resign(a, BOB, kind="revoke", payload={"pad": b"\x00" * 100},
+    "unknown-kind": lambda a: resign(a, BOB, kind="evict", payload={"pad": b"\x00" * 100},
                                      parents=[tx_link(a.id)], time=NOW + 25),
 }
 
 
 @pytest.mark.parametrize("code", sorted(BAD))
 def test_rejection_leaves_the_tangle_unchanged(tmp_path, code):
-    with open_tangle(tmp_path / "t.db", admitted=lambda key: key != MALLORY.public_key) as t:
+    with open_tangle(tmp_path / "t.db", rules=CLOSED) as t:
         a = data_tx(BOB, [GENESIS.id], NOW + 10)
         t.insert(a.raw)
         before = state(t)
@@ -234,7 +236,7 @@ def test_rejection_leaves_the_tangle_unchanged(tmp_path, code):
 
 
 def test_append(tmp_path):
-    with open_tangle(tmp_path / "t.db", admitted=lambda key: key != MALLORY.public_key) as t:
+    with open_tangle(tmp_path / "t.db", rules=CLOSED) as t:
         t.insert_many(DAG[1:])
         tips = t.tips()
         tx = t.append(ALICE, "checkpoint", checkpoint_payload(

@@ -40,6 +40,12 @@ Design choices:
   tip cannot be checked by a receiver, and checking against the receiver's own tips would make
   two nodes' sets depend on delivery order. :meth:`Tangle.select_tips` returns one tip only when
   the tangle has one.
+- **Membership** (:mod:`learnae.ledger.members`): each stored transaction has a *view*, the
+  set of ``admit``/``revoke`` transactions in its past cone (the union of its parents' views,
+  itself added if it is one), kept as an id into table ``view``; a transaction is stored only
+  if its author may publish it in its parents' view (codes ``not-admitted``, ``revoked``,
+  ``sensor-role``, ``not-steward``, ``open-swarm``). The view depends on ancestors alone, so
+  every node decides alike whatever the arrival order. Frontier entries keep their view.
 - **Attestations** (a verifier's verdict on a peer's checkpoint) approve the checkpoint they
   judge (``validate_tx``'s ``attestation-parent`` rule), so the checkpoint is stored first and an
   attestation that arrives before it waits in the pending buffer. On storing one, the store
@@ -50,7 +56,7 @@ Design choices:
 Pruning (:meth:`Tangle.prune`), on the model of IOTA's local snapshots (Hornet):
 
 - **The rule.** The genesis and every transaction whose kind is neither ``checkpoint`` nor
-  ``snapshot`` (data, attestations, and the membership kinds to come) are kept forever. A
+  ``snapshot`` (data, attestations, admit and revoke) are kept forever. A
   ``checkpoint`` is kept iff it is its author's newest, or it is among its author's newest
   ``keep_per_author`` and not older than ``now_ms - window_ms`` (the *cutoff*; times are the
   authors' clocks). A
@@ -112,6 +118,8 @@ import libipld
 
 from learnae.errors import InvalidCID, LedgerError, TxRejected
 from learnae.identity import Identity
+from learnae.ledger.members import KINDS as MEMBERSHIP_KINDS
+from learnae.ledger.members import Roll, Rules, event_ids, view_text
 from learnae.ledger.tx import (
     TX_CID_PREFIX,
     Tx,
@@ -151,6 +159,7 @@ CREATE TABLE IF NOT EXISTS tx (
     author BLOB NOT NULL,
     time INTEGER NOT NULL,
     height INTEGER NOT NULL,     -- 0 for the genesis, else 1 + max(parent heights)
+    view INTEGER NOT NULL DEFAULT 0,  -- view.id: the membership txs in its past cone
     cid TEXT,                    -- content CID announced by data and checkpoint txs
     dseq INTEGER                 -- a data tx's payload seq (per sensor), else NULL
 );
@@ -167,8 +176,14 @@ CREATE TABLE IF NOT EXISTS pruned (  -- the frontier: pruned transactions that k
     seq INTEGER PRIMARY KEY,     -- the seq the transaction had (edges keep pointing to it)
     id TEXT NOT NULL UNIQUE,
     time INTEGER NOT NULL,
-    height INTEGER NOT NULL
+    height INTEGER NOT NULL,
+    view INTEGER NOT NULL DEFAULT 0
 );
+CREATE TABLE IF NOT EXISTS view (  -- sets of membership (admit, revoke) txs: transactions' views
+    id INTEGER PRIMARY KEY,      -- 0: the empty set
+    events TEXT NOT NULL UNIQUE  -- their ids, sorted, comma-joined
+);
+INSERT OR IGNORE INTO view VALUES (0, '');
 CREATE TABLE IF NOT EXISTS attestation (  -- index of the attestation txs (never pruned)
     seq INTEGER PRIMARY KEY,     -- tx.seq of the attestation
     tx TEXT NOT NULL UNIQUE,     -- its id
@@ -320,6 +335,7 @@ class _Parent(NamedTuple):
     time: int
     height: int
     frontier: bool  # a pruned transaction remembered in the frontier, not a stored one
+    view: int = 0  # view.id
 
 
 class _Region(NamedTuple):
@@ -343,7 +359,8 @@ class Tangle:
         genesis_raw: the genesis transaction's bytes (needed to create the store).
         pow_bits: proof-of-work bits every transaction needs (from the manifest).
         max_tx_bytes: largest accepted transaction encoding (from the manifest).
-        admitted: ``admitted(author_key) -> bool`` for closed swarms; ``None`` admits all.
+        rules: the swarm's membership rules (from its manifest); ``None``: an open swarm whose
+            founder alone signs ``revoke``.
         max_pending_bytes: bound on the bytes of transactions waiting for parents.
         clock: ms since the epoch, for the ``future-time`` rule.
         read_only: open for reading only (SQLite ``mode=ro``): nothing is ever written to the
@@ -365,7 +382,7 @@ class Tangle:
         genesis_raw: bytes | None = None,
         pow_bits: int | None = None,
         max_tx_bytes: int | None = None,
-        admitted: Callable[[bytes], bool] | None = None,
+        rules: Rules | None = None,
         max_pending_bytes: int = 32 * 2**20,
         clock: Callable[[], int] = _now_ms,
         read_only: bool = False,
@@ -380,7 +397,6 @@ class Tangle:
             self._db = sqlite3.connect(uri, uri=True, isolation_level=None)
         else:
             self._db = sqlite3.connect(self.path, isolation_level=None)
-        self._admitted = admitted
         self._clock = clock
         try:
             self._prepare(genesis_raw is not None)
@@ -405,6 +421,15 @@ class Tangle:
         self._prune_cursor = self._prune_high = 0
         self._prune_args = (-1, -1, -1)
         self._load()
+        self.rules = rules if rules is not None else Rules(founder=self._founder())
+        """The swarm's membership rules."""
+
+    def _founder(self) -> bytes:
+        """The genesis author (a damaged genesis gives a key nobody holds: verify reports it)."""
+        try:
+            return self.genesis.author
+        except LedgerError:  # TxRejected included
+            return bytes(32)
 
     def _prepare(self, creating: bool) -> None:
         """Check what the file holds before anything is written to it, then set it up.
@@ -423,6 +448,7 @@ class Tangle:
                                   " not a learnae ledger (a node or `learnae init` makes one)")
         self._has_frontier = "pruned" in tables or not self.read_only
         self._has_attestations = "attestation" in tables or not self.read_only  # and "judged"
+        self._has_views = "view" in tables or not self.read_only
         if self.read_only:
             columns = {row[1] for row in self._db.execute("PRAGMA table_info(tx)")}
             self._has_dseq = "dseq" in columns
@@ -430,7 +456,12 @@ class Tangle:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute(f"PRAGMA journal_size_limit={WAL_LIMIT}")
+        old_tx_columns = {row[1] for row in self._db.execute("PRAGMA table_info(tx)")}
+        old_frontier_columns = {row[1] for row in self._db.execute("PRAGMA table_info(pruned)")}
         self._db.executescript(_SCHEMA)
+        for table, columns in (("tx", old_tx_columns), ("pruned", old_frontier_columns)):
+            if columns and "view" not in columns:  # made before membership: every view is empty
+                self._db.execute(f"ALTER TABLE {table} ADD COLUMN view INTEGER NOT NULL DEFAULT 0")
         if "dseq" not in {row[1] for row in self._db.execute("PRAGMA table_info(tx)")}:
             self._add_dseq()
         self._db.execute(_DSEQ_INDEX)
@@ -502,12 +533,25 @@ class Tangle:
             )
         }
         self._counts: Counter[str] = Counter(dict(self._db.execute("SELECT kind, count(*) FROM tx GROUP BY kind")))
+        self._load_views()
         self._latest: dict[bytes, tuple[tuple[int, int, str], int]] = {
             author: ((time_ms, height, i), seq) for author, time_ms, height, i, seq in self._db.execute(
                 "SELECT author, time, height, id, seq FROM (SELECT author, time, height, id, seq,"
                 " row_number() OVER (PARTITION BY author ORDER BY time DESC, height DESC, id DESC)"
                 " AS r FROM tx WHERE kind = 'checkpoint') WHERE r = 1")
         }
+
+    def _load_views(self) -> None:
+        """Read the views and the membership transactions (few: kept in memory)."""
+        self._views: dict[int, frozenset[str]] = {0: frozenset()}
+        if self._has_views:
+            self._views.update((i, event_ids(events)) for i, events in self._db.execute("SELECT id, events FROM view"))
+        self._view_ids = {events: i for i, events in self._views.items()}
+        marks = ",".join("?" * len(MEMBERSHIP_KINDS))
+        self._events: dict[str, tuple[int, Tx]] = {
+            i: (height, decode_tx(raw)) for i, height, raw in self._db.execute(
+                f"SELECT id, height, raw FROM tx WHERE kind IN ({marks})", MEMBERSHIP_KINDS)}
+        self._rolls: dict[frozenset[str], Roll] = {}
 
     def close(self) -> None:
         """Close the database (everything acknowledged is already on disk)."""
@@ -557,12 +601,13 @@ class Tangle:
         """The stored or frontier transactions among ``ids`` (a stored one wins)."""
         ids = list(ids)
         marks = ",".join("?" * len(ids))
-        sql = f"SELECT id, seq, time, height, 0 FROM tx WHERE id IN ({marks})"
+        view = "view" if self._has_views else "0"
+        sql = f"SELECT id, seq, time, height, 0, {view} FROM tx WHERE id IN ({marks})"
         if self._has_frontier:
-            sql = f"SELECT id, seq, time, height, 1 FROM pruned WHERE id IN ({marks}) UNION ALL " + sql
+            sql = f"SELECT id, seq, time, height, 1, {view} FROM pruned WHERE id IN ({marks}) UNION ALL " + sql
             ids = ids + ids
-        return {i: _Parent(seq, time_ms, height, bool(frontier))
-                for i, seq, time_ms, height, frontier in self._db.execute(sql, ids)}
+        return {i: _Parent(seq, time_ms, height, bool(frontier), view_id)
+                for i, seq, time_ms, height, frontier, view_id in self._db.execute(sql, ids)}
 
     def _superseded(self, tx: Tx, parents: dict[str, _Parent]) -> bool:
         """Would a prune by the last cutoff delete ``tx`` at once (``parents``: those held)?
@@ -603,7 +648,7 @@ class Tangle:
         try:
             validate_tx(
                 tx, swarm=self.swarm, pow_bits=self.pow_bits, max_bytes=self.max_tx_bytes,
-                now_ms=self._clock(), admitted=self._admitted,
+                now_ms=self._clock(),
                 parent_times={i: p.time for i, p in found.items()},
             )
         except TxRejected as exc:
@@ -613,10 +658,61 @@ class Tangle:
             return InsertResult(tx.id, "pending")
         try:
             subject = self._subject(tx, found)
+            view = self._view(tx, found.values())
         except TxRejected as exc:
             return self._reject(tx.id, exc)
-        self._store(tx, found.values(), itself, subject)
+        self._store(tx, found.values(), itself, subject, view)
         return InsertResult(tx.id, "inserted", self._release(tx.id))
+
+    def _view(self, tx: Tx, parents: Iterable[_Parent]) -> int:
+        """Check that ``tx``'s author may publish it in its parents' view; return its own view.
+
+        Raises:
+            TxRejected: as :meth:`learnae.ledger.members.Roll.check`.
+        """
+        views = {p.view for p in parents}
+        events = frozenset().union(*(self._views[v] for v in views))
+        self.roll_of(events).check(tx)
+        if tx.kind in MEMBERSHIP_KINDS:
+            events = events | {tx.id}
+        return self._view_id(events)
+
+    def _view_id(self, events: frozenset[str]) -> int:
+        """The id of the view holding ``events``, stored now if new."""
+        found = self._view_ids.get(events)
+        if found is None:
+            found = self._db.execute("INSERT INTO view (events) VALUES (?)", (view_text(events),)).lastrowid
+            assert found is not None
+            self._views[found], self._view_ids[events] = events, found
+        return found
+
+    def check_author(self, tx: Tx) -> None:
+        """Check that ``tx``'s author may publish it on its parents, without storing it.
+
+        Raises:
+            TxRejected: as :meth:`learnae.ledger.members.Roll.check`.
+            LedgerError: a parent is not stored here (nor in the frontier).
+        """
+        parents = self._parents(tx.parents)
+        if len(parents) < len(tx.parents):
+            raise LedgerError(f"{tx.id}: its parents are not all in this ledger")
+        self._view(tx, parents.values())
+
+    def roll_of(self, events: frozenset[str]) -> Roll:
+        """Who may publish in the view holding the membership transactions ``events``.
+
+        ``events``: transaction ids; those not stored here are left out.
+        """
+        roll = self._rolls.get(events)
+        if roll is None:
+            if len(self._rolls) >= 256:
+                self._rolls.clear()
+            roll = self._rolls[events] = Roll.of(self.rules, (self._events[i] for i in events if i in self._events))
+        return roll
+
+    def roll(self) -> Roll:
+        """Who may publish as this whole ledger says: every stored membership transaction."""
+        return self.roll_of(frozenset(self._events))
 
     def _subject(self, tx: Tx, parents: dict[str, _Parent]) -> bytes | None:
         """The subject of attestation ``tx`` (``None`` for other kinds); ``parents``: all of them.
@@ -642,21 +738,23 @@ class Tangle:
         return InsertResult(tx_id, "rejected", error=exc)
 
     def _store(self, tx: Tx, parents: Iterable[_Parent], frontier: _Parent | None = None,
-               subject: bytes | None = None) -> None:
+               subject: bytes | None = None, view: int = 0) -> None:
         """Store ``tx`` on its ``parents``; ``frontier``: its own entry in the frontier, if any.
 
         A frontier transaction that arrives in full (its approvers' edges point to its frontier
         seq) takes a new seq, the edges follow it, and it leaves the frontier (and ``judged``).
-        An attestation is indexed with ``subject`` (:meth:`_subject`).
+        An attestation is indexed with ``subject`` (:meth:`_subject`); ``view``: its view's id.
         """
         parents = list(parents)
         height = 1 + max(p.height for p in parents)
         seq = self._next_seq
         self._db.execute(
-            "INSERT INTO tx (seq, id, raw, kind, author, time, height, cid, dseq)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (seq, tx.id, tx.raw, tx.kind, tx.author, tx.time, height, _announced_cid(tx), _data_seq(tx)),
+            "INSERT INTO tx (seq, id, raw, kind, author, time, height, cid, dseq, view)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (seq, tx.id, tx.raw, tx.kind, tx.author, tx.time, height, _announced_cid(tx), _data_seq(tx), view),
         )
+        if tx.kind in MEMBERSHIP_KINDS:
+            self._events[tx.id] = (height, tx)
         self._next_seq += 1
         self._db.executemany("INSERT INTO edge VALUES (?, ?)", ((seq, p.seq) for p in parents))
         if subject is not None:
@@ -715,10 +813,11 @@ class Tangle:
                 try:
                     check_parent_times(child, {i: p.time for i, p in parents.items()})
                     subject = self._subject(child, parents)
+                    view = self._view(child, parents.values())
                 except TxRejected as exc:
                     self._reject(child_id, exc)
                     continue
-                self._store(child, parents.values(), itself, subject)
+                self._store(child, parents.values(), itself, subject, view)
                 released.append(child_id)
                 arrived.append(child_id)
         return tuple(released)
@@ -987,7 +1086,7 @@ class Tangle:
             TxRejected: the rule it breaks, as :func:`~learnae.ledger.tx.validate_tx`.
         """
         validate_tx(tx, swarm=self.swarm, pow_bits=self.pow_bits, max_bytes=self.max_tx_bytes,
-                    now_ms=self._clock(), admitted=self._admitted)
+                    now_ms=self._clock())
 
     def counts(self) -> dict[str, int]:
         """Number of stored transactions by kind, sorted by kind. Cost: the number of kinds."""
@@ -1147,16 +1246,21 @@ class Tangle:
         swarm's rules, parents stored or in the frontier (pruned, with the time and height
         recorded there) and not later in time, and index columns (kind, author, time, height,
         content CID, data seq, edges) that agree with the bytes; no frontier id is also stored.
-        Transactions are checked in the tangle's order (parents first). Attestations: the judged
+        Transactions are checked in the tangle's order (parents first), each against the
+        membership its parents' view says (:mod:`learnae.ledger.members`), and its stored view
+        against the one its parents' give (a frontier entry's is taken as stored). Attestations: the judged
         transaction is a checkpoint of another author, and table ``attestation`` holds exactly
         one row per attestation, derived from its bytes and the checkpoint's (or, pruned, the
         bytes kept in ``judged``, which must be valid checkpoints of the frontier, at its times).
         """
         problems: list[str] = []
         seen: dict[str, tuple[int, int]] = {}  # id -> (time, height) as stored
+        views: dict[str, frozenset[str]] = {}  # id -> its view's membership transactions
+        view = "view" if self._has_views else "0"
         parent_id = "p.id"
         if self._has_frontier:
-            seen.update((i, (t, h)) for i, t, h in self._db.execute("SELECT id, time, height FROM pruned"))
+            for i, t, h, v in self._db.execute(f"SELECT id, time, height, {view} FROM pruned"):
+                seen[i], views[i] = (t, h), self._views.get(v, frozenset())
             parent_id = "coalesce(p.id, (SELECT id FROM pruned WHERE seq = edge.parent))"
         frontier = set(seen)
         authors = self._verify_judged(seen, problems)  # checkpoint id -> author, filled as stored below
@@ -1166,12 +1270,12 @@ class Tangle:
         rows = self._db.execute(
             f"SELECT id, raw, kind, author, time, height, cid, {'dseq' if self._has_dseq else 'NULL'},"
             f" (SELECT group_concat({parent_id}) FROM edge LEFT JOIN tx p ON p.seq = edge.parent"
-            " WHERE edge.child = tx.seq), seq FROM tx ORDER BY height, id"
+            f" WHERE edge.child = tx.seq), seq, {view} FROM tx ORDER BY height, id"
         )
-        for tx_id_, raw, kind, author, time_ms, height, cid, dseq, edges, seq in rows:
+        for tx_id_, raw, kind, author, time_ms, height, cid, dseq, edges, seq, view_id in rows:
             if tx_id_ in frontier:
                 problems.append(f"{tx_id_}: stored, and also in the frontier of pruned transactions")
-            seen[tx_id_] = (time_ms, height)
+            seen[tx_id_], views[tx_id_] = (time_ms, height), frozenset()
             index_row = indexed.pop(tx_id_, None)
             try:
                 tx = decode_tx(raw)
@@ -1182,7 +1286,7 @@ class Tangle:
                     raise LedgerError(f"parents {missing} are neither stored below it nor pruned")
                 validate_tx(
                     tx, swarm=self.swarm, pow_bits=self.pow_bits, max_bytes=self.max_tx_bytes,
-                    now_ms=self._clock(), admitted=self._admitted,
+                    now_ms=self._clock(),
                     parent_times={p: seen[p][0] for p in tx.parents},
                 )
                 derived = (
@@ -1193,6 +1297,11 @@ class Tangle:
                           sorted(edges.split(",") if edges else []))
                 if derived != stored:
                     raise LedgerError("index columns disagree with the stored bytes")
+                events = frozenset().union(*(views[p] for p in tx.parents))
+                self.roll_of(events).check(tx)
+                views[tx_id_] = events | {tx.id} if tx.kind in MEMBERSHIP_KINDS else events
+                if self._views.get(view_id) != views[tx_id_]:
+                    raise LedgerError("its view (the membership transactions below it) disagrees with its parents'")
                 if tx.kind == "checkpoint":
                     authors[tx.id] = tx.author
                 if (tx.kind == "attestation" or index_row is not None) and self._has_attestations:
@@ -1366,7 +1475,7 @@ class Tangle:
         db.execute("INSERT INTO meta VALUES ('seq_high', ?) ON CONFLICT (key) DO UPDATE"
                    " SET value = max(value, excluded.value)", (high,))
         # The frontier: doomed transactions that a transaction staying approves.
-        db.execute("INSERT INTO pruned (seq, id, time, height) SELECT seq, id, time, height FROM tx"
+        db.execute("INSERT INTO pruned (seq, id, time, height, view) SELECT seq, id, time, height, view FROM tx"
                    " WHERE seq IN doomed AND EXISTS (SELECT 1 FROM edge WHERE edge.parent = tx.seq"
                    " AND edge.child != ? AND edge.child NOT IN doomed)", (_APPROVED,))
         # A judged checkpoint keeps its bytes: they prove the subject of the attestations on it.
@@ -1398,15 +1507,19 @@ class Tangle:
                          attestations judge (frontier entries; they prove the attestations'
                          subjects), by id. Absent in files of versions before attestations.
         ``approved``     [text]: ids of stored transactions approved only by pruned ones (not tips)
-        ``frontier``     [[text id, uint time ms, uint height]]: the entry points, by height
+        ``frontier``     [[text id, uint time ms, uint height]]: the entry points, by height; an
+                         entry whose view holds membership transactions has a fourth element,
+                         their ids ([text], sorted)
         ===============  ==========================================================================
 
         Pending transactions are not in it. Cost: reads the whole store (its size in memory).
         """
         txs = [raw for (raw,) in self._db.execute("SELECT raw FROM tx ORDER BY height, id")]
-        frontier: list[tuple[str, int, int]] = []
+        frontier: list[tuple] = []
         if self._has_frontier:
-            frontier = self._db.execute("SELECT id, time, height FROM pruned ORDER BY height, id").fetchall()
+            view = "view" if self._has_views else "0"
+            frontier = [(i, t, h, *([sorted(self._views[v])] if v else []))
+                        for i, t, h, v in self._db.execute(f"SELECT id, time, height, {view} FROM pruned ORDER BY height, id")]
         judged: list[bytes] = []
         if self._has_attestations:
             judged = [raw for (raw,) in self._db.execute("SELECT raw FROM judged ORDER BY id")]
@@ -1421,7 +1534,8 @@ class Tangle:
             cbor_text("judged"), cbor_head(4, len(judged)), *(cbor_head(2, len(raw)) + raw for raw in judged),
             cbor_text("approved"), cbor_head(4, len(approved)), *map(cbor_text, approved),
             cbor_text("frontier"), cbor_head(4, len(frontier)),
-            *(cbor_head(4, 3) + cbor_text(i) + cbor_head(0, t) + cbor_head(0, h) for i, t, h in frontier),
+            *(cbor_head(4, len(row)) + cbor_text(row[0]) + cbor_head(0, row[1]) + cbor_head(0, row[2])
+              + b"".join(cbor_head(4, len(e)) + b"".join(map(cbor_text, e)) for e in row[3:]) for row in frontier),
         ]
         return b"".join(parts)
 
@@ -1437,10 +1551,11 @@ class Tangle:
         What a snapshot is trusted for: nothing it carries can forge or alter a transaction
         (each is checked against the genesis and its author's signature). It can omit
         transactions (gossip and gap repair then bring them), and it can mis-state the
-        frontier's times and heights, which cannot be checked without the pruned history: a
+        frontier's times, heights and views, which cannot be checked without the pruned history: a
         wrong height shifts the order keys (and so which claim of a content CID sorts first) of
         the kept transactions above it, and a wrong time changes which children pass the
-        ``before-parent`` rule. Its ``approved`` list can make tips look approved, so that this
+        ``before-parent`` rule; a view that leaves out a revocation lets the revoked member's
+        transactions on that entry in. Its ``approved`` list can make tips look approved, so that this
         node's new transactions do not approve them. A frontier entry naming a transaction that
         later arrives in full is replaced by it (:meth:`verify` then reports heights a lie
         shifted). Import snapshots announced by the swarm's members, and verify after.
@@ -1477,12 +1592,14 @@ class Tangle:
         results: list[InsertResult] = []
         try:
             self._db.execute("BEGIN IMMEDIATE")
-            known = self._parents(i for i, _, _ in frontier)
+            known = self._parents(i for i, _, _, _ in frontier)
             added = 0
-            for i, time_ms, height in frontier:
+            for i, time_ms, height, events in frontier:
                 if i not in known:
-                    self._db.execute("INSERT INTO pruned VALUES (?, ?, ?, ?)", (self._next_seq, i, time_ms, height))
-                    known[i] = _Parent(self._next_seq, time_ms, height, True)
+                    view = self._view_id(events)
+                    self._db.execute("INSERT INTO pruned VALUES (?, ?, ?, ?, ?)",
+                                     (self._next_seq, i, time_ms, height, view))
+                    known[i] = _Parent(self._next_seq, time_ms, height, True, view)
                     self._next_seq += 1
                     added += 1
             self._keep_judged(judged)
@@ -1538,7 +1655,7 @@ class Tangle:
 
 def _decode_snapshot(
     data: bytes, swarm: str,
-) -> tuple[list[bytes], list[tuple[str, int, int]], list[str], list[bytes]]:
+) -> tuple[list[bytes], list[tuple[str, int, int, frozenset[str]]], list[str], list[bytes]]:
     """The transactions, frontier, approved ids and judged checkpoints of a snapshot of ``swarm``.
 
     Raises:
@@ -1571,15 +1688,17 @@ def _decode_snapshot(
     if type(judged) is not list or not all(type(raw) is bytes for raw in judged):
         raise malformed("'judged' is not a list of transactions' bytes")
     if type(frontier) is not list or not all(
-            type(row) is list and len(row) == 3 and type(row[0]) is str
-            and all(type(x) is int and x >= 0 for x in row[1:]) and row[2] >= 1 for row in frontier):
-        raise malformed("'frontier' is not a list of [id, time, height >= 1]")
+            type(row) is list and len(row) in (3, 4) and type(row[0]) is str
+            and all(type(x) is int and x >= 0 for x in row[1:3]) and row[2] >= 1
+            and (len(row) == 3 or type(row[3]) is list and all(type(e) is str for e in row[3]))
+            for row in frontier):
+        raise malformed("'frontier' is not a list of [id, time, height >= 1, optional [view ids]]")
     try:
-        for i in (*(row[0] for row in frontier), *approved):
+        for i in (*(row[0] for row in frontier), *approved, *(e for row in frontier for e in row[3:4] for e in e)):
             tx_link(i)
     except InvalidCID as exc:
         raise malformed(exc.reason) from None
     if tx_id(TX_CID_PREFIX + hashlib.sha256(txs[0]).digest()) != swarm:
         raise LedgerError(f"the snapshot's first transaction is not this swarm's genesis {swarm}",
                           code="snapshot-genesis")
-    return txs, [(i, t, h) for i, t, h in frontier], approved, judged
+    return txs, [(row[0], row[1], row[2], frozenset(row[3] if len(row) == 4 else ())) for row in frontier], approved, judged

@@ -6,7 +6,7 @@ A transaction is a DAG-CBOR map (https://ipld.io/specs/codecs/dag-cbor/spec/):
 ``v``        1
 ``swarm``    link (tag 42) to the genesis transaction; absent on the genesis itself
 ``kind``     text: one of :data:`KINDS` (``genesis``, ``checkpoint``, ``data``, ``snapshot``,
-             ``attestation``); others are refused
+             ``attestation``, ``admit``, ``revoke``); others are refused
 ``author``   bytes: the author's 32-byte Ed25519 public key
 ``parents``  list of links to 1 or 2 distinct earlier transactions, sorted by their binary
              CIDs (1 only while the tangle has a single tip); empty on the genesis
@@ -23,13 +23,14 @@ encoding, shown in base32 (``"bafyrei..."``).
 
 Kinds: a node accepts only the kinds its version knows, each with its payload rules
 (:func:`check_payload`); any other kind is refused with code ``unknown-kind``, so nobody can
-store arbitrary payloads in every peer's permanent ledger under a made-up kind. A new kind (the
-planned ``admit`` and ``revoke``) is added to :data:`KINDS` together with its payload rules, in a
-version the whole swarm runs before anyone issues it: a node of an older version refuses the new
-kind (and whatever approves such a transaction stays pending there). ``snapshot`` (a ledger
-snapshot file on IPFS, see :meth:`learnae.ledger.tangle.Tangle.export_snapshot`) and
-``attestation`` (a verifier's verdict on a peer's checkpoint, which it approves) are such kinds:
-nodes of the versions before them refuse these transactions.
+store arbitrary payloads in every peer's permanent ledger under a made-up kind. A new kind is
+added to :data:`KINDS` together with its payload rules, in a version the whole swarm runs before
+anyone issues it: a node of an older version refuses the new kind (and whatever approves such a
+transaction stays pending there). ``snapshot`` (a ledger snapshot file on IPFS, see
+:meth:`learnae.ledger.tangle.Tangle.export_snapshot`), ``attestation`` (a verifier's verdict on a
+peer's checkpoint, which it approves), ``admit`` and ``revoke`` (membership,
+:mod:`learnae.ledger.members`) are such kinds: nodes of the versions before them refuse these
+transactions.
 
 The envelope is encoded here rather than by ``libipld``: ``libipld.encode_dag_cbor`` (3.x) writes
 *any* Python ``bytes`` that parse as a binary CID as a link (tag 42), and about 1 in 2,500 random
@@ -51,8 +52,8 @@ from typing import Any
 
 import libipld
 
-from learnae.errors import BadSignature, InvalidCID, TxRejected
-from learnae.identity import Identity, verify
+from learnae.errors import BadSignature, IdentityError, InvalidCID, TxRejected
+from learnae.identity import Identity, parse_author_id, verify
 
 VERSION = 1
 MAX_FUTURE_MS = 10 * 60 * 1000
@@ -341,6 +342,23 @@ MAX_SEGMENT_STEPS = 100_000
 """Most batches a checkpoint's replayable ``segment`` may claim (what a verifier replays)."""
 
 
+ROLES = ("node", "sensor")
+"""What an ``admit`` lets a member publish: ``node``, every kind; ``sensor``, data only."""
+MAX_REASON = 500
+"""Longest ``reason`` of a ``revoke`` (characters)."""
+
+
+def _is_author_id(value: Any) -> bool:
+    try:
+        return type(value) is str and len(parse_author_id(value)) == 32
+    except IdentityError:
+        return False
+
+
+def _reason(value: Any) -> bool:
+    return type(value) is str and 1 <= len(value) <= MAX_REASON and value.isprintable()
+
+
 def _segment(value: Any) -> bool:
     return (type(value) is dict and value.keys() == {"seed", "steps"}
             and _is_uint(value["seed"]) and value["seed"] < 2**63
@@ -363,12 +381,14 @@ _PAYLOADS: dict[str, dict[str, Callable[[Any], bool]]] = {
         "checkpoint": _is_link, "method": _one_of(*ATTEST_METHODS), "verdict": _one_of("agree", "dispute"),
         "code": _one_of("ok", *DISPUTE_CODES), "figures": _figures,
     },
+    "admit": {"member": _is_author_id, "role": _one_of(*ROLES)},
+    "revoke": {"member": _is_author_id, "reason": _reason},
 }
 _OPTIONAL: dict[str, dict[str, Callable[[Any], bool]]] = {"checkpoint": {"segment": _segment}}
 """Keys a kind's payload may hold besides its own (absent, they say nothing)."""
 KINDS = frozenset({"genesis", *_PAYLOADS})
 """The transaction kinds this version accepts: ``genesis``, ``checkpoint``, ``data``,
-``snapshot`` and ``attestation``."""
+``snapshot``, ``attestation``, ``admit`` and ``revoke``."""
 _PAYLOAD_RULES = {
     "cid": "a CIDv1 base32 string", "base": "a list of tx links", "data": "a list of tx links",
     "metrics": "a map of text to finite floats", "schema": "a map", "source": "a map or text",
@@ -377,6 +397,8 @@ _PAYLOAD_RULES = {
     "figures": f"a map of at most {MAX_FIGURES} texts of at most {MAX_FIGURE_KEY} characters to finite"
                " floats",
     "segment": f"a map of 'seed' (an unsigned int below 2**63) and 'steps' (1 to {MAX_SEGMENT_STEPS})",
+    "member": "an author id (z6Mk...)", "role": f"one of {', '.join(ROLES)}",
+    "reason": f"text of 1 to {MAX_REASON} characters",
 }
 
 
@@ -397,7 +419,10 @@ def check_payload(kind: str, payload: Any) -> None:
     checkpoint judged), ``method`` (one of :data:`ATTEST_METHODS`), ``verdict`` (``"agree"`` or
     ``"dispute"``), ``code`` (``"ok"`` for an agree, one of :data:`DISPUTE_CODES` for a dispute),
     ``figures`` (at most :data:`MAX_FIGURES` entries, text of at most :data:`MAX_FIGURE_KEY`
-    characters to finite float). ``genesis``: any map (the manifest is checked by the manifest
+    characters to finite float). ``admit``: ``member`` (the admitted author's id, ``"z6Mk..."``:
+    text, since a byte string may read as a link) and ``role`` (one of :data:`ROLES`); ``revoke``: ``member`` and ``reason`` (printable text,
+    1 to :data:`MAX_REASON` characters); who may sign them and what they do is
+    :mod:`learnae.ledger.members`. ``genesis``: any map (the manifest is checked by the manifest
     layer).
 
     Raises:
@@ -503,6 +528,24 @@ def attestation_payload(
         "figures": {k: float(v) for k, v in figures.items()},
     }
 
+
+
+def admit_payload(member: str, role: str = "node") -> dict:
+    """The payload of an ``admit`` (:mod:`learnae.ledger.members`).
+
+    ``member`` (author id, ``"z6Mk..."``) may publish as ``role`` (one of :data:`ROLES`) in
+    every transaction that has this one in its past.
+    """
+    return {"member": member, "role": role}
+
+
+def revoke_payload(member: str, reason: str) -> dict:
+    """The payload of a ``revoke`` (:mod:`learnae.ledger.members`).
+
+    ``member`` (author id) may no longer publish, for ``reason`` (printable text, 1 to
+    :data:`MAX_REASON` characters).
+    """
+    return {"member": member, "reason": reason}
 
 # Validation ------------------------------------------------------------------------------------
 def check_parent_times(tx: Tx, parent_times: dict[str, int]) -> None:
