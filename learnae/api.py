@@ -7,6 +7,12 @@ Routes:
   counted by reason, ledger counts (:meth:`learnae.node.TrainerNode.status`).
 - ``/metrics``: the same counters in the Prometheus text exposition format (0.0.4).
 - ``/ledger/tips``: JSON: the tangle's tips and transaction count.
+- ``POST /ledger/tx``: one signed transaction's bytes (at most the swarm's ``limits.tx_bytes``),
+  e.g. a steward's ``admit`` or ``revoke`` made by ``learnae admit``. Validated in full as if
+  gossiped, stored and gossiped. 200 ``{"tx", "status"}`` (``inserted``, ``duplicate``,
+  ``pending``: a parent is missing here), or 4xx ``{"error": code, "reason": text}`` with
+  the :class:`~learnae.errors.TxRejected` code (403 for ``not-admitted``, ``revoked``,
+  ``not-steward``, ...).
 - ``POST /ingest``: a sensor's data chunk and its signed ``data`` transaction, as JSON
   ``{"chunk": base64, "tx": base64}``. The node checks signature, admission, schema and
   limits (:func:`learnae.ingest.check_ingest`), then adds and pins the chunk, stores the
@@ -46,7 +52,7 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from aiohttp import web
 
-from learnae.ingest import handle_ingest, ingest_info
+from learnae.ingest import TX_STATUS, handle_ingest, ingest_info
 
 if TYPE_CHECKING:
     from learnae.ipfs.base import IpfsNode
@@ -284,12 +290,26 @@ def make_app(node: ApiNode, *, body_timeout: float = BODY_TIMEOUT,
     async def ingest_tips(request: web.Request) -> web.Response:
         return web.json_response(ingest_info(ledger()[0], request.query.get("author")))
 
+    async def submit(request: web.Request) -> web.Response:
+        ledger()
+        body = await read_body(request, node.manifest.limits.tx_bytes, body_timeout, turns)
+        tangle, _ = ledger()
+        result = tangle.insert(body)
+        if result.error is not None:
+            return web.json_response({"error": result.error.code, "reason": result.error.reason},
+                                     status=TX_STATUS.get(result.error.code, 400))
+        sync = getattr(node, "sync", None)
+        if sync is not None and result.status == "inserted" and result.id is not None:
+            await sync.publish(*(t for t in map(tangle.get, (result.id, *result.released)) if t is not None))
+        return web.json_response({"tx": result.id, "status": result.status})
+
     app = web.Application(client_max_size=limit, middlewares=[_json_errors])
     app.router.add_post("/ingest", ingest)
     app.router.add_get("/ingest", ingest_tips)
     app.router.add_get("/status", status)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/ledger/tips", tips)
+    app.router.add_post("/ledger/tx", submit)
     return app
 
 

@@ -103,8 +103,9 @@ class IngestRejected(LearnaeError):
         return d
 
 
-TX_STATUS = {"not-admitted": 403, "revoked": 403, "sensor-role": 403, "wrong-swarm": 403, "too-large": 413,
-             "before-parent": 409}
+TX_STATUS = {"not-admitted": 403, "revoked": 403, "sensor-role": 403, "not-steward": 403, "open-swarm": 403,
+             "wrong-swarm": 403, "too-large": 413, "before-parent": 409}
+"""HTTP status of a refused transaction by :class:`~learnae.errors.TxRejected` code (400 otherwise)."""
 """HTTP status of a refused transaction by :class:`~learnae.errors.TxRejected` code (else 400)."""
 
 

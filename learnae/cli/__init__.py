@@ -8,6 +8,7 @@ or ``learnae COMMAND --help`` for what each does. One module per command group:
 - ``swarm``: ``learnae init``, a new swarm (genesis, keys, ledger, invite);
 - ``ledger``: ``learnae ledger show|verify|lineage|export|prune``;
 - ``node``: ``learnae node run``, a trainer node;
+- ``members``: ``learnae admit``, ``learnae revoke`` and ``learnae invite``: who may publish;
 - ``demo``: ``learnae demo``, a local swarm of trainers and sensors against baselines;
 - ``learnae.sensor_cli`` (``learnae sensor ...``, the sensor feeder) and
   ``learnae.faults_cli`` (``learnae faults ...``, the fault harness) stay modules of their
@@ -59,7 +60,10 @@ class _LazyGroup(click.Group):
                                "init": "learnae.cli.swarm:init_command",
                                "ledger": "learnae.cli.ledger:ledger_group",
                                "demo": "learnae.cli.demo:demo_command",
-                               "node": "learnae.cli.node:node_group"})
+                               "node": "learnae.cli.node:node_group",
+                               "admit": "learnae.cli.members:admit_command",
+                               "revoke": "learnae.cli.members:revoke_command",
+                               "invite": "learnae.cli.members:invite_command"})
 @click.version_option(__version__, prog_name="learnae")
 @click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
 def main(verbose: int) -> None:

@@ -1,4 +1,4 @@
-"""``learnae ledger show|verify|lineage|attestations|credits|export|prune``: read a swarm's ledger, prune it."""
+"""``learnae ledger show|verify|lineage|attestations|credits|members|export|prune``: read a swarm's ledger, prune it."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ def ledger_group() -> None:
     """Read a swarm's ledger (the tangle) from a state directory.
 
     STATE_DIR is the directory `learnae init` made or a node runs in; the ledger
-    is STATE_DIR/tangle.sqlite. show, verify, lineage, attestations, credits and export only read it,
+    is STATE_DIR/tangle.sqlite. show, verify, lineage, attestations, credits, members and export only read it,
     and can run while the node is running; prune changes it, and only while no
     node runs there (a running node prunes its own ledger).
 
@@ -39,6 +39,7 @@ def ledger_group() -> None:
       learnae ledger verify ./swarm
       learnae ledger attestations ./swarm
       learnae ledger credits ./swarm
+      learnae ledger members ./swarm
       learnae ledger export ./swarm --format dot -o tangle.dot && dot -Tsvg tangle.dot > tangle.svg
       learnae ledger prune ./swarm --window 1h
     """
@@ -226,6 +227,52 @@ def ledger_credits(state_dir: Path, as_json: bool) -> None:
     for row in sorted(rows, key=lambda r: (-r["checkpoints"], -r["data_rows"], r["author"])):
         click.echo(f"  {short_author(bytes.fromhex(row['author_key'])):<13}"
                    + "".join(f"  {row[k]:>8}" for k in keys))
+
+
+@ledger_group.command("members")
+@click.argument("state_dir", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
+def ledger_members(state_dir: Path, as_json: bool) -> None:
+    """Who may publish, and since when: the founder, stewards and members.
+
+    From the genesis (founder, admission list, stewards) and every `admit` and
+    `revoke` transaction the ledger holds (`learnae admit`, `learnae revoke`).
+    SINCE is the time of the admit that took effect ("genesis" for those the
+    genesis names); a revoked member shows when and why. In an open swarm anyone
+    may publish: the table lists the founder, stewards and revoked authors only.
+
+    \b
+    Examples:
+      learnae ledger members ./swarm
+      learnae ledger members ./node0 --json | jq '.members[] | select(.revoked)'
+    """
+    from learnae.identity import author_id
+
+    _state_tangle(state_dir)
+    with reasons():
+        tangle, _ = open_tangle(state_dir, read_only=True)
+        with tangle:
+            rules, roll = tangle.rules, tangle.roll()
+            times = {i: t.time for i in tangle.roll_events() if (t := tangle.get(i)) is not None}
+    stewards = {author_id(k) for k in rules.stewards}
+    founder = author_id(rules.founder)
+    rows: list[dict[str, Any]] = [{
+        "author": m.author, "role": m.role,
+        "standing": "founder" if m.author == founder else "steward" if m.author in stewards else "member",
+        "since": m.since, "since_time": times.get(m.since) if m.since else None,
+        "revoked": m.revoked, "revoked_time": times.get(m.revoked) if m.revoked else None, "reason": m.reason,
+    } for m in roll.listing()]
+    if as_json:
+        click.echo(json.dumps({"open": rules.admission is None, "quorum": rules.quorum, "members": rows}, indent=2))
+        return
+    kind = "open: anyone may publish" if rules.admission is None else "closed: members only"
+    click.echo(f"swarm {tangle.swarm[:16]}…, {kind}; admit and revoke by the founder"
+               + (f" or {rules.quorum} of {len(stewards)} stewards" if stewards else ""))
+    click.echo(f"\n  {'AUTHOR':<48}  {'ROLE':<6}  {'STANDING':<8}  {'SINCE':<19}  STATUS")
+    for row in rows:
+        since = _when(row["since_time"]) if row["since_time"] else "genesis"
+        status = (f"revoked {_when(row['revoked_time'])}: {row['reason']}" if row["revoked"] else "may publish")
+        click.echo(f"  {row['author']:<48}  {row['role']:<6}  {row['standing']:<8}  {since:<19}  {status}")
 
 
 @ledger_group.command("verify")

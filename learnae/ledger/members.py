@@ -157,6 +157,11 @@ class Roll:
         if tx.kind == "revoke" and parse_author_id(tx.payload["member"]) == rules.founder:
             raise TxRejected("the founder cannot be revoked", code="bad-payload")
 
+    def revoked(self, author: bytes) -> bool:
+        """Is ``author`` (a 32-byte public key) revoked in this roll?"""
+        member = self.members.get(author)
+        return member is not None and member.revoked is not None
+
     def listing(self) -> list[Member]:
         """Every member, founder first, then by author id."""
         founder = self.members.get(self.rules.founder)

@@ -664,7 +664,7 @@ class Tangle:
         self._store(tx, found.values(), itself, subject, view)
         return InsertResult(tx.id, "inserted", self._release(tx.id))
 
-    def _view(self, tx: Tx, parents: Iterable[_Parent]) -> int:
+    def _view(self, tx: Tx, parents: Iterable[_Parent]) -> frozenset[str]:
         """Check that ``tx``'s author may publish it in its parents' view; return its own view.
 
         Raises:
@@ -673,9 +673,7 @@ class Tangle:
         views = {p.view for p in parents}
         events = frozenset().union(*(self._views[v] for v in views))
         self.roll_of(events).check(tx)
-        if tx.kind in MEMBERSHIP_KINDS:
-            events = events | {tx.id}
-        return self._view_id(events)
+        return events | {tx.id} if tx.kind in MEMBERSHIP_KINDS else events
 
     def _view_id(self, events: frozenset[str]) -> int:
         """The id of the view holding ``events``, stored now if new."""
@@ -710,6 +708,10 @@ class Tangle:
             roll = self._rolls[events] = Roll.of(self.rules, (self._events[i] for i in events if i in self._events))
         return roll
 
+    def roll_events(self) -> list[str]:
+        """The ids of every stored ``admit`` and ``revoke``, in the tangle's order."""
+        return [i for (_, i) in sorted((h, i) for i, (h, _) in self._events.items())]
+
     def roll(self) -> Roll:
         """Who may publish as this whole ledger says: every stored membership transaction."""
         return self.roll_of(frozenset(self._events))
@@ -738,12 +740,12 @@ class Tangle:
         return InsertResult(tx_id, "rejected", error=exc)
 
     def _store(self, tx: Tx, parents: Iterable[_Parent], frontier: _Parent | None = None,
-               subject: bytes | None = None, view: int = 0) -> None:
+               subject: bytes | None = None, view: frozenset[str] = frozenset()) -> None:
         """Store ``tx`` on its ``parents``; ``frontier``: its own entry in the frontier, if any.
 
         A frontier transaction that arrives in full (its approvers' edges point to its frontier
         seq) takes a new seq, the edges follow it, and it leaves the frontier (and ``judged``).
-        An attestation is indexed with ``subject`` (:meth:`_subject`); ``view``: its view's id.
+        An attestation is indexed with ``subject`` (:meth:`_subject`); ``view``: its view.
         """
         parents = list(parents)
         height = 1 + max(p.height for p in parents)
@@ -751,7 +753,8 @@ class Tangle:
         self._db.execute(
             "INSERT INTO tx (seq, id, raw, kind, author, time, height, cid, dseq, view)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (seq, tx.id, tx.raw, tx.kind, tx.author, tx.time, height, _announced_cid(tx), _data_seq(tx), view),
+            (seq, tx.id, tx.raw, tx.kind, tx.author, tx.time, height, _announced_cid(tx), _data_seq(tx),
+             self._view_id(view)),
         )
         if tx.kind in MEMBERSHIP_KINDS:
             self._events[tx.id] = (height, tx)
@@ -857,6 +860,20 @@ class Tangle:
                 ``attestation-parent``, ``attestation-target``, ``self-attestation``).
             LedgerError: ``approve`` is not in this ledger; the database failed.
         """
+        tx = self.make(identity, kind, payload, time_ms=time_ms, rng=rng, approve=approve)
+        result = self.insert(tx)
+        if result.error is not None:
+            raise result.error
+        return tx
+
+    def make(
+        self, identity: Identity, kind: str, payload: dict, *, time_ms: int | None = None,
+        rng: random.Random | None = None, approve: str | None = None,
+    ) -> Tx:
+        """The transaction :meth:`append` would store, made and mined but not stored.
+
+        For a reader of a ledger whose node stores it. Arguments and errors as :meth:`append`.
+        """
         if approve is None:
             parents = self.select_tips(rng=rng)
         elif not self._parents([approve]):
@@ -864,15 +881,11 @@ class Tangle:
         else:
             parents = [approve, *[t for t in self.select_tips(rng=rng) if t != approve][:1]]
         now = self._clock() if time_ms is None else time_ms
-        tx = make_tx(
+        return make_tx(
             identity, kind=kind, payload=payload, parents=parents, swarm=self.swarm,
             pow_bits=self.pow_bits,
             time_ms=max([now] + [p.time for p in self._parents(parents).values()]),
         )
-        result = self.insert(tx)
-        if result.error is not None:
-            raise result.error
-        return tx
 
     # Tips, weights and random walks ------------------------------------------------------------
     def tips(self) -> list[str]:

@@ -256,7 +256,9 @@ class NetworkSide:
         adopt_paused: while True, :meth:`adopt` takes no new chunks (set over the disk budget).
         verifier: the node's :class:`~learnae.node.verifier.CheckpointVerifier` (its spot checks
             and everyone's standings); a flagged author's checkpoints are refused as
-            ``low-standing`` before they are fetched.
+            ``low-standing`` before they are fetched, and a revoked author's (revoked in this
+            ledger, :mod:`learnae.ledger.members`) as ``revoked``, those published before the
+            revocation included.
     """
 
     def __init__(self, *, ipfs: IpfsNode, sync: TangleSync, identity: Identity, manifest: Manifest,
@@ -397,12 +399,17 @@ class NetworkSide:
         if stale:
             self.rejections["stale"] += stale
         chosen = self.choice.choose(k or offer.k or self.k, now_ms, at_least=max(offer.min_peers, 1))
-        flagged = [tx for tx in chosen if self.verifier.flagged(tx.author)]
-        for tx in flagged:
-            self.rejections["low-standing"] += 1
-            log.info("peer checkpoint %s by %s refused: the author's standing is below the swarm's threshold",
-                     tx.id[:16], tx.author.hex()[:12])
-        chosen = [tx for tx in chosen if tx not in flagged]
+        roll = self.tangle.roll()
+        refused = {tx.id: "revoked" for tx in chosen if roll.revoked(tx.author)}
+        refused.update((tx.id, "low-standing") for tx in chosen
+                       if tx.id not in refused and self.verifier.flagged(tx.author))
+        for tx in chosen:
+            if tx.id in refused:
+                self.rejections[refused[tx.id]] += 1
+                log.info("peer checkpoint %s by %s refused: %s", tx.id[:16], tx.author.hex()[:12],
+                         "the author was revoked" if refused[tx.id] == "revoked"
+                         else "the author's standing is below the swarm's threshold")
+        chosen = [tx for tx in chosen if tx.id not in refused]
         if not chosen:
             return None
         results = await asyncio.gather(*(self._fetch(tx, timeout) for tx in chosen), return_exceptions=True)
@@ -477,7 +484,8 @@ class NetworkSide:
     async def adopt(self, store: ChunkStore, *, stopping: Callable[[], bool] = lambda: False) -> int:
         """Make one pass of data adoption over the ``data`` txs stored since the last pass.
 
-        It takes those by admitted authors (others counted as ``data:not-admitted``), fetches
+        It takes those by admitted authors (others counted as ``data:not-admitted``, and those
+        of an author revoked in this ledger as ``data:revoked``, whenever announced), fetches
         and checks each chunk the store does not hold yet (:func:`fetch_chunk`) and stores it.
         Ownership: a chunk is taken only from the author its bytes name (its ``sensor`` is the
         transaction author's id; else ``data:not-owner``: a copy re-announced by another
@@ -497,8 +505,11 @@ class NetworkSide:
         """
         txs, self._data_cursor = self.tangle.data_since(self._data_cursor)
         admitted: list[Tx] = []
+        roll = self.tangle.roll()
         for tx in txs:
-            if self.adopt_authors is None or tx.author in self.adopt_authors:
+            if roll.revoked(tx.author):
+                self.rejections["data:revoked"] += 1
+            elif self.adopt_authors is None or tx.author in self.adopt_authors:
                 admitted.append(tx)
             else:
                 self.rejections["data:not-admitted"] += 1

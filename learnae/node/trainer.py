@@ -127,6 +127,7 @@ DISK_WARN_INTERVAL = 600.0  # seconds between two warnings that the disk budget 
 VERIFY_INTERVAL = 1.0  # seconds between two looks for a peer checkpoint to spot-check
 CREDITS_INTERVAL = 5.0  # seconds at least between two countings of the node's credits (/status)
 CREDITS_SHARE = 0.05  # and at most this share of the network loop's time spent counting them
+EXIT_REFUSED = 3  # run()'s exit status when the swarm revoked this node (a supervisor should not restart it)
 LAZY_SIGMA = 0.01  # the noise a lazy node (a fault experiment) adds to what it merged
 LAZY_LEARNING_RATE = 1e-9  # a lazy node's: its batches run, its weights do not move
 
@@ -618,7 +619,7 @@ class TrainerNode:
         finally:
             self._stop_network(net)
             # the handlers stay: a second SIGTERM while the process exits must not kill it
-        return 0
+        return EXIT_REFUSED if self.refused else 0
 
     def relay(self) -> int:
         """Run as a relay member until stopped (signal or :meth:`stop`); returns 0.
@@ -712,6 +713,9 @@ class TrainerNode:
         self.state.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._lock = _lock_state(self.paths)
         self.identity = self._load_identity()
+        if self.config.progress is not None:
+            self.config.progress(f"author {self.identity.author_id} (what the swarm's ledger credits;"
+                                 " a closed swarm must admit it: `learnae admit`)")
         net = threading.Thread(target=self._network_thread, name="learnae-network", daemon=True)
         net.start()
         self._ready.wait()
@@ -876,6 +880,8 @@ class TrainerNode:
 
     _last_report = 0.0
     _loss = float("nan")
+    refused: str | None = None
+    """Why the swarm refuses this node's transactions (it was revoked), once it did; it then stops."""
 
     def stop(self) -> None:
         """Ask the node to stop (thread-safe; the signal handler calls it).
@@ -1064,6 +1070,9 @@ class TrainerNode:
                     await self._publish(offer)
                 except LearnaeError as exc:
                     self.errors[f"publish:{exc.code}"] += 1
+                    if exc.code in ("revoked", "not-admitted"):
+                        self._refused(exc.reason)
+                        return
                     log.warning("publishing step %d failed: %s", offer.step, exc.reason)
                     continue
                 except (OSError, ValueError, KeyError, TypeError) as exc:  # e.g. disk full
@@ -1078,6 +1087,12 @@ class TrainerNode:
                 except (OSError, ValueError, KeyError, TypeError) as exc:  # never let a peer stop the loop
                     self.errors["merge:internal"] += 1
                     log.exception("merge failed: %r", exc)
+
+    def _refused(self, reason: str) -> None:
+        """The swarm no longer lets this node publish (revoked): say so once, and stop."""
+        self.refused = reason
+        log.error("this node may no longer publish in the swarm, so it stops: %s", reason)
+        self.stop()
 
     async def _adopt_loop(self) -> None:
         """Adopt sensors' data chunks into ``STATE/adopted.sqlite`` until the node stops.
@@ -1217,7 +1232,8 @@ class TrainerNode:
                         await self._publish(final)
                         await asyncio.sleep(0.5)  # let the gossip leave
                     except LearnaeError as exc:
-                        log.warning("final checkpoint not published: %s", exc.reason)
+                        if not self.refused:
+                            log.warning("final checkpoint not published: %s", exc.reason)
         with contextlib.suppress(OSError):
             write_json_atomic(self.paths.status, self.status())
         await self._close_all()
@@ -1333,7 +1349,9 @@ class TrainerNode:
         (:meth:`~learnae.node.verifier.CheckpointVerifier.status`); ``credits``: this node's line
         of ``learnae ledger credits`` (:func:`~learnae.ledger.credits.credits`), counted again
         when the ledger grew, at most every :data:`CREDITS_INTERVAL` seconds and with at most
-        :data:`CREDITS_SHARE` of the loop's time (a long ledger is counted less often).
+        :data:`CREDITS_SHARE` of the loop's time (a long ledger is counted less often);
+        ``refused``: why the swarm no longer takes this node's transactions (it was revoked), or
+        ``None``.
         """
         ledger: dict[str, Any] = {}
         if self.tangle is not None:
@@ -1372,5 +1390,5 @@ class TrainerNode:
             "adopt": self._adopt_status(), "credits": self._own_credits(),
             "ledger": ledger, "disk": self._disk_status(), "network": self._network_status(),
             "uptime_s": time.time() - self.started,
-            "stopping": self._stopping.is_set(),
+            "stopping": self._stopping.is_set(), "refused": self.refused,
         }
