@@ -130,9 +130,14 @@ def parse_ingest_request(body: bytes) -> tuple[bytes, bytes]:
                              code="bad-request") from None
 
 
-def ingest_tips(tangle: Tangle, n: int = 8) -> list[dict[str, Any]]:
-    """Up to ``n`` of the tangle's tips as ``[{"id", "time"}]`` (what a sensor approves)."""
-    tips = tangle.tips()
+def ingest_tips(tangle: Tangle, n: int = 8, author: bytes | None = None) -> list[dict[str, Any]]:
+    """Up to ``n`` of the tangle's tips as ``[{"id", "time"}]`` (what a sensor approves).
+
+    With ``author`` (a sensor's public key), only tips its data may approve
+    (:meth:`~learnae.ledger.tangle.Tangle.tips_for`: a sensor admitted a moment ago gets
+    tips that have its admission in their past).
+    """
+    tips = tangle.tips() if author is None else tangle.tips_for(author) or tangle.tips()
     if len(tips) > n:
         tips = random.sample(tips, n)
     out = []
@@ -199,7 +204,7 @@ def check_ingest(manifest: Manifest, tangle: Tangle, chunk_bytes: bytes, tx_raw:
         if missing:
             unknown = IngestRejected(f"this node does not hold parent {missing[0]}; sign again"
                                      " on the returned tips", code="unknown-parent", status=409)
-            unknown.tips = ingest_tips(tangle)
+            unknown.tips = ingest_tips(tangle, author=tx.author)
             raise unknown
         try:
             validate_tx(tx, swarm=tangle.swarm, pow_bits=manifest.pow_bits,
@@ -208,8 +213,8 @@ def check_ingest(manifest: Manifest, tangle: Tangle, chunk_bytes: bytes, tx_raw:
             tangle.check_author(tx)
         except TxRejected as exc:
             err = IngestRejected(exc.reason, code=exc.code, status=TX_STATUS.get(exc.code, 400))
-            if err.status == 409:
-                err.tips = ingest_tips(tangle)
+            if err.status == 409 or exc.code == "not-admitted":  # not admitted on those parents, perhaps
+                err.tips = ingest_tips(tangle, author=tx.author)
             raise err from None
     payload = tx.payload
     if len(chunk_bytes) > limits.chunk_bytes:
@@ -249,7 +254,7 @@ def check_ingest(manifest: Manifest, tangle: Tangle, chunk_bytes: bytes, tx_raw:
             duplicate = IngestRejected(
                 f"this sensor already published seq {seq} as {other}", code="duplicate-seq",
                 status=409)
-            duplicate.tips = ingest_tips(tangle)
+            duplicate.tips = ingest_tips(tangle, author=tx.author)
             duplicate.next_seq = next_free_seq(tangle, tx.author, claimed)
             raise duplicate
     return tx, chunk
@@ -272,17 +277,19 @@ def ingest_info(tangle: Tangle, author: str | None = None) -> dict[str, Any]:
     ``{"tips": [{"id", "time"}, ...]}``, plus ``next_seq`` (:func:`next_free_seq`) when
     ``author`` is an author id (``z6Mk...``; anything else is ignored).
     """
-    info: dict[str, Any] = {"tips": ingest_tips(tangle)}
+    key = None
     if author is not None:
         with contextlib.suppress(LearnaeError):
             key = parse_author_id(author)
-            info["next_seq"] = next_free_seq(tangle, key, _in_flight(tangle).seqs)
+    info: dict[str, Any] = {"tips": ingest_tips(tangle, author=key)}
+    if key is not None:
+        info["next_seq"] = next_free_seq(tangle, key, _in_flight(tangle).seqs)
     return info
 
 
 def ingest_reply(tangle: Tangle, tx: Tx) -> dict[str, Any]:
     """The 200 answer: ``{"tx", "cid", "tips"}``."""
-    return {"tx": tx.id, "cid": tx.payload["cid"], "tips": ingest_tips(tangle)}
+    return {"tx": tx.id, "cid": tx.payload["cid"], "tips": ingest_tips(tangle, author=tx.author)}
 
 
 class _InFlight:

@@ -190,3 +190,18 @@ def test_a_ledger_made_before_membership_opens_read_only_and_migrates(tmp_path):
         r = revoke(FOUNDER, NODE, [first.id], 2)
         assert code(t, r) == "inserted" and code(t, checkpoint(NODE, [r.id], 3)) == "revoked"
         assert t.verify() == []
+
+
+def test_a_member_admitted_a_moment_ago_is_given_tips_that_admit_it(tmp_path):
+    with open_tangle(tmp_path / "t.db") as t:
+        a = admit(FOUNDER, SENSOR, [GENESIS.id], 1, role="sensor")
+        before = [checkpoint(NODE, [GENESIS.id], 2 + i) for i in range(2)]  # tips from before the admit
+        for x in (a, *before):
+            assert code(t, x) == "inserted"
+        assert t.tips_for(SENSOR.public_key) == [a.id]  # only the admit lets it publish yet
+        assert t.tips_for(STRANGER.public_key) == []
+        payload = data_payload(cid=CID, size=1, rows=1, schema={}, source="s", seq=0)
+        with mock.patch.object(t, "select_tips", return_value=sorted(x.id for x in before)):
+            made = t.append(SENSOR, "data", payload)  # the walk's two tips do not admit it
+        assert made.parents == (a.id,)
+        assert t.verify() == []

@@ -133,18 +133,28 @@ class Roll:
         """
         if tx.kind == "genesis":
             return
-        member = self.members.get(tx.author)
-        if member is not None and member.revoked is not None:
-            raise TxRejected(f"author {member.author} was revoked by {member.revoked}"
-                             f" ({member.reason}): it may no longer publish", code="revoked")
-        if self.rules.admission is not None and member is None:
-            raise TxRejected(f"author {author_id(tx.author)} is not admitted to this swarm",
-                             code="not-admitted")
-        if member is not None and member.role == "sensor" and tx.kind != "data":
-            raise TxRejected(f"author {member.author} is admitted as a sensor: it publishes data,"
-                             f" not {tx.kind} transactions", code="sensor-role")
+        refusal = self._refusal(tx.author, tx.kind)
+        if refusal is not None:
+            raise refusal
         if tx.kind in KINDS:
             self._check_issuer(tx)
+
+    def admits(self, author: bytes, kind: str = "data") -> bool:
+        """May ``author`` (a 32-byte public key) publish a ``kind`` transaction in this view?"""
+        return self._refusal(author, kind) is None
+
+    def _refusal(self, author: bytes, kind: str) -> TxRejected | None:
+        member = self.members.get(author)
+        if member is not None and member.revoked is not None:
+            return TxRejected(f"author {member.author} was revoked by {member.revoked}"
+                              f" ({member.reason}): it may no longer publish", code="revoked")
+        if self.rules.admission is not None and member is None:
+            return TxRejected(f"author {author_id(author)} is not admitted to this swarm",
+                              code="not-admitted")
+        if member is not None and member.role == "sensor" and kind != "data":
+            return TxRejected(f"author {member.author} is admitted as a sensor: it publishes data,"
+                              f" not {kind} transactions", code="sensor-role")
+        return None
 
     def _check_issuer(self, tx: Tx) -> None:
         rules = self.rules

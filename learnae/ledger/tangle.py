@@ -708,6 +708,28 @@ class Tangle:
             roll = self._rolls[events] = Roll.of(self.rules, (self._events[i] for i in events if i in self._events))
         return roll
 
+    def _admitted_on(self, parents: list[str], author: bytes, kind: str) -> bool:
+        views = {p.view for p in self._parents(parents).values()}
+        return self.roll_of(frozenset().union(*(self._views[v] for v in views))).admits(author, kind)
+
+    def tips_for(self, author: bytes, kind: str = "data") -> list[str]:
+        """Tips that a ``kind`` transaction by ``author`` may approve, sorted.
+
+        The tips whose view lets the author publish (:meth:`tips` when the ledger holds no
+        ``admit``/``revoke``). None may, right after the author was admitted (the tips
+        approve transactions from before the admit): then the admit itself, which a new
+        transaction may approve like a tip. Empty when nothing here admits the author.
+        """
+        tips = self.tips()
+        if not self._events:
+            return tips
+        ok = [i for i, p in self._parents(tips).items()
+              if self.roll_of(self._views[p.view]).admits(author, kind)]
+        if ok:
+            return sorted(ok)
+        member = self.roll().members.get(author)
+        return [member.since] if member and member.since and member.revoked is None else []
+
     def roll_events(self) -> list[str]:
         """The ids of every stored ``admit`` and ``revoke``, in the tangle's order."""
         return [i for (_, i) in sorted((h, i) for i, (h, _) in self._events.items())]
@@ -876,6 +898,8 @@ class Tangle:
         """
         if approve is None:
             parents = self.select_tips(rng=rng)
+            if self._events and not self._admitted_on(parents, identity.public_key, kind):
+                parents = self.tips_for(identity.public_key, kind)[:2] or parents
         elif not self._parents([approve]):
             raise LedgerError(f"cannot approve {approve}: it is not in this ledger (wait until it is stored)")
         else:

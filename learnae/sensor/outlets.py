@@ -197,6 +197,8 @@ class ViaOutlet(Outlet):
             queue.set_tx(item.seq, None)  # sign again (on fresh tips, or a fixed clock)
             raise RuntimeError(f"node asked to sign again: {code} {reason}")
         if 400 <= status < 500:
+            if code == "not-admitted":  # perhaps only on those parents (admitted a moment ago)
+                queue.set_tx(item.seq, None)
             raise IngestRejected(reason or f"HTTP {status}", code=code, status=status)
         raise RuntimeError(f"node answered HTTP {status}: {code} {reason}")
 
