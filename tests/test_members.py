@@ -8,6 +8,7 @@ from unittest import mock
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from learnae.errors import TxRejected
 from learnae.identity import Identity
 from learnae.ledger.members import Roll, Rules
 from learnae.ledger.tangle import Tangle
@@ -205,3 +206,10 @@ def test_a_member_admitted_a_moment_ago_is_given_tips_that_admit_it(tmp_path):
             made = t.append(SENSOR, "data", payload)  # the walk's two tips do not admit it
         assert made.parents == (a.id,)
         assert t.verify() == []
+        r = revoke(FOUNDER, SENSOR, [made.id], made.time - NOW)
+        assert code(t, r) == "inserted"
+        assert t.tips_for(SENSOR.public_key) == []  # not the tips from before the revoke either
+        with mock.patch.object(t, "select_tips", return_value=sorted(x.id for x in before)), \
+                pytest.raises(TxRejected) as info:
+            t.append(SENSOR, "data", {**payload, "seq": 1})
+        assert info.value.code == "not-admitted"  # refused on those tips, not moved to other ones

@@ -718,11 +718,14 @@ class Tangle:
         The tips whose view lets the author publish (:meth:`tips` when the ledger holds no
         ``admit``/``revoke``). None may, right after the author was admitted (the tips
         approve transactions from before the admit): then the admit itself, which a new
-        transaction may approve like a tip. Empty when nothing here admits the author.
+        transaction may approve like a tip. Empty when this whole ledger does not admit the
+        author: a revoked member is not shown the tips from before its revocation.
         """
         tips = self.tips()
         if not self._events:
             return tips
+        if not self.roll().admits(author, kind):  # revoked (or never admitted): old tips do not help
+            return []
         ok = [i for i, p in self._parents(tips).items()
               if self.roll_of(self._views[p.view]).admits(author, kind)]
         if ok:
