@@ -124,8 +124,9 @@ class TxRejected(LedgerError):
 
     Codes (docs/design.md "Content and wire formats"): ``undecodable``, ``not-canonical``, ``bad-version``,
     ``bad-fields``, ``bad-type``, ``bad-signature``, ``low-pow``, ``too-large``, ``bad-parents``,
-    ``future-time``, ``before-parent``, ``wrong-swarm``, ``not-admitted``, ``unknown-kind``,
-    ``bad-payload``; for attestations ``attestation-parent`` (the judged checkpoint is not a
+    ``future-time``, ``before-parent``, ``wrong-swarm``, ``unknown-kind``, ``bad-payload``;
+    for membership (:mod:`learnae.ledger.members`) ``not-admitted``, ``revoked``,
+    ``sensor-role``, ``not-steward`` and ``open-swarm``; for attestations ``attestation-parent`` (the judged checkpoint is not a
     parent), ``attestation-target`` (it is not a checkpoint held here) and ``self-attestation``;
     ``bad-snapshot`` for a peer's announced snapshot transaction that is not one
     (:mod:`learnae.ledger.sync`). A snapshot file that cannot be imported raises a
