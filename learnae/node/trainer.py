@@ -1070,10 +1070,13 @@ class TrainerNode:
                     await self._publish(offer)
                 except LearnaeError as exc:
                     self.errors[f"publish:{exc.code}"] += 1
-                    if exc.code in ("revoked", "not-admitted"):
+                    if exc.code == "revoked":
                         self._refused(exc.reason)
                         return
-                    log.warning("publishing step %d failed: %s", offer.step, exc.reason)
+                    hint = (" (a closed swarm: send this author id to its founder or a steward, who runs"
+                            " `learnae admit`; the node trains on and publishes once admitted)"
+                            if exc.code == "not-admitted" else "")
+                    log.warning("publishing step %d failed: %s%s", offer.step, exc.reason, hint)
                     continue
                 except (OSError, ValueError, KeyError, TypeError) as exc:  # e.g. disk full
                     self.errors["publish:internal"] += 1
@@ -1089,7 +1092,7 @@ class TrainerNode:
                     log.exception("merge failed: %r", exc)
 
     def _refused(self, reason: str) -> None:
-        """The swarm no longer lets this node publish (revoked): say so once, and stop."""
+        """The swarm revoked this node: say so once, and stop (it may never publish again)."""
         self.refused = reason
         log.error("this node may no longer publish in the swarm, so it stops: %s", reason)
         self.stop()
