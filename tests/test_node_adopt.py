@@ -28,7 +28,7 @@ from learnae.formats import Chunk, encode_chunk
 from learnae.identity import Identity
 from learnae.ipfs.memory import MemoryNetwork
 from learnae.ledger.sync import TangleSync
-from learnae.ledger.tx import checkpoint_payload, data_payload, decode_tx, make_tx
+from learnae.ledger.tx import checkpoint_payload, data_payload, decode_tx, make_tx, revoke_payload
 from learnae.manifest import Manifest
 from learnae.models import model_config
 from learnae.node import NodeConfig, TrainerNode, parse_adopt
@@ -187,6 +187,20 @@ async def test_a_copy_of_another_sensors_chunk_is_refused_and_its_owner_keeps_it
             cid=content_id(b"a checkpoint"), size=1, step=1, samples=1, base=[], data=[own], metrics={}))
         table = credits(node.tangle)
         assert table[SENSOR.public_key].rows_adopted == 5 and table[OTHER.public_key].rows_adopted == 0
+    finally:
+        node.tangle.close()
+
+
+async def test_a_revoked_sensors_chunks_are_not_adopted(tmp_path):
+    node = await _node(tmp_path)
+    schema = node.manifest.schema
+    try:
+        await _announce(node, SENSOR, _chunk(5, 0, schema), 5, 0)  # announced before the revoke
+        node.tangle.append(identity(1), "revoke", revoke_payload(SENSOR.author_id, "copied readings"))
+        other = await _announce(node, OTHER, _chunk(5, 0, schema, sensor=OTHER.author_id), 5, 0)
+        await _adopt_until(node, lambda: node.net.data_accepted + sum(_refused(node).values()) == 2)
+        assert [c.tx for c in _stored(node)] == [other]
+        assert _refused(node) == {"data:revoked": 1}
     finally:
         node.tangle.close()
 

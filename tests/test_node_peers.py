@@ -19,7 +19,7 @@ from learnae.formats import Checkpoint, encode_checkpoint
 from learnae.identity import Identity
 from learnae.ipfs.memory import MemoryNetwork
 from learnae.ledger.sync import TangleSync
-from learnae.ledger.tx import MAX_FUTURE_MS, checkpoint_payload
+from learnae.ledger.tx import MAX_FUTURE_MS, checkpoint_payload, revoke_payload
 from learnae.manifest import Manifest
 from learnae.models import model_config
 from learnae.node import NetworkSide, PeerChoice
@@ -190,4 +190,34 @@ async def test_the_final_merge_waits_a_short_time_for_a_peer_that_is_gone(tmp_pa
         assert node.rejections["timeout"] == 1
     finally:
         await ipfs.close()
+        tangle.close()
+
+
+async def test_a_revoked_authors_checkpoints_are_refused_those_from_before_the_revoke_too(tmp_path):
+    manifest = Manifest(checkpoint_interval=0, name="peers", model=model_config("iris-mlp"), pow_bits=2, merge="mean")
+    swarm = init_swarm(tmp_path / "swarm", manifest, founder=identity(1))
+    tangle, _ = open_tangle(swarm.directory)
+    net = MemoryNetwork(seed=0)
+    ipfs, server = net.node("node"), net.node("peers")
+    await server.connect((await ipfs.addrs())[0])
+    node = NetworkSide(ipfs=ipfs, sync=TangleSync(tangle, ipfs), identity=identity(2), manifest=manifest,
+                       expect={k: (v.shape, v.dtype.name) for k, v in WEIGHTS.items()}, k=4, fetch_timeout=1.0)
+    offer = Offer(weights=dict(WEIGHTS), step=5, samples=50, total_samples=50, k=4)
+
+    async def publish(author: Identity, step: int) -> str:
+        data = encode_checkpoint(Checkpoint(dict(WEIGHTS), tangle.swarm, step, 100))
+        return tangle.append(author, "checkpoint", checkpoint_payload(
+            cid=await server.add(data), size=len(data), step=step, samples=100, base=[], data=[], metrics={})).id
+
+    try:
+        before = await publish(identity(9), 10)  # published while it was a member in good standing
+        tangle.append(identity(1), "revoke", revoke_payload(identity(9).author_id, "poisoned checkpoints"))
+        honest = await publish(identity(8), 10)
+        merged = await node.merge(offer)
+        assert merged is not None and merged.tag == (honest,)
+        assert node.rejections["revoked"] == 1 and before not in merged.tag
+        assert tangle.verify() == []  # the ledger keeps the earlier checkpoint: it verifies
+    finally:
+        await ipfs.close()
+        await server.close()
         tangle.close()
