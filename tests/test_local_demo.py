@@ -38,6 +38,13 @@ def test_short_process_demo_writes_report_and_plot(tmp_path):
     assert sensor["exit_code"] == 0 and sensor["published_rows"] == sensor["rows"] > 0
     assert report["ledger"]["by_kind"]["data"] == sensor["published"] > 0
     assert report["sensor_chunks_adopted"] == {"node0": sensor["published"], "node1": sensor["published"]}
+    # every node computes the same credits from its (reconciled) ledger; each process is credited
+    credits = report["credits"]
+    assert credits["identical"] and set(credits["by_name"]) == {"node0", "node1", "sensor0"}
+    for name in ("node0", "node1"):
+        assert credits["by_name"][name]["checkpoints"] > 0 and credits["by_name"][name]["merged"] > 0
+    assert credits["by_name"]["sensor0"]["data_rows"] == sensor["rows"]
+    assert credits["by_name"]["sensor0"]["rows_adopted"] > 0
     assert report["ok"] == all(v["accuracy"] > v["local_only"] for v in report["nodes"].values())
     assert (proc.returncode == 0) == report["ok"]
     assert (out / "accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

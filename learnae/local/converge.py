@@ -1,7 +1,8 @@
 """Whether tangles converged, and the partition experiment that measures it.
 
 :func:`in_step` and :func:`wait_in_step` tell when a set of tangles holds the same
-transactions (the fault harness and the demo wait for it); :func:`partition_benchmark`
+transactions (the fault harness and the demo wait for it); :func:`reconcile` brings stopped
+nodes' ledgers together (the process demo); :func:`partition_benchmark`
 partitions two memory-network nodes, lets each append, heals and times the convergence
 (``bench/ledger.py``).
 """
@@ -19,7 +20,7 @@ from learnae.identity import Identity
 from learnae.ledger.sync import TangleSync
 from learnae.ledger.tangle import Tangle
 
-__all__ = ["in_step", "partition_benchmark", "wait_in_step"]
+__all__ = ["in_step", "partition_benchmark", "reconcile", "wait_in_step"]
 
 
 def in_step(tangles: Sequence[Tangle]) -> bool:
@@ -46,6 +47,17 @@ async def wait_in_step(tangles: Sequence[Tangle], timeout: float, interval: floa
                                f"{[t.count() for t in tangles]}, pending {[t.pending for t in tangles]}")
         await asyncio.sleep(interval)
     return loop.time() - start
+
+
+def reconcile(tangles: Sequence[Tangle]) -> list[int]:
+    """Give each of the (writable) tangles the transactions the others hold, as anti-entropy would.
+
+    For stopped nodes whose last transactions did not reach every peer before the stop: each
+    transaction is inserted with full validation (:meth:`Tangle.insert_many`), so nothing a
+    tangle would refuse from gossip gets in. Returns how many each tangle stored.
+    """
+    raws = [raw for t in tangles for _, raw in t.iter_raw()]
+    return [sum((r.status == "inserted") + len(r.released) for r in t.insert_many(raws)) for t in tangles]
 
 
 async def partition_benchmark(

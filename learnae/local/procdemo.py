@@ -7,7 +7,9 @@ while a live table shows each node's step, test accuracy, peers, merges and sens
 adopted, each sensor's chunks published, and the ledger size. Then every process is stopped
 (SIGTERM; a node publishes a final checkpoint; SIGKILL for stragglers), and the report puts
 each node's test accuracy next to three baselines on the same split, model and epochs
-(:mod:`learnae.local.baselines`). Writes ``report.json`` and ``accuracy.png`` in ``out``.
+(:mod:`learnae.local.baselines`). The nodes' ledgers are then reconciled (the transactions
+the last gossip before the stop did not deliver) and each computes the credits table, which
+the report shows by process name. Writes ``report.json`` and ``accuracy.png`` in ``out``.
 """
 
 from __future__ import annotations
@@ -21,7 +23,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from learnae.identity import Identity
+from learnae.local.converge import reconcile
 from learnae.local.runner import LocalSwarm
+from learnae.state import open_tangle
 
 
 def _adopted(s: dict | None) -> int:
@@ -112,6 +117,7 @@ def run_process_demo(out: Path, *, nodes: int = 4, sensors: int = 2, dataset: st
         "ledger": {"by_kind": by_kind, "transactions": sum(by_kind.values())},
         "seconds": {"run": round(run_seconds, 1), "total": round(time.monotonic() - t0, 1)},
     }
+    report["credits"] = _credits(swarm)
     report["ok"] = all(v["accuracy"] is not None and v["accuracy"] > v["local_only"] and v["exit_code"] == 0
                        for v in per_node.values())
     (out / "report.json").write_text(json.dumps(report, indent=2))
@@ -125,8 +131,37 @@ def run_process_demo(out: Path, *, nodes: int = 4, sensors: int = 2, dataset: st
     if swarm.sensors:
         published = sum(v["published"] for v in report["sensors"].values())
         echo(f"sensors: {published} chunks published; adopted per node {report['sensor_chunks_adopted']}")
+    credits = report["credits"]
+    echo(f"\ncredits (`learnae ledger credits`), {'the same on every node' if credits['identical'] else 'NOT the same on every node'}:")
+    echo(f"{'':8} {'ckpt':>5} {'merged':>6} {'rows':>5} {'adopted':>7}")
+    for name, row in credits["by_name"].items():
+        echo(f"{name:8} {row['checkpoints']:5} {row['merged']:6} {row['data_rows']:5} {row['rows_adopted']:7}")
     echo(f"report: {out / 'report.json'}, {out / 'accuracy.png'}  ok={report['ok']}")
     return report
+
+
+def _credits(swarm: LocalSwarm) -> dict[str, Any]:
+    """The credits table (``learnae ledger credits``) of every node's ledger, once reconciled.
+
+    ``identical``: every node computes the same table; ``by_name``: node0's table by process
+    name (nodes and sensors), ``{}`` rows for a process the ledger does not credit.
+    """
+    from learnae.ledger.credits import credits_json
+
+    tangles = [open_tangle(m.state)[0] for m in swarm.members]
+    try:
+        reconcile(tangles)
+        tables = [credits_json(t) for t in tangles]
+    finally:
+        for t in tangles:
+            t.close()
+    names = {Identity.load(m.state / "identity.key").author_id: m.name
+             for m in (*swarm.members, *swarm.sensors) if (m.state / "identity.key").is_file()}
+    by_author = {row["author"]: row for row in tables[0]}
+    zero = {"checkpoints": 0, "merged": 0, "data_rows": 0, "rows_adopted": 0}
+    return {"identical": all(t == tables[0] for t in tables),
+            "by_name": {name: by_author.get(aid, zero) for aid, name in sorted(names.items(), key=lambda x: x[1])},
+            "table": tables[0]}
 
 
 def _plot(report: dict[str, Any], path: Path) -> None:
