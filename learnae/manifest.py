@@ -39,6 +39,9 @@ key                        meaning                                              
 ``created``                ms since the Unix epoch (also the genesis transaction's time)        now
 ``verification``           checks of peers' checkpoints and the authors' standings              see below
                            (:class:`Verification`); written only when not the defaults
+``newcomers``              an open swarm's probation of new authors (:class:`Newcomers`:          3, 0.25,
+                           ``record``, ``weight``, ``tx_per_minute``); written only when not   30
+                           the defaults
 =========================  ==================================================================  ============
 
 The model may have at most ``limits.checkpoint_bytes / 4`` parameters (a float32 parameter
@@ -81,7 +84,7 @@ __all__ = [
     "ADMISSION_OPEN", "DEFAULT_BATCH_SIZE", "DEFAULT_LEARNING_RATE", "DEFAULT_MERGE",
     "DEFAULT_OPTIMIZER", "DEFAULT_POW_BITS", "DEFAULT_SYNC_EVERY", "DEFAULT_SYNC_INTERVAL",
     "DEFAULT_CHECKPOINT_INTERVAL",
-    "MAX_NAME", "MAX_POW_BITS", "MERGE_RULES", "OPTIMIZERS", "Limits", "Manifest", "Verification",
+    "MAX_NAME", "MAX_POW_BITS", "MERGE_RULES", "OPTIMIZERS", "Limits", "Manifest", "Newcomers", "Verification",
     "check_name",
     "make_genesis", "manifest_of", "read_admission_file", "short_author", "short_id",
 ]
@@ -322,6 +325,59 @@ class Verification:
 
 
 @dataclass(frozen=True)
+class Newcomers:
+    """How the members of an open swarm treat an author without a record yet.
+
+    An author is a *newcomer* until other authors used its work ``record`` times: merged one of
+    its checkpoints (named it as a ``base``) or trained on one of its data chunks (named it in
+    ``data``), each use counted. The founder and
+    the stewards never are, and nobody is in a closed swarm, whose admission is the vetting.
+    Until then a node weighs its checkpoints less and stores fewer of its transactions
+    (docs/design.md "Membership").
+
+    Attributes:
+        record: uses by others that end an author's probation, 0 to 1e6 (0: no probation).
+        weight: what a newcomer's checkpoint counts in a merge, 0 to 1: its ``samples`` claim
+            is multiplied by it (rounded down), which is its weight under ``mean``; the other
+            rules do not weigh by samples.
+        tx_per_minute: a newcomer's transactions a node stores per minute (a token bucket of
+            that burst), 1 to 1e6; the rest is dropped and comes again by gap repair when
+            someone approves it. A member publishing a checkpoint every 30 s sends about 2.
+
+    The weakness this leaves: newcomers may merge each other's checkpoints, so a stranger
+    with several identities can earn a record among them. Probation buys time and weight,
+    not identity: a swarm that must know its members is closed.
+
+    Raises:
+        ConfigError: a parameter is out of its range.
+    """
+
+    record: int = 3
+    weight: float = 0.25
+    tx_per_minute: float = 30.0
+
+    def __post_init__(self) -> None:
+        _int("newcomers.record", self.record, 0, 1_000_000)
+        object.__setattr__(self, "weight", _number("newcomers.weight", self.weight, 1.0, zero=True))
+        object.__setattr__(self, "tx_per_minute", _number("newcomers.tx_per_minute", self.tx_per_minute, 1e6))
+        if self.tx_per_minute < 1:
+            raise ConfigError(f"manifest newcomers.tx_per_minute must be at least 1, got {self.tx_per_minute!r}")
+
+    def to_payload(self) -> dict[str, float | int]:
+        """The payload form: a map of the three parameters."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_payload(cls, value: Any) -> Newcomers:
+        """Inverse of :meth:`to_payload`; missing keys take the defaults.
+
+        Raises:
+            ConfigError: ``value`` is not a map, has an unknown key, or a bad parameter.
+        """
+        return cls(**_fields_map("newcomers", cls, value))
+
+
+@dataclass(frozen=True)
 class Manifest:
     """A swarm's definition; its payload form is the genesis transaction's payload.
 
@@ -354,6 +410,7 @@ class Manifest:
     steward_quorum: int = 1
     created: int | None = None
     verification: Verification = field(default_factory=Verification)
+    newcomers: Newcomers = field(default_factory=Newcomers)
     _keys: frozenset[bytes] | None = field(default=None, init=False, repr=False, compare=False)
     _steward_keys: frozenset[bytes] = field(default=frozenset(), init=False, repr=False, compare=False)
 
@@ -366,6 +423,8 @@ class Manifest:
             raise ConfigError("manifest limits must be a Limits")
         if not isinstance(self.verification, Verification):
             raise ConfigError("manifest verification must be a Verification")
+        if not isinstance(self.newcomers, Newcomers):
+            raise ConfigError("manifest newcomers must be a Newcomers")
         info = check_model(self.model, max_params=self.limits.checkpoint_bytes // PARAM_BYTES)
         if len(self.model.encode()) > self.limits.tx_bytes - 1024:
             raise ConfigError(
@@ -454,7 +513,9 @@ class Manifest:
         }
         if self.verification != Verification():  # absent = defaults: older payloads unchanged
             payload["verification"] = self.verification.to_payload()
-        if self.stewards:  # likewise
+        if self.newcomers != Newcomers():  # likewise
+            payload["newcomers"] = self.newcomers.to_payload()
+        if self.stewards:
             payload["stewards"] = list(self.stewards)
         if self.steward_quorum != 1:
             payload["steward_quorum"] = self.steward_quorum
@@ -489,6 +550,8 @@ class Manifest:
             kwargs["limits"] = Limits.from_payload(kwargs["limits"])
         if "verification" in kwargs:
             kwargs["verification"] = Verification.from_payload(kwargs["verification"])
+        if "newcomers" in kwargs:
+            kwargs["newcomers"] = Newcomers.from_payload(kwargs["newcomers"])
         if isinstance(kwargs.get("input_shape"), list):
             kwargs["input_shape"] = tuple(kwargs["input_shape"])
         for key in ("admission", "stewards"):

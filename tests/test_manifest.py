@@ -20,7 +20,7 @@ from learnae.invite import Invite
 from learnae.ipfs.privnet import new_swarm_key
 from learnae.ledger.members import Rules
 from learnae.ledger.tx import decode_tx, make_tx, validate_tx
-from learnae.manifest import Limits, Manifest, make_genesis, manifest_of, read_admission_file
+from learnae.manifest import Limits, Manifest, Newcomers, make_genesis, manifest_of, read_admission_file
 from learnae.models import MODELS, model_config
 from learnae.models.check import ACTIVATIONS, DEFAULT_MAX_PARAMS, LAYERS, check_model
 from learnae.state import StateDir, init_swarm, node_listen, open_tangle, parse_listen
@@ -737,3 +737,16 @@ def test_parameter_counts_equal_keras_count_params():
         # a config without build_config: shapes followed from the model's input instead
         bare = json.dumps(_without_build_configs(json.loads(config)))
         assert check_model(bare).params == model.count_params(), f"{name} without build_config"
+
+
+def test_newcomers_rule_is_in_the_payload_only_when_not_the_default():
+    assert "newcomers" not in digits().to_payload() and digits().newcomers == Newcomers(3, 0.25, 30.0)
+    m = digits(newcomers=Newcomers(record=10, weight=0.1, tx_per_minute=6))
+    assert m.to_payload()["newcomers"] == {"record": 10, "weight": 0.1, "tx_per_minute": 6.0}
+    assert Manifest.from_payload(m.to_payload()) == m
+    for bad, match in (({"weight": 1.5}, "newcomers.weight"), ({"tx_per_minute": 0.5}, "tx_per_minute"),
+                       ({"record": -1}, "newcomers.record")):
+        with pytest.raises(ConfigError, match=match):
+            Newcomers(**bad)
+    with pytest.raises(ConfigError, match="newcomers"):
+        Manifest.from_payload({**m.to_payload(), "newcomers": {"probation": 3}})

@@ -20,7 +20,7 @@ from learnae.identity import Identity
 from learnae.ipfs.memory import MemoryNetwork
 from learnae.ledger.sync import TangleSync
 from learnae.ledger.tx import MAX_FUTURE_MS, checkpoint_payload, revoke_payload
-from learnae.manifest import Manifest
+from learnae.manifest import Manifest, Newcomers
 from learnae.models import model_config
 from learnae.node import NetworkSide, PeerChoice
 from learnae.state import init_swarm, open_tangle
@@ -217,6 +217,47 @@ async def test_a_revoked_authors_checkpoints_are_refused_those_from_before_the_r
         assert merged is not None and merged.tag == (honest,)
         assert node.rejections["revoked"] == 1 and before not in merged.tag
         assert tangle.verify() == []  # the ledger keeps the earlier checkpoint: it verifies
+    finally:
+        await ipfs.close()
+        await server.close()
+        tangle.close()
+
+
+async def test_a_newcomer_weighs_less_until_others_merged_its_checkpoints(tmp_path):
+    manifest = Manifest(checkpoint_interval=0, name="peers", model=model_config("iris-mlp"), pow_bits=2, merge="mean",
+                        newcomers=Newcomers(record=2, weight=0.25))
+    swarm = init_swarm(tmp_path / "swarm", manifest, founder=identity(1))
+    tangle, _ = open_tangle(swarm.directory)
+    net = MemoryNetwork(seed=0)
+    ipfs, server = net.node("node"), net.node("peers")
+    await server.connect((await ipfs.addrs())[0])
+    node = NetworkSide(ipfs=ipfs, sync=TangleSync(tangle, ipfs), identity=identity(2), manifest=manifest,
+                       expect={k: (v.shape, v.dtype.name) for k, v in WEIGHTS.items()}, k=4, fetch_timeout=1.0)
+    newcomer, founder = identity(9), identity(1)
+    ones = {k: np.ones_like(v) for k, v in WEIGHTS.items()}
+    offer = Offer(weights={k: np.zeros_like(v) for k, v in WEIGHTS.items()}, step=5, samples=100, total_samples=100, k=4)
+
+    async def publish(author: Identity, step: int, base=()) -> str:
+        data = encode_checkpoint(Checkpoint(dict(ones), tangle.swarm, step, 100))
+        return tangle.append(author, "checkpoint", checkpoint_payload(
+            cid=await server.add(data), size=len(data), step=step, samples=100, base=list(base), data=[],
+            metrics={})).id
+
+    try:
+        first = await publish(newcomer, 10)
+        merged = await node.merge(offer)  # 100 own samples at 0, the newcomer's 100 count 25
+        np.testing.assert_allclose(merged.weights["dense/bias"], 25 / 125, rtol=1e-6)
+        assert node.newcomer(newcomer.public_key) and not node.newcomer(founder.public_key)
+        # the founder merges two of its checkpoints: it has a record now, and counts in full
+        second = await publish(newcomer, 20)
+        await publish(founder, 5, base=[first])
+        await publish(founder, 6, base=[second])
+        third = await publish(newcomer, 30)
+        merged = await node.merge(offer)
+        assert third in merged.tag and not node.newcomer(newcomer.public_key)
+        assert node.record[newcomer.public_key] == 2
+        # the founder's own checkpoints (never on probation) and the newcomer's, both in full
+        np.testing.assert_allclose(merged.weights["dense/bias"], 200 / 300, rtol=1e-6)
     finally:
         await ipfs.close()
         await server.close()

@@ -668,3 +668,21 @@ async def test_a_pruned_node_does_not_ask_for_the_history_it_pruned(swarm):
     await eventually(lambda: a.stats["pruned_history"] == 3)
     assert a.stats["wants_sent"] == 0 and ta.pending == 0 and ta.count() == 2
     assert isinstance(decode_message(encode_message("tips")), SyncMessage)
+
+
+@virtual_clock  # a newcomer's budget refills at one transaction a minute
+async def test_a_newcomers_transactions_beyond_its_budget_wait_for_gap_repair(tmp_path):
+    async with Swarm(tmp_path) as swarm:
+        a, b = await swarm.add("a"), await swarm.add("b")
+        newcomer = identity(9)
+        b.newcomer, b.newcomer_rate = (lambda author: author == newcomer.public_key), 1 / 60  # a burst of 1
+        await swarm.connect("a", "b")
+        ta, tb = swarm.tangles["a"], swarm.tangles["b"]
+        txs = [ta.append(newcomer, "data", payload(seq)) for seq in range(3)]
+        await a.publish(*txs)
+        await eventually(lambda: b.stats["newcomer_limited"] >= 2, timeout=5)
+        assert [tx.id in tb for tx in txs] == [True, False, False]
+        honest = ta.append(swarm.ids["a"], "data", payload(10))  # approves the newcomer's last
+        await a.publish(honest)
+        await wait_in_step([ta, tb], timeout=300)  # gap repair brings them, a minute apart
+        assert all(tx.id in tb for tx in txs) and b.stats["newcomer_limited"] >= 2

@@ -130,8 +130,9 @@ How it behaves
 ``wants_received``, ``wants_throttled`` (the asker's answer budget is spent, or too many ids
 wait for an answer), ``answers_sent`` (messages), ``answer_bytes_sent`` (transaction bytes),
 ``wants_answered`` (ids), ``answer_txs_sent``, ``answers_suppressed`` (wanted ids not sent
-because another node's answer carried them first or just before), ``publish_failed``,
-``errors`` (logged with their traceback).
+because another node's answer carried them first or just before), ``newcomer_limited`` (a
+newcomer author's transactions over its budget, dropped: see :attr:`TangleSync.newcomer`),
+``publish_failed``, ``errors`` (logged with their traceback).
 
 Everything runs on the asyncio loop that called :meth:`TangleSync.start`; the tangle must be
 used from that loop only (it is not thread-safe). Times are the loop's clock, in seconds.
@@ -394,6 +395,12 @@ class TangleSync:
     Attributes:
         snapshot_tx: this node's newest ``snapshot`` transaction (set it after publishing one);
             when set, ``tips`` messages carry it.
+        newcomer: ``newcomer(author key) -> bool``, or ``None`` (the default: nobody is). A
+            newcomer author's received transactions are stored at most ``newcomer_rate`` a
+            second (a bucket of ``newcomer_rate * 60`` per author, for the ``max_peers``
+            authors heard last); the rest are dropped (``newcomer_limited``) and come again
+            by gap repair once someone approves them. The trainer node sets it from its
+            manifest's ``newcomers`` rule.
 
     Raises:
         LedgerError: ``genesis_id`` is not the tangle's, or the limits are inconsistent.
@@ -475,6 +482,9 @@ class TangleSync:
         self.on_snapshot = on_snapshot
         self.snapshot_tx: Tx | None = None
         """This node's newest snapshot transaction, carried in its ``tips`` messages."""
+        self.newcomer: Callable[[bytes], bool] | None = None
+        self.newcomer_rate = 0.5
+        self._newcomers: OrderedDict[bytes, _Bucket] = OrderedDict()  # author -> its budget
 
         self.stats: Counter[str] = Counter()
         """Event counters, snake_case names (see the module docstring)."""
@@ -871,8 +881,39 @@ class TangleSync:
                         log.exception("storing %d received transactions failed", len(batch))
                 await asyncio.sleep(0)
 
+    def _within_budget(self, batch: list[bytes], owners: list[str]) -> tuple[list[bytes | Tx], list[str]]:
+        """The transactions of ``batch`` left once newcomers' budgets are taken.
+
+        Decoded, so that the store does not decode them again.
+        """
+        now = self._now()
+        kept: list[bytes | Tx] = []
+        kept_owners = []
+        for raw, owner in zip(batch, owners, strict=True):
+            try:
+                tx: bytes | Tx = decode_tx(raw)
+            except TxRejected:
+                tx = raw  # the store rejects and counts it
+            if (isinstance(tx, Tx) and self.newcomer is not None and self.newcomer(tx.author)
+                    and tx.id not in self.tangle):  # a duplicate costs nothing
+                bucket = self._newcomers.pop(tx.author, None)
+                if bucket is None:
+                    bucket = _Bucket(self.newcomer_rate, self.newcomer_rate * 60, now)
+                self._newcomers[tx.author] = bucket
+                while len(self._newcomers) > self.max_peers:
+                    self._newcomers.popitem(last=False)
+                if not bucket.take(1, now):
+                    self.stats["newcomer_limited"] += 1
+                    continue
+            kept.append(tx)
+            kept_owners.append(owner)
+        return kept, kept_owners
+
     def _ingest(self, batch: list[bytes], owners: list[str]) -> None:
-        results = self.tangle.insert_many(batch)
+        items: list[bytes | Tx] = list(batch)
+        if self.newcomer is not None:
+            items, owners = self._within_budget(batch, owners)
+        results = self.tangle.insert_many(items)
         now = self._now()
         stats = self.stats
         for result, sender in zip(results, owners, strict=True):

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import math
 import random
 import time
 from collections import Counter, deque
@@ -282,6 +283,7 @@ class NetworkSide:
         self.merges = 0
         self.fetched = 0
         self.merged_from: Counter[str] = Counter()
+        self.record: Counter[bytes] = Counter()  # author -> its checkpoints and chunks others used
         self.last_checkpoint: dict[str, Any] | None = None
         self.pinned: deque[str] = deque()
         self.data_accepted = 0
@@ -292,6 +294,9 @@ class NetworkSide:
         self._data_cursor = 0  # data seq of the last data tx looked at
         self._waiting: list[Tx] = []  # admitted data txs whose chunks are still to fetch
         self._tries: dict[str, int] = {}
+        if sync.newcomer is None:  # the syncer stores fewer of a newcomer's transactions
+            sync.newcomer = self.newcomer
+            sync.newcomer_rate = manifest.newcomers.tx_per_minute / 60
         self.verifier = CheckpointVerifier(
             sync=sync, identity=identity, manifest=manifest, evaluate=evaluate,
             fetch=self._fetch, offload=offload, clock=clock, rng=rng, replay=replay,
@@ -366,8 +371,23 @@ class NetworkSide:
         for tx in txs:
             if tx.author != me:
                 self.choice.add(tx, now_ms)
+            for used in map(self.tangle.get, (*tx.links("base"), *tx.links("data"))):
+                if used is not None and used.author != tx.author:  # merged, or trained on
+                    self.record[used.author] += 1
         self.verifier.consider(txs)
         self.verifier.refresh()
+
+    def newcomer(self, author: bytes) -> bool:
+        """Is ``author`` (32-byte key) on probation (the manifest's :class:`~learnae.manifest.Newcomers`)?
+
+        Only in an open swarm, never the founder or a steward: until :attr:`record` counts
+        ``newcomers.record`` of its checkpoints merged, or data chunks trained on, by others (in
+        the checkpoints this node has seen since it started).
+        """
+        rule, rules = self.manifest.newcomers, self.tangle.rules
+        if rule.record == 0 or rules.admission is not None or author == rules.founder or author in rules.stewards:
+            return False
+        return self.record[author] < rule.record
 
     def _pass_over(self, author: bytes) -> None:
         """A checkpoint of ``author`` could not be used: back off from the author."""
@@ -434,7 +454,9 @@ class NetworkSide:
         own = Contribution(offer.weights, samples=offer.samples, age=offer.step,
                            author=self.identity.public_key.hex())
         capped = cap_samples([own.samples, *(p.samples for p in peers)], self.manifest.verification.sample_cap)
-        peers = [dataclasses.replace(p, samples=n) for p, n in zip(peers, capped[1:], strict=True)]
+        weight = self.manifest.newcomers.weight
+        peers = [dataclasses.replace(p, samples=math.floor(n * weight) if self.newcomer(bytes.fromhex(p.author)) else n)
+                 for p, n in zip(peers, capped[1:], strict=True)]
         result, delta = await self.offload(_merge_with, self.manifest, own, peers)
         for author, code, reason in result.rejected:
             self.rejections[code] += 1
