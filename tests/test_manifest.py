@@ -20,7 +20,14 @@ from learnae.invite import Invite
 from learnae.ipfs.privnet import new_swarm_key
 from learnae.ledger.members import Rules
 from learnae.ledger.tx import decode_tx, make_tx, validate_tx
-from learnae.manifest import Limits, Manifest, Newcomers, make_genesis, manifest_of, read_admission_file
+from learnae.manifest import (
+    Limits,
+    Manifest,
+    Newcomers,
+    make_genesis,
+    manifest_of,
+    read_admission_file,
+)
 from learnae.models import MODELS, model_config
 from learnae.models.check import ACTIVATIONS, DEFAULT_MAX_PARAMS, LAYERS, check_model
 from learnae.state import StateDir, init_swarm, node_listen, open_tangle, parse_listen
