@@ -621,7 +621,8 @@ def ledger_prune(state_dir: Path, window: str, keep_per_author: int) -> None:
     click.echo(f"kept {stats.kept} ({counts}); {stats.frontier} entry points ({path})")
 
 
-_DOT_COLORS = {"genesis": "gold", "checkpoint": "lightblue", "data": "palegreen", "snapshot": "plum"}
+_DOT_COLORS = {"genesis": "gold", "checkpoint": "lightblue", "data": "palegreen", "snapshot": "plum",
+               "attestation": "lightgrey", "admit": "orange", "revoke": "tomato"}
 
 
 def _dot_text(text: str) -> str:

@@ -880,6 +880,7 @@ class TrainerNode:
 
     _last_report = 0.0
     _loss = float("nan")
+    _closing = False
     refused: str | None = None
     """Why the swarm refuses this node's transactions (it was revoked), once it did; it then stops."""
 
@@ -1237,6 +1238,7 @@ class TrainerNode:
                     except LearnaeError as exc:
                         if not self.refused:
                             log.warning("final checkpoint not published: %s", exc.reason)
+        self._closing = True  # the last status counts the credits afresh
         with contextlib.suppress(OSError):
             write_json_atomic(self.paths.status, self.status())
         await self._close_all()
@@ -1270,9 +1272,10 @@ class TrainerNode:
             return None
         due, txs, line = self._credits
         now, count = time.monotonic(), self.tangle.count()
-        if count != txs and now >= due:
+        if count != txs and (now >= due or self._closing):
+            cpu = time.thread_time()
             line = credits(self.tangle).get(self.identity.public_key, Credit()).to_dict()
-            took = time.monotonic() - now
+            took = time.thread_time() - cpu  # CPU time: a loaded machine does not stretch the wait
             self._credits = (now + max(CREDITS_INTERVAL, took / CREDITS_SHARE), count, line)
         return line
 
@@ -1352,7 +1355,8 @@ class TrainerNode:
         (:meth:`~learnae.node.verifier.CheckpointVerifier.status`); ``credits``: this node's line
         of ``learnae ledger credits`` (:func:`~learnae.ledger.credits.credits`), counted again
         when the ledger grew, at most every :data:`CREDITS_INTERVAL` seconds and with at most
-        :data:`CREDITS_SHARE` of the loop's time (a long ledger is counted less often);
+        :data:`CREDITS_SHARE` of the loop thread's CPU time (a long ledger is counted less
+        often), and afresh in the last status a stopping node writes;
         ``refused``: why the swarm no longer takes this node's transactions (it was revoked), or
         ``None``.
         """
