@@ -30,7 +30,15 @@ from learnae.ledger.sync import (
     tx_topic,
 )
 from learnae.ledger.tangle import Tangle
-from learnae.ledger.tx import TX_CID_PREFIX, Tx, data_payload, make_tx, snapshot_payload, tx_id
+from learnae.ledger.tx import (
+    TX_CID_PREFIX,
+    Tx,
+    data_payload,
+    make_tx,
+    revoke_payload,
+    snapshot_payload,
+    tx_id,
+)
 from learnae.ledger.tx import check_payload as _check_payload
 from learnae.local.converge import in_step, partition_benchmark, wait_in_step
 
@@ -644,13 +652,15 @@ async def test_bad_snapshots_in_tips_are_rejected_and_not_reported(swarm):
     forged = snapshot_tx(MALLORY, 1)
     forged = Tx(**{**forged.__dict__, "raw": forged.raw.replace(forged.sig, bytes(64))})
     not_a_snapshot = loose_tx(MALLORY, 2)
+    signed = snapshot_tx(identity(8), 3)  # a sound snapshot, by an author the founder revoked
+    swarm.tangles["a"].append(ALICE, "revoke", revoke_payload(identity(8).author_id, "junk"))
     topic = tx_topic(GENESIS.id)
-    for raw in (forged.raw, not_a_snapshot.raw, forged.raw, b"junk"):
+    for raw in (forged.raw, not_a_snapshot.raw, forged.raw, b"junk", signed.raw):
         await mallory.publish(topic, encode_message("tips", ids=[GENESIS.id], n=1, snap=raw))
-    await eventually(lambda: a.stats["tips_received"] == 4)
-    assert a.rejections == {"bad-signature": 1, "bad-snapshot": 1, "undecodable": 1}
-    assert a.stats["rejected"] == 3 and a.peer_stats()["mallory"]["rejected"] == 3
-    assert not heard and a.stats["snapshots_received"] == 0 and swarm.tangles["a"].count() == 1
+    await eventually(lambda: a.stats["tips_received"] == 5)
+    assert a.rejections == {"bad-signature": 1, "bad-snapshot": 1, "undecodable": 1, "revoked": 1}
+    assert a.stats["rejected"] == 4 and a.peer_stats()["mallory"]["rejected"] == 4
+    assert not heard and a.stats["snapshots_received"] == 0 and swarm.tangles["a"].count() == 2
 
 
 async def test_a_pruned_node_does_not_ask_for_the_history_it_pruned(swarm):

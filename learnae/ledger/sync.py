@@ -827,6 +827,7 @@ class TangleSync:
                 raise TxRejected(f"a tips message carries a {tx.kind!r} transaction, not a snapshot",
                                  code="bad-snapshot")
             self.tangle.validate(tx)
+            self.tangle.roll().check(tx)  # no fetching the snapshot of a stranger or a revoked member
         except TxRejected as exc:
             self.stats["rejected"] += 1
             self.rejections[exc.code] += 1

@@ -670,8 +670,7 @@ class Tangle:
         Raises:
             TxRejected: as :meth:`learnae.ledger.members.Roll.check`.
         """
-        views = {p.view for p in parents}
-        events = frozenset().union(*(self._views[v] for v in views))
+        events = self._parents_view(parents)
         self.roll_of(events).check(tx)
         return events | {tx.id} if tx.kind in MEMBERSHIP_KINDS else events
 
@@ -708,9 +707,12 @@ class Tangle:
             roll = self._rolls[events] = Roll.of(self.rules, (self._events[i] for i in events if i in self._events))
         return roll
 
+    def _parents_view(self, parents: Iterable[_Parent]) -> frozenset[str]:
+        """The membership transactions below ``parents``: the union of their views."""
+        return frozenset().union(*(self._views[v] for v in {p.view for p in parents}))
+
     def _admitted_on(self, parents: list[str], author: bytes, kind: str) -> bool:
-        views = {p.view for p in self._parents(parents).values()}
-        return self.roll_of(frozenset().union(*(self._views[v] for v in views))).admits(author, kind)
+        return self.roll_of(self._parents_view(self._parents(parents).values())).admits(author, kind)
 
     def tips_for(self, author: bytes, kind: str = "data") -> list[str]:
         """Tips that a ``kind`` transaction by ``author`` may approve, sorted.
