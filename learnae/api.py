@@ -2,6 +2,12 @@
 
 Routes:
 
+- ``/``: the volunteer's dashboard (:mod:`learnae.dashboard`): the status as a page that
+  refreshes itself; ``/static/NAME`` its scripts and styles (shipped in the package).
+- ``/history``: JSON: samples of the node's progress over its run
+  (:class:`learnae.node.history.History`): time, step, accuracy and loss, merges, rejections.
+- ``/ledger/recent``: JSON: the ledger's latest transactions (``?n=``, at most
+  :data:`MAX_RECENT`) with their parents (:meth:`learnae.ledger.tangle.Tangle.recent`).
 - ``/status``: JSON: peer id, author id, addresses, peers, local step, last checkpoint,
   latest metrics (own held-out data and the common test split), merges done, rejections
   counted by reason, ledger counts (:meth:`learnae.node.TrainerNode.status`).
@@ -52,6 +58,7 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from aiohttp import web
 
+from learnae.dashboard import page, static_file
 from learnae.ingest import TX_STATUS, handle_ingest, ingest_info
 
 if TYPE_CHECKING:
@@ -62,6 +69,8 @@ if TYPE_CHECKING:
 __all__ = ["BODY_TIMEOUT", "HEADER_TIMEOUT", "LINGER_TIME", "MAX_BODIES", "MAX_CONNECTIONS",
            "ApiNode", "body_limit", "make_app", "prometheus_text", "read_body", "start_api"]
 
+MAX_RECENT = 200
+"""Most transactions ``/ledger/recent`` returns."""
 HEADER_TIMEOUT = 10.0
 """Seconds a connection gets to deliver a whole request head, from opening or from the
 previous answer (so also how long an idle keep-alive connection stays open)."""
@@ -263,6 +272,31 @@ def make_app(node: ApiNode, *, body_timeout: float = BODY_TIMEOUT,
     async def status(_request: web.Request) -> web.Response:
         return web.json_response(node.status())
 
+    async def dashboard(_request: web.Request) -> web.Response:
+        return web.Response(text=page(node.status()), content_type="text/html", charset="utf-8",
+                            headers={"Cache-Control": "no-store"})
+
+    async def static(request: web.Request) -> web.Response:
+        found = static_file(request.match_info["name"])
+        if found is None:
+            raise web.HTTPNotFound(text=f"no file {request.match_info['name']!r} here")
+        body, content_type = found
+        return web.Response(body=body, content_type=content_type, headers={"Cache-Control": "max-age=3600"})
+
+    async def history(_request: web.Request) -> web.Response:
+        kept = getattr(node, "history", None)
+        return web.json_response(kept.samples() if kept is not None else [])
+
+    async def recent(request: web.Request) -> web.Response:
+        tangle = node.tangle
+        if tangle is None:
+            raise web.HTTPServiceUnavailable(text="the ledger is closed")
+        try:
+            n = min(MAX_RECENT, max(1, int(request.query.get("n", "40"))))
+        except ValueError:
+            raise web.HTTPBadRequest(text="n must be a whole number") from None
+        return web.json_response(tangle.recent(n))
+
     async def metrics(_request: web.Request) -> web.Response:
         return web.Response(text=prometheus_text(node.status()), content_type="text/plain",
                             charset="utf-8", headers={"X-Prometheus-Format": "0.0.4"})
@@ -306,6 +340,10 @@ def make_app(node: ApiNode, *, body_timeout: float = BODY_TIMEOUT,
     app = web.Application(client_max_size=limit, middlewares=[_json_errors])
     app.router.add_post("/ingest", ingest)
     app.router.add_get("/ingest", ingest_tips)
+    app.router.add_get("/", dashboard)
+    app.router.add_get("/static/{name}", static)
+    app.router.add_get("/history", history)
+    app.router.add_get("/ledger/recent", recent)
     app.router.add_get("/status", status)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/ledger/tips", tips)

@@ -9,6 +9,7 @@ or ``learnae COMMAND --help`` for what each does. One module per command group:
 - ``ledger``: ``learnae ledger show|verify|lineage|export|prune``;
 - ``node``: ``learnae node run``, a trainer node;
 - ``members``: ``learnae admit``, ``learnae revoke`` and ``learnae invite``: who may publish;
+- ``status``: ``learnae status``, a node's status in the terminal;
 - ``demo``: ``learnae demo``, a local swarm of trainers and sensors against baselines;
 - ``learnae.sensor_cli`` (``learnae sensor ...``, the sensor feeder) and
   ``learnae.faults_cli`` (``learnae faults ...``, the fault harness) stay modules of their
@@ -63,7 +64,8 @@ class _LazyGroup(click.Group):
                                "node": "learnae.cli.node:node_group",
                                "admit": "learnae.cli.members:admit_command",
                                "revoke": "learnae.cli.members:revoke_command",
-                               "invite": "learnae.cli.members:invite_command"})
+                               "invite": "learnae.cli.members:invite_command",
+                               "status": "learnae.cli.status:status_command"})
 @click.version_option(__version__, prog_name="learnae")
 @click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
 def main(verbose: int) -> None:

