@@ -57,6 +57,10 @@ def _utc(ms: int | None) -> str:
     return "-" if ms is None else datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
+def _age(now_s: float | None, ms: int | None) -> str:
+    return "-" if ms is None or now_s is None else f"{max(0.0, now_s - ms / 1000):.0f} s ago"
+
+
 def _bytes(n: int | None) -> str:
     if n is None:
         return "-"
@@ -95,8 +99,8 @@ def page(status: dict[str, Any]) -> str:
     ckpts = (s.get("ledger") or {}).get("checkpoints_by_author") or {}
     merged = s.get("merged_from") or {}
     peers = "".join(
-        f"<tr><td><code>{_e(p.get('peer'))[:16]}…</code></td><td><code>{_e(p.get('member') or '-')[:16]}</code></td>"
-        f"<td>{_e(p.get('via'))}</td><td>{_utc((ckpts.get(p.get('author') or '') or {}).get('time_ms'))}</td>"
+        f"<tr><td>{_e(p.get('peer'))[:12]}…</td><td>{_e(p.get('member') or '-')[:12]}…</td>"
+        f"<td>{_e(p.get('via'))}</td><td>{_age(s.get('now_s'), (ckpts.get(p.get('author') or '') or {}).get('time_ms'))}</td>"
         f"<td>{_e(merged.get(p.get('author') or '', 0))}</td></tr>"
         for p in (s.get("network") or {}).get("peers", []))
     rejections = _rows([(code, f"<td>{_e(n)}</td>") for code, n in sorted((s.get("rejections") or {}).items())]) \
@@ -135,7 +139,7 @@ def page(status: dict[str, Any]) -> str:
 <noscript><p>The charts need JavaScript; the tables are the node's status when this page was made.</p></noscript>
 </section>
 <section><h2>Peers</h2>
-<table id="peers"><thead><tr><th>peer</th><th>member</th><th>connection</th><th>last checkpoint</th><th>merges taken</th></tr></thead>
+<table id="peers"><thead><tr><th>peer</th><th>member</th><th>connection</th><th>its last checkpoint</th><th>merges taken</th></tr></thead>
 <tbody>{peers or '<tr><td colspan="5">no peer connected</td></tr>'}</tbody></table></section>
 <section><h2>Merges and rejections</h2>
 <div id="chart-merges" class="chart" role="img" aria-label="merges and rejections over time"></div>

@@ -14,6 +14,11 @@ function localTime(ms) {
   return ms == null ? "-" : new Date(ms).toLocaleString();
 }
 
+// How long before the status a checkpoint was published: "42 s ago" (the same rule as the page the node renders).
+function age(nowS, ms) {
+  return ms == null ? "-" : `${Math.max(0, nowS - ms / 1000).toFixed(0)} s ago`;
+}
+
 function bytes(n) {
   if (n == null) return "-";
   const units = ["B", "KiB", "MiB", "GiB", "TiB"];
@@ -69,8 +74,8 @@ function render(s) {
   const ckpts = get(s, "ledger.checkpoints_by_author") || {};
   const merged = s.merged_from || {};
   rows(document.querySelector("#peers tbody"), (get(s, "network.peers") || []).map((p) => [
-    `${p.peer.slice(0, 16)}…`, p.member ? `${p.member.slice(0, 16)}…` : "-", p.via,
-    localTime((ckpts[p.author] || {}).time_ms), String(merged[p.author] || 0),
+    `${p.peer.slice(0, 12)}…`, p.member ? `${p.member.slice(0, 12)}…` : "-", p.via,
+    age(s.now_s, (ckpts[p.author] || {}).time_ms), String(merged[p.author] || 0),
   ]), "no peer connected");
   rows(document.querySelector("#rejections tbody"),
     Object.entries(s.rejections || {}).sort().map(([k, n]) => [k, String(n)]), "none");
