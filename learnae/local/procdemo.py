@@ -28,6 +28,9 @@ from learnae.local.converge import reconcile
 from learnae.local.runner import LocalSwarm
 from learnae.state import open_tangle
 
+DEMO_LEDGER_KEEP = 100_000
+"""Checkpoints an author the demo's ledgers keep: all of a demo's (see ``run_process_demo``)."""
+
 
 def _adopted(s: dict | None) -> int:
     return int(((s or {}).get("adopt") or {}).get("chunks") or 0)
@@ -60,8 +63,11 @@ def run_process_demo(out: Path, *, nodes: int = 4, sensors: int = 2, dataset: st
     from learnae.local.baselines import all_baselines
 
     out.mkdir(parents=True, exist_ok=True)
+    # The ledgers keep every checkpoint of the run (a node keeps 16 an author by default):
+    # the credits at the end then count the whole run, on every node alike.
     swarm = LocalSwarm(out, nodes=nodes, sensors=sensors, dataset=dataset, partition=partition,
-                       merge=merge, seed=seed, stream_seconds=max(1.0, duration * 0.6))
+                       merge=merge, seed=seed, stream_seconds=max(1.0, duration * 0.6),
+                       extra_args=lambda _i: ["--ledger-keep", str(DEMO_LEDGER_KEEP)])
     t0 = time.monotonic()
     interrupted = False
     try:
