@@ -343,6 +343,9 @@ class Newcomers:
         tx_per_minute: a newcomer's transactions a node stores per minute (a token bucket of
             that burst), 1 to 1e6; the rest is dropped and comes again by gap repair when
             someone approves it. A member publishing a checkpoint every 30 s sends about 2.
+            Never below three times the swarm's checkpoint pace (``3 / checkpoint_interval``
+            a second), so an honest newcomer is not held back; no limit at all in a swarm
+            that does not pace checkpoints (``checkpoint_interval`` 0).
 
     The weakness this leaves: newcomers may merge each other's checkpoints, so a stranger
     with several identities can earn a record among them. Probation buys time and weight,

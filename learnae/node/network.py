@@ -206,6 +206,10 @@ def _merge_with(manifest: Manifest, own: Contribution,
                     for k, w in result.weights.items()}
 
 
+NEWCOMER_PACE = 3.0
+"""A newcomer's transactions are stored at least this many times a checkpoint interval."""
+
+
 # ------------------------------------------------------------------ the network side
 class NetworkSide:
     """The network work of one trainer (see the module docstring). Call it on one event loop.
@@ -294,9 +298,10 @@ class NetworkSide:
         self._data_cursor = 0  # data seq of the last data tx looked at
         self._waiting: list[Tx] = []  # admitted data txs whose chunks are still to fetch
         self._tries: dict[str, int] = {}
-        if sync.newcomer is None:  # the syncer stores fewer of a newcomer's transactions
-            sync.newcomer = self.newcomer
-            sync.newcomer_rate = manifest.newcomers.tx_per_minute / 60
+        pace = manifest.checkpoint_interval
+        if sync.newcomer is None and pace > 0:  # the syncer stores fewer of a newcomer's transactions
+            sync.newcomer = self.newcomer  # but never fewer than 3 times what an honest member sends
+            sync.newcomer_rate = max(manifest.newcomers.tx_per_minute / 60, NEWCOMER_PACE / pace)
         self.verifier = CheckpointVerifier(
             sync=sync, identity=identity, manifest=manifest, evaluate=evaluate,
             fetch=self._fetch, offload=offload, clock=clock, rng=rng, replay=replay,
