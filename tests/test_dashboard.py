@@ -111,6 +111,13 @@ def test_each_nodes_page_shows_its_status_live_in_a_real_browser(tmp_path, launc
             with urllib.request.urlopen(url + "/", timeout=10) as response:  # without JavaScript
                 html = response.read().decode()
             assert 'data-f="step"' in html and "Peers" in html
+        driver.set_window_size(390, 844)  # a phone: the page fits its width, tables scroll in place
+        driver.get(url + "/")
+        nodes.wait(lambda: driver.execute_script("return window.learnae && learnae.history.length >= 2"
+                                                 " && learnae.charts['chart-loss'] !== undefined"), 60, "the page at phone width")
+        assert driver.execute_script("return document.documentElement.scrollWidth <= window.innerWidth"), \
+            driver.execute_script("return [document.documentElement.scrollWidth, window.innerWidth]")
+        driver.save_screenshot(str(ARTIFACTS / "dashboard-phone.png"))
     finally:
         driver.quit()
 

@@ -398,8 +398,7 @@ class NodeProcess:
         assert self.launch.wait_exit(self.proc, 90) == 0, self.proc.tail()
 
 
-@pytest.mark.slow
-@pytest.mark.swarm
+@pytest.mark.slow  # one node process: not a swarm
 def test_a_node_process_bounds_its_pool_and_restarts_without_fetching(tmp_path, launch):
     from learnae.content import content_id
     from learnae.ingest import encode_ingest_request

@@ -38,7 +38,7 @@ from learnae.node import NodeConfig, TrainerNode
 from learnae.state import init_swarm
 from learnae.training.data import DataSpec
 
-pytestmark = [pytest.mark.slow, pytest.mark.swarm]
+pytestmark = pytest.mark.slow  # one node process at a time: runs beside the others (not a swarm)
 
 NODE = "from learnae.cli import main; main()"
 

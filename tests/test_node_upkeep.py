@@ -76,8 +76,7 @@ def test_the_state_directory_is_measured_by_part(tmp_path):
 
 
 # --------------------------------------------------------------------------- node processes
-@pytest.mark.slow
-@pytest.mark.swarm
+@pytest.mark.slow  # one node process: not a swarm
 def test_checkpoints_are_paced_by_the_manifest_interval(tmp_path, launch):
     manifest = Manifest(name="paced", model=model_config("digits-mlp"), pow_bits=2, sync_every=1,
                         learning_rate=0.003, checkpoint_interval=1.0)

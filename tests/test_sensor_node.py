@@ -30,7 +30,7 @@ from learnae.manifest import Manifest
 from learnae.models import model_config
 from learnae.state import init_swarm
 
-pytestmark = [pytest.mark.slow, pytest.mark.swarm]
+pytestmark = pytest.mark.slow  # one node process at a time: runs beside the others (not a swarm)
 
 ROOT = Path(__file__).resolve().parents[1]
 # SIGUSR1 dumps every thread's stack into the node's log (what a node that does not stop is doing)
