@@ -112,19 +112,26 @@ def identity(n: int) -> Identity:
 WEIGHTS = {"dense/kernel": np.full((4, 3), 0.5, np.float32), "dense/bias": np.full((3,), 0.1, np.float32)}
 
 
+async def _side_with_server(tmp_path, manifest: Manifest, *, fetch_timeout: float):
+    """A swarm founded by identity(1); the network side of identity(2) on a memory network,
+    and a second IPFS node connected to it that serves the peers' checkpoint files."""
+    swarm = init_swarm(tmp_path / "swarm", manifest, founder=identity(1))
+    tangle, _ = open_tangle(swarm.directory)
+    net = MemoryNetwork(seed=0)
+    ipfs, server = net.node("node"), net.node("server")
+    await server.connect((await ipfs.addrs())[0])
+    node = NetworkSide(ipfs=ipfs, sync=TangleSync(tangle, ipfs), identity=identity(2), manifest=manifest,
+                       expect={k: (v.shape, v.dtype.name) for k, v in WEIGHTS.items()}, k=4,
+                       fetch_timeout=fetch_timeout)
+    return tangle, ipfs, server, node
+
+
 async def test_future_dated_unfetchable_checkpoints_do_not_starve_an_honest_one(tmp_path):
     """Four throw-away keys announce, every round, checkpoints dated 9 minutes ahead whose
     CIDs nobody serves; one honest peer announces a checkpoint it serves. The honest one is
     merged by the second round; each liar costs one fetch timeout, then is passed over."""
     manifest = Manifest(checkpoint_interval=0, name="peers", model=model_config("iris-mlp"), pow_bits=2, merge="mean")
-    swarm = init_swarm(tmp_path / "swarm", manifest, founder=identity(1))
-    tangle, _ = open_tangle(swarm.directory)
-    net = MemoryNetwork(seed=0)
-    ipfs, server = net.node("node"), net.node("honest")
-    await server.connect((await ipfs.addrs())[0])
-    node = NetworkSide(ipfs=ipfs, sync=TangleSync(tangle, ipfs), identity=identity(2), manifest=manifest,
-                       expect={k: (v.shape, v.dtype.name) for k, v in WEIGHTS.items()}, k=4,
-                       fetch_timeout=0.2)
+    tangle, ipfs, server, node = await _side_with_server(tmp_path, manifest, fetch_timeout=0.2)
     liars, honest = [identity(10 + i) for i in range(4)], identity(9)
     offer = Offer(weights={k: v + 0.01 for k, v in WEIGHTS.items()}, step=5, samples=50, total_samples=50, k=4)
     assert 9 * 60 * S < MAX_FUTURE_MS  # the ledger accepts such dates
@@ -195,13 +202,7 @@ async def test_the_final_merge_waits_a_short_time_for_a_peer_that_is_gone(tmp_pa
 
 async def test_a_revoked_authors_checkpoints_are_refused_those_from_before_the_revoke_too(tmp_path):
     manifest = Manifest(checkpoint_interval=0, name="peers", model=model_config("iris-mlp"), pow_bits=2, merge="mean")
-    swarm = init_swarm(tmp_path / "swarm", manifest, founder=identity(1))
-    tangle, _ = open_tangle(swarm.directory)
-    net = MemoryNetwork(seed=0)
-    ipfs, server = net.node("node"), net.node("peers")
-    await server.connect((await ipfs.addrs())[0])
-    node = NetworkSide(ipfs=ipfs, sync=TangleSync(tangle, ipfs), identity=identity(2), manifest=manifest,
-                       expect={k: (v.shape, v.dtype.name) for k, v in WEIGHTS.items()}, k=4, fetch_timeout=1.0)
+    tangle, ipfs, server, node = await _side_with_server(tmp_path, manifest, fetch_timeout=1.0)
     offer = Offer(weights=dict(WEIGHTS), step=5, samples=50, total_samples=50, k=4)
 
     async def publish(author: Identity, step: int) -> str:
@@ -226,13 +227,7 @@ async def test_a_revoked_authors_checkpoints_are_refused_those_from_before_the_r
 async def test_a_newcomer_weighs_less_until_others_merged_its_checkpoints(tmp_path):
     manifest = Manifest(checkpoint_interval=0, name="peers", model=model_config("iris-mlp"), pow_bits=2, merge="mean",
                         newcomers=Newcomers(record=2, weight=0.25))
-    swarm = init_swarm(tmp_path / "swarm", manifest, founder=identity(1))
-    tangle, _ = open_tangle(swarm.directory)
-    net = MemoryNetwork(seed=0)
-    ipfs, server = net.node("node"), net.node("peers")
-    await server.connect((await ipfs.addrs())[0])
-    node = NetworkSide(ipfs=ipfs, sync=TangleSync(tangle, ipfs), identity=identity(2), manifest=manifest,
-                       expect={k: (v.shape, v.dtype.name) for k, v in WEIGHTS.items()}, k=4, fetch_timeout=1.0)
+    tangle, ipfs, server, node = await _side_with_server(tmp_path, manifest, fetch_timeout=1.0)
     newcomer, founder = identity(9), identity(1)
     ones = {k: np.ones_like(v) for k, v in WEIGHTS.items()}
     offer = Offer(weights={k: np.zeros_like(v) for k, v in WEIGHTS.items()}, step=5, samples=100, total_samples=100, k=4)
