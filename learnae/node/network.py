@@ -206,6 +206,8 @@ def _merge_with(manifest: Manifest, own: Contribution,
                     for k, w in result.weights.items()}
 
 
+_REFUSED = {"revoked": "the author was revoked",
+            "low-standing": "the author's standing is below the swarm's threshold"}
 NEWCOMER_PACE = 3.0
 """A newcomer's transactions are stored at least this many times a checkpoint interval."""
 
@@ -424,17 +426,16 @@ class NetworkSide:
         if stale:
             self.rejections["stale"] += stale
         chosen = self.choice.choose(k or offer.k or self.k, now_ms, at_least=max(offer.min_peers, 1))
-        roll = self.tangle.roll()
-        refused = {tx.id: "revoked" for tx in chosen if roll.revoked(tx.author)}
-        refused.update((tx.id, "low-standing") for tx in chosen
-                       if tx.id not in refused and self.verifier.flagged(tx.author))
-        for tx in chosen:
-            if tx.id in refused:
-                self.rejections[refused[tx.id]] += 1
-                log.info("peer checkpoint %s by %s refused: %s", tx.id[:16], tx.author.hex()[:12],
-                         "the author was revoked" if refused[tx.id] == "revoked"
-                         else "the author's standing is below the swarm's threshold")
-        chosen = [tx for tx in chosen if tx.id not in refused]
+        roll, kept = self.tangle.roll(), []
+        for tx in chosen:  # refused before they are fetched
+            code = ("revoked" if roll.revoked(tx.author)
+                    else "low-standing" if self.verifier.flagged(tx.author) else None)
+            if code is None:
+                kept.append(tx)
+                continue
+            self.rejections[code] += 1
+            log.info("peer checkpoint %s by %s refused: %s", tx.id[:16], tx.author.hex()[:12], _REFUSED[code])
+        chosen = kept
         if not chosen:
             return None
         results = await asyncio.gather(*(self._fetch(tx, timeout) for tx in chosen), return_exceptions=True)
