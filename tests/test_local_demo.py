@@ -13,6 +13,7 @@ import time
 
 import pytest
 
+from learnae.local.baselines import compare, node_splits, verdict
 from learnae.local.runner import pid_alive
 
 pytestmark = [pytest.mark.slow, pytest.mark.swarm]
@@ -45,8 +46,28 @@ def test_short_process_demo_writes_report_and_plot(tmp_path):
         assert credits["by_name"][name]["checkpoints"] > 0 and credits["by_name"][name]["merged"] > 0
     assert credits["by_name"]["sensor0"]["data_rows"] == sensor["rows"]
     assert credits["by_name"]["sensor0"]["rows_adopted"] > 0
-    assert report["ok"] == all(v["accuracy"] > v["local_only"] for v in report["nodes"].values())
+    # the verdict: each node against its local-only baseline with the test split's margin
+    n = report["verdict"]["test_rows"]
+    assert n == len(node_splits("digits", 3, "dirichlet:0.5", 0)[0].test) == 359
+    comparisons = []
+    for v in report["nodes"].values():
+        assert v["accuracy"] * n == pytest.approx(round(v["accuracy"] * n), abs=1e-3)  # measured on the n rows
+        c = compare(v["accuracy"], v["local_only"], n)
+        lo, hi = v["vs_local_only"]["interval"]
+        assert lo == pytest.approx(c.low, abs=1e-6) and hi == pytest.approx(c.high, abs=1e-6)
+        assert lo < v["accuracy"] - v["local_only"] < hi
+        assert v["vs_local_only"]["verdict"] == ("worse" if hi < 0 else "better" if lo > 0 else "same")
+        comparisons.append(c)
+    judged = verdict(comparisons)
+    assert {k: report["verdict"][k] for k in judged} == judged
+    assert report["ok"] == (judged["ok"] and all(v["exit_code"] == 0 for v in report["nodes"].values()))
     assert (proc.returncode == 0) == report["ok"]
+    assert f"n={n} common test rows" in proc.stdout and "95% interval" in proc.stdout
+    lines = proc.stdout.splitlines()
+    for name, v in report["nodes"].items():  # the table shows each node's interval and verdict
+        lo, hi = v["vs_local_only"]["interval"]
+        row = f"[{lo:+.3f}, {hi:+.3f}]  {v['vs_local_only']['verdict']}"
+        assert any(line.startswith(f"{name} ") and line.endswith(row) for line in lines), proc.stdout[-3000:]
     assert (out / "accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list(out.rglob("repo.lock"))
 

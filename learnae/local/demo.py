@@ -13,7 +13,9 @@ SQLite tangles, Keras training on scikit-learn's bundled digits):
    side (:class:`~learnae.node.network.NetworkSide`).
 4. At the end the ledgers are compared and verified, and each node's accuracy
    on the common test split is shown next to what the same node reached
-   training alone.
+   training alone, with the margin the test split's size allows
+   (:func:`learnae.local.baselines.compare`). ``ok``: the ledgers are identical
+   and verify, no node is worse than alone and at least one is better.
 
 This is the preview of the swarm: rounds here are a loop in one process. The
 trainer nodes of ``learnae node run`` run asynchronously in processes of their own.
@@ -66,6 +68,7 @@ class DemoNode:
 async def run_demo(out: Path, *, nodes: int = 3, rounds: int = 15, seed: int = 0,
                    echo: Callable[[str], None] = print) -> dict:
     """Run the demo in ``out`` (created; must not hold a swarm) and return the report dict."""
+    from learnae.local import baselines as bl
     from learnae.training.model import build_model, configure_threads, evaluate, expected_shapes
 
     configure_threads(1)
@@ -114,18 +117,27 @@ async def run_demo(out: Path, *, nodes: int = 3, rounds: int = 15, seed: int = 0
 
         await wait_in_step([m.tangle for m in members], timeout=30)
         problems = [p for m in members for p in m.tangle.verify()]
+        n = len(members[0].splits.test)
+        comparisons = {m.name: bl.compare(m.history[-1], alone[m.name], n) for m in members}
+        judged = bl.verdict(list(comparisons.values()))
         report: dict[str, Any] = {
-            "nodes": {m.name: {"accuracy": m.history[-1], "alone": alone[m.name], "history": m.history}
+            "nodes": {m.name: {"accuracy": m.history[-1], "alone": alone[m.name], "history": m.history,
+                               "vs_alone": comparisons[m.name].as_json()}
                       for m in members},
             "ledger": {"transactions": members[0].tangle.count(), "by_kind": members[0].tangle.counts(),
                        "identical_on_every_node": len({tuple(sorted(m.tangle.order())) for m in members}) == 1,
                        "verify_problems": problems},
         }
-        report["ok"] = (report["ledger"]["identical_on_every_node"] and not problems
-                        and all(v["accuracy"] > v["alone"] for v in report["nodes"].values()))
-        echo("\nnode     swarm   alone")
-        for name, v in report["nodes"].items():
-            echo(f"{name:7} {v['accuracy']:6.3f}  {v['alone']:6.3f}")
+        report["verdict"] = {"rule": "ok: the ledgers are identical and verify, no node is worse than alone and at"
+                                     f" least one is better; {bl.NODE_RULE}",
+                             "test_rows": n, "confidence": bl.CONFIDENCE,
+                             "method": "Newcombe 1998 hybrid Wilson score interval of swarm - alone", **judged}
+        report["ok"] = report["ledger"]["identical_on_every_node"] and not problems and judged["ok"]
+        echo(f"\n{'node':7} {'swarm':>6}  {'alone':>6}  {'diff':>6}  {'95% interval':^16}  verdict")
+        for name, c in comparisons.items():
+            echo(f"{name:7} {c.swarm:6.3f}  {c.local_only:6.3f}  {c.difference:+6.3f}  [{c.low:+.3f}, {c.high:+.3f}]"
+                 f"  {c.verdict}")
+        echo(bl.describe_margin(n, baseline="alone"))
         echo(f"ledger: {report['ledger']['transactions']} transactions {report['ledger']['by_kind']}, "
              f"identical on every node: {report['ledger']['identical_on_every_node']}, "
              f"verify: {'ok' if not problems else problems[:3]}")

@@ -10,6 +10,12 @@ each node's test accuracy next to three baselines on the same split, model and e
 (:mod:`learnae.local.baselines`). The nodes' ledgers are then reconciled (the transactions
 the last gossip before the stop did not deliver) and each computes the credits table, which
 the report shows by process name. Writes ``report.json`` and ``accuracy.png`` in ``out``.
+
+The verdict (``ok``, exit status 0) judges each node's accuracy against its local-only baseline
+with the margin the test split's size allows (:func:`learnae.local.baselines.compare`: a 95%
+interval of the difference, Newcombe's hybrid Wilson score method): every process exited 0,
+no node is worse than training alone and at least one node is better. One test row more or
+less on either side does not flip it.
 """
 
 from __future__ import annotations
@@ -60,7 +66,7 @@ def run_process_demo(out: Path, *, nodes: int = 4, sensors: int = 2, dataset: st
                      partition: str = "dirichlet:0.5", merge: str = "mean", duration: float = 90.0,
                      seed: int = 0, echo: Callable[[str], None] = print) -> dict[str, Any]:
     """Run the swarm for ``duration`` seconds of training, stop it, write and return the report."""
-    from learnae.local.baselines import all_baselines
+    from learnae.local import baselines as bl
 
     out.mkdir(parents=True, exist_ok=True)
     # The ledgers keep every checkpoint of the run (a node keeps 16 an author by default):
@@ -99,7 +105,7 @@ def run_process_demo(out: Path, *, nodes: int = 4, sensors: int = 2, dataset: st
         raise KeyboardInterrupt
     epochs = [int((s or {}).get("epoch") or 0) for s in statuses]
     echo(f"stopped ({codes}); computing baselines for {epochs} epochs…")
-    base = all_baselines(dataset, nodes, partition, seed, swarm.manifest, [max(1, e) for e in epochs],
+    base = bl.all_baselines(dataset, nodes, partition, seed, swarm.manifest, [max(1, e) for e in epochs],
                          shards=swarm.shards)
     per_node = {}
     for i, (m, s) in enumerate(zip(swarm.members, statuses, strict=True)):
@@ -109,6 +115,11 @@ def run_process_demo(out: Path, *, nodes: int = 4, sensors: int = 2, dataset: st
                             "peers_max": m.peers_max, "rejections": s.get("rejections"), "exit_code": codes[m.name],
                             "sensor_chunks_adopted": _adopted(s), "sensor_rows_adopted": (s.get("adopt") or {}).get("rows"),
                             "history": m.history}
+    n = base["test_rows"]
+    comparisons = [None if v["accuracy"] is None else bl.compare(v["accuracy"], v["local_only"], n)
+                   for v in per_node.values()]
+    for v, c in zip(per_node.values(), comparisons, strict=True):
+        v["vs_local_only"] = None if c is None else c.as_json()
     by_kind = max((((s or {}).get("ledger") or {}).get("by_kind", {}) for s in statuses),
                   key=lambda d: sum(d.values()))
     report: dict[str, Any] = {
@@ -124,14 +135,25 @@ def run_process_demo(out: Path, *, nodes: int = 4, sensors: int = 2, dataset: st
         "seconds": {"run": round(run_seconds, 1), "total": round(time.monotonic() - t0, 1)},
     }
     report["credits"] = _credits(swarm)
-    report["ok"] = all(v["accuracy"] is not None and v["accuracy"] > v["local_only"] and v["exit_code"] == 0
-                       for v in per_node.values())
+    judged = bl.verdict(comparisons)
+    exited = all(v["exit_code"] == 0 for v in per_node.values())
+    report["verdict"] = {"rule": "ok: every node exited 0, no node is worse than its local-only baseline"
+                                 f" and at least one is better; {bl.NODE_RULE}", "test_rows": n, "confidence": bl.CONFIDENCE,
+                         "method": "Newcombe 1998 hybrid Wilson score interval of swarm - local-only",
+                         "nodes_exited_0": exited, **judged}
+    report["ok"] = exited and judged["ok"]
     (out / "report.json").write_text(json.dumps(report, indent=2))
     _plot(report, out / "accuracy.png")
-    echo("\nnode      swarm  local-only")
-    for name, v in per_node.items():
-        acc = v["accuracy"]
-        echo(f"{name:8} {'  -  ' if acc is None else f'{acc:.3f}'}  {v['local_only']:.3f}")
+    echo(f"\n{'node':8} {'swarm':>5}  {'local-only':>10}  {'diff':>6}  {'95% interval':^16}  verdict")
+    for (name, v), c in zip(per_node.items(), comparisons, strict=True):
+        if c is None:
+            echo(f"{name:8} {'-':>5}  {v['local_only']:10.3f}  (no accuracy)")
+            continue
+        echo(f"{name:8} {c.swarm:5.3f}  {c.local_only:10.3f}  {c.difference:+6.3f}  [{c.low:+.3f}, {c.high:+.3f}]"
+             f"  {c.verdict}")
+    echo(bl.describe_margin(n))
+    echo(f"verdict: no node worse {judged['no_node_worse']}, some node better {judged['some_node_better']},"
+         f" every node exited 0 {exited}")
     echo(f"centralized {base['centralized']:.3f}   FedAvg {base['fedavg']:.3f}   ({base['epochs']} epochs)")
     echo(f"ledger: {report['ledger']['transactions']} transactions {by_kind}")
     if swarm.sensors:
