@@ -19,7 +19,14 @@ float32 variables even under mixed precision), C64 (no model weight is complex),
 
 Checkpoint metadata (all strings): ``format`` = ``"learnae-checkpoint/1"``, ``genesis``
 (the swarm's genesis transaction CID), ``step`` and ``samples`` (decimal integers) and
-``names`` (a JSON list of the tensor names in ``model.weights`` order).
+``names`` (a JSON list of the weight names in ``model.weights`` order). A compressed
+checkpoint (:mod:`learnae.codec`) adds ``codec`` (``float16``, ``int8`` or ``int4``; absent
+means float32, and such files are byte for byte what learnae wrote before compression
+existed), ``block`` (values per scale, for ``int8`` and ``int4``: each weight ``W`` then has a
+tensor ``W#scale`` of float32 scales beside it) and for ``int4`` ``shapes`` (a JSON list of the
+weights' shapes, in ``names`` order: the values are packed two to a byte). A *delta* adds
+``delta_of``, the CID of the full checkpoint it is relative to: its tensors encode
+``weights - base``, and :func:`decode_checkpoint` needs that base's weights to decode it.
 Chunk metadata: ``format`` = ``"learnae-chunk/1"``, ``schema`` (the JSON of
 :meth:`Schema.to_dict`), ``sensor``, ``seq``, ``start_ms`` and ``end_ms`` (milliseconds
 since the Unix epoch).
@@ -43,6 +50,8 @@ import numpy as np
 import safetensors.numpy
 from numpy.typing import ArrayLike
 
+from learnae import codec as codecs
+from learnae.content import parse_cid
 from learnae.errors import (
     CorruptFile,
     FormatError,
@@ -59,6 +68,7 @@ __all__ = [
     "Chunk",
     "Schema",
     "check_names",
+    "checkpoint_encoding",
     "decode_checkpoint",
     "decode_chunk",
     "encode_checkpoint",
@@ -231,37 +241,98 @@ class Checkpoint:
         genesis: CID of the swarm's genesis transaction.
         step: the publishing node's local step (batches trained).
         samples: examples trained on since the node's previous checkpoint.
+        delta_of: for a decoded delta, the CID of the full checkpoint it was relative to
+            (its ``weights`` are then the sum, the full weights); else None.
     """
 
     weights: dict[str, np.ndarray]
     genesis: str
     step: int
     samples: int
+    delta_of: str | None = None
 
 
-def encode_checkpoint(ckpt: Checkpoint) -> bytes:
+_SCALE = "#scale"
+"""Suffix of the tensor that holds a quantized weight's scales (``W#scale`` beside ``W``)."""
+
+
+def encode_checkpoint(ckpt: Checkpoint, *, codec: str = codecs.LOSSLESS, block: int = 64,
+                      base: tuple[str, Mapping[str, np.ndarray]] | None = None) -> bytes:
     """Serialize ``ckpt`` as a safetensors checkpoint file (deterministic bytes).
 
+    Args:
+        ckpt: the weights and their metadata (``ckpt.delta_of`` is ignored; see ``base``).
+        codec: how the weights travel (:data:`learnae.codec.CODECS`); every codec but
+            ``float32`` needs float32 weights.
+        block: values per scale, for ``int8`` and ``int4``.
+        base: ``(cid, weights)`` of a full checkpoint the receivers hold (as they decode it):
+            the file is then a delta, ``ckpt.weights - weights`` encoded with ``codec``.
+
     Raises:
-        FormatError: a weight name is empty, reserved or not UTF-8 encodable, a dtype is
-            not in :data:`DTYPES`, or genesis/step/samples are of the wrong type or negative.
-        NonFiniteError: a weight holds NaN or infinity (peers would refuse it).
+        FormatError: a weight name is empty, reserved, ends in ``#scale`` or is not UTF-8
+            encodable, a dtype is not in :data:`DTYPES` (or not float32 under a lossy codec or
+            a delta), ``base`` has other names or shapes, genesis/step/samples are of the wrong
+            type or negative; code ``codec`` for an unknown codec or block.
+        NonFiniteError: a weight holds NaN or infinity (peers would refuse it), or a value the
+            codec cannot hold.
     """
     if not isinstance(ckpt.genesis, str) or not ckpt.genesis:
         raise FormatError(f"checkpoint genesis is {ckpt.genesis!r}, expected a CID string")
     _check_count("step", ckpt.step)
     _check_count("samples", ckpt.samples)
-    tensors = {name: np.asarray(w) for name, w in ckpt.weights.items()}
-    for name, w in tensors.items():
+    codec, block = codecs.check_codec(codec, block)
+    weights = {name: np.asarray(w) for name, w in ckpt.weights.items()}
+    for name, w in weights.items():
         _check_finite(f"weight {name!r}", w)
     metadata = {
         "format": _CHECKPOINT_FORMAT,
         "genesis": ckpt.genesis,
         "step": str(ckpt.step),
         "samples": str(ckpt.samples),
-        "names": json.dumps(list(tensors), separators=(",", ":")),
+        "names": json.dumps(list(weights), separators=(",", ":")),
     }
+    if codec == codecs.LOSSLESS and base is None:
+        return _encode(weights, metadata)
+    for name, w in weights.items():
+        if name.endswith(_SCALE):
+            raise FormatError(f"weight name {name!r} ends in {_SCALE!r}, which marks scales")
+        if w.dtype != np.float32:
+            raise FormatError(f"weight {name!r} is {w.dtype}: codec {codec} and deltas need float32 weights")
+    if base is not None:
+        cid, base_weights = base
+        parse_cid(cid)
+        _check_base(weights, base_weights)
+        weights = {name: w - np.asarray(base_weights[name], dtype=np.float32) for name, w in weights.items()}
+        metadata["delta_of"] = cid
+    if codec != codecs.LOSSLESS:
+        metadata["codec"] = codec
+    if codec in ("int8", "int4"):
+        metadata["block"] = str(block)
+    if codec == "int4":
+        metadata["shapes"] = json.dumps([list(w.shape) for w in weights.values()], separators=(",", ":"))
+    tensors: dict[str, np.ndarray] = {}
+    for name, w in weights.items():
+        values, scales = codecs.encode(w, codec, block)
+        tensors[name] = values
+        if scales is not None:
+            tensors[name + _SCALE] = scales
     return _encode(tensors, metadata)
+
+
+def checkpoint_encoding(data: bytes, *, max_bytes: int) -> tuple[str, str | None]:
+    """How a checkpoint file is encoded, read from its header alone: ``(codec, delta_of)``.
+
+    ``codec`` is one of :data:`learnae.codec.CODECS`; ``delta_of`` the CID of the full
+    checkpoint the file is a delta of, or None for a full checkpoint.
+
+    Raises:
+        OversizeError, CorruptFile, FormatError: as :func:`decode_checkpoint` (code ``codec``
+            for an unknown codec); InvalidCID for a ``delta_of`` that is not a CID.
+    """
+    metadata, _entries = _parse_header(_limit(data, max_bytes, "checkpoint"))
+    _check_format(metadata, _CHECKPOINT_FORMAT)
+    codec, _block = codecs.check_codec(metadata.get("codec", codecs.LOSSLESS))
+    return codec, _delta_of(metadata)
 
 
 def decode_checkpoint(
@@ -270,6 +341,7 @@ def decode_checkpoint(
     max_bytes: int,
     expect: Mapping[str, tuple[tuple[int, ...], str]] | None = None,
     genesis: str | None = None,
+    base: Mapping[str, np.ndarray] | None = None,
 ) -> Checkpoint:
     """Validate and decode a checkpoint file from an untrusted peer.
 
@@ -279,22 +351,35 @@ def decode_checkpoint(
         expect: name -> (shape, dtype name) of the receiver's own model; the file must
             hold exactly these names with these shapes and dtypes.
         genesis: the receiver's genesis CID; the file must name the same swarm.
+        base: for a delta (:func:`checkpoint_delta_of` names its base), the weights of the
+            full checkpoint it is relative to, as decoded; ignored for a full checkpoint.
 
     Returns:
         A :class:`Checkpoint` whose weights are fresh, writable arrays (they share no
-        memory with ``data``), in the file's ``model.weights`` order.
+        memory with ``data``), in the file's ``model.weights`` order; float32 whatever the
+        codec; a delta's are the full weights (base plus delta).
 
     Raises:
         OversizeError: ``len(data) > max_bytes``.
         CorruptFile: not a well-formed safetensors file (header, offsets, dtypes).
-        FormatError: well-formed safetensors, but not a learnae checkpoint (metadata).
+        FormatError: well-formed safetensors, but not a learnae checkpoint (metadata); a
+            compressed file's own codes (:mod:`learnae.codec`: ``codec``,
+            ``quantized-layout``, ``quantized-scale``, ``quantized-range``); code
+            ``delta-base`` for a delta without ``base`` or with a base of other names or shapes.
         SchemaMismatch: wrong genesis, or names/shapes/dtypes differ from ``expect``.
         NonFiniteError: a weight holds NaN or infinity.
     """
     data = _limit(data, max_bytes, "checkpoint")
     metadata, entries = _parse_header(data)
     _check_format(metadata, _CHECKPOINT_FORMAT)
-    names = _meta_names(metadata, entries)
+    codec, block = codecs.check_codec(metadata.get("codec", codecs.LOSSLESS),
+                                      _meta_int(metadata, "block") if "block" in metadata else 64)
+    delta_of = _delta_of(metadata)
+    if codec == codecs.LOSSLESS and delta_of is None:
+        names = _meta_names(metadata, entries)
+        declared = entries
+    else:
+        names, declared = _coded_entries(metadata, entries, codec)
     file_genesis = _meta_str(metadata, "genesis")
     if genesis is not None and file_genesis != genesis:
         raise SchemaMismatch(
@@ -302,12 +387,67 @@ def decode_checkpoint(
         )
     step, samples = _meta_int(metadata, "step"), _meta_int(metadata, "samples")
     if expect is not None:
-        _check_expect(entries, expect)
+        _check_expect(declared, expect)
+    if delta_of is not None and base is None:
+        raise FormatError(f"the checkpoint is a delta of {delta_of}: decode it with that base's weights",
+                          code="delta-base")
     arrays = _load(data, entries)
-    weights = {name: arrays[name] for name in names}
-    for name, w in weights.items():
-        _check_finite(f"weight {name!r}", w)
-    return Checkpoint(weights=weights, genesis=file_genesis, step=step, samples=samples)
+    if codec == codecs.LOSSLESS and delta_of is None:
+        weights = {name: arrays[name] for name in names}
+        for name, w in weights.items():
+            _check_finite(f"weight {name!r}", w)
+    else:
+        weights = {name: codecs.decode(arrays[name], arrays.get(name + _SCALE), codec, declared[name][1], block)
+                   for name in names}
+    if delta_of is not None:
+        assert base is not None
+        _check_base(weights, base)
+        weights = {name: w + np.asarray(base[name], dtype=np.float32) for name, w in weights.items()}
+        for name, w in weights.items():
+            _check_finite(f"weight {name!r} (base plus delta)", w)
+    return Checkpoint(weights=weights, genesis=file_genesis, step=step, samples=samples, delta_of=delta_of)
+
+
+def _delta_of(metadata: Mapping[str, str]) -> str | None:
+    if "delta_of" not in metadata:
+        return None
+    cid = metadata["delta_of"]
+    parse_cid(cid)
+    return cid
+
+
+def _coded_entries(metadata: Mapping[str, str], entries: Mapping[str, tuple[str, tuple[int, ...]]],
+                   codec: str) -> tuple[list[str], dict[str, tuple[str, tuple[int, ...]]]]:
+    """A compressed file's weight names and their declared (float32 tag, shape).
+
+    Raises:
+        FormatError: the tensors are not exactly the names (and their ``#scale`` tensors for a
+            quantized codec), or int4's ``shapes`` is missing or malformed; code
+            ``quantized-layout`` for the tensors, ``format`` for the metadata.
+    """
+    quantized = codec in ("int8", "int4")
+    stored = {n for n in entries if not (quantized and n.endswith(_SCALE))}
+    names = _meta_names(metadata, dict.fromkeys(stored))
+    if quantized and set(entries) != stored | {n + _SCALE for n in names}:
+        raise FormatError(f"a {codec} checkpoint needs one {_SCALE} tensor beside each weight",
+                          code="quantized-layout")
+    if codec != "int4":
+        return names, {n: ("F32", entries[n][1]) for n in names}
+    try:
+        shapes = json.loads(_meta_str(metadata, "shapes"))
+    except json.JSONDecodeError as e:
+        raise FormatError(f"metadata 'shapes' is not valid JSON: {e}") from None
+    if (not isinstance(shapes, list) or len(shapes) != len(names)
+            or not all(isinstance(sh, list) and len(sh) <= _MAX_NDIM and all(_is_int(d) and d >= 0 for d in sh)
+                       for sh in shapes)):
+        raise FormatError("metadata 'shapes' is not a list of one shape (non-negative integers) per weight")
+    return names, {n: ("F32", tuple(sh)) for n, sh in zip(names, shapes, strict=True)}
+
+
+def _check_base(weights: Mapping[str, np.ndarray], base: Mapping[str, np.ndarray]) -> None:
+    if list(base) != list(weights) or any(np.shape(base[n]) != np.shape(w) for n, w in weights.items()):
+        raise FormatError("the delta's base has other weight names or shapes than the checkpoint",
+                          code="delta-base")
 
 
 def pack(arrays: Mapping[str, ArrayLike]) -> dict[str, np.ndarray]:

@@ -42,6 +42,9 @@ key                        meaning                                              
 ``newcomers``              an open swarm's probation of new authors (:class:`Newcomers`:          3, 0.25,
                            ``record``, ``weight``, ``tx_per_minute``); written only when not   30
                            the defaults
+``compression``            how checkpoints travel (:class:`Compression`: ``codec``, ``block``,  float32,
+                           ``delta_codec``, ``keyframe_every``); written only when not the      no deltas
+                           defaults
 =========================  ==================================================================  ============
 
 The model may have at most ``limits.checkpoint_bytes / 4`` parameters (a float32 parameter
@@ -72,6 +75,7 @@ from typing import Any
 
 import libipld
 
+from learnae.codec import CODECS, LOSSLESS, MAX_BLOCK
 from learnae.errors import ConfigError, IdentityError
 from learnae.formats import DTYPES, Schema
 from learnae.identity import Identity, author_id, parse_author_id, read_author_file
@@ -84,7 +88,7 @@ __all__ = [
     "ADMISSION_OPEN", "DEFAULT_BATCH_SIZE", "DEFAULT_LEARNING_RATE", "DEFAULT_MERGE",
     "DEFAULT_OPTIMIZER", "DEFAULT_POW_BITS", "DEFAULT_SYNC_EVERY", "DEFAULT_SYNC_INTERVAL",
     "DEFAULT_CHECKPOINT_INTERVAL",
-    "MAX_NAME", "MAX_POW_BITS", "MERGE_RULES", "OPTIMIZERS", "Limits", "Manifest", "Newcomers", "Verification",
+    "MAX_NAME", "MAX_POW_BITS", "MERGE_RULES", "OPTIMIZERS", "Compression", "Limits", "Manifest", "Newcomers", "Verification",
     "check_name",
     "make_genesis", "manifest_of", "read_admission_file", "short_author", "short_id",
 ]
@@ -381,6 +385,63 @@ class Newcomers:
 
 
 @dataclass(frozen=True)
+class Compression:
+    """How a swarm's checkpoints travel: their codec, and deltas against a keyframe.
+
+    The arithmetic is :mod:`learnae.codec`, the files :mod:`learnae.formats`, the choice and its
+    figures docs/design.md "Compressed checkpoints" and docs/benchmarks.md.
+
+    Attributes:
+        codec: the codec of full checkpoints: ``float32`` (exact, the default), ``float16``,
+            ``int8`` or ``int4`` (blockwise absmax quantization).
+        block: values per scale of ``int8`` and ``int4``, 1 to 2**20 (64: a float32 scale adds
+            half a bit per value).
+        delta_codec: None (every checkpoint is full), or the codec of *deltas*: between two
+            keyframes a member publishes its weights minus its last keyframe's (as decoded),
+            naming the keyframe's CID; a receiver that does not hold it fetches it first.
+        keyframe_every: with deltas, every this many checkpoints of a member is a full one (a
+            keyframe), 1 to 10,000; the first after a start always is.
+
+    A lossy codec (anything but float32 without deltas) changes the weights a little, so the
+    checkpoint is no longer what training produced: a swarm whose data claims are replayed
+    (``verification.data_claims`` ``"replay"``) cannot use one (:class:`Manifest` refuses it).
+
+    Raises:
+        ConfigError: a parameter out of its range.
+    """
+
+    codec: str = LOSSLESS
+    block: int = 64
+    delta_codec: str | None = None
+    keyframe_every: int = 8
+
+    def __post_init__(self) -> None:
+        _choice("compression.codec", self.codec, CODECS)
+        _int("compression.block", self.block, 1, MAX_BLOCK)
+        if self.delta_codec is not None:
+            _choice("compression.delta_codec", self.delta_codec, CODECS)
+        _int("compression.keyframe_every", self.keyframe_every, 1, 10_000)
+
+    @property
+    def lossless(self) -> bool:
+        """True when checkpoints carry the trained weights bit for bit (float32, no deltas)."""
+        return self.codec == LOSSLESS and self.delta_codec is None
+
+    def to_payload(self) -> dict[str, str | int | None]:
+        """The payload form: a map of the four parameters."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_payload(cls, value: Any) -> Compression:
+        """Inverse of :meth:`to_payload`; missing keys take the defaults.
+
+        Raises:
+            ConfigError: ``value`` is not a map, has an unknown key, or a bad parameter.
+        """
+        return cls(**_fields_map("compression", cls, value))
+
+
+@dataclass(frozen=True)
 class Manifest:
     """A swarm's definition; its payload form is the genesis transaction's payload.
 
@@ -414,6 +475,7 @@ class Manifest:
     created: int | None = None
     verification: Verification = field(default_factory=Verification)
     newcomers: Newcomers = field(default_factory=Newcomers)
+    compression: Compression = field(default_factory=Compression)
     _keys: frozenset[bytes] | None = field(default=None, init=False, repr=False, compare=False)
     _steward_keys: frozenset[bytes] = field(default=frozenset(), init=False, repr=False, compare=False)
 
@@ -428,6 +490,12 @@ class Manifest:
             raise ConfigError("manifest verification must be a Verification")
         if not isinstance(self.newcomers, Newcomers):
             raise ConfigError("manifest newcomers must be a Newcomers")
+        if not isinstance(self.compression, Compression):
+            raise ConfigError("manifest compression must be a Compression")
+        if self.verification.data_claims == "replay" and not self.compression.lossless:
+            raise ConfigError("manifest verification.data_claims 'replay' needs checkpoints that carry the"
+                              " trained weights exactly: compression codec float32 without deltas"
+                              f" (got {self.compression.to_payload()})")
         info = check_model(self.model, max_params=self.limits.checkpoint_bytes // PARAM_BYTES)
         if len(self.model.encode()) > self.limits.tx_bytes - 1024:
             raise ConfigError(
@@ -518,6 +586,8 @@ class Manifest:
             payload["verification"] = self.verification.to_payload()
         if self.newcomers != Newcomers():  # likewise
             payload["newcomers"] = self.newcomers.to_payload()
+        if self.compression != Compression():  # likewise
+            payload["compression"] = self.compression.to_payload()
         if self.stewards:
             payload["stewards"] = list(self.stewards)
         if self.steward_quorum != 1:
@@ -555,6 +625,8 @@ class Manifest:
             kwargs["verification"] = Verification.from_payload(kwargs["verification"])
         if "newcomers" in kwargs:
             kwargs["newcomers"] = Newcomers.from_payload(kwargs["newcomers"])
+        if "compression" in kwargs:
+            kwargs["compression"] = Compression.from_payload(kwargs["compression"])
         if isinstance(kwargs.get("input_shape"), list):
             kwargs["input_shape"] = tuple(kwargs["input_shape"])
         for key in ("admission", "stewards"):

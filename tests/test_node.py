@@ -157,7 +157,7 @@ def test_sigterm_publishes_final_checkpoint_and_restart_resumes_and_rejoins(tmp_
 
 def test_bad_peers_are_rejected_and_counted_while_training_goes_on(tmp_path, launch):
     nodes = Nodes(tmp_path, launch, 1, bad_peer=True)
-    want = {"timeout", "schema", "non-finite", "norm"}
+    want = {"timeout", "schema", "non-finite", "norm", "codec"}
     nodes.start(0, "--fetch-timeout", "2")
     nodes.start_bad()
     nodes.wait(lambda: (s := nodes.status(0)) and want <= set(s["rejections"]), 90,

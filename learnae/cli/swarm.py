@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from learnae.cli._common import reasons
+from learnae.codec import CODECS, LOSSLESS, MAX_BLOCK
 from learnae.errors import ConfigError
 from learnae.manifest import (
     ADMISSION_OPEN,
@@ -23,6 +24,7 @@ from learnae.manifest import (
     MAX_NAME,
     MAX_POW_BITS,
     OPTIMIZERS,
+    Compression,
     Manifest,
     read_admission_file,
 )
@@ -73,11 +75,23 @@ from learnae.state import DEFAULT_LISTEN, init_swarm
               help="Least seconds between two checkpoints of one node (default"
                    f" {DEFAULT_CHECKPOINT_INTERVAL:g}: a 100-node swarm then announces about 3"
                    " checkpoints a second; 0 paces by batches only).")
+@click.option("--codec", type=click.Choice(CODECS), default=LOSSLESS, show_default=True,
+              help="How checkpoints travel: float32 exact; float16 half the bytes; int8 and int4"
+                   " blockwise quantization, about a quarter and an eighth (see docs/benchmarks.md,"
+                   " bytes to accuracy).")
+@click.option("--delta-codec", type=click.Choice(CODECS), default=None,
+              help="Send deltas against each member's last keyframe in this codec (int4 is made for"
+                   " it); default: every checkpoint is full.")
+@click.option("--keyframe-every", type=click.IntRange(1, 10_000), default=8, show_default=True,
+              help="With --delta-codec: every this many checkpoints of a member is a full one.")
+@click.option("--quant-block", type=click.IntRange(1, MAX_BLOCK), default=64, show_default=True,
+              help="Values per scale of the int8 and int4 codecs.")
 def init_command(directory: Path, name: str, model: str, pow_bits: int | None, admission: str,
                  listen: str, bootstrap: tuple[str, ...], merge: str | None,
                  merge_param: tuple[str, ...], optimizer: str | None,
                  learning_rate: float | None, batch_size: int | None, sync_every: int | None,
-                 sync_interval: float | None, checkpoint_interval: float | None) -> None:
+                 sync_interval: float | None, checkpoint_interval: float | None, codec: str,
+                 delta_codec: str | None, keyframe_every: int, quant_block: int) -> None:
     """Create a new swarm in DIRECTORY: its genesis, keys, ledger and invite.
 
     Writes genesis.tx (the genesis transaction, whose payload is the manifest),
@@ -105,6 +119,8 @@ def init_command(directory: Path, name: str, model: str, pow_bits: int | None, a
             fields["merge_params"] = dict(_key_value(p, merge) for p in merge_param)
         if admission != ADMISSION_OPEN:
             fields["admission"] = read_admission_file(admission)
+        fields["compression"] = Compression(codec=codec, block=quant_block, delta_codec=delta_codec,
+                                            keyframe_every=keyframe_every)
         manifest = Manifest(name=name, model=model_config(model), **fields)
         made = init_swarm(directory, manifest, bootstrap=bootstrap, listen=listen)
     m, files = made.manifest, made.state
@@ -115,6 +131,9 @@ def init_command(directory: Path, name: str, model: str, pow_bits: int | None, a
         ("model", f"{model}: input {list(m.input_shape or ())} {m.dtype}, {m.classes} classes;"
                   f" {m.optimizer} lr {m.learning_rate:g}, batch {m.batch_size}, merge {m.merge}"),
         ("rules", f"pow {m.pow_bits} bits, admission {admitted}, tx limit {m.limits.tx_bytes} bytes"),
+        ("transfer", f"checkpoints {m.compression.codec}" + (
+            f", deltas {m.compression.delta_codec} (a keyframe every {m.compression.keyframe_every})"
+            if m.compression.delta_codec else "")),
         ("founder", f"{made.founder.author_id}  ({files.identity.name}, keep it private)"),
         ("swarm key", f"{files.swarm_key.name}  (anyone holding it can enter the network)"),
         ("ledger", f"{files.tangle.name}  (see `learnae ledger show {made.directory}`)"),

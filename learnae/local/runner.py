@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from learnae.ipfs import libkubo
-from learnae.manifest import Manifest
+from learnae.manifest import Compression, Manifest
 from learnae.models import model_config
 from learnae.state import init_swarm
 
@@ -198,6 +198,7 @@ class LocalSwarm:
         wrap: ``wrap(i, argv)`` rewrites the command line of node ``i``, or of relay member
             ``i - nodes`` for ``i >= nodes``.
         checkpoint_interval: the manifest's least seconds between two checkpoints of a node.
+        compression: how the swarm's checkpoints travel (the manifest's; float32 by default).
 
     The other arguments are described in the module doc.
     """
@@ -210,7 +211,8 @@ class LocalSwarm:
                  extra_args: Callable[[int], list[str]] | None = None,
                  peers: Callable[[int], list[str]] | None = None,
                  relay_hosts: list[str] | None = None, relay_args: Sequence[str] = (),
-                 checkpoint_interval: float = LOCAL_CHECKPOINT_INTERVAL):
+                 checkpoint_interval: float = LOCAL_CHECKPOINT_INTERVAL,
+                 compression: Compression | None = None):
         if nodes < 1:
             raise ValueError("nodes must be >= 1")
         self.out = Path(out)
@@ -231,8 +233,8 @@ class LocalSwarm:
         self.peers = peers
         self.relay_hosts = list(relay_hosts or [])
         self.relay_args = list(relay_args)
-        self.manifest = dataclasses.replace(make_manifest(dataset, merge),
-                                            checkpoint_interval=checkpoint_interval)
+        self.manifest = dataclasses.replace(make_manifest(dataset, merge), checkpoint_interval=checkpoint_interval,
+                                            compression=compression or Compression())
         self.invite = self.out / "invite.json"
         self.members: list[NodeProc] = []
         self.sensors: list[NodeProc] = []

@@ -23,14 +23,21 @@ import logging
 import math
 import random
 import time
-from collections import Counter, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 import numpy as np
 
 from learnae.errors import FormatError, LearnaeError
-from learnae.formats import Checkpoint, Chunk, decode_checkpoint, decode_chunk, encode_checkpoint
+from learnae.formats import (
+    Checkpoint,
+    Chunk,
+    checkpoint_encoding,
+    decode_checkpoint,
+    decode_chunk,
+    encode_checkpoint,
+)
 from learnae.identity import Identity, author_id
 from learnae.ipfs.base import IpfsNode
 from learnae.ledger.sync import TangleSync
@@ -44,7 +51,7 @@ from learnae.training.bridge import Merged, Offer
 from learnae.training.pool import StoreError
 from learnae.verify import cap_samples
 
-__all__ = ["DEFAULT_FETCH_TIMEOUT", "DEFAULT_K", "DEFAULT_KEEP", "DEFAULT_STALE", "FINAL_FETCH_TIMEOUT", "ChunkStore",
+__all__ = ["DEFAULT_FETCH_TIMEOUT", "DEFAULT_K", "DEFAULT_KEEP", "DEFAULT_STALE", "FINAL_FETCH_TIMEOUT", "ChunkStore", "Keyframes",
            "NetworkSide", "fetch_chunk", "fetch_peer_checkpoint", "merge_contributions",
            "publish_checkpoint"]
 
@@ -98,7 +105,9 @@ async def publish_checkpoint(ipfs: IpfsNode, sync: TangleSync, identity: Identit
                              base: Sequence[str] = (), metrics: Mapping[str, float] | None = None,
                              data: Sequence[str] = (), offload: Offload = asyncio.to_thread,
                              time_ms: int | None = None, rng: random.Random | None = None,
-                             segment: Mapping[str, int] | None = None) -> tuple[Tx, bytes]:
+                             segment: Mapping[str, int] | None = None, codec: str = "float32",
+                             block: int = 64,
+                             delta_of: tuple[str, Mapping[str, np.ndarray]] | None = None) -> tuple[Tx, bytes]:
     """Publish weights as a checkpoint and announce it in a signed ``checkpoint`` tx.
 
     The steps: safetensors -> ``ipfs.add`` (pinned) -> signed ``checkpoint`` tx -> gossip.
@@ -118,6 +127,10 @@ async def publish_checkpoint(ipfs: IpfsNode, sync: TangleSync, identity: Identit
         rng: random generator for mining and tip selection (None: seeded by the system).
         segment: ``seed`` and ``steps`` of a replayable training segment from the only
             ``base`` on the rows of ``data`` (:func:`learnae.verify.segment_rows`), or None.
+        codec: how the weights are encoded (:data:`learnae.codec.CODECS`).
+        block: values per scale of a quantized codec.
+        delta_of: ``(cid, weights)`` of a full checkpoint of this author's that receivers can
+            fetch (it stays pinned): the file is then a delta against it.
 
     Returns:
         ``(tx, file bytes)``.
@@ -127,7 +140,7 @@ async def publish_checkpoint(ipfs: IpfsNode, sync: TangleSync, identity: Identit
     """
     adopted = list(dict.fromkeys(data))
     ckpt = Checkpoint(dict(weights), sync.tangle.swarm, int(step), int(samples))
-    raw = await offload(encode_checkpoint, ckpt)
+    raw = await offload(lambda: encode_checkpoint(ckpt, codec=codec, block=block, base=delta_of))
     cid = await ipfs.add(raw)
     payload = checkpoint_payload(cid=cid, size=len(raw), step=int(step), samples=int(samples),
                                  base=list(dict.fromkeys(base)), data=adopted, metrics=dict(metrics or {}),
@@ -136,11 +149,44 @@ async def publish_checkpoint(ipfs: IpfsNode, sync: TangleSync, identity: Identit
     return tx, raw
 
 
+class Keyframes:
+    """Full checkpoints a node decoded lately, by CID: the bases peers' deltas name.
+
+    Least recently used ones leave first once the held weights pass ``max_bytes``.
+    """
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = max_bytes
+        self._held: OrderedDict[str, dict[str, np.ndarray]] = OrderedDict()
+
+    def get(self, cid: str) -> dict[str, np.ndarray] | None:
+        """The weights of ``cid``, or None when not held."""
+        weights = self._held.get(cid)
+        if weights is not None:
+            self._held.move_to_end(cid)
+        return weights
+
+    def put(self, cid: str, weights: dict[str, np.ndarray]) -> None:
+        """Hold ``weights`` as ``cid``'s."""
+        self._held[cid] = weights
+        self._held.move_to_end(cid)
+        while len(self._held) > 1 and sum(w.nbytes for ws in self._held.values() for w in ws.values()) > self.max_bytes:
+            self._held.popitem(last=False)
+
+
 async def fetch_peer_checkpoint(ipfs: IpfsNode, tx: Tx, manifest: Manifest,
                                 expect: Mapping[str, tuple[tuple[int, ...], str]], *,
                                 genesis: str, timeout: float = DEFAULT_FETCH_TIMEOUT,
-                                offload: Offload = asyncio.to_thread) -> Contribution:
+                                offload: Offload = asyncio.to_thread,
+                                keyframes: Keyframes | None = None) -> Contribution:
     """Fetch and decode the checkpoint a peer's ``checkpoint`` tx announces.
+
+    The file must be encoded as the swarm's manifest says (``compression``: its codec for a
+    full checkpoint, its ``delta_codec`` for a delta), else it is refused ``codec`` before
+    anything is decoded. A delta (docs/design.md "Compressed checkpoints") is decoded against
+    the full checkpoint it names: from ``keyframes`` when held there, else fetched (same limit
+    and timeout) and decoded first. With ``keyframes``, every full checkpoint decoded is held
+    there.
 
     Args:
         ipfs: the node's IPFS node.
@@ -150,17 +196,41 @@ async def fetch_peer_checkpoint(ipfs: IpfsNode, tx: Tx, manifest: Manifest,
         genesis: the swarm's genesis tx id (a checkpoint names its swarm).
         timeout: seconds for the fetch.
         offload: how the decoding leaves the event loop (:data:`Offload`).
+        keyframes: full checkpoints held for deltas (None: none held, a delta's base is fetched).
 
     Returns:
         A :class:`~learnae.merge.Contribution` authored by the tx's author id (hex).
 
     Raises:
         IpfsTimeout (code ``timeout``), IpfsError, OversizeError, CorruptFile, FormatError,
-        SchemaMismatch, NonFiniteError: each with its ``code`` for counting.
+        SchemaMismatch, NonFiniteError: each with its ``code`` for counting (a delta's base's
+        too: a base that is itself a delta is refused ``delta-base``).
     """
     limit = manifest.limits.checkpoint_bytes
-    raw = await ipfs.cat(tx.payload["cid"], timeout=timeout, max_size=limit)
-    ckpt = await offload(decode_checkpoint, raw, max_bytes=limit, expect=expect, genesis=genesis)
+
+    rules = manifest.compression
+
+    async def fetch(cid: str, *, delta: bool) -> Checkpoint:
+        """``cid`` decoded; a delta (when ``delta``: a base must be full) with its base's weights."""
+        raw = await ipfs.cat(cid, timeout=timeout, max_size=limit)
+        codec, delta_of = checkpoint_encoding(raw, max_bytes=limit)
+        wanted = rules.codec if delta_of is None else rules.delta_codec
+        if codec != wanted:
+            what = "full checkpoint" if delta_of is None else "delta"
+            raise FormatError(f"a {codec} {what}, where this swarm's manifest says"
+                              f" {wanted or 'no deltas'}", code="codec")
+        base = None
+        if delta and delta_of is not None:
+            base = keyframes.get(delta_of) if keyframes is not None else None
+            if base is None:
+                base = (await fetch(delta_of, delta=False)).weights
+        ckpt = await offload(lambda: decode_checkpoint(raw, max_bytes=limit, expect=expect, genesis=genesis,
+                                                       base=base))
+        if keyframes is not None and ckpt.delta_of is None:
+            keyframes.put(cid, ckpt.weights)
+        return ckpt
+
+    ckpt = await fetch(tx.payload["cid"], delta=True)
     return Contribution(ckpt.weights, samples=ckpt.samples, age=ckpt.step, author=tx.author.hex())
 
 
@@ -292,6 +362,12 @@ class NetworkSide:
         self.record: Counter[bytes] = Counter()  # author -> its checkpoints and chunks others used
         self.last_checkpoint: dict[str, Any] | None = None
         self.pinned: deque[str] = deque()
+        self.held_keyframes: set[str] = set()  # own keyframes out of ``pinned`` that kept deltas name
+        self._deltas: dict[str, str] = {}  # CID of a pinned own delta -> its keyframe's
+        self._keyframe: tuple[str, dict[str, np.ndarray]] | None = None  # own newest, as receivers decode it
+        self._since_keyframe = 0  # own deltas published since it
+        params = sum(math.prod(shape) for shape, _dtype in expect.values())
+        self.keyframes = Keyframes(max_bytes=4 * params * (k + 2)) if manifest.compression.delta_codec else None
         self.data_accepted = 0
         self.data_held = 0
         self.data_pinned: dict[str, int] = {}
@@ -313,7 +389,7 @@ class NetworkSide:
     async def _fetch(self, tx: Tx, timeout: float | None = None) -> Contribution:
         return await fetch_peer_checkpoint(self.ipfs, tx, self.manifest, self.expect, genesis=self.tangle.swarm,
                                            timeout=self.fetch_timeout if timeout is None else timeout,
-                                           offload=self.offload)
+                                           offload=self.offload, keyframes=self.keyframes)
 
     @property
     def tangle(self) -> Tangle:
@@ -351,21 +427,44 @@ class NetworkSide:
         base += [tx_id for tag in offer.merged if tag for tx_id in tag]
         # strictly after the previous one: "newest" by time then names the one kept pinned
         time_ms = max(int(self.clock() * 1000), self.last_checkpoint.get("time", -1) + 1 if self.last_checkpoint else 0)
+        c = self.manifest.compression
+        keyframe = self._keyframe if c.delta_codec and self._since_keyframe + 1 < c.keyframe_every else None
         tx, raw = await publish_checkpoint(self.ipfs, self.sync, self.identity, weights=offer.weights,
                                            step=offer.step, samples=offer.samples, base=base,
                                            metrics=metrics, data=data, offload=self.offload,
-                                           time_ms=time_ms, rng=self.rng, segment=segment)
+                                           time_ms=time_ms, rng=self.rng, segment=segment,
+                                           codec=c.codec if keyframe is None else c.delta_codec or c.codec,
+                                           block=c.block, delta_of=keyframe)
+        cid = tx.payload["cid"]
         self.published += 1
-        self.last_checkpoint = {"tx": tx.id, "cid": tx.payload["cid"], "step": offer.step,
+        self.last_checkpoint = {"tx": tx.id, "cid": cid, "step": offer.step,
                                 "samples": offer.samples, "base": base, "time": tx.time}
-        self.pinned.append(tx.payload["cid"])
+        if keyframe is not None:
+            self._since_keyframe += 1
+            self._deltas[cid] = keyframe[0]
+        elif c.delta_codec:  # a new keyframe: deltas are taken against what receivers decode
+            decoded = await self.offload(lambda: decode_checkpoint(raw, max_bytes=len(raw)).weights)
+            self._keyframe, self._since_keyframe = (cid, decoded), 0
+        self.pinned.append(cid)
+        await self._unpin_old()
+        return tx, raw
+
+    def own_pins(self) -> list[str]:
+        """Every own checkpoint CID pinned: the keyframes kept for deltas, then ``pinned``."""
+        return [*self.held_keyframes, *self.pinned]
+
+    async def _unpin_old(self) -> None:
+        """Unpin own checkpoints past the newest ``keep``, except keyframes a kept delta names."""
         while len(self.pinned) > self.keep:
-            old = self.pinned.popleft()
+            self._deltas.pop(old := self.pinned.popleft(), None)
+            self.held_keyframes.add(old)
+        needed = {*self._deltas.values(), *self.pinned, *([self._keyframe[0]] if self._keyframe else [])}
+        for old in sorted(self.held_keyframes - needed):
+            self.held_keyframes.discard(old)
             try:
                 await self.ipfs.unpin(old)
             except LearnaeError as exc:
                 log.debug("unpin %s: %s", old, exc.reason)
-        return tx, raw
 
     # ---------------------------------------------------------------------------- merge
     def _collect(self) -> None:

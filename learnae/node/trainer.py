@@ -65,7 +65,7 @@ import numpy as np
 
 from learnae.errors import ConfigError, LearnaeError
 from learnae.files import write_atomic, write_json_atomic
-from learnae.formats import decode_checkpoint
+from learnae.formats import Checkpoint, decode_checkpoint, encode_checkpoint
 from learnae.identity import Identity, author_id, read_author_file
 from learnae.invite import Invite
 from learnae.ipfs.base import Connection, IpfsNode, is_relayed
@@ -523,7 +523,7 @@ class TrainerNode:
         write_atomic(self.paths.checkpoint, data)
         write_json_atomic(self.paths.progress, {
             "step": self.step_published, "samples": self.samples_published,
-            "last_checkpoint": self.last_checkpoint, "pinned": list(self._side.pinned),
+            "last_checkpoint": self.last_checkpoint, "pinned": self._side.own_pins(),
             "epoch": self.epoch, "time": time.time(), "data_named": sorted(self._named),
         })
 
@@ -1240,6 +1240,9 @@ class TrainerNode:
             self._named.update(named)
             self._unnamed = [i for i in self._unnamed if i not in self._named]
         self.step_published, self.samples_published = offer.step, offer.total_samples
+        if not self.manifest.compression.lossless:  # resume from the weights trained, not as sent
+            ckpt = Checkpoint(dict(offer.weights), self._side.tangle.swarm, offer.step, offer.samples)
+            data = await asyncio.to_thread(encode_checkpoint, ckpt)
         await asyncio.to_thread(self._save_progress, data)
 
     async def _merge(self, offer: Offer) -> None:

@@ -8,7 +8,9 @@ four identities of its own, each bad in one way:
 - ``unfetchable``: announces a CID nobody holds (the same one each time);
 - ``shape``: one weight has an extra row;
 - ``nan``: one weight holds NaN (written around the encoder, which refuses NaN);
-- ``norm``: a good checkpoint scaled by 1000.
+- ``norm``: a good checkpoint scaled by 1000;
+- ``quantized``: a good checkpoint in the ``int8`` codec whose first scale is negative (a swarm
+  of ``int8`` checkpoints refuses it ``quantized-scale``, any other swarm ``codec``).
 
 It writes ``--status`` (JSON: published per kind) and stops on SIGTERM.
 """
@@ -42,7 +44,7 @@ from learnae.ledger.sync import TangleSync
 from learnae.ledger.tx import checkpoint_payload
 from learnae.state import open_tangle
 
-KINDS = ("unfetchable", "shape", "nan", "norm")
+KINDS = ("unfetchable", "shape", "nan", "norm", "quantized")
 
 
 def _nan_file(weights: dict, genesis: str, step: int) -> bytes:
@@ -52,6 +54,15 @@ def _nan_file(weights: dict, genesis: str, step: int) -> bytes:
     metadata = {"format": _CHECKPOINT_FORMAT, "genesis": genesis, "step": str(step), "samples": "32",
                 "names": json.dumps(list(bad), separators=(",", ":"))}
     return _encode(bad, metadata)
+
+
+def _negative_scale_file(weights: dict, genesis: str, step: int) -> bytes:
+    raw = encode_checkpoint(Checkpoint(weights, genesis, step, 32), codec="int8")
+    n = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8:8 + n])
+    begin = header[next(iter(weights)) + "#scale"]["data_offsets"][0]
+    at = 8 + n + begin  # the first scale: a float32 whose sign bit is the top bit of its last byte
+    return raw[:at + 3] + bytes([raw[at + 3] | 0x80]) + raw[at + 4:]
 
 
 async def run(args: argparse.Namespace) -> None:
@@ -89,6 +100,7 @@ async def run(args: argparse.Namespace) -> None:
                     "nan": _nan_file(good, tangle.swarm, step),
                     "norm": encode_checkpoint(Checkpoint({k: v * 1000 for k, v in good.items()},
                                                          tangle.swarm, step, 32)),
+                    "quantized": _negative_scale_file(good, tangle.swarm, step),
                 }
                 for kind in KINDS:
                     if kind == "unfetchable":

@@ -31,8 +31,9 @@ class Nodes:
     started with the test's launcher."""
 
     def __init__(self, tmp: Path, launch: Launcher, n: int, *, bad_peer: bool = False,
-                 sync_every: int = 5, manifest: Manifest | None = None):
+                 sync_every: int = 5, manifest: Manifest | None = None, shards: str = SHARDS):
         self.launch = launch
+        self.shards = shards
         manifest = manifest or Manifest(name="node-test", model=model_config("digits-mlp"), pow_bits=4,
                                         merge="mean", learning_rate=0.003, sync_every=sync_every,
                                         checkpoint_interval=0)
@@ -49,7 +50,7 @@ class Nodes:
     def argv(self, i: int, *extra: str) -> list[str]:
         peers = [a for flag_addr in (("--peer", a) for j, a in enumerate(self.addrs) if j != i) for a in flag_addr]
         return [sys.executable, "-c", NODE, "node", "run", "--invite", str(self.invite),
-                "--state", str(self.states[i]), "--data", SHARDS.format(i=i, n=self.n),
+                "--state", str(self.states[i]), "--data", self.shards.format(i=i, n=self.n),
                 "--listen", f"127.0.0.1:{self.ports[i]}", "--seed", "0", *peers, *extra]
 
     def start(self, i: int, *extra: str) -> Proc:
