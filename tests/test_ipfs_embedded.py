@@ -86,6 +86,25 @@ async def test_relays_and_a_known_reachability_reach_the_config(tmp_path, swarm_
         privnet.private_config({}, reachability="outside")
 
 
+def test_the_config_keeps_the_transfer_settings_and_both_security_transports():
+    """bench/content.py measured these (docs/benchmarks.md, "Content layer"); see privnet.py."""
+    cfg = privnet.private_config({"Internal": {"Bitswap": {"MaxOutstandingBytesPerPeer": 1 << 20}},
+                                  "Swarm": {"Transports": {"Security": {"Noise": False}}}})
+    # bitswap: 32 MiB in flight per peer (Kubo 0.22: 1 MiB) and more workers, whatever was there
+    assert cfg["Internal"]["Bitswap"] == {"MaxOutstandingBytesPerPeer": 32 << 20, "TaskWorkerCount": 16,
+                                          "EngineTaskWorkerCount": 16,
+                                          "EngineBlockstoreWorkerCount": 128}
+    # Kubo's own choice of security transports and multiplexers, none disabled: any member connects
+    assert cfg["Swarm"]["Transports"]["Security"] == {}
+    assert cfg["Swarm"]["Transports"]["Multiplexers"] == {}
+    # blocks stay durable: the datastore (flatfs with sync on, as Kubo writes it) is left alone
+    datastore = {"Spec": {"type": "mount", "mounts": [
+        {"mountpoint": "/blocks", "prefix": "flatfs.datastore", "type": "measure",
+         "child": {"type": "flatfs", "path": "blocks", "sync": True,
+                   "shardFunc": "/repo/flatfs/shard/v1/next-to-last/2"}}]}}
+    assert privnet.private_config({"Datastore": datastore})["Datastore"] == datastore
+
+
 async def test_connections_are_direct_on_one_host(embedded_pair):
     a, b = embedded_pair
     (conn,) = await a.connections()

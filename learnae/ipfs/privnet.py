@@ -123,7 +123,28 @@ def private_config(config: dict[str, Any], host: str = "127.0.0.1", port: int = 
     cfg["Reprovider"] = {"Interval": "0"}
     cfg["Experimental"] = {**cfg.get("Experimental", {}), "StrategicProviding": True}
     # Throughput: Kubo 0.22 lets a peer have only 1 MiB of blocks in flight to another;
-    # checkpoints are tens of MB, so allow 32 MiB and more bitswap workers.
+    # checkpoints are tens of MB, so allow 32 MiB and more bitswap workers (a 100 MB fetch went
+    # from about 44-52 MB/s to about 60 MB/s). More (128 MiB, 32 workers) measured no better: a
+    # fetch never has more than 10 blocks (2.5 MiB) wanted at once, because Kubo's file reader
+    # preloads 10 children at a time (go-ipld-format 0.5 ``preloadSize``).
+    #
+    # What else bounds one transfer, found in Kubo 0.22's source and measured with
+    # ``bench/content.py --setting all`` (docs/benchmarks.md, "Content layer"), left as is:
+    # - the fetch stores each block before asking for the next ones (boxo 0.11's blockservice
+    #   ``GetBlocks`` puts blocks one at a time), and flatfs makes each durable with two fsyncs
+    #   (file, directory): 0.3-8 ms a block on the benchmark's shared disk, so the disk alone
+    #   caps a fetch at 30-800 MB/s. flatfs ``sync: false`` is faster but a crash could lose a block
+    #   whose announcement was acknowledged: never turned off;
+    # - the security transport: Kubo 0.22 prefers Noise (ChaCha20-Poly1305; its code's default
+    #   priorities are Noise 100, TLS 200, whatever its docs/config.md says). TLS 1.3 (AES-GCM,
+    #   which most CPUs accelerate) costs about a third of Noise's CPU in a profile, some 0.1 s
+    #   per 100 MB over both ends, but no setting measured faster; both stay enabled with Kubo's
+    #   defaults, so any member's node connects. The swarm key's XSalsa20 layer costs more
+    #   (about 0.3 s of CPU per 100 MB over both ends) and is the private swarm itself: kept;
+    # - yamux's stream window (256 KiB at first, up to 16 MiB) is fixed in go-libp2p 0.29
+    #   (``p2p/muxer/yamux`` sets it at init; neither the repo config nor an environment
+    #   variable reaches it); mplex, which has no window, measured no faster (one run in five
+    #   stalled at 2 MB/s) and is gone from later Kubo versions.
     internal["Bitswap"] = {"MaxOutstandingBytesPerPeer": 32 << 20, "TaskWorkerCount": 16,
                            "EngineTaskWorkerCount": 16, "EngineBlockstoreWorkerCount": 128}
     cfg["Internal"] = internal
