@@ -261,6 +261,18 @@ class _Topology:
                               if "counter" in item)
         return counts
 
+    def link_bytes(self) -> list[int]:
+        """Bytes each host's link carried so far, both ways, in host order.
+
+        The bridge port's counters: every frame, headers included.
+
+        Raises:
+            LearnaeError: ``ip`` could not read the counters.
+        """
+        links = {link["ifname"]: link["stats64"] for link in
+                 json.loads(_in(self.bridge_ns, "ip", "-s", "-j", "link", "show"))}
+        return [links[f"p{i}"]["rx"]["bytes"] + links[f"p{i}"]["tx"]["bytes"] for i in range(len(self.names))]
+
     def close(self) -> None:
         """Delete every namespace made (their links and rules go with them). Idempotent."""
         self._guarded.clear()
