@@ -156,7 +156,7 @@ import libipld
 from learnae.errors import IpfsError, LedgerError, TxRejected
 from learnae.identity import Identity
 from learnae.ipfs.base import IpfsNode, Subscription
-from learnae.ledger.tangle import Tangle
+from learnae.ledger.tangle import Tangle, decode_cached
 from learnae.ledger.tx import TX_CID_PREFIX, Tx, cbor_head, cbor_text, decode_tx, tx_id, tx_link
 
 __all__ = [
@@ -348,7 +348,7 @@ class _Want:
 def _gossiper(raw: bytes, known: bytes | None) -> bytes | None:
     """The author of ``raw`` if it is a checkpoint (a node gossips its own), else ``known``."""
     try:
-        tx = decode_tx(raw)
+        tx = decode_cached(raw)
     except TxRejected:
         return known
     return tx.author if tx.kind == "checkpoint" else known
@@ -904,7 +904,7 @@ class TangleSync:
         kept_owners = []
         for raw, owner in zip(batch, owners, strict=True):
             try:
-                tx: bytes | Tx = decode_tx(raw)
+                tx: bytes | Tx = decode_cached(raw)
             except TxRejected:
                 tx = raw  # the store rejects and counts it
             if (isinstance(tx, Tx) and self.newcomer is not None and self.newcomer(tx.author)

@@ -34,8 +34,10 @@ Design choices:
   :meth:`Tangle.weight` of any one transaction counts its approvers (cost: their number).
 - **Memory.** In memory: the set of tips, the top height, counts by kind, each author's latest
   checkpoint, and the pending buffer (transactions whose parents are missing), bounded by
-  ``max_pending_bytes``, oldest evicted first and counted in ``pending_evicted``. Everything else
-  is read from SQLite.
+  ``max_pending_bytes``, oldest evicted first and counted in ``pending_evicted``; the last
+  :data:`RECENT` transactions this object stored (dropped on a rollback or a prune); and, shared
+  by the stores of the process, the decodings of recently validated bytes (:func:`decode_cached`,
+  at most :data:`DECODED_BYTES`). Everything else is read from SQLite.
 - **Single parent.** The store accepts 1 or 2 parents: whether the author's tangle had a single
   tip cannot be checked by a receiver, and checking against the receiver's own tips would make
   two nodes' sets depend on delivery order. :meth:`Tangle.select_tips` returns one tip only when
@@ -96,7 +98,8 @@ Snapshots (:meth:`Tangle.export_snapshot`, :meth:`Tangle.import_snapshot`) carry
 and its frontier to a node that joins late, instead of the whole history. What a snapshot is
 trusted for is said at :meth:`Tangle.import_snapshot`.
 
-A ``Tangle`` uses one SQLite connection and is not thread-safe: use it from one thread.
+A ``Tangle`` uses one SQLite connection and is not thread-safe: use it from one thread (stores
+on different threads are fine: the memo they share is locked).
 """
 
 from __future__ import annotations
@@ -107,8 +110,10 @@ import math
 import os
 import random
 import sqlite3
+import threading
 import time
 import urllib.parse
+import weakref
 from collections import Counter, defaultdict, deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -121,6 +126,7 @@ from learnae.identity import Identity
 from learnae.ledger.members import KINDS as MEMBERSHIP_KINDS
 from learnae.ledger.members import Roll, Rules, event_ids, view_text
 from learnae.ledger.tx import (
+    MAX_FUTURE_MS,
     TX_CID_PREFIX,
     Tx,
     cbor_head,
@@ -134,6 +140,96 @@ from learnae.ledger.tx import (
 )
 
 log = logging.getLogger(__name__)
+
+DECODED_BYTES = 8 << 20
+"""Bytes of validated transactions whose decoding :func:`decode_cached` keeps in memory (the
+oldest remembered go first). Their decoded objects take about 4 times as much again (some 40 MB
+at the bound, for data transactions)."""
+RECENT = 1 << 11
+"""Transactions a store keeps in memory after storing them, the newest (:meth:`Tangle.get`,
+:meth:`Tangle.stored` and ``in`` answer for them without a query)."""
+# The memo of decode_cached and _validate, shared by every store of the process; a store may
+# run on another thread than the next (each trainer node has its network thread): _lock guards
+# it. Only bytes that passed validation enter _decoded, so junk (anything that fails, however
+# large its decoding) never stays in memory.
+_lock = threading.Lock()
+_decoded: dict[bytes, Tx] = {}  # validated bytes -> their decoding (insertion order: oldest first)
+_decoded_bytes = 0  # sum of the lengths of _decoded's keys
+_valid: dict[bytes, set[tuple[str | None, int, int]]] = {}  # _decoded's bytes -> the rules they passed
+# Decodings made by decode_cached and not remembered, for as long as someone holds them: what
+# proves that a Tx handed to a store is the decoding of its bytes (a Tx built otherwise is
+# validated every time, never remembered).
+_fresh: weakref.WeakValueDictionary[bytes, Tx] = weakref.WeakValueDictionary()
+
+
+def decode_cached(raw: bytes) -> Tx:
+    """:func:`~learnae.ledger.tx.decode_tx`, answered from memory for bytes validated lately.
+
+    A node decodes the same bytes several times (from gossip, then from its store for the peer
+    choice, the checkpoints' ``base`` links, the verifier), and a simulation of many nodes in one
+    process decodes each transaction once per node. Bytes that a store accepted (the last
+    :data:`DECODED_BYTES` of them) and bytes whose decoding a caller still holds give the same
+    :class:`Tx` object; others are decoded afresh. Keyed by the exact bytes, so the result is
+    the one ``decode_tx`` gives; a ``Tx`` is frozen and no caller changes its payload. Bytes
+    that fail to decode, or that decode but fail validation, are not remembered.
+    Thread-safe.
+
+    Raises:
+        TxRejected: as :func:`~learnae.ledger.tx.decode_tx`.
+    """
+    if type(raw) is not bytes:
+        raw = bytes(raw)
+    with _lock:
+        tx = _decoded.get(raw)
+        if tx is None:
+            tx = _fresh.get(raw)
+    if tx is None:
+        tx = decode_tx(raw)
+        with _lock:  # another thread's decoding, if it came first (and may be remembered now)
+            tx = _decoded.get(raw) or _fresh.setdefault(raw, tx)
+    return tx
+
+
+def _validate(tx: Tx, *, swarm: str | None, pow_bits: int, max_bytes: int, now_ms: int,
+              parent_times: dict[str, int]) -> None:
+    """:func:`~learnae.ledger.tx.validate_tx`, once per transaction bytes and swarm rules.
+
+    What a transaction is checked for besides its context (size, swarm, parents' shape, payload,
+    proof-of-work, signature) depends on its bytes and the rules ``(swarm, pow_bits,
+    max_bytes)`` alone; once they passed, a transaction decoded by :func:`decode_cached` (the
+    very object, so its fields are those of its bytes) is checked again for its context only:
+    its time against this clock (``future-time``) and against its parents' (``before-parent``),
+    in ``validate_tx``'s order. Other rules, or another ``Tx`` object with the same bytes, are
+    validated in full.
+
+    Raises:
+        TxRejected: as :func:`~learnae.ledger.tx.validate_tx`.
+    """
+    global _decoded_bytes
+    rules = (swarm, pow_bits, max_bytes)
+    raw = tx.raw
+    with _lock:
+        known = _decoded.get(raw) is tx and rules in _valid[raw]
+    if known:
+        if tx.time > now_ms + MAX_FUTURE_MS:
+            raise TxRejected(f"transaction time is {tx.time - now_ms} ms ahead of this clock", code="future-time")
+        check_parent_times(tx, parent_times)
+        return
+    validate_tx(tx, swarm=swarm, pow_bits=pow_bits, max_bytes=max_bytes, now_ms=now_ms,
+                parent_times=parent_times)
+    with _lock:
+        if _decoded.get(raw) is tx:
+            _valid[raw].add(rules)
+        elif _fresh.get(raw) is tx and raw not in _decoded:  # decode_cached's decoding: remember it
+            del _fresh[raw]
+            while _decoded and _decoded_bytes + len(raw) > DECODED_BYTES:
+                old = next(iter(_decoded))
+                del _decoded[old], _valid[old]
+                _decoded_bytes -= len(old)
+            _decoded[raw] = tx
+            _valid[raw] = {rules}
+            _decoded_bytes += len(raw)
+
 
 DEFAULT_ALPHA = 0.05
 """Randomness of the MCMC walk: 0 walks uniformly, large values follow the heaviest approver."""
@@ -516,6 +612,9 @@ class Tangle:
         the pruning figures and the next free seq.
         """
         (self._top,) = self._db.execute("SELECT max(height) FROM tx").fetchone()
+        # The last RECENT transactions stored by this object (oldest first): peers' tips, the
+        # checkpoints a new one names in its base. Emptied whenever rows may have gone.
+        self._recent: dict[str, Tx] = {}
         meta = dict(self._db.execute("SELECT key, value FROM meta WHERE key IN"
                                      " ('pruned_total', 'pruned_cutoff', 'seq_high')"))
         self._pruned_total: int = meta.get("pruned_total", 0)
@@ -636,7 +735,7 @@ class Tangle:
 
     def _insert(self, item: bytes | Tx) -> InsertResult:
         try:
-            tx = item if isinstance(item, Tx) else decode_tx(item)
+            tx = item if isinstance(item, Tx) else decode_cached(item)
         except TxRejected as exc:
             return self._reject(None, exc)
         found = self._parents([tx.id, *tx.parents])
@@ -646,7 +745,7 @@ class Tangle:
         if tx.id not in self._waiting and self._superseded(tx, found):
             return InsertResult(tx.id, "pruned")
         try:
-            validate_tx(
+            _validate(
                 tx, swarm=self.swarm, pow_bits=self.pow_bits, max_bytes=self.max_tx_bytes,
                 now_ms=self._clock(),
                 parent_times={i: p.time for i, p in found.items()},
@@ -799,6 +898,10 @@ class Tangle:
         )
         if tx.kind in MEMBERSHIP_KINDS:
             self._events[tx.id] = (height, tx)
+        recent = self._recent
+        if len(recent) >= RECENT:
+            del recent[next(iter(recent))]
+        recent[tx.id] = tx
         self._next_seq += 1
         self._db.executemany("INSERT INTO edge VALUES (?, ?)", ((seq, p.seq) for p in parents))
         if subject is not None:
@@ -1069,6 +1172,8 @@ class Tangle:
     # Queries -----------------------------------------------------------------------------------
     def __contains__(self, tx_id: object) -> bool:
         """Is ``tx_id`` stored? Pending transactions are not."""
+        if tx_id in self._recent:
+            return True
         return self._db.execute("SELECT 1 FROM tx WHERE id = ?", (tx_id,)).fetchone() is not None
 
     def stored(self, ids: Iterable[str]) -> set[str]:
@@ -1076,8 +1181,10 @@ class Tangle:
 
         ``{i for i in ids if i in self}`` in one query per 500 ids: for peers' tip lists.
         """
+        recent = self._recent
         wanted = list(dict.fromkeys(ids))
-        found: set[str] = set()
+        found = {i for i in wanted if i in recent}
+        wanted = [i for i in wanted if i not in found]
         for k in range(0, len(wanted), 500):
             part = wanted[k:k + 500]
             found.update(row[0] for row in self._db.execute(
@@ -1086,8 +1193,11 @@ class Tangle:
 
     def get(self, tx_id: str) -> Tx | None:
         """The stored transaction ``tx_id``, or ``None``."""
+        tx = self._recent.get(tx_id)
+        if tx is not None:
+            return tx
         row = self._db.execute("SELECT raw FROM tx WHERE id = ?", (tx_id,)).fetchone()
-        return None if row is None else decode_tx(row[0])
+        return None if row is None else decode_cached(row[0])
 
     @property
     def genesis(self) -> Tx:
@@ -1153,7 +1263,7 @@ class Tangle:
         return [i for (i,) in self._db.execute("SELECT id FROM tx ORDER BY height, id")]
 
     def _txs(self, sql: str, args: tuple = ()) -> list[Tx]:
-        return [decode_tx(raw) for (raw,) in self._db.execute(sql, args)]
+        return [decode_cached(raw) for (raw,) in self._db.execute(sql, args)]
 
     def owner(self, content_cid: str) -> bytes | None:
         """The owner of ``content_cid`` (CIDv1 base32), ``None`` if no transaction announces it.
@@ -1187,7 +1297,7 @@ class Tangle:
         rows = self._db.execute(
             "SELECT seq, raw FROM tx WHERE seq > ? AND +kind = 'checkpoint' ORDER BY seq", (cursor,)
         ).fetchall()
-        return [decode_tx(raw) for _, raw in rows], rows[-1][0] if rows else cursor
+        return [decode_cached(raw) for _, raw in rows], rows[-1][0] if rows else cursor
 
     def data_since(self, cursor: int = 0) -> tuple[list[Tx], int]:
         """``data`` transactions stored after ``cursor``, and the next cursor.
@@ -1197,7 +1307,7 @@ class Tangle:
         rows = self._db.execute(
             "SELECT seq, raw FROM tx WHERE seq > ? AND +kind = 'data' ORDER BY seq", (cursor,)
         ).fetchall()
-        return [decode_tx(raw) for _, raw in rows], rows[-1][0] if rows else cursor
+        return [decode_cached(raw) for _, raw in rows], rows[-1][0] if rows else cursor
 
     def data_tx_at_seq(self, author: bytes, seq: int) -> str | None:
         """Id of ``author``'s first ``data`` transaction with payload ``seq``, or ``None``.
@@ -1519,6 +1629,7 @@ class Tangle:
         Returns ``(id, kind, height)`` of those that were stored.
         """
         db = self._db
+        self._recent.clear()
         db.execute("CREATE TEMP TABLE IF NOT EXISTS doomed (seq INTEGER PRIMARY KEY)")
         db.execute("CREATE TEMP TABLE IF NOT EXISTS orphaned (seq INTEGER PRIMARY KEY)")
         db.execute("DELETE FROM doomed")

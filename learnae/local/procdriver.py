@@ -105,7 +105,7 @@ from learnae.local import netns
 from learnae.local.invariants import kept_content
 from learnae.local.results import SimResult
 from learnae.local.runner import LOCAL_CHECKPOINT_INTERVAL, LocalSwarm, free_port
-from learnae.local.scenario import Fault, Scenario
+from learnae.local.scenario import Fault, Scenario, check_process_hosts
 from learnae.node.network import DEFAULT_KEEP, DEFAULT_STALE
 
 __all__ = ["SUPPORTED", "check_supported", "simulate_processes"]
@@ -122,9 +122,11 @@ EXTRA_ROUNDS = 30  # rounds observed at most after the last one (see _window_don
 def check_supported(scn: Scenario) -> None:
     """Raise :class:`ConfigError` when this driver cannot run ``scn`` here.
 
-    That is a fault it does not apply, a partition in a home-nat topology, or a topology other
-    than mesh where network namespaces cannot be made (the reason says why).
+    That is more nodes than one test network holds, a fault it does not apply, a partition in a
+    home-nat topology, or a topology other than mesh where network namespaces cannot be made
+    (the reason says why).
     """
+    check_process_hosts(scn)
     kinds = {f.kind for f in scn.faults}
     other = sorted(kinds - set(SUPPORTED))
     if other:

@@ -106,8 +106,8 @@ if TYPE_CHECKING:
     from learnae.manifest import Verification
 
 __all__ = ["BEHAVIOURS", "DEFAULTS", "FAULT_KINDS", "INFLATE", "LAZY_SIGMA", "LIARS", "POISON_SCALE",
-           "TOPOLOGIES", "Fault", "Scenario", "Topology", "check_memory_driver", "load_scenario",
-           "parse_scenario"]
+           "TOPOLOGIES", "Fault", "Scenario", "Topology", "check_memory_driver", "check_process_hosts",
+           "load_scenario", "parse_scenario"]
 
 LIARS = ("lazy", "poison-within-bound", "inflate-samples", "false-data-claim")
 """Byzantine behaviours that take part in merging, as an honest trainer does, and lie only in
@@ -306,6 +306,17 @@ def check_memory_driver(scn: Scenario) -> None:
                           " with --driver processes")
 
 
+def check_process_hosts(scn: Scenario) -> None:
+    """Raise :class:`ConfigError` when ``scn`` has more nodes than one test network holds.
+
+    The ``processes`` driver puts every node (and relay member) on one test network
+    (:data:`MAX_HOSTS` hosts, a fetcher included); the memory driver has no such bound.
+    """
+    if scn.nodes + scn.topology.relays + 1 > MAX_HOSTS:
+        raise ConfigError(f"{scn.name}: the processes driver runs at most {MAX_HOSTS - 1} nodes and relay"
+                          f" members on one test network, not {scn.nodes + scn.topology.relays}")
+
+
 def load_scenario(path: str | Path) -> Scenario:
     """Read and validate a scenario TOML file.
 
@@ -425,7 +436,9 @@ def _parse_topology(raw: Any, nodes: int, fail) -> Topology:
         also = "" if kind == "home-nat" else f" ({', '.join(_HOME_NAT_KEYS)} are for kind = \"home-nat\")"
         raise fail(f"[topology] ({kind}) has unknown keys {sorted(extra)}; allowed: {sorted(allowed)}{also}")
     if kind != "home-nat":
-        if nodes + 1 > MAX_HOSTS:
+        # A mesh is the memory driver's only topology, and it models no hosts: the processes
+        # driver checks a mesh's size itself (check_process_hosts).
+        if kind != "mesh" and nodes + 1 > MAX_HOSTS:
             raise fail(f"a {kind} topology has at most {MAX_HOSTS - 1} nodes, not {nodes}")
         return Topology(kind)
     relays = raw.get("relays", 1)
