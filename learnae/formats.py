@@ -351,7 +351,7 @@ def decode_checkpoint(
         expect: name -> (shape, dtype name) of the receiver's own model; the file must
             hold exactly these names with these shapes and dtypes.
         genesis: the receiver's genesis CID; the file must name the same swarm.
-        base: for a delta (:func:`checkpoint_delta_of` names its base), the weights of the
+        base: for a delta (:func:`checkpoint_encoding` names its base), the weights of the
             full checkpoint it is relative to, as decoded; ignored for a full checkpoint.
 
     Returns:
