@@ -130,6 +130,42 @@ def test_to_v1():
         to_v1("Qm123")
 
 
+def _multiformats_v1(text: str) -> str:
+    """What to_v1 gave before its libipld path: multiformats' parse, set to CIDv1 base32."""
+    return str(CID.decode(text).set(version=1, base="base32"))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=2 * CHUNK_SIZE + 5))
+def test_content_id_agrees_with_multiformats(data):
+    assert content_id(data) == _multiformats_v1(file_cid(data))
+
+
+@settings(max_examples=300, deadline=None)
+@given(digest=st.binary(min_size=32, max_size=32), codec=st.sampled_from(["raw", "dag-pb", "dag-cbor"]),
+       base=st.sampled_from(["base32", "base32upper", "base58btc", "base36", "base16", "base64"]),
+       v0=st.booleans())
+def test_to_v1_agrees_with_multiformats(digest, codec, base, v0):
+    """The libipld path gives multiformats' answer for every way to write a swarm's CIDs."""
+    mh = b"\x12\x20" + digest
+    text = str(CID("base58btc", 0, "dag-pb", mh) if v0 else CID(base, 1, codec, mh))
+    assert to_v1(text) == _multiformats_v1(text)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.text(max_size=80), st.text(alphabet="abcdefghijklmnopqrstuvwxyz234567", max_size=70)
+                 .map(lambda t: "baf" + t), st.text(alphabet="123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijk"
+                                                  "mnopqrstuvwxyz", min_size=44, max_size=44).map(lambda t: "Qm" + t)))
+def test_to_v1_refuses_what_multiformats_refuses(text):
+    try:
+        expected = _multiformats_v1(text)
+    except (LookupError, ValueError):
+        with pytest.raises(InvalidCID):
+            to_v1(text)
+    else:
+        assert to_v1(text) == expected
+
+
 # --- the streaming builder against a literal model of boxo's balanced Layout --
 def _pb(*fields: tuple[int, int | bytes]) -> bytes:
     """A tiny protobuf encoder: (field number, int -> varint | bytes -> length-delimited)."""
