@@ -439,3 +439,61 @@ async def test_receive_delivers_a_message_from_any_origin():
     with pytest.raises(NodeClosed):
         a.receive(TOPIC, "x", b"")
     await b.close()
+
+
+# -- walks: breadth first when every link is alike, remembered until the links change ----------
+def _random_network(seed: int, n: int, degree: int) -> MemoryNetwork:
+    rng = random.Random(seed)
+    net = MemoryNetwork(seed=seed)
+    nodes = [net.node(f"p{i}") for i in range(n)]
+
+    async def link() -> None:
+        for i, node in enumerate(nodes[1:], 1):
+            for other in rng.sample(nodes[:i], min(degree, i)):
+                await node.connect(f"/memory/{other.id}/p2p/{other.id}")
+
+    asyncio.run(link())
+    return net
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_the_breadth_first_walk_yields_what_dijkstras_walk_does(seed):
+    """With one delay for every link and no loss, :meth:`MemoryNetwork._walk` goes breadth first;
+    a per-link rule that changes nothing (a link between absent ids) makes it take the heap:
+    the two give the same nodes, times and order, also across a partition and a down node."""
+    rng = random.Random(seed)
+    net = _random_network(seed, n=rng.randint(2, 40), degree=rng.randint(1, 3))
+    names = sorted(net.nodes)
+    if seed % 3:
+        net.set_delay(rng.choice([0, 5, 40]))
+    if seed % 4 == 1:
+        net.partition(rng.sample(names, len(names) // 2))
+    if seed % 5 == 2:
+        net.down(rng.choice(names))
+    topic = "t" if seed % 2 else None
+    for name in names if topic is None else names[: len(names) // 2]:
+        if topic is not None:
+            net.nodes[name].subscribe(topic)
+    fast = {src: [(n.id, t) for n, t in net._walk(net.nodes[src], topic)] for src in names}
+    net.set_delay(net._delay.get(None, 0.0) * 1000, "absent-x", "absent-y")  # the heap's path now
+    heap = {src: [(n.id, t) for n, t in net._walk(net.nodes[src], topic)] for src in names}
+    assert fast == heap
+
+
+def test_reach_is_remembered_until_the_links_change():
+    net = _random_network(1, n=10, degree=2)
+    first = net.reach("p9")
+    assert net.reach("p9") is first and [p for p, _ in first][0] == "p9" and len(first) == 10
+    net.partition(["p9"])
+    assert net.reach("p9") == [("p9", 0.0)]
+    net.heal()
+    assert net.reach("p9") == first
+    net.down("p0")
+    assert "p0" not in dict(net.reach("p9"))
+    net.up("p0")
+    net.set_delay(10)
+    assert sorted(t for _, t in net.reach("p9"))[-1] > 0
+    assert net.spread("p9") == net.reach("p9")  # no loss: the same
+    net.set_loss(1.0)
+    assert net.spread("p9") == [("p9", 0.0)]  # every hop lost
+    assert net.neighbours("p9") and net.is_up("p9") and not net.is_up("nobody")

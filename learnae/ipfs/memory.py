@@ -108,6 +108,7 @@ class MemoryNetwork:
         self._delay: dict[_RuleKey, float] = {}  # seconds
         self._where: dict[str, dict[str, None]] = {}  # CID -> ids of the nodes holding it
         self._change: asyncio.Event | None = None
+        self._reach: dict[str, list[tuple[str, float]]] = {}  # reach(), until the links change
 
     # -- nodes --------------------------------------------------------------
     def node(self, name: str | None = None) -> MemoryNode:
@@ -144,12 +145,12 @@ class MemoryNetwork:
                 if placed.setdefault(peer, number) != number:
                     raise ValueError(f"peer {peer!r} is in two partition groups")
         self._group = placed
-        self._changed()
+        self._links_changed()
 
     def heal(self) -> None:
         """Remove the partition (loss, delay and down nodes stay as they are)."""
         self._group = {}
-        self._changed()
+        self._links_changed()
 
     def set_loss(self, p: float, a: str | None = None, b: str | None = None) -> None:
         """Drop each pubsub hop on link ``a``-``b`` with probability ``p``.
@@ -172,6 +173,7 @@ class MemoryNetwork:
         self._set_rule(self._delay, ms / 1000.0, a, b)
 
     def _set_rule(self, table: dict[_RuleKey, float], value: float, a: str | None, b: str | None) -> None:
+        self._reach.clear()
         key = _rule_key(a, b)
         if key is None and not value:
             table.pop(None, None)
@@ -185,12 +187,12 @@ class MemoryNetwork:
             KeyError: no running node has that id.
         """
         self._running(peer_id)._down = True
-        self._changed()
+        self._links_changed()
 
     def up(self, peer_id: str) -> None:
         """Undo :meth:`down`: the node's connections are live again (unless partitioned)."""
         self._running(peer_id)._down = False
-        self._changed()
+        self._links_changed()
 
     @property
     def rules(self) -> dict[str, object]:
@@ -243,6 +245,9 @@ class MemoryNetwork:
         # With only a global rule (the usual case) skip the per-link lookup.
         loss_all = loss.get(None, 0.0) if loss.keys() <= {None} else None
         delay_all = delay.get(None, 0.0) if delay.keys() <= {None} else None
+        if delay_all is not None and not loss_all and loss.keys() <= {None}:
+            yield from self._breadth_first(src, topic, delay_all)
+            return
         rng, counters = self.rng, self.counters
         best = {src.id: 0.0}
         done: set[str] = set()
@@ -270,15 +275,91 @@ class MemoryNetwork:
                     best[v.id] = tv
                     heapq.heappush(heap, (tv, next(order), v))
 
+    def is_up(self, peer_id: str) -> bool:
+        """Whether a node of that id runs and is not :meth:`down`."""
+        node = self.nodes.get(peer_id)
+        return node is not None and not node._down
+
+    def neighbours(self, peer_id: str) -> list[str]:
+        """Ids of the nodes ``peer_id`` has a live connection with now (``[]`` if it does not run).
+
+        The synchronous form of :meth:`MemoryNode.peers`.
+        """
+        node = self.nodes.get(peer_id)
+        if node is None:
+            return []
+        return [pid for pid, peer in node._peers.items() if self._live(node, peer)]
+
+    def reach(self, peer_id: str) -> list[tuple[str, float]]:
+        """Every node ``peer_id`` reaches over live links now, and the one-way seconds to it.
+
+        ``(peer id, seconds)`` pairs, nearest first by summed link delay, ``peer_id`` itself
+        first at 0 (only itself when it is down). Loss rules do not apply (see :meth:`spread`).
+        Remembered until the links change (a partition, heal, down, up, connect, close, or a
+        loss or delay rule), so looking again costs nothing.
+
+        Raises:
+            KeyError: no running node has that id.
+        """
+        found = self._reach.get(peer_id)
+        if found is None:
+            found = self._reach[peer_id] = [(n.id, t) for n, t in self._walk(self._running(peer_id))]
+        return found
+
+    def spread(self, peer_id: str) -> list[tuple[str, float]]:
+        """The nodes a message flooded from ``peer_id`` reaches now, and when (seconds from now).
+
+        As :meth:`MemoryNode.publish` floods, but through every node, not only a topic's
+        subscribers: each hop is lost with its link's loss probability (drawn now), and a
+        node is reached along the fastest path that survived. ``peer_id`` itself first, at 0.
+
+        Raises:
+            KeyError: no running node has that id.
+        """
+        if not self._loss:
+            return self.reach(peer_id)
+        return [(n.id, t) for n, t in self._walk(self._running(peer_id), lossy=True)]
+
+    def _breadth_first(self, src: MemoryNode, topic: str | None, delay: float) -> Iterator[tuple[MemoryNode, float]]:
+        """:meth:`_walk` when every link has the same delay and none loses anything.
+
+        Breadth first: the order Dijkstra's walk gives then (first reached, first yielded),
+        without its heap.
+        """
+        group = self._group
+        seen = {src.id}
+        level, t = [src], 0.0
+        while level:
+            t += delay  # summed hop by hop, as Dijkstra's walk sums (the same floats)
+            below: list[MemoryNode] = []
+            for u in level:
+                gu = group.get(u.id, -1) if group else -1
+                for v in u._peers.values():
+                    if v.id in seen or v._down or (group and group.get(v.id, -1) != gu):
+                        continue
+                    if topic is not None and topic not in v._subs:
+                        continue
+                    seen.add(v.id)
+                    below.append(v)
+            for v in below:
+                yield v, t
+            level = below
+
     def _find(self, node: MemoryNode, cid: str) -> tuple[bytes, float] | None:
         """The content of ``cid`` and the one-way seconds to its nearest holder, or None."""
         if not self._where.get(cid):
             return None
-        for holder, t in self._walk(node):
-            data = holder._blocks.get(cid)
+        nodes = self.nodes
+        for holder, t in self.reach(node.id):
+            data = nodes[holder]._blocks.get(cid)
             if data is not None:
                 return data, t
         return None
+
+    def _links_changed(self) -> None:
+        """Forget :meth:`reach`'s answers and wake every waiting ``cat`` (see :meth:`_changed`)."""
+        self._reach.clear()
+        self._changed()
 
     def _changed(self) -> None:
         """Wake every ``cat`` waiting for content to become reachable."""
@@ -516,12 +597,12 @@ class MemoryNode(IpfsNode):
             raise IpfsError(f"cannot reach {peer.id} from {self.id}: one is down or they are partitioned")
         self._peers[peer.id] = peer
         peer._peers[self.id] = self
-        self.net._changed()
+        self.net._links_changed()
 
     async def peers(self) -> list[str]:
         """Peer ids of the connections that are live now (in the order they were made)."""
         self._check_open()
-        return [pid for pid, peer in self._peers.items() if self.net._live(self, peer)]
+        return self.net.neighbours(self.id)
 
     async def addrs(self) -> list[str]:
         """``["/memory/<id>/p2p/<id>"]``."""
@@ -546,7 +627,7 @@ class MemoryNode(IpfsNode):
                 sub._end()
         if self.net.nodes.get(self.id) is self:
             del self.net.nodes[self.id]
-        self.net._changed()
+        self.net._links_changed()
 
 
 class _Subscription(AsyncIterator[PubsubMessage]):
