@@ -4,6 +4,7 @@ rejections, rate limits and the message format."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
 import hashlib
 import itertools
@@ -67,7 +68,7 @@ def loose_tx(author: Identity, seq: int, parents=(GENESIS.id,), pow_bits: int = 
 
 def bad_signature_tx(seq: int) -> Tx:
     tx = loose_tx(MALLORY, seq)
-    return Tx(**{**tx.__dict__, "raw": tx.raw.replace(tx.sig, bytes(64))})
+    return dataclasses.replace(tx, raw=tx.raw.replace(tx.sig, bytes(64)))
 
 
 def future_kind_tx(seq: int, kind: str = "evict") -> Tx:
@@ -650,7 +651,7 @@ async def test_bad_snapshots_in_tips_are_rejected_and_not_reported(swarm):
     mallory = swarm.net.node("mallory")
     await mallory.connect((await swarm.nodes["a"].addrs())[0])
     forged = snapshot_tx(MALLORY, 1)
-    forged = Tx(**{**forged.__dict__, "raw": forged.raw.replace(forged.sig, bytes(64))})
+    forged = dataclasses.replace(forged, raw=forged.raw.replace(forged.sig, bytes(64)))
     not_a_snapshot = loose_tx(MALLORY, 2)
     signed = snapshot_tx(identity(8), 3)  # a sound snapshot, by an author the founder revoked
     swarm.tangles["a"].append(ALICE, "revoke", revoke_payload(identity(8).author_id, "junk"))

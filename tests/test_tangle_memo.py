@@ -57,7 +57,7 @@ def chain(n: int, start: int = NOW + 1) -> list[Tx]:
 
 
 def fields(tx: Tx) -> dict:
-    return {f.name: getattr(tx, f.name) for f in dataclasses.fields(tx)}
+    return {f.name: getattr(tx, f.name) for f in dataclasses.fields(tx) if f.init}
 
 
 def memo_consistent() -> None:

@@ -47,7 +47,7 @@ import hashlib
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import libipld
@@ -173,6 +173,7 @@ class Tx:
     nonce: int
     sig: bytes
     swarm: str | None
+    _links: dict[str, tuple[str, ...]] = field(default_factory=dict, init=False, repr=False)
 
     @property
     def unsigned(self) -> bytes:
@@ -180,8 +181,14 @@ class Tx:
         return bytes([self.raw[0] - 1]) + self.raw[1:4] + self.raw[4 + len(_SIG_ENTRY) + 64 :]
 
     def links(self, key: str) -> list[str]:
-        """Payload ``key`` (a list of links, e.g. a checkpoint's ``base``/``data``) as tx ids."""
-        return [tx_id(link) for link in self.payload.get(key, ())]
+        """Payload ``key`` (a list of links, e.g. a checkpoint's ``base``/``data``) as tx ids.
+
+        Worked out once per key (a node reads a peer checkpoint's links whenever it sees it).
+        """
+        found = self._links.get(key)
+        if found is None:
+            found = self._links[key] = tuple(tx_id(link) for link in self.payload.get(key, ()))
+        return list(found)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Tx) and other.id == self.id

@@ -40,8 +40,7 @@ from learnae.formats import (
 )
 from learnae.identity import Identity, author_id
 from learnae.ipfs.base import IpfsNode
-from learnae.ledger.sync import TangleSync
-from learnae.ledger.tangle import Tangle
+from learnae.ledger.reader import LedgerReader, LedgerWriter
 from learnae.ledger.tx import Tx, checkpoint_payload
 from learnae.manifest import Manifest
 from learnae.merge import Contribution, MergeResult, merge
@@ -100,7 +99,7 @@ class ChunkStore(Protocol):
 
 
 # ------------------------------------------------------------------ one step each
-async def publish_checkpoint(ipfs: IpfsNode, sync: TangleSync, identity: Identity, *,
+async def publish_checkpoint(ipfs: IpfsNode, sync: LedgerWriter, identity: Identity, *,
                              weights: Mapping[str, np.ndarray], step: int, samples: int,
                              base: Sequence[str] = (), metrics: Mapping[str, float] | None = None,
                              data: Sequence[str] = (), offload: Offload = asyncio.to_thread,
@@ -338,7 +337,7 @@ class NetworkSide:
             revocation included.
     """
 
-    def __init__(self, *, ipfs: IpfsNode, sync: TangleSync, identity: Identity, manifest: Manifest,
+    def __init__(self, *, ipfs: IpfsNode, sync: LedgerWriter, identity: Identity, manifest: Manifest,
                  expect: Mapping[str, tuple[tuple[int, ...], str]], k: int = DEFAULT_K,
                  keep: int = DEFAULT_KEEP, stale: float = DEFAULT_STALE,
                  fetch_timeout: float = DEFAULT_FETCH_TIMEOUT,
@@ -392,8 +391,8 @@ class NetworkSide:
                                            offload=self.offload, keyframes=self.keyframes)
 
     @property
-    def tangle(self) -> Tangle:
-        """The node's tangle (the syncer's)."""
+    def tangle(self) -> LedgerReader:
+        """The node's ledger (the syncer's tangle)."""
         return self.sync.tangle
 
     # -------------------------------------------------------------------------- publish
@@ -474,12 +473,17 @@ class NetworkSide:
         """
         txs, self._cursor = self.tangle.checkpoints_since(self._cursor)
         me, now_ms = self.identity.public_key, self.clock() * 1000
+        add, get, record, rules = self.choice.add, self.tangle.get, self.record, self.tangle.rules
+        counting = self.manifest.newcomers.record > 0 and rules.admission is None  # see newcomer()
         for tx in txs:
-            if tx.author != me:
-                self.choice.add(tx, now_ms)
-            for used in map(self.tangle.get, (*tx.links("base"), *tx.links("data"))):
-                if used is not None and used.author != tx.author:  # merged, or trained on
-                    self.record[used.author] += 1
+            author = tx.author
+            if author != me:
+                add(tx, now_ms)
+            if counting:
+                for link in (*tx.links("base"), *tx.links("data")):
+                    used = get(link)
+                    if used is not None and used.author != author:  # merged, or trained on
+                        record[used.author] += 1
         self.verifier.consider(txs)
         self.verifier.refresh()
 

@@ -9,8 +9,10 @@ simulator's nodes (:mod:`learnae.local.simulation`) rank peers by the same rule.
 
 from __future__ import annotations
 
+import heapq
 import random
 from collections import OrderedDict
+from operator import itemgetter
 
 from learnae.errors import ConfigError
 from learnae.ledger.tx import Tx
@@ -108,13 +110,20 @@ class PeerChoice:
         """Take up to ``k`` pending checkpoints, freshest first, by authors not backing off.
 
         Those backing off stay pending. None are taken if fewer than ``at_least`` are eligible.
+        Among equally fresh ones that do not all fit, chance decides.
         """
-        ready = [(fresh, tx) for a, (fresh, tx) in self._pending.items() if not self.backing_off(a, now_ms)]
-        self.rng.shuffle(ready)  # ties in random order (the sort is stable)
-        ready.sort(key=lambda ft: ft[0], reverse=True)
+        backoff = self._backoff
+        ready = [(fresh, tx) for a, (fresh, tx) in self._pending.items()
+                 if a not in backoff or not self.backing_off(a, now_ms)]
         if len(ready) < at_least:
             return []
-        chosen = [tx for _, tx in ready[:k]]
+        top = heapq.nlargest(k, ready, key=itemgetter(0))  # O(pending log k): a swarm may be large
+        if len(ready) > k and top:  # ties at the edge: drawn at random among all that tie
+            edge = top[-1][0]
+            above = [ft for ft in top if ft[0] > edge]
+            tied = [ft for ft in ready if ft[0] == edge]
+            top = above + self.rng.sample(tied, k - len(above))
+        chosen = [tx for _, tx in top]
         for tx in chosen:
             del self._pending[tx.author]
         return chosen

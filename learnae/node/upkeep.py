@@ -37,6 +37,7 @@ from typing import Any
 
 from learnae.errors import ConfigError, LearnaeError
 from learnae.ipfs.base import GcStats
+from learnae.ledger.sync import TangleSync
 from learnae.ledger.tangle import PruneStats
 from learnae.ledger.tx import Tx, snapshot_payload
 from learnae.models.check import PARAM_BYTES
@@ -256,13 +257,25 @@ class Upkeep:
                       _mib(self.gc.bytes_freed), self.gc.seconds)
         return self.gc
 
+    @property
+    def _sync(self) -> TangleSync:
+        """The node's syncer, whose tangle the ledger upkeep prunes, exports and imports.
+
+        Raises:
+            TypeError: the network side runs on another ledger (a simulation's shared one).
+        """
+        sync = self.net.sync
+        if not isinstance(sync, TangleSync):
+            raise TypeError(f"ledger upkeep needs the node's own tangle and syncer, not {type(sync).__name__}")
+        return sync
+
     def prune(self) -> PruneStats:
         """Prune the ledger by one step (:data:`PRUNE_STEP` rows at most).
 
         Raises:
             LedgerError: the database failed.
         """
-        stats = self.net.tangle.prune(int(self._clock() * 1000), window_ms=int(self.ledger_window * 1000),
+        stats = self._sync.tangle.prune(int(self._clock() * 1000), window_ms=int(self.ledger_window * 1000),
                                       keep_per_author=self.ledger_keep, limit=PRUNE_STEP)
         self.pruned += stats.pruned
         return stats
@@ -276,14 +289,14 @@ class Upkeep:
         Raises:
             IpfsError, TxRejected, LedgerError: adding, mining or storing failed.
         """
-        net = self.net
-        data = net.tangle.export_snapshot()
+        net, sync = self.net, self._sync
+        data = sync.tangle.export_snapshot()
         cid = await net.ipfs.add(data)
-        tx = await net.sync.append(net.identity, "snapshot", snapshot_payload(
-            cid=cid, size=len(data), txs=net.tangle.count(), top=net.tangle.top_height),
+        tx = await sync.append(net.identity, "snapshot", snapshot_payload(
+            cid=cid, size=len(data), txs=sync.tangle.count(), top=sync.tangle.top_height),
             time_ms=int(self._clock() * 1000), rng=net.rng)
         previous, self.snapshot = self.snapshot, tx
-        net.sync.snapshot_tx = tx
+        sync.snapshot_tx = tx
         if previous is not None and previous.payload["cid"] != cid:
             try:
                 await net.ipfs.unpin(previous.payload["cid"])
@@ -298,7 +311,7 @@ class Upkeep:
         joining late, or back after a long absence), or when it has transactions waiting for
         parents and it has not imported a snapshot for :data:`JOIN_AGAIN` seconds.
         """
-        tangle = self.net.tangle
+        tangle = self._sync.tangle
         if self._joining or tx.author == self.net.identity.public_key:
             return False
         if tangle.count() * 2 < tx.payload["txs"]:
@@ -325,7 +338,7 @@ class Upkeep:
         try:
             data = await self.net.ipfs.cat(tx.payload["cid"], timeout=self.net.fetch_timeout,
                                            max_size=SNAPSHOT_MAX_BYTES)
-            stats = self.net.tangle.import_snapshot(data, max_bytes=SNAPSHOT_MAX_BYTES)
+            stats = self._sync.tangle.import_snapshot(data, max_bytes=SNAPSHOT_MAX_BYTES)
         finally:
             self._joining = False
         self.joins += 1

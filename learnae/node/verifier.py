@@ -38,7 +38,7 @@ import numpy as np
 from learnae.errors import LearnaeError
 from learnae.formats import Chunk
 from learnae.identity import Identity
-from learnae.ledger.sync import TangleSync
+from learnae.ledger.reader import LedgerWriter
 from learnae.ledger.tx import Tx, attestation_payload
 from learnae.manifest import Manifest
 from learnae.verify import (
@@ -110,7 +110,7 @@ class CheckpointVerifier:
             :meth:`refresh`.
     """
 
-    def __init__(self, *, sync: TangleSync, identity: Identity, manifest: Manifest, evaluate: Evaluate | None,
+    def __init__(self, *, sync: LedgerWriter, identity: Identity, manifest: Manifest, evaluate: Evaluate | None,
                  fetch: Fetch, offload: Callable[..., Awaitable[Any]], clock: Callable[[], float],
                  rng: Any = None, fetch_data: FetchData | None = None, replay: Replay | None = None):
         self.sync, self.identity, self.manifest = sync, identity, manifest
