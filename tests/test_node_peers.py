@@ -6,6 +6,7 @@ while throw-away keys announce future-dated checkpoints nobody can fetch."""
 from __future__ import annotations
 
 import os
+import random
 import time
 from dataclasses import dataclass, field
 
@@ -46,6 +47,23 @@ def test_a_future_date_does_not_outrank_later_checkpoints():
     choice.add(honest, now_ms=5 * S)
     assert choice.choose(1, now_ms=6 * S) == [honest]
     assert choice.choose(1, now_ms=6 * S) == [liar] and len(choice) == 0
+
+
+def test_the_freshest_are_chosen_and_chance_decides_among_those_that_tie():
+    """k of many: every one fresher than the k-th is taken; among those as fresh as it, each
+    has its chance (a swarm's nodes often publish in the same instant)."""
+    picked: dict[bytes, int] = {}
+    for seed in range(200):
+        choice = PeerChoice(stale=600, rng=random.Random(seed))
+        for i in range(30):  # two fresher ones, then 28 that tie
+            choice.add(T(bytes([i]), (10 if i < 2 else 5) * S), now_ms=20 * S)
+        chosen = choice.choose(4, now_ms=20 * S)
+        assert len(chosen) == 4 and {c.author for c in chosen[:2]} == {b"\x00", b"\x01"}
+        assert len(choice) == 26
+        for c in chosen[2:]:
+            picked[c.author] = picked.get(c.author, 0) + 1
+    assert len(picked) == 28  # every tied author was drawn in some run
+    assert max(picked.values()) < 40  # about 200 * 2 / 28 = 14 each
 
 
 def test_staleness_counts_from_arrival_for_future_dates():
