@@ -357,3 +357,16 @@ def test_same_seed_same_run_across_processes():
     outs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                            env={**os.environ, "PYTHONHASHSEED": seed}).stdout for seed in ("1", "2")}
     assert len(outs) == 1
+
+
+def test_the_two_runs_in_two_processes_give_the_report_of_one_process(tmp_path):
+    """From PARALLEL_NODES nodes the memory driver runs the reference and the faulted run at
+    once in two spawned processes; the seed decides everything, so the report is the same."""
+    from learnae.local.harness import run_scenario
+
+    scn = parse_scenario(small(nodes=6, rounds=5, faults=[
+        {"kind": "partition", "at": 1, "halves": True}, {"kind": "heal", "at": 3}]))
+    one = run_scenario(scn, tmp_path / "one", plot=False, echo=lambda _: None, parallel=False)
+    two = run_scenario(scn, tmp_path / "two", plot=False, echo=lambda _: None, parallel=True)
+    for key in ("accuracy", "reference_accuracy", "invariants", "pass"):
+        assert one[key] == two[key], key

@@ -12,6 +12,7 @@ Modules:
 - :mod:`learnae.local.scenario`: fault-injection scenarios, read from TOML and validated.
 - :mod:`learnae.local.harness`: a scenario run with faults and without, its invariants checked.
 - :mod:`learnae.local.simulation`: the harness's ``memory`` driver, a simulated swarm.
+- :mod:`learnae.local.shared`: one ledger shared by a large simulation's nodes, a view each.
 - :mod:`learnae.local.clock`: the virtual-clock asyncio loop the simulation runs on.
 - :mod:`learnae.local.procdriver`: the harness's ``processes`` driver, real node processes.
 - :mod:`learnae.local.invariants`: what a run under faults must show against its reference.

@@ -19,11 +19,12 @@ from typing import Any
 from learnae.identity import Identity
 from learnae.ledger.sync import TangleSync
 from learnae.ledger.tangle import Tangle
+from learnae.local.shared import LedgerView
 
 __all__ = ["in_step", "partition_benchmark", "reconcile", "wait_in_step"]
 
 
-def in_step(tangles: Sequence[Tangle]) -> bool:
+def in_step(tangles: Sequence[Tangle | LedgerView]) -> bool:
     """Whether the tangles hold the same transactions: same tips, same count, nothing pending.
 
     Same tips imply the same set: every stored transaction is a tip or an ancestor of one.

@@ -21,14 +21,18 @@ from __future__ import annotations
 import json
 import logging
 import math
+import multiprocessing
+import os
 import time
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from learnae.local.invariants import check_invariants, final_mean
+from learnae.local.results import SimResult
 from learnae.local.scenario import Scenario, check_memory_driver
 from learnae.local.simulation import simulate
 from learnae.local.timeline import fault_periods, write_timeline
@@ -37,10 +41,28 @@ __all__ = ["run_scenario"]
 
 log = logging.getLogger(__name__)
 
+PARALLEL_NODES = 50
+"""From this many nodes, on a machine of two or more cores, the memory driver runs the reference
+and the faulted run at once, each in a process of its own (below it, starting a process costs
+more than it saves)."""
+
+
+def _simulate_both(scn: Scenario, parallel: bool | None) -> tuple[SimResult, SimResult]:
+    """The memory driver's reference and faulted runs of ``scn``: ``(reference, run)``."""
+    if parallel is None:
+        parallel = scn.nodes >= PARALLEL_NODES and (os.cpu_count() or 1) >= 2
+    if not parallel:
+        return simulate(scn, with_faults=False), simulate(scn, with_faults=True)
+    # spawn, not fork: the caller may hold threads (TensorFlow's, a test runner's)
+    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
+        ref = pool.submit(simulate, scn, with_faults=False)
+        run = pool.submit(simulate, scn, with_faults=True)
+        return ref.result(), run.result()
+
 
 def run_scenario(scn: Scenario, out: str | Path, *, plot: bool = True, driver: str = "memory",
                  echo: Callable[[str], None] = print,
-                 use_netns: bool | None = None) -> dict[str, Any]:
+                 use_netns: bool | None = None, parallel: bool | None = None) -> dict[str, Any]:
     """Run ``scn`` and its no-fault reference (same seed); write and return the report.
 
     Args:
@@ -52,6 +74,8 @@ def run_scenario(scn: Scenario, out: str | Path, *, plot: bool = True, driver: s
         echo: called with each line of progress.
         use_netns: for the processes driver: run nodes in network namespaces (None: where
             available).
+        parallel: for the memory driver: run the reference and the faulted run in two processes
+            at once (None: from :data:`PARALLEL_NODES` nodes on a machine of two or more cores).
 
     Returns:
         The report; ``report["pass"]`` is false when an invariant failed.
@@ -76,8 +100,7 @@ def run_scenario(scn: Scenario, out: str | Path, *, plot: bool = True, driver: s
         model = "the manifest's Keras MLP in `learnae node run` processes (TensorFlow)"
     elif driver == "memory":
         check_memory_driver(scn)
-        ref = simulate(scn, with_faults=False)
-        run = simulate(scn, with_faults=True)
+        ref, run = _simulate_both(scn, parallel)
         model = "numpy softmax regression (output/kernel, output/bias), minibatch SGD"
     else:
         raise ValueError(f"unknown driver {driver!r}")

@@ -58,7 +58,7 @@ from typing import Any
 
 import numpy as np
 
-from learnae.ledger.tangle import Tangle
+from learnae.ledger.reader import LedgerReader
 from learnae.ledger.tx import Tx
 from learnae.local.results import SimResult
 from learnae.local.scenario import LIARS, Scenario
@@ -70,7 +70,7 @@ UNDETECTABLE = {"false-data-claim": "undetectable_without_replay"}
 verification ``data_claims``), with the reason given in the report."""
 
 
-def kept_content(tangle: Tangle, keep: int) -> dict[str, Tx]:
+def kept_content(tangle: LedgerReader, keep: int) -> dict[str, Tx]:
     """The content the swarm keeps, by CID: each with the transaction that announced it.
 
     Every ``data`` chunk (its adopters pin it) and each author's newest ``keep`` checkpoints

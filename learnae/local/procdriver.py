@@ -127,6 +127,9 @@ def check_supported(scn: Scenario) -> None:
     (the reason says why).
     """
     check_process_hosts(scn)
+    if scn.ledger != "own":
+        raise ConfigError(f"the processes driver runs real nodes, each with its own ledger: ledger ="
+                          f" {scn.ledger!r} is for the memory driver")
     kinds = {f.kind for f in scn.faults}
     other = sorted(kinds - set(SUPPORTED))
     if other:

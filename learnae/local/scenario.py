@@ -33,7 +33,10 @@ Top-level keys (defaults in :data:`DEFAULTS`): ``name``, ``seed``, ``nodes``, ``
 table, e.g. ``{beta = 0.3}``), ``peers_per_merge`` (k), ``degree`` (connections each node
 opens to earlier nodes), ``local_steps``, ``batch_size``, ``learning_rate``, ``chunk_rows``
 (rows per sensor chunk), ``fetch_timeout`` (simulated seconds a checkpoint fetch may take),
-``announce_interval`` (the syncers' anti-entropy period, simulated seconds), ``pow_bits``.
+``announce_interval`` (the syncers' anti-entropy period, simulated seconds), ``pow_bits``,
+``ledger`` (:data:`LEDGERS`: ``own``, every simulated node runs a tangle and a syncer of its
+own; ``shared``, one store with a view per node and gossip modelled, for swarms of a thousand
+nodes: :mod:`learnae.local.shared`; the ``memory`` driver only).
 
 ``[topology]`` (optional): how the trainer nodes reach each other; only the ``processes``
 driver runs topologies other than ``mesh`` (:func:`check_memory_driver`):
@@ -154,6 +157,7 @@ DEFAULTS: dict[str, Any] = {
     "fetch_timeout": 1.0,
     "announce_interval": 2.0,
     "pow_bits": 4,
+    "ledger": "own",
 }
 
 BOUND_DEFAULTS: dict[str, float] = {
@@ -167,6 +171,8 @@ BOUND_DEFAULTS: dict[str, float] = {
 _RATIOS = ("recovery_ratio", "byzantine_ratio", "min_fetch_success")  # at most 1
 _MAY_BE_ZERO = ("min_fetch_success",)
 
+LEDGERS = ("own", "shared")
+"""Values of ``ledger`` (see the module docstring)."""
 TOPOLOGIES = ("mesh", "line", "star", "home-nat")
 """Values of ``[topology]`` ``kind`` (see the module docstring)."""
 _HOME_NAT_KEYS = ("relays", "hole_punching", "serve_checkpoints")
@@ -255,6 +261,7 @@ class Scenario:
     fetch_timeout: float
     announce_interval: float
     pow_bits: int
+    ledger: str
     bounds: dict[str, float]
     faults: tuple[Fault, ...] = field(default_factory=tuple)
     process_bounds: dict[str, float] = field(default_factory=dict)
@@ -376,6 +383,8 @@ def parse_scenario(data: dict[str, Any], *, where: str = "scenario") -> Scenario
             raise fail(f"{key} must be >= 0, not {values[key]}")
     if values["pow_bits"] > 16:
         raise fail("pow_bits above 16 makes a simulation needlessly slow")
+    if values["ledger"] not in LEDGERS:
+        raise fail(f"ledger must be one of {', '.join(LEDGERS)}, not {values['ledger']!r}")
     for key in ("round_seconds", "learning_rate", "fetch_timeout", "announce_interval"):
         if not (math.isfinite(values[key]) and values[key] > 0):
             raise fail(f"{key} must be a positive number, not {values[key]}")

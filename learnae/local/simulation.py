@@ -75,6 +75,7 @@ import logging
 import random
 import shutil
 import tempfile
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -96,6 +97,7 @@ from learnae.local.converge import in_step
 from learnae.local.invariants import kept_content
 from learnae.local.results import SimResult
 from learnae.local.scenario import INFLATE, LIARS, Fault, Scenario
+from learnae.local.shared import LedgerView, SharedLedger, ViewSync
 from learnae.manifest import Limits, Manifest, Verification, make_genesis
 from learnae.merge import DEFAULT_MAX_NORM_RATIO, DEFAULT_MIN_NORM
 from learnae.models import mlp
@@ -219,8 +221,8 @@ class _Parts:
     """What a running simulated node has; a crash closes them and drops them together."""
 
     ipfs: _SimIpfs
-    tangle: Tangle
-    sync: TangleSync
+    tangle: Tangle | LedgerView  # a view of the shared ledger under ``ledger = "shared"``
+    sync: TangleSync | ViewSync
     net: NetworkSide | None  # trainers only
     upkeep: Upkeep | None  # likewise
 
@@ -395,6 +397,7 @@ class _Sim:
         self.disk: dict[str, tuple[int, int]] = {}  # SimResult.disk
         self.flagged: dict[int, dict[str, list[str]]] = {}  # SimResult.flagged
         self.lied: dict[str, list[int]] = {}  # SimResult.lied
+        self.shared: SharedLedger | None = None  # under ``ledger = "shared"``
 
     # -- setup ---------------------------------------------------------------------------------
     async def setup(self) -> None:
@@ -426,7 +429,13 @@ class _Sim:
         self.expect = {k: (v.shape, str(v.dtype)) for k, v in self.init_weights.items()}
         topo = random.Random(_sub_seed(scn.seed, "topology"))
         names = scn.node_names + scn.sensor_names
-        tangles: dict[str, Tangle] = {}
+        if scn.ledger == "shared":
+            self.shared = SharedLedger(self.workdir / "ledger.db", genesis_raw=self.genesis.raw,
+                                       pow_bits=scn.pow_bits, max_tx_bytes=LIMITS.tx_bytes, net=self.net,
+                                       announce_interval=scn.announce_interval,
+                                       clock_ms=lambda: int(self._clock() * 1000))
+            self.shared.start()
+        tangles: dict[str, Tangle | LedgerView] = {}
         for i, name in enumerate(names):
             sensor = i >= scn.nodes
             pool = names[:i] if not sensor else scn.node_names
@@ -436,8 +445,9 @@ class _Sim:
                          random.Random(_sub_seed(scn.seed, name)), np.random.default_rng(_sub_seed(scn.seed, name, "np")),
                          shard.x, shard.y)
             node.weights = {k: v.copy() for k, v in self.init_weights.items()}
-            tangles[name] = Tangle(node.path, genesis_raw=self.genesis.raw, pow_bits=scn.pow_bits,
-                                   max_tx_bytes=LIMITS.tx_bytes)
+            tangles[name] = (self.shared.view(name) if self.shared is not None
+                             else Tangle(node.path, genesis_raw=self.genesis.raw, pow_bits=scn.pow_bits,
+                                         max_tx_bytes=LIMITS.tx_bytes))
             self.nodes[name] = node
         for node in self.nodes.values():
             await self._start(node, tangles[node.name])
@@ -447,7 +457,7 @@ class _Sim:
         """Simulated seconds since the Unix epoch (what the network sides read)."""
         return EPOCH_MS / 1000 + self.loop.time()
 
-    async def _start(self, node: _Node, tangle: Tangle) -> None:
+    async def _start(self, node: _Node, tangle: Tangle | LedgerView) -> None:
         """Start ``node`` on ``tangle``.
 
         That is its memory IPFS node (holding its repo), its links, its syncer and, for a
@@ -469,8 +479,13 @@ class _Sim:
                 except IpfsError:
                     pass  # partitioned or down: the link comes back with heal/up
         # Nodes opened later connect to it from their side when they start.
-        sync_rng = random.Random(_sub_seed(self.scn.seed, node.name, "sync", len(node.acked)))
-        sync = TangleSync(tangle, ipfs, announce_interval=self.scn.announce_interval, rng=sync_rng)
+        sync: TangleSync | ViewSync
+        if isinstance(tangle, LedgerView):
+            assert self.shared is not None  # views come from it
+            sync = ViewSync(self.shared, tangle)
+        else:
+            sync_rng = random.Random(_sub_seed(self.scn.seed, node.name, "sync", len(node.acked)))
+            sync = TangleSync(tangle, ipfs, announce_interval=self.scn.announce_interval, rng=sync_rng)
         await sync.start()
         net = None
         if not node.sensor:
@@ -485,8 +500,8 @@ class _Sim:
         node.parts = _Parts(ipfs, tangle, sync, net, None if net is None else Upkeep(net))
 
     async def restart(self, node: _Node) -> None:
-        """Restart a crashed node on its tangle file; a trainer reloads its last checkpoint."""
-        tangle = Tangle(node.path)
+        """Restart a crashed node on its tangle file (or view); a trainer reloads its last checkpoint."""
+        tangle = self.shared.view(node.name) if self.shared is not None else Tangle(node.path)
         missing = [i for i in node.acked if i not in tangle]
         self.restart_missing += [f"{node.name}:{i}" for i in missing]
         await self._start(node, tangle)
@@ -522,6 +537,8 @@ class _Sim:
         for node in self.nodes.values():
             if node.alive:
                 await self.crash(node)
+        if self.shared is not None:
+            await self.shared.close()
 
     # -- faults --------------------------------------------------------------------------------
     async def apply_faults(self, r: int) -> None:
@@ -675,6 +692,9 @@ class _Sim:
                 junk.append(bytes(forged))
             else:
                 junk.append(node.rng.randbytes(200))
+        if isinstance(parts.sync, ViewSync):  # checked once by the shared store
+            parts.sync.ledger.offer(junk)
+            return
         for k in range(0, count, 10):
             await parts.ipfs.publish(parts.sync.topic, encode_message("tx", txs=junk[k:k + 10]))
 
@@ -799,7 +819,11 @@ class _Sim:
         live = self.live()
         honest_authors = [n for n in self.nodes.values() if n.name not in self.byz]
         acked = [(n.name, i) for n in honest_authors if n.alive for i in n.acked]
-        missing = sorted({f"{name}:{i}" for name, i in acked for m in live if i not in m.up.tangle})
+        if self.shared is not None:  # the same question, asked of every view at once
+            lacking = self.shared.lacking([i for _, i in acked], [m.name for m in live])
+            missing = sorted({f"{name}:{i}" for name, i in acked if i in lacking})
+        else:
+            missing = sorted({f"{name}:{i}" for name, i in acked for m in live if i not in m.up.tangle})
         # Content: what the swarm keeps (kept_content) of live honest authors, fetched by a random
         # live node.
         keys = {n.identity.public_key: n for n in self.nodes.values()}
@@ -829,7 +853,7 @@ class _Sim:
                 checks["disputed"] += verifier.disputed
                 for code, count in verifier.by_code.items():
                     checks[code] = checks.get(code, 0) + count
-        rejections: dict[str, int] = {}
+        rejections: dict[str, int] = dict(self.shared.store.rejections) if self.shared is not None else {}
         for n in live:  # the ledgers' refusals, and the network sides' (peer checkpoints, chunks)
             parts = n.up
             counts = [parts.tangle.rejections,
@@ -857,7 +881,8 @@ async def _simulate(scn: Scenario, workdir: Path, with_faults: bool) -> SimResul
             final_in_step=sim.final_in_step,
             recovery_time=sim.recovery_time,
             restart_missing=sim.restart_missing,
-            counters=dict(sim.net.counters), disk=sim.disk, flagged=sim.flagged, lied=sim.lied,
+            counters=dict(sim.net.counters + (sim.shared.counters if sim.shared is not None else Counter())),
+            disk=sim.disk, flagged=sim.flagged, lied=sim.lied,
             simulated_seconds=sim.loop.time(),
             **end,
         )
