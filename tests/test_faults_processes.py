@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from learnae.local import netns
-from learnae.local.harness import run_scenario
+from learnae.local.procdriver import simulate_processes
 from learnae.local.scenario import parse_scenario
 
 # each scenario is two runs of 6 node processes (about 4 minutes on 2 cores): beyond the
@@ -84,7 +84,7 @@ def test_example_scenario_passes_with_processes_driver(name, tmp_path, launch):
         assert report["network"]["relays"] == 1 and report["network"]["relay_files_fetched"] > 0
         assert report["invariants"]["content_fetchable"]["checked"] == 4
     elif name == "crash-restart":
-        for node, restart in (("n2", 7), ("n3", 8)):
+        for node, restart in (("n2", 5), ("n3", 6)):
             acc = report["accuracy"][node]
             assert all(a is None for a in acc[restart - 3:restart])  # down while crashed
             assert any(a is not None for a in acc[restart:])  # training again after the restart
@@ -96,15 +96,21 @@ def test_example_scenario_passes_with_processes_driver(name, tmp_path, launch):
 
 def test_partition_through_the_fault_layer_without_namespaces(tmp_path):
     """Where there is no root the driver partitions through each node's fault layer; here it
-    is forced, so CI (root) runs this path too."""
+    is forced, so CI (root) runs this path too. What is tested is the cut and the heal (the
+    ledger split, then came back into step, nothing lost, everything fetchable), not accuracy
+    (the example scenarios above check that against a reference run): so no reference run,
+    and the observation ends two merges after the heal."""
     scn = parse_scenario({
         "name": "fault-layer-partition", "seed": 4, "nodes": 3, "rounds": 6, "partition": "iid",
-        "bounds": {"processes": {"recovery_merges": 40}},
+        "bounds": {"processes": {"recovery_merges": 2}},
         "faults": [{"kind": "partition", "at": 2, "groups": [["n0"], ["n1", "n2"]]},
                    {"kind": "heal", "at": 4}],
-    })
-    report = run_scenario(scn, tmp_path, driver="processes", use_netns=False, plot=False, echo=lambda _s: None)
-    assert report["network"]["namespaces"] == 0
-    assert report["network"]["backlog_at_recovery"] > 0
-    assert report["pass"] is True, json.dumps(report["invariants"], indent=1)
+    }).for_processes()
+    run = simulate_processes(scn, tmp_path, use_netns=False, echo=lambda _s: None)
+    assert run.counters["namespaces"] == 0
+    assert run.counters["backlog_at_recovery"] > 0  # the partition cut the ledger
+    assert run.converge_seconds is not None and run.converge_seconds <= scn.bounds["converge_seconds"]
+    assert run.final_in_step and run.acked_checked > 0 and not run.acked_missing
+    assert run.fetch_checked > 0 and not run.fetch_missing and not run.verify_problems
+    assert sorted(run.live_at_end) == ["n0", "n1", "n2"]
     assert not _leftovers(tmp_path)
