@@ -11,6 +11,9 @@ What is real and what is simulated:
   transactions (signed, mined), the syncer (:class:`~learnae.ledger.sync.TangleSync`: gossip,
   gap repair, anti-entropy), content CIDs, safetensors checkpoints and chunks with their
   validation, and the merge rules of :mod:`learnae.merge`.
+- With ``ledger = "shared"`` (swarms of a thousand nodes) the tangles and syncers are replaced
+  by views of one store, with gossip, gap repair and anti-entropy modelled
+  (:mod:`learnae.local.shared`); the network sides are the same.
 - Simulated: the network (:class:`~learnae.ipfs.memory.MemoryNetwork`, whose partition,
   loss, delay and down rules carry the faults) and time. Everything runs on a
   virtual-clock asyncio loop (:class:`~learnae.local.clock.VirtualClockLoop`): ``sleep``,
