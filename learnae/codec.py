@@ -36,7 +36,7 @@ import numpy as np
 
 from learnae.errors import FormatError, NonFiniteError
 
-__all__ = ["CODECS", "LOSSLESS", "MAX_BLOCK", "check_codec", "decode", "encode", "scale_count"]
+__all__ = ["CODECS", "LOSSLESS", "MAX_BLOCK", "QUANTIZED", "check_codec", "decode", "encode", "scale_count"]
 
 CODECS = ("float32", "float16", "int8", "int4")
 """Codec names, from the most faithful to the smallest."""
@@ -48,6 +48,8 @@ MAX_BLOCK = 1 << 20
 """Largest block of a quantized codec (values per scale)."""
 
 _LEVELS = {"int8": 127, "int4": 7}
+QUANTIZED = tuple(_LEVELS)
+"""The codecs that store integers and a float32 scale per block (``int8``, ``int4``)."""
 _F16_MAX = float(np.finfo(np.float16).max)
 
 

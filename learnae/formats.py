@@ -306,7 +306,7 @@ def encode_checkpoint(ckpt: Checkpoint, *, codec: str = codecs.LOSSLESS, block: 
         metadata["delta_of"] = cid
     if codec != codecs.LOSSLESS:
         metadata["codec"] = codec
-    if codec in ("int8", "int4"):
+    if codec in codecs.QUANTIZED:
         metadata["block"] = str(block)
     if codec == "int4":
         metadata["shapes"] = json.dumps([list(w.shape) for w in weights.values()], separators=(",", ":"))
@@ -425,7 +425,7 @@ def _coded_entries(metadata: Mapping[str, str], entries: Mapping[str, tuple[str,
             quantized codec), or int4's ``shapes`` is missing or malformed; code
             ``quantized-layout`` for the tensors, ``format`` for the metadata.
     """
-    quantized = codec in ("int8", "int4")
+    quantized = codec in codecs.QUANTIZED
     stored = {n for n in entries if not (quantized and n.endswith(_SCALE))}
     names = _meta_names(metadata, dict.fromkeys(stored))
     if quantized and set(entries) != stored | {n + _SCALE for n in names}:

@@ -83,6 +83,20 @@ async def test_keyframes_and_deltas_are_published_and_decoded_by_a_peer(pair):
         assert float(np.abs(full.weights[k] - w).max()) <= float(np.abs(w).max()) / 254 * (1 + 1e-5)
 
 
+def test_keyframes_hold_the_recently_used_within_their_bytes():
+    kb = {"w": np.zeros(256, np.float32)}  # 1 KiB each
+    frames = Keyframes(max_bytes=3 * 1024)
+    for cid in "abc":
+        frames.put(cid, dict(kb))
+    assert frames.get("a") is not None  # used again: "b" is now the least recent
+    frames.put("d", dict(kb))
+    assert frames.get("b") is None and all(frames.get(c) is not None for c in "acd")
+    frames.put("d", dict(kb))  # held again under the same CID: counted once, nothing leaves
+    assert all(frames.get(c) is not None for c in "acd")
+    frames.put("e", {"w": np.zeros(1024, np.float32)})  # 4 KiB alone: everything else leaves
+    assert [c for c in "acde" if frames.get(c) is not None] == ["e"]
+
+
 async def test_a_kept_delta_keeps_its_keyframe_pinned(pair):
     side, a, _b = pair
     cids = []

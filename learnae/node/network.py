@@ -157,6 +157,7 @@ class Keyframes:
     def __init__(self, max_bytes: int):
         self.max_bytes = max_bytes
         self._held: OrderedDict[str, dict[str, np.ndarray]] = OrderedDict()
+        self._bytes = 0  # of the held weights
 
     def get(self, cid: str) -> dict[str, np.ndarray] | None:
         """The weights of ``cid``, or None when not held."""
@@ -167,10 +168,17 @@ class Keyframes:
 
     def put(self, cid: str, weights: dict[str, np.ndarray]) -> None:
         """Hold ``weights`` as ``cid``'s."""
+        old = self._held.pop(cid, None)
+        if old is not None:
+            self._bytes -= _nbytes(old)
         self._held[cid] = weights
-        self._held.move_to_end(cid)
-        while len(self._held) > 1 and sum(w.nbytes for ws in self._held.values() for w in ws.values()) > self.max_bytes:
-            self._held.popitem(last=False)
+        self._bytes += _nbytes(weights)
+        while len(self._held) > 1 and self._bytes > self.max_bytes:
+            self._bytes -= _nbytes(self._held.popitem(last=False)[1])
+
+
+def _nbytes(weights: Mapping[str, np.ndarray]) -> int:
+    return sum(w.nbytes for w in weights.values())
 
 
 async def fetch_peer_checkpoint(ipfs: IpfsNode, tx: Tx, manifest: Manifest,
