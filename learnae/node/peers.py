@@ -112,9 +112,7 @@ class PeerChoice:
         Those backing off stay pending. None are taken if fewer than ``at_least`` are eligible.
         Among equally fresh ones that do not all fit, chance decides.
         """
-        backoff = self._backoff
-        ready = [(fresh, tx) for a, (fresh, tx) in self._pending.items()
-                 if a not in backoff or not self.backing_off(a, now_ms)]
+        ready = [(fresh, tx) for a, (fresh, tx) in self._pending.items() if not self.backing_off(a, now_ms)]
         if len(ready) < at_least:
             return []
         top = heapq.nlargest(k, ready, key=itemgetter(0))  # O(pending log k): a swarm may be large
