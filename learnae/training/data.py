@@ -435,12 +435,13 @@ def _parse_partition(partition: str) -> float | None:
 
 
 def assign_shards(
-    y: np.ndarray, count: int, partition: str = "iid", seed: int = 0, classes: int | None = None
+    y: np.ndarray, count: int, partition: str = "iid", seed: int = 0, classes: int | None = None,
+    *, min_rows: int = 1,
 ) -> np.ndarray:
     """Which shard each row goes to.
 
     An int64 array of shape ``(n,)`` with values in ``[0, count)``, every value used at least
-    once. Deterministic in ``seed``; every node computes the whole assignment and keeps its own
+    ``min_rows`` times. Deterministic in ``seed``; every node computes the whole assignment and keeps its own
     rows, so shards are disjoint and together hold every row exactly once.
 
     Partitions:
@@ -456,9 +457,10 @@ def assign_shards(
       form used here is the one of Yurochkin et al. 2019 ("Bayesian Nonparametric Federated
       Learning of Neural Networks") and of NIID-Bench (Li et al. 2022, "Federated Learning on
       Non-IID Data Silos"). Unlike NIID-Bench, which redraws all proportions until every
-      party has enough rows, empty shards are fixed without redrawing: while a shard is
-      empty, the largest shard gives it one row (its last row, in shard order, of that
-      shard's most common class). This changes at most ``count - 1`` rows and never loops.
+      party has enough rows, short shards are fixed without redrawing: while a shard has
+      fewer than ``min_rows`` rows, the largest shard gives it one row (its last row, in shard
+      order, of that shard's most common class). This changes at most
+      ``min_rows * (count - 1)`` rows and never loops.
 
     Args:
         y: int64 class labels, shape ``(n,)``, ``n >= count``.
@@ -466,9 +468,12 @@ def assign_shards(
         partition: ``"iid"`` or ``"dirichlet:A"``.
         seed: 0..2**32-1.
         classes: number of classes (default ``max(y) + 1``).
+        min_rows: rows every shard gets at least (>= 1; 2 where each shard is split again,
+            as :meth:`DataSpec.load` does for a holdout).
 
     Raises:
-        DataError: bad count, partition or seed, or fewer rows than shards.
+        DataError: bad count, partition, seed or ``min_rows``, or fewer than
+            ``min_rows * count`` rows.
     """
     alpha = _parse_partition(partition)
     _check_seed(seed)
@@ -476,8 +481,11 @@ def assign_shards(
     n = len(y)
     if not isinstance(count, int) or count < 1:
         raise DataError(f"shard count is {count!r}, expected an integer >= 1")
-    if n < count:
-        raise DataError(f"cannot deal {n} rows into {count} non-empty shards; use fewer shards")
+    if not isinstance(min_rows, int) or min_rows < 1:
+        raise DataError(f"min_rows is {min_rows!r}, expected an integer >= 1")
+    if n < count * min_rows:
+        at_least = "non-empty shards" if min_rows == 1 else f"shards of at least {min_rows} rows"
+        raise DataError(f"cannot deal {n} rows into {count} {at_least}; use fewer shards")
     classes = int(y.max()) + 1 if classes is None else classes
     rng = _rng(seed, _SHARD)
     out = np.empty(n, dtype=np.int64)
@@ -495,22 +503,24 @@ def assign_shards(
         for s, part in enumerate(np.split(rows, cuts)):
             out[part] = s
     sizes = np.bincount(out, minlength=count)
-    for empty in np.flatnonzero(sizes == 0):
-        donor = int(np.argmax(sizes))  # lowest index among the largest
-        members = np.flatnonzero(out == donor)
-        common = int(np.argmax(np.bincount(y[members], minlength=classes)))
-        row = members[y[members] == common][-1]
-        out[row] = empty
-        sizes[donor] -= 1
-        sizes[empty] += 1
+    for short in np.flatnonzero(sizes < min_rows):
+        while sizes[short] < min_rows:  # the largest has more than min_rows: n >= count * min_rows
+            donor = int(np.argmax(sizes))  # lowest index among the largest
+            members = np.flatnonzero(out == donor)
+            common = int(np.argmax(np.bincount(y[members], minlength=classes)))
+            row = members[y[members] == common][-1]
+            out[row] = short
+            sizes[donor] -= 1
+            sizes[short] += 1
     return out
 
 
-def shard(ds: Dataset, index: int, count: int, partition: str = "iid", seed: int = 0) -> Dataset:
+def shard(ds: Dataset, index: int, count: int, partition: str = "iid", seed: int = 0, *,
+          min_rows: int = 1) -> Dataset:
     """Shard ``index`` of ``count`` of ``ds`` (see :func:`assign_shards` for the partitions).
 
     Rows keep their order in ``ds``. The shards for ``index = 0..count-1`` partition ``ds``
-    exactly: no row is lost or duplicated, and none is empty.
+    exactly: no row is lost or duplicated, and each holds at least ``min_rows`` rows.
 
     Raises:
         DataError: ``index`` outside ``0..count-1``, or as :func:`assign_shards`.
@@ -520,7 +530,7 @@ def shard(ds: Dataset, index: int, count: int, partition: str = "iid", seed: int
             f"shard index {index!r} is out of range for {count!r} shards"
             f" (indices 0..{count - 1 if isinstance(count, int) else '?'})"
         )
-    where = assign_shards(ds.y, count, partition, seed, ds.classes)
+    where = assign_shards(ds.y, count, partition, seed, ds.classes, min_rows=min_rows)
     return ds.take(np.flatnonzero(where == index), f"{ds.name}/shard-{index}-of-{count}")
 
 
@@ -653,7 +663,7 @@ class DataSpec:
             scaler = Scaler.fit(train)
             train, test = scaler.apply(train), scaler.apply(test)
         index, count = self.shard
-        mine = shard(train, index, count, self.partition, self.seed)
+        mine = shard(train, index, count, self.partition, self.seed, min_rows=2)  # a holdout needs 2
         own, hold = split_holdout(mine, self.holdout_fraction, self.seed, index)
         return Splits(own, hold, test)
 
