@@ -64,6 +64,28 @@ def test_a_swarm_that_only_matches_training_alone_is_not_ok():
     assert verdict([]) == {"no_node_worse": True, "some_node_better": False, "ok": False}
 
 
+def test_on_a_split_where_nobody_could_gain_the_swarm_must_match_centralized():
+    # breast_cancer, seed 0: every shard alone already scores near centralized (0.956)
+    local = [109 / 114, 108 / 114, 107 / 114]
+    swarm = [compare(110 / 114, x, 114) for x in local]
+    assert {c.verdict for c in swarm} == {"same"}
+    assert verdict(swarm)["ok"] is False  # without centralized: no gain shown, not ok
+    judged = verdict(swarm, centralized=109 / 114)
+    assert judged == {"no_node_worse": True, "some_node_better": False, "ok": True,
+                      "nothing_to_gain": True, "matches_centralized": True}
+    # a node that had something to gain (centralized well above its local-only) and gained
+    # nothing: a swarm whose merges do nothing still fails
+    judged = verdict([compare(95 / 114, 95 / 114, 114), *swarm[1:]], centralized=109 / 114)
+    assert not judged["nothing_to_gain"] and not judged["ok"]
+    # nobody could gain, but the swarm scores clearly below training on all the data
+    lagging = [compare(106 / 114, 112 / 114, 114)]
+    assert lagging[0].verdict == "same"
+    judged = verdict(lagging, centralized=1.0)
+    assert judged["nothing_to_gain"] and not judged["matches_centralized"] and not judged["ok"]
+    # a node without an accuracy fails here too
+    assert not verdict([None, *swarm], centralized=109 / 114)["ok"]
+
+
 def test_a_node_without_an_accuracy_fails():
     judged = verdict([compare(112 / 114, 60 / 114, 114), None])
     assert not judged["no_node_worse"] and not judged["ok"]
@@ -91,6 +113,7 @@ def test_report_fields_and_the_table_line():
     assert j["verdict"] == "same" and j["test_rows"] == 114 and j["confidence"] == 0.95
     assert j["interval"][0] < j["difference"] < j["interval"][1]
     assert "n=114" in describe_margin(114) and "0.0088" in describe_margin(114)
+    assert "centralized" not in describe_margin(114) and "matches centralized" in describe_margin(114, centralized=True)
     with pytest.raises(ValueError):
         compare(1.2, 0.5, 114)
     with pytest.raises(ValueError):

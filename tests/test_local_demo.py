@@ -60,8 +60,9 @@ def test_short_process_demo_writes_report_and_plot(tmp_path):
         assert lo < v["accuracy"] - v["local_only"] < hi
         assert v["vs_local_only"]["verdict"] == ("worse" if hi < 0 else "better" if lo > 0 else "same")
         comparisons.append(c)
-    judged = verdict(comparisons)
+    judged = verdict(comparisons, centralized=report["baselines"]["centralized"])
     assert {k: report["verdict"][k] for k in judged} == judged
+    assert set(judged) >= {"nothing_to_gain", "matches_centralized"}
     assert report["ok"] == (judged["ok"] and all(v["exit_code"] == 0 for v in report["nodes"].values()))
     assert (proc.returncode == 0) == report["ok"]
     assert f"n={n} common test rows" in proc.stdout and "95% interval" in proc.stdout

@@ -242,7 +242,7 @@ def newcombe_interval(p1: float, n1: int, p2: float, n2: int,
     return d - math.hypot(p1 - l1, u2 - p2), d + math.hypot(u1 - p1, p2 - l2)
 
 
-def verdict(comparisons: list[Comparison | None]) -> dict[str, bool]:
+def verdict(comparisons: list[Comparison | None], centralized: float | None = None) -> dict[str, bool]:
     """Whether the swarm beat training alone, judged on the test split's size.
 
     ``no_node_worse``: no node's swarm accuracy is below its local-only accuracy by more than
@@ -251,17 +251,42 @@ def verdict(comparisons: list[Comparison | None]) -> dict[str, bool]:
     accuracy by more than the interval allows (the swarm helped someone: a swarm that merely
     matches training alone, e.g. one whose merges do nothing, does not pass). ``ok``: both.
 
+    With ``centralized`` (the accuracy of one model trained on every node's rows, on the same
+    test rows), a split on which nobody had anything to gain is told apart from a swarm that
+    gained nothing: ``nothing_to_gain`` when no node's local-only accuracy is below
+    ``centralized`` by more than the interval allows (then no swarm can be shown ``better``),
+    and ``matches_centralized`` when no node's swarm accuracy is below ``centralized`` by more
+    than it allows. ``ok`` is then ``no_node_worse`` and either ``some_node_better`` or both
+    of those. Where some node had something to gain, a swarm that only matches training alone
+    still fails; where none had, no accuracy can show what merges did, and the swarm must
+    only do as well as training on all the data.
+
     Each node is judged at :data:`CONFIDENCE` on its own, uncorrected for the number of nodes:
     if the swarm is exactly as good as training alone, each node is called ``worse`` (or
     ``better``) with a chance of at most 2.5%, less for the conservative interval.
     """
     no_worse = all(c is not None and c.verdict != "worse" for c in comparisons)
     better = any(c is not None and c.verdict == "better" for c in comparisons)
-    return {"no_node_worse": no_worse, "some_node_better": better, "ok": no_worse and better}
+    judged = {"no_node_worse": no_worse, "some_node_better": better, "ok": no_worse and better}
+    if centralized is not None:
+        judged["nothing_to_gain"] = all(c is not None and compare(centralized, c.local_only, c.n).verdict != "better"
+                                        for c in comparisons)
+        judged["matches_centralized"] = all(c is not None and compare(c.swarm, centralized, c.n).verdict != "worse"
+                                            for c in comparisons)
+        judged["ok"] = no_worse and (better or (judged["nothing_to_gain"] and judged["matches_centralized"]))
+    return judged
 
 
-def describe_margin(n: int, confidence: float = CONFIDENCE, baseline: str = "local-only") -> str:
-    """The line under the demo's table that says how nodes are judged."""
+def describe_margin(n: int, confidence: float = CONFIDENCE, baseline: str = "local-only",
+                    centralized: bool = False) -> str:
+    """The line under the demo's table that says how nodes are judged.
+
+    ``centralized``: with :func:`verdict`'s rule for a split on which nobody had anything to gain.
+    """
+    ok = "ok = no node worse, at least one better"
+    if centralized:
+        ok += (", or none could gain (every local-only matches centralized by the same interval)"
+               " and every swarm accuracy matches centralized")
     return (f"vs {baseline}: {confidence:.0%} interval of swarm - {baseline} on the n={n} common test rows"
             f" (one row = {1 / n:.4f}; Newcombe's hybrid Wilson score interval): worse if wholly below 0,"
-            f" better if wholly above; ok = no node worse, at least one better")
+            f" better if wholly above; {ok}")
