@@ -441,8 +441,8 @@ def assign_shards(
     """Which shard each row goes to.
 
     An int64 array of shape ``(n,)`` with values in ``[0, count)``, every value used at least
-    ``min_rows`` times. Deterministic in ``seed``; every node computes the whole assignment and keeps its own
-    rows, so shards are disjoint and together hold every row exactly once.
+    ``min_rows`` times. Deterministic in ``seed``; every node computes the whole assignment and
+    keeps its own rows, so shards are disjoint and together hold every row exactly once.
 
     Partitions:
 
@@ -463,7 +463,7 @@ def assign_shards(
       ``min_rows * (count - 1)`` rows and never loops.
 
     Args:
-        y: int64 class labels, shape ``(n,)``, ``n >= count``.
+        y: int64 class labels, shape ``(n,)``, ``n >= count * min_rows``.
         count: number of shards (>= 1).
         partition: ``"iid"`` or ``"dirichlet:A"``.
         seed: 0..2**32-1.
